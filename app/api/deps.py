@@ -1,0 +1,74 @@
+"""Typed dependencies of the routes: the database, the caller, request bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import yaml
+from fastapi import Depends, Header, Request
+
+from app.db import Database
+from app.errors import BadRequest, FieldError, UnsupportedMediaType
+from app.services.auth import Principal, authenticate
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+JSON_TYPES = ("application/json", "application/merge-patch+json")
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+DB = Annotated[Database, Depends(get_db)]
+
+
+def get_principal(db: DB, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    with db.transaction() as session:
+        return authenticate(session, authorization)
+
+
+Caller = Annotated[Principal, Depends(get_principal)]
+IfMatch = Annotated[str | None, Header(alias="If-Match")]
+
+
+async def read_body(request: Request, *, patch: bool = False) -> Any:
+    """The request body as data, from JSON or YAML (merge patches: JSON or YAML too)."""
+    media = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest("the body is larger than 4 MiB", [FieldError("body", "too large")])
+    if patch and media == "application/json":
+        raise UnsupportedMediaType("PATCH takes application/merge-patch+json (or application/yaml)")
+    if media in JSON_TYPES:
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(
+                f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]
+            ) from exc
+    if media in YAML_TYPES:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise BadRequest(
+                f"the body is not valid YAML: {exc}", [FieldError("body", "malformed YAML")]
+            ) from exc
+    accepted = ", ".join(
+        ("application/merge-patch+json", *YAML_TYPES[:1]) if patch else (JSON_TYPES[0], YAML_TYPES[0])
+    )
+    raise UnsupportedMediaType(f"content type {media!r} is not accepted; use {accepted}")
+
+
+async def object_body(request: Request) -> Any:
+    return await read_body(request)
+
+
+async def patch_body(request: Request) -> Any:
+    return await read_body(request, patch=True)
+
+
+ObjectBody = Annotated[Any, Depends(object_body)]
+PatchBody = Annotated[Any, Depends(patch_body)]

@@ -1,0 +1,93 @@
+"""RFC 9457 problem+json for every error the API answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import CorralError, FieldError
+from app.services.validation import field_path
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://corral.dev/problems/"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    reason: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + reason,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "reason": reason,
+        "errors": [{"field": e.field, "message": e.message} for e in errors or []],
+    }
+    if instance:
+        body["instance"] = instance
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CorralError)
+    async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
+        return problem_response(
+            exc.status, exc.title, exc.detail, exc.reason, exc.errors, exc.headers, request.url.path
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            # ("query", "limit") -> "limit": clients know where they put a parameter.
+            if loc and loc[0] in ("query", "path", "header", "body"):
+                loc = loc[1:]
+            errors.append(FieldError(field_path(loc) or "request", str(err.get("msg", "invalid"))))
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        return problem_response(
+            422,
+            "Unprocessable Content",
+            f"the request is invalid: {detail}",
+            "Invalid",
+            errors,
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        reasons = {404: "NotFound", 405: "MethodNotAllowed"}
+        detail = str(exc.detail) if exc.detail else "error"
+        if exc.status_code == 404:
+            detail = f"no route {request.url.path}"
+        return problem_response(
+            exc.status_code,
+            detail.split(":")[0],
+            detail,
+            reasons.get(exc.status_code, "Error"),
+            headers=dict(exc.headers or {}),
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500,
+            "Internal Server Error",
+            "an unexpected error occurred; see the server log",
+            "InternalError",
+            instance=request.url.path,
+        )

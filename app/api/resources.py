@@ -1,0 +1,187 @@
+"""One router per resource kind, built from its description: the conventions live here once."""
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
+from app.schemas.common import Problem
+from app.services.kinds import ResourceKind
+from app.services.nodes import service_for
+from app.services.watch import Watch
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for code, text in {
+        400: "Malformed request", 401: "Missing or invalid token", 403: "Not allowed",
+        404: "Not found", 409: "Conflict (exists, stale resourceVersion, wrong phase)",
+        415: "Unsupported media type", 422: "Invalid field",
+    }.items()
+}  # fmt: skip
+
+
+def namespaced(namespace: Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]) -> str | None:
+    return namespace
+
+
+def cluster_scoped() -> str | None:
+    return None
+
+
+def request_body(model: str, *, patch: bool = False) -> dict[str, Any]:
+    types = (
+        ["application/merge-patch+json", "application/yaml"]
+        if patch
+        else ["application/json", "application/yaml"]
+    )
+    schema: dict[str, Any] = (
+        {"type": "object", "description": "RFC 7386 merge patch of the object"}
+        if patch
+        else {"$ref": f"#/components/schemas/{model}"}
+    )
+    return {"requestBody": {"required": True, "content": {t: {"schema": schema} for t in types}}}
+
+
+def resource_router(kind: ResourceKind) -> APIRouter:
+    router = APIRouter(tags=[kind.plural])
+    base = f"/v1/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"/v1/{kind.plural}"
+    item = base + "/{name}"
+    one, many = kind.singular, kind.singular + "s"
+    scope_dep: Callable[..., str | None] = namespaced if kind.namespaced else cluster_scoped
+    scope_param = Annotated[str | None, Depends(scope_dep)]
+    common: dict[str, Any] = {
+        "response_model": kind.object_model,
+        "response_model_exclude_none": True,
+        "responses": PROBLEMS,
+    }
+
+    def stored_ns(scope: str | None) -> str:
+        return scope or ""
+
+    def with_etag(response: Response, obj: dict[str, Any]) -> dict[str, Any]:
+        response.headers["ETag"] = f'"{obj["metadata"]["resourceVersion"]}"'
+        return obj
+
+    watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
+
+    @router.get(
+        base,
+        operation_id=f"list{many}",
+        response_model=kind.list_model,
+        response_model_exclude_none=True,
+        summary=f"List or watch {kind.plural}",
+        description=f"List {kind.plural}, or with `watch=true` stream changes as newline-delimited JSON "
+        "events (resumable from `resourceVersion`).",
+        responses={**PROBLEMS, 200: {"content": watch_events}},
+    )
+    def list_objects(
+        db: DB,
+        caller: Caller,
+        scope: scope_param,
+        label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+        continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+        watch: bool = False,
+        resource_version: Annotated[str | None, Query(alias="resourceVersion", max_length=32)] = None,
+        allow_watch_bookmarks: Annotated[bool, Query(alias="allowWatchBookmarks")] = False,
+    ) -> Any:
+        caller.require(kind.read_role, scope)
+        if watch:
+            stream = Watch(db, kind, scope, resource_version, label_selector, allow_watch_bookmarks)
+            return StreamingResponse(
+                stream.stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+            )
+        with db.transaction() as session:
+            return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
+
+    @router.post(
+        base,
+        operation_id=f"create{one}",
+        status_code=201,
+        summary=f"Create a {one}",
+        openapi_extra=request_body(kind.body_model.__name__),
+        **common,
+    )
+    def create(db: DB, caller: Caller, scope: scope_param, response: Response, body: ObjectBody) -> Any:
+        caller.require(kind.write_role, scope)
+        with db.transaction() as session:
+            obj = service_for(session, kind.kind).create(stored_ns(scope), body)
+        response.headers["Location"] = f"{base.format(namespace=scope)}/{obj['metadata']['name']}"
+        return with_etag(response, obj)
+
+    @router.get(item, operation_id=f"read{one}", summary=f"Read a {one}", **common)
+    def read(db: DB, caller: Caller, scope: scope_param, response: Response, name: NamePath) -> Any:
+        caller.require(kind.read_role, scope, hide=True)
+        with db.transaction() as session:
+            return with_etag(response, service_for(session, kind.kind).get(stored_ns(scope), name))
+
+    @router.put(
+        item,
+        operation_id=f"replace{one}",
+        summary=f"Replace a {one}'s spec, labels and annotations",
+        openapi_extra=request_body(kind.body_model.__name__),
+        **common,
+    )
+    def replace(
+        db: DB,
+        caller: Caller,
+        scope: scope_param,
+        response: Response,
+        body: ObjectBody,
+        name: NamePath,
+        if_match: IfMatch = None,
+    ) -> Any:
+        caller.require(kind.read_role, scope, hide=True)
+        caller.require(kind.write_role, scope)
+        with db.transaction() as session:
+            obj = service_for(session, kind.kind).replace(stored_ns(scope), name, body, if_match)
+        return with_etag(response, obj)
+
+    @router.patch(
+        item,
+        operation_id=f"patch{one}",
+        summary=f"Merge-patch a {one} (RFC 7386)",
+        openapi_extra=request_body(kind.body_model.__name__, patch=True),
+        **common,
+    )
+    def patch(
+        db: DB,
+        caller: Caller,
+        scope: scope_param,
+        response: Response,
+        body: PatchBody,
+        name: NamePath,
+        if_match: IfMatch = None,
+    ) -> Any:
+        caller.require(kind.read_role, scope, hide=True)
+        caller.require(kind.write_role, scope)
+        with db.transaction() as session:
+            obj = service_for(session, kind.kind).patch(stored_ns(scope), name, body, if_match)
+        return with_etag(response, obj)
+
+    @router.delete(
+        item,
+        operation_id=f"delete{one}",
+        status_code=202,
+        summary=f"Delete a {one}: marked now, torn down by the worker, then gone",
+        **common,
+    )
+    def delete(
+        db: DB,
+        caller: Caller,
+        scope: scope_param,
+        response: Response,
+        name: NamePath,
+        if_match: IfMatch = None,
+    ) -> Any:
+        caller.require(kind.read_role, scope, hide=True)
+        caller.require(kind.write_role, scope)
+        with db.transaction() as session:
+            obj = service_for(session, kind.kind).delete(stored_ns(scope), name, if_match)
+        return with_etag(response, obj)
+
+    return router

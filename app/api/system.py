@@ -1,0 +1,126 @@
+"""Health, readiness, metrics, and API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from app.api.deps import DB, Caller, ObjectBody
+from app.api.resources import PROBLEMS, request_body
+from app.schemas.auth import TokenCreated, TokenList, TokenRequest, WhoAmI
+from app.services import auth, health
+from app.services.kinds import Role
+from app.services.validation import invalid
+
+router = APIRouter()
+
+
+@router.get("/healthz", operation_id="healthz", tags=["system"], summary="Liveness: the process answers")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    operation_id="readyz",
+    tags=["system"],
+    summary="Readiness: the database answers at the expected schema revision",
+    responses={503: {"description": "Not ready"}},
+)
+def readyz(db: DB) -> Any:
+    problems = health.readiness(db)
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return {"status": "ok"}
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["system"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def metrics(db: DB) -> Response:
+    health.refresh_gauges(db)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/whoami",
+    operation_id="whoAmI",
+    tags=["tokens"],
+    response_model=WhoAmI,
+    responses=PROBLEMS,
+    summary="The caller's token name and grants",
+)
+def whoami(caller: Caller) -> dict[str, Any]:
+    return {
+        "name": caller.name,
+        "grants": [{"namespace": ns, "role": r.name} for ns, r in caller.grants.items()],
+    }
+
+
+def _token(row: Any) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "createdAt": row.created_at,
+        "grants": [{"namespace": g.namespace, "role": g.role} for g in row.grants],
+    }
+
+
+@router.get(
+    "/v1/tokens",
+    operation_id="listTokens",
+    tags=["tokens"],
+    response_model=TokenList,
+    responses=PROBLEMS,
+    summary="List API tokens (admin)",
+)
+def list_tokens(db: DB, caller: Caller) -> dict[str, Any]:
+    caller.require(Role.admin, None)
+    with db.transaction() as session:
+        return {"items": [_token(t) for t in auth.list_tokens(session)]}
+
+
+@router.post(
+    "/v1/tokens",
+    operation_id="createToken",
+    tags=["tokens"],
+    status_code=201,
+    response_model=TokenCreated,
+    responses=PROBLEMS,
+    openapi_extra=request_body("TokenRequest"),
+    summary="Create an API token with per-namespace roles (admin); the secret is shown once",
+)
+def create_token(db: DB, caller: Caller, body: ObjectBody) -> dict[str, Any]:
+    caller.require(Role.admin, None)
+    try:
+        request = TokenRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    with db.transaction() as session:
+        row, secret = auth.create_token(
+            session, request.name, {g.namespace: Role[g.role] for g in request.grants}
+        )
+        return {**_token(row), "token": secret}
+
+
+@router.delete(
+    "/v1/tokens/{name}",
+    operation_id="deleteToken",
+    tags=["tokens"],
+    status_code=204,
+    responses=PROBLEMS,
+    summary="Revoke an API token (admin)",
+)
+def delete_token(db: DB, caller: Caller, name: str) -> Response:
+    caller.require(Role.admin, None)
+    with db.transaction() as session:
+        auth.delete_token(session, name)
+    return Response(status_code=204)

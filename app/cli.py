@@ -1,0 +1,255 @@
+"""The `corral` command: the server (serve, api, worker, migrate) and a small client (apply, get, delete)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger("corral")
+PLURALS = {
+    "VirtualMachineInstance": "instances", "VirtualMachinePool": "pools",
+    "VirtualMachineInstanceMigration": "migrations", "Node": "nodes",
+}  # fmt: skip
+CLUSTER_SCOPED = {"nodes", "devices"}
+ALIASES = {
+    "instance": "instances",
+    "vmi": "instances",
+    "vmis": "instances",
+    "pool": "pools",
+    "node": "nodes",
+    "migration": "migrations",
+    "device": "devices",
+}
+
+
+def _database(settings: Settings) -> Any:
+    from app import migrate
+    from app.db import Database
+
+    url = settings.resolved_database_url()
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        migrate.upgrade(url)
+    return Database(url)
+
+
+def _bootstrap_token(db: Any, settings: Settings) -> None:
+    from app.services.auth import bootstrap_admin
+
+    with db.transaction() as session:
+        minted = bootstrap_admin(session, settings.admin_token)
+    if minted:
+        path = settings.data_dir / "admin-token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(minted + "\n")
+        log.warning(
+            "no CORRAL_ADMIN_TOKEN set: minted an admin token, stored in %s (mode 0600)", path.resolve()
+        )
+
+
+def _serve_http(db: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(db), host=host, port=port, log_level="info", access_log=False)
+
+
+def _run_worker(db: Any, settings: Settings) -> Any:
+    from app.worker.main import build_worker, register_local_node
+
+    register_local_node(db, settings)
+    process = build_worker(db, settings)
+    process.start()
+    return process
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    db = _database(settings)
+    _bootstrap_token(db, settings)
+    process = _run_worker(db, settings)
+    try:
+        _serve_http(db, args.host, args.port)
+    finally:
+        process.stop()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    db = _database(settings)
+    _bootstrap_token(db, settings)
+    _serve_http(db, args.host, args.port)
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    db = _database(settings)
+    process = _run_worker(db, settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    process.stop()
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from app import migrate
+
+    migrate.upgrade(get_settings().resolved_database_url())
+    print("schema at", migrate.head_revision())
+    return 0
+
+
+# -- client ----------------------------------------------------------------------------------------------
+def _client(args: argparse.Namespace) -> httpx.Client:
+    token = args.token or os.environ.get("CORRAL_TOKEN")
+    if not token and Path(".corral/admin-token").exists():
+        token = Path(".corral/admin-token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.server, headers=headers, timeout=60)
+
+
+def _path(plural: str, namespace: str, name: str | None = None) -> str:
+    base = f"/v1/{plural}" if plural in CLUSTER_SCOPED else f"/v1/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            print(f"error {response.status_code}: {problem.get('detail')}", file=sys.stderr)
+            for err in problem.get("errors", []):
+                print(f"  {err['field']}: {err['message']}", file=sys.stderr)
+        except ValueError:
+            print(f"error {response.status_code}: {response.text}", file=sys.stderr)
+        raise SystemExit(1)
+    return response.json() if response.content else None
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    with _client(args) as client:
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            plural = PLURALS.get(doc.get("kind", ""))
+            if plural is None:
+                print(f"unknown kind {doc.get('kind')!r}", file=sys.stderr)
+                return 1
+            namespace = (doc.get("metadata") or {}).get("namespace") or args.namespace
+            name = (doc.get("metadata") or {}).get("name")
+            existing = client.get(_path(plural, namespace, name)) if name else None
+            if existing is not None and existing.status_code == 200:
+                patch = {k: v for k, v in doc.items() if k in ("metadata", "spec")}
+                _check(
+                    client.patch(
+                        _path(plural, namespace, name),
+                        json=patch,
+                        headers={"Content-Type": "application/merge-patch+json"},
+                    )
+                )
+                print(f"{plural}/{name} configured")
+            else:
+                created = _check(client.post(_path(plural, namespace), json=doc))
+                print(f"{plural}/{created['metadata']['name']} created")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    plural = ALIASES.get(args.resource, args.resource)
+    with _client(args) as client:
+        body = _check(client.get(_path(plural, args.namespace, args.name)))
+    if args.output == "json":
+        print(json.dumps(body, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(body, sort_keys=False))
+    else:
+        items = [body] if args.name else body["items"]
+        print(f"{'NAME':<32} {'PHASE':<12} {'NODE':<16} AGE")
+        for item in items:
+            status = item.get("status") or {}
+            print(
+                f"{item['metadata']['name']:<32} {status.get('phase', ''):<12} "
+                f"{status.get('nodeName', ''):<16} {item['metadata']['creationTimestamp']}"
+            )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    plural = ALIASES.get(args.resource, args.resource)
+    with _client(args) as client:
+        _check(client.delete(_path(plural, args.namespace, args.name)))
+    print(f"{plural}/{args.name} deleted")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="corral", description="Virtual machines with the ergonomics of containers."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, fn, text in (
+        ("serve", cmd_serve, "API and worker in one process (embedded defaults)"),
+        ("api", cmd_api, "the API server alone"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8080)
+        p.set_defaults(fn=fn)
+    sub.add_parser("worker", help="the reconcile worker alone").set_defaults(fn=cmd_worker)
+    sub.add_parser("migrate", help="bring the database schema to the latest revision").set_defaults(
+        fn=cmd_migrate
+    )
+
+    def client_parser(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--server", default=os.environ.get("CORRAL_SERVER", "http://127.0.0.1:8080"))
+        p.add_argument("--token", default=None, help="bearer token (default: $CORRAL_TOKEN)")
+        p.add_argument("-n", "--namespace", default="default")
+        p.set_defaults(fn=fn)
+        return p
+
+    client_parser("apply", cmd_apply, "create or update objects from a manifest").add_argument(
+        "-f", "--filename", required=True
+    )
+    get = client_parser("get", cmd_get, "list or read objects")
+    get.add_argument("resource")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    delete = client_parser("delete", cmd_delete, "delete an object")
+    delete.add_argument("resource")
+    delete.add_argument("name")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("CORRAL_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Settings from the environment (CORRAL_*). Reading them has no side effects."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".corral"), description="Where the embedded SQLite file lives.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: a SQLite file in data_dir."
+    )
+    libvirt_uri: str | None = Field(
+        default=None,
+        description="libvirt URI of the local node; default: qemu:///system if it answers, else test:///default.",
+    )
+    admin_token: str | None = Field(default=None, description="Bootstraps the first admin token.")
+    image_dir: Path = Field(default=Path("/var/lib/corral/images"), description="The image catalog.")
+    virt_type: str | None = Field(
+        default=None, description="Force the local node's virtualization type (kvm or qemu)."
+    )
+    auto_migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+    resync_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'corral.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,34 @@
+"""The reconciler contract (controller-runtime's): level-triggered passes over one key at a time.
+
+`reconcile` re-reads desired and actual state every pass. Returning a Result ends the pass (optionally asking
+to run again later); raising means retry with backoff; TerminalError means do not retry until something
+changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from app.virt.driver import HypervisorEvent
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+class TerminalError(Exception):
+    """The object cannot be reconciled as it stands; retrying will not help."""
+
+
+class Reconciler(Protocol):
+    kind: str
+
+    def reconcile(self, namespace: str, name: str) -> Result: ...
+
+    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+        """Work keys a libvirt event on `node` should wake (the event bridge asks every reconciler)."""
+        ...

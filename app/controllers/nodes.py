@@ -1,0 +1,117 @@
+"""The node reconciler: connect to the node's libvirt, report capacity, versions and a Ready heartbeat."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.controllers.base import Result
+from app.db import Database
+from app.repositories.resources import ResourceRepository
+from app.repositories.revisions import now
+from app.schemas.conditions import set_condition
+from app.schemas.node import NodeSpec, NodeStatus
+from app.services.kinds import NODES
+from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool
+
+log = logging.getLogger(__name__)
+
+
+def decide_virt_type(host: HostInfo, requested: str | None) -> tuple[str, str]:
+    """kvm or qemu (TCG) for guests on this host, and why. domcapabilities alone misleads: a paravirtual
+    KVM (PVM) or a nested host without VT-x/AMD-V advertises kvm yet cannot boot a stock guest."""
+    if requested:
+        return requested, f"set in spec.virtType ({requested})"
+    if host.domain_types == frozenset({"test"}):
+        return "qemu", "libvirt test driver: no real guests"
+    if "kvm" not in host.domain_types:
+        return "qemu", "libvirt offers no kvm domain type on this host: TCG software emulation"
+    if host.paravirtual_kvm:
+        return "qemu", "KVM here is paravirtual (kvm_pvm loaded or no /dev/kvm): TCG software emulation"
+    if not host.cpu_features & {"vmx", "svm"}:
+        return (
+            "qemu",
+            "the host CPU shows no vmx/svm flag, so KVM cannot run stock guests: TCG software emulation",
+        )
+    return "kvm", "kvm domain type offered and the host CPU has hardware virtualization"
+
+
+def host_status(
+    host: HostInfo, virt_type: str, reason: str, generation: int, previous: dict[str, Any]
+) -> dict[str, Any]:
+    at = now()
+    status: dict[str, Any] = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
+    set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
+    memory = f"{host.memory_bytes // (1024 * 1024)}Mi"
+    resources = {"cpu": str(host.cpus), "memory": memory}
+    return NodeStatus.model_validate({
+        **status,
+        "observedGeneration": generation,
+        "phase": "Ready",
+        "capacity": resources,
+        "allocatable": dict(resources),
+        "nodeInfo": {
+            "hostname": host.hostname, "arch": host.arch, "cpuModel": host.cpu_model,
+            "hostUuid": host.host_uuid, "hypervisorType": host.hypervisor_type,
+            "hypervisorVersion": host.hypervisor_version, "libvirtVersion": host.libvirt_version,
+        },
+        "virtType": virt_type,
+        "virtTypeReason": reason,
+        "lastHeartbeatTime": at,
+    }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
+
+
+class NodeReconciler:
+    kind = NODES.kind
+
+    def __init__(self, db: Database, hypervisors: HypervisorPool, heartbeat_seconds: float) -> None:
+        self.db = db
+        self.hypervisors = hypervisors
+        self.heartbeat = heartbeat_seconds
+
+    def reconcile(self, namespace: str, name: str) -> Result:
+        with self.db.transaction() as session:
+            row = ResourceRepository[Any](session, NODES.info).get(namespace, name)
+            if row is None:
+                self.hypervisors.forget(name)
+                return Result()
+            if row.deleted_at is not None:
+                self.hypervisors.forget(name)
+                ResourceRepository[Any](session, NODES.info).remove(row)
+                return Result()
+            spec = NodeSpec.model_validate(row.spec)
+            generation, previous = row.generation, dict(row.status)
+
+        try:
+            host = self.hypervisors.get(name, spec.uri).host_info()
+        except HypervisorError as exc:
+            self.hypervisors.forget(name)
+            self._write(namespace, name, self._unreachable(previous, generation, str(exc)))
+            return Result(requeue_after=self.heartbeat)
+        virt_type, reason = decide_virt_type(host, spec.virt_type)
+        self._write(namespace, name, host_status(host, virt_type, reason, generation, previous))
+        return Result(requeue_after=self.heartbeat)
+
+    @staticmethod
+    def _unreachable(previous: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
+        status = dict(previous)
+        status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
+        set_condition(status, "Ready", "False", "Unreachable", message[:500], now())
+        status.update(phase="NotReady", observedGeneration=generation)
+        return status
+
+    def _write(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self.db.transaction() as session:
+            repo = ResourceRepository[Any](session, NODES.info)
+            row = repo.get(namespace, name, for_update=True)
+            if row is None or row.status == status:
+                return
+            row.status = status
+            repo.touch(row)
+
+    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+        if event.kind is EventKind.CONNECTION_CLOSED:
+            return [NODES.work_key("", node)]
+        return []

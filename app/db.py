@@ -1,0 +1,159 @@
+"""Engine and session factories, and the change signals that wake watches and workers.
+
+The request or the reconcile pass owns the transaction: repositories only add and flush. A write marks the
+session with the channels it touched (`signal(session, channel)`); after the commit the in-process hub wakes
+local waiters, and on Postgres a NOTIFY issued inside the transaction reaches other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "corral_events"
+WORK_CHANNEL = "corral_work"
+CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL)
+
+
+class Hub:
+    """Per-process wake-ups: a counter per channel plus waiters from threads and event loops."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._counters: dict[str, int] = dict.fromkeys(CHANNELS, 0)
+        self._async_waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {
+            c: [] for c in CHANNELS
+        }
+
+    def counter(self, channel: str) -> int:
+        with self._cond:
+            return self._counters[channel]
+
+    def notify(self, channel: str) -> None:
+        with self._cond:
+            self._counters[channel] += 1
+            waiters, self._async_waiters[channel] = self._async_waiters[channel], []
+            self._cond.notify_all()
+        for loop, ev in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(ev.set)
+
+    def wait(self, channel: str, seen: int, timeout: float) -> int:
+        """Block until the channel's counter passes `seen` or the timeout ends; returns the counter."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._counters[channel] != seen, timeout=timeout)
+            return self._counters[channel]
+
+    async def wait_async(self, channel: str, seen: int, timeout: float) -> int:
+        ev = asyncio.Event()
+        with self._cond:
+            if self._counters[channel] != seen:
+                return self._counters[channel]
+            self._async_waiters[channel].append((asyncio.get_running_loop(), ev))
+        with suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+        return self.counter(channel)
+
+
+def signal(session: Session, channel: str) -> None:
+    """Record that this transaction changed something `channel` listeners care about."""
+    session.info.setdefault("signals", set()).add(channel)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.hub = Hub()
+        self.engine = make_engine(url, echo=echo)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.sessions, "after_commit", self._after_commit)
+        event.listen(self.sessions, "after_rollback", self._after_rollback)
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _after_commit(self, session: Session) -> None:
+        for channel in session.info.pop("signals", ()):
+            self.hub.notify(channel)
+
+    @staticmethod
+    def _after_rollback(session: Session) -> None:
+        session.info.pop("signals", None)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One short transaction: commit on success, roll back on error."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def start_listener(self) -> None:
+        """Relay Postgres NOTIFY into the hub, so other processes' writes wake this one's waiters."""
+        if not self.is_postgres or self._listener is not None:
+            return
+        self._listener = threading.Thread(target=self._listen_forever, name="pg-listen", daemon=True)
+        self._listener.start()
+
+    def _listen_forever(self) -> None:
+        import psycopg
+
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}")
+                    # A reconnect may have missed notifications: wake everyone once.
+                    for channel in CHANNELS:
+                        self.hub.notify(channel)
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self.hub.notify(note.channel)
+            except Exception:
+                log.warning("Postgres LISTEN connection lost; reconnecting", exc_info=True)
+                self._stop.wait(1.0)
+
+    def dispose(self) -> None:
+        self._stop.set()
+        self.engine.dispose()
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling defers BEGIN; take it over so BEGIN IMMEDIATE works.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the lock at BEGIN: SQLite then serializes them instead of failing upgrades.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)

@@ -1,0 +1,78 @@
+"""create_app(): routers, problem+json handlers, stable operationIds, the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import Histogram
+from pydantic import BaseModel
+
+from app import __version__
+from app.api import problems, system
+from app.api.resources import resource_router
+from app.db import Database
+from app.schemas.auth import TokenRequest
+from app.schemas.common import WatchEvent
+from app.services.kinds import KINDS
+
+REQUESTS = Histogram(
+    "corral_http_request_duration_seconds", "API request latency", ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+DESCRIPTION = (
+    "Corral runs virtual machines with the ergonomics of containers: KubeVirt-shaped resources (instances, "
+    "warm pools, migrations, nodes, host devices) in front of libvirt. Errors are RFC 9457 problem+json; "
+    "request bodies are JSON or YAML; writes take `If-Match` or `metadata.resourceVersion` as a precondition."
+)
+
+
+def create_app(db: Database) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        db.start_listener()
+        yield
+
+    app = FastAPI(title="Corral", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.db = db
+    problems.install(app)
+    app.include_router(system.router)
+    for kind in KINDS.values():
+        app.include_router(resource_router(kind))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        REQUESTS.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            # Bodies are parsed by Corral (JSON or YAML), so FastAPI does not see their models: add them.
+            parsed_bodies: list[type[BaseModel]] = [k.body_model for k in KINDS.values()]
+            parsed_bodies += [TokenRequest, WatchEvent]
+            for model in parsed_bodies:
+                model_schema = model.model_json_schema(
+                    by_alias=True, ref_template="#/components/schemas/{model}"
+                )
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,21 @@
+"""SQLAlchemy tables. Importing this package registers every table on `Base.metadata`."""
+
+from app.models.auth import GrantRow, TokenRow
+from app.models.base import Base, ResourceRow
+from app.models.events import EventRow, RevisionRow
+from app.models.resources import InstanceRow, NodeRow
+from app.models.settings import SettingRow
+from app.models.workqueue import WorkItemRow
+
+__all__ = [
+    "Base",
+    "EventRow",
+    "GrantRow",
+    "InstanceRow",
+    "NodeRow",
+    "ResourceRow",
+    "RevisionRow",
+    "SettingRow",
+    "TokenRow",
+    "WorkItemRow",
+]

@@ -1,0 +1,43 @@
+"""Declarative base and the columns every resource table shares (metadata + spec + status)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY, so 64-bit keys are declared as INTEGER there.
+BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ResourceRow:
+    """Columns of a stored resource. Cluster-scoped kinds keep namespace ''."""
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True, nullable=False)
+    namespace: Mapped[str] = mapped_column(String(63), nullable=False, default="")
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, nullable=False, default=dict)
+    annotations: Mapped[dict[str, str]] = mapped_column(JSONType, nullable=False, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=1)
+    resource_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,137 @@
+"""Generic storage of resources: every kind's table has the same columns (app.models.base.ResourceRow)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import Session
+
+from app.models import ResourceRow
+from app.repositories.revisions import next_revision, now, record_event
+
+RowT = TypeVar("RowT", bound=ResourceRow)
+Selector = Callable[[dict[str, str]], bool]
+
+
+@dataclass(frozen=True)
+class KindInfo(Generic[RowT]):
+    """What storage needs to know of a kind."""
+
+    kind: str
+    api_version: str
+    row: type[RowT]
+    namespaced: bool
+
+
+def to_object(info: KindInfo[Any], row: ResourceRow) -> dict[str, Any]:
+    """The row as an API object (Kubernetes shape)."""
+    meta: dict[str, Any] = {
+        "name": row.name,
+        "uid": row.uid,
+        "labels": dict(row.labels or {}),
+        "annotations": dict(row.annotations or {}),
+        "resourceVersion": str(row.resource_version),
+        "generation": row.generation,
+        "creationTimestamp": _iso(row.created_at),
+    }
+    if info.namespaced:
+        meta["namespace"] = row.namespace
+    if row.deleted_at is not None:
+        meta["deletionTimestamp"] = _iso(row.deleted_at)
+    return {
+        "apiVersion": info.api_version,
+        "kind": info.kind,
+        "metadata": meta,
+        "spec": row.spec,
+        "status": row.status,
+    }
+
+
+def _iso(value: Any) -> str:
+    text = value.isoformat()
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return str(text.replace("+00:00", "Z") if "+" in text else text + "Z")
+
+
+class ResourceRepository(Generic[RowT]):
+    def __init__(self, session: Session, info: KindInfo[RowT]) -> None:
+        self.session = session
+        self.info = info
+
+    def get(self, namespace: str, name: str, *, for_update: bool = False) -> RowT | None:
+        query = select(self.info.row).where(self.info.row.namespace == namespace, self.info.row.name == name)
+        if for_update:
+            query = query.with_for_update()
+        return self.session.scalars(query).one_or_none()
+
+    def get_by_uid(self, uid: str) -> RowT | None:
+        return self.session.scalars(select(self.info.row).where(self.info.row.uid == uid)).one_or_none()
+
+    def page(
+        self,
+        namespace: str | None,
+        *,
+        selector: Selector | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+        **column_filters: Any,
+    ) -> tuple[list[RowT], bool]:
+        """Rows ordered by (namespace, name) after the `after` key; returns (rows, more_remain)."""
+        row = self.info.row
+        query = select(row)
+        if namespace is not None:
+            query = query.where(row.namespace == namespace)
+        for column, value in column_filters.items():
+            query = query.where(getattr(row, column) == value)
+        if after is not None:
+            query = query.where(tuple_(row.namespace, row.name) > tuple_(*after))
+        query = query.order_by(row.namespace, row.name)
+        found: list[RowT] = []
+        batch = max(limit or 500, 100)
+        while True:
+            rows = list(self.session.scalars(query.limit(batch)))
+            for item in rows:
+                if selector is None or selector(item.labels or {}):
+                    if limit is not None and len(found) == limit:
+                        return found, True
+                    found.append(item)
+            if len(rows) < batch:
+                return found, False
+            last = rows[-1]
+            query = query.where(tuple_(row.namespace, row.name) > tuple_(last.namespace, last.name))
+
+    def count(self) -> int:
+        return int(self.session.execute(select(func.count()).select_from(self.info.row)).scalar_one())
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return list(self.session.scalars(select(self.info.row.status)))
+
+    def all_keys(self) -> list[tuple[str, str]]:
+        row = self.info.row
+        return [(ns, name) for ns, name in self.session.execute(select(row.namespace, row.name))]
+
+    def add(self, item: RowT) -> RowT:
+        item.resource_version = next_revision(self.session)
+        item.created_at = now()
+        self.session.add(item)
+        self.session.flush()
+        record_event(self.session, item.resource_version, "ADDED", to_object(self.info, item))
+        return item
+
+    def touch(self, item: RowT) -> RowT:
+        """Record a change made to `item`: a new resourceVersion and a MODIFIED event."""
+        item.resource_version = next_revision(self.session)
+        self.session.flush()
+        record_event(self.session, item.resource_version, "MODIFIED", to_object(self.info, item))
+        return item
+
+    def remove(self, item: RowT) -> None:
+        rv = next_revision(self.session)
+        obj = to_object(self.info, item)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        self.session.delete(item)
+        self.session.flush()
+        record_event(self.session, rv, "DELETED", obj)

@@ -1,0 +1,70 @@
+"""resourceVersion allocation and the change log that watches read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import EVENTS_CHANNEL, signal
+from app.models import EventRow, RevisionRow
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_revision(session: Session) -> int:
+    """Take the next resourceVersion. The row lock is held to commit, so revisions commit in order."""
+    value = session.execute(
+        update(RevisionRow)
+        .where(RevisionRow.id == 1)
+        .values(value=RevisionRow.value + 1)
+        .returning(RevisionRow.value)
+    ).scalar_one()
+    return int(value)
+
+
+def current_revision(session: Session) -> int:
+    return int(session.execute(select(RevisionRow.value).where(RevisionRow.id == 1)).scalar_one())
+
+
+def record_event(session: Session, rv: int, event_type: str, obj: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    session.add(
+        EventRow(
+            rv=rv,
+            kind=obj["kind"],
+            namespace=meta.get("namespace") or "",
+            name=meta["name"],
+            type=event_type,
+            object=obj,
+            created_at=now(),
+        )
+    )
+    signal(session, EVENTS_CHANNEL)
+
+
+def events_after(
+    session: Session, kind: str, namespace: str | None, rv: int, limit: int = 500
+) -> list[EventRow]:
+    query = select(EventRow).where(EventRow.kind == kind, EventRow.rv > rv)
+    if namespace is not None:
+        query = query.where(EventRow.namespace == namespace)
+    return list(session.scalars(query.order_by(EventRow.rv).limit(limit)))
+
+
+def oldest_event(session: Session) -> int | None:
+    value = session.execute(select(func.min(EventRow.rv))).scalar()
+    return int(value) if value is not None else None
+
+
+def compact_events(session: Session, keep: int) -> int:
+    """Drop all but the newest `keep` events; a watch older than that gets 410 Gone."""
+    cutoff = current_revision(session) - keep
+    if cutoff <= 0:
+        return 0
+    result = session.execute(delete(EventRow).where(EventRow.rv <= cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,121 @@
+"""The keyed work queue (see app.models.workqueue): enqueue, lease, finish. Nothing here commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.db import WORK_CHANNEL, signal
+from app.models import WorkItemRow
+from app.repositories.revisions import now
+
+
+@dataclass(frozen=True)
+class Lease:
+    key: str
+    seq: int
+    attempts: int
+
+
+def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
+    """Ask for a reconcile of `key` after `delay` seconds (earlier requests win)."""
+    due = now() + timedelta(seconds=delay)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(WorkItemRow).values(key=key, due_at=due, seq=1, attempts=0)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[WorkItemRow.key],
+        set_={
+            "seq": WorkItemRow.seq + 1,
+            "due_at": case((WorkItemRow.due_at < due, WorkItemRow.due_at), else_=due),
+        },
+    )
+    session.execute(stmt)
+    if delay <= 0:
+        signal(session, WORK_CHANNEL)
+
+
+def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> list[Lease]:
+    """Take up to `limit` due keys that no live lease holds.
+
+    Each key is taken with a conditional UPDATE, so two workers can never both win it, on any database;
+    SKIP LOCKED only keeps Postgres workers from queueing behind each other.
+    """
+    t = now()
+    free = or_(WorkItemRow.lease_until.is_(None), WorkItemRow.lease_until < t)
+    candidates = select(WorkItemRow.key).where(WorkItemRow.due_at <= t, free).order_by(WorkItemRow.due_at)
+    candidates = candidates.limit(limit * 2)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    taken: list[Lease] = []
+    for key in session.scalars(candidates):
+        row = session.execute(
+            update(WorkItemRow)
+            .where(WorkItemRow.key == key, WorkItemRow.due_at <= t, free)
+            .values(
+                leased_by=worker,
+                leased_seq=WorkItemRow.seq,
+                lease_until=t + timedelta(seconds=lease_seconds),
+            )
+            .returning(WorkItemRow.seq, WorkItemRow.attempts)
+        ).one_or_none()
+        if row is not None:
+            taken.append(Lease(key=key, seq=int(row.seq), attempts=int(row.attempts)))
+            if len(taken) == limit:
+                break
+    return taken
+
+
+def renew(session: Session, worker: str, keys: list[str], lease_seconds: float) -> None:
+    if keys:
+        session.execute(
+            update(WorkItemRow)
+            .where(WorkItemRow.key.in_(keys), WorkItemRow.leased_by == worker)
+            .values(lease_until=now() + timedelta(seconds=lease_seconds))
+        )
+
+
+def finish(
+    session: Session,
+    worker: str,
+    taken: Lease,
+    *,
+    requeue_after: float | None = None,
+    error: str | None = None,
+) -> None:
+    """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile."""
+    mine = and_(WorkItemRow.key == taken.key, WorkItemRow.leased_by == worker)
+    release = {"leased_by": None, "leased_seq": None, "lease_until": None}
+    if error is not None:
+        session.execute(
+            update(WorkItemRow)
+            .where(mine)
+            .values(
+                **release,
+                attempts=WorkItemRow.attempts + 1,
+                last_error=error[:2000],
+                due_at=now() + timedelta(seconds=requeue_after or 0),
+            )
+        )
+        return
+    if requeue_after is None:
+        gone = session.execute(delete(WorkItemRow).where(mine, WorkItemRow.seq == taken.seq))
+        if getattr(gone, "rowcount", 0):
+            return
+        # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
+        session.execute(update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None))
+        return
+    # Enqueued again during the pass: keep the earlier due time the enqueue set, so it runs again now.
+    later = now() + timedelta(seconds=requeue_after)
+    due = case((WorkItemRow.seq == taken.seq, later), else_=WorkItemRow.due_at)
+    session.execute(
+        update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None, due_at=due)
+    )
+
+
+def depth(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(WorkItemRow)).scalar_one())

@@ -1,0 +1,177 @@
+"""Shared pieces of every API body: object metadata, conditions, lists, watch events, problems."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+QUANTITY = re.compile(
+    r"^(?P<num>[+]?(\d+\.?\d*|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
+SUFFIX_FACTOR: dict[str, Decimal] = {
+    "": Decimal(1),
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9),
+    "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18),
+}  # fmt: skip
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, unknown fields rejected (422 naming the field, never a silent drop)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def check_dns_label(value: str) -> str:
+    if len(value) > 63 or not DNS_LABEL.match(value):
+        raise ValueError(
+            "must be a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and ending "
+            "with a letter or digit"
+        )
+    return value
+
+
+def check_label_key(key: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        raise ValueError(f"label key {key!r}: prefix must be a DNS subdomain")
+    if not name or len(name) > 63 or not LABEL_NAME.match(name):
+        raise ValueError(
+            f"label key {key!r}: name must be 1-63 characters of [A-Za-z0-9-_.], "
+            "starting and ending alphanumeric"
+        )
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        check_label_key(key)
+        if len(value) > 63 or not LABEL_NAME.match(value):
+            raise ValueError(f"label {key!r}: value must be at most 63 characters of [A-Za-z0-9-_.]")
+    return labels
+
+
+def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        check_label_key(key)
+    if sum(len(k) + len(v) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
+        raise ValueError("annotations may hold at most 256 KiB")
+    return annotations
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes quantity ("2", "500m", "1Gi", "1e3") as a number."""
+    match = QUANTITY.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a quantity (e.g. 2, 500m, 1Gi, 512Mi)")
+    suffix = match["suffix"] or ""
+    try:
+        number = Decimal(match["num"])
+        if suffix[:1] in ("e", "E"):
+            return number * (Decimal(10) ** int(suffix[1:]))
+        return number * SUFFIX_FACTOR[suffix]
+    except (InvalidOperation, OverflowError) as exc:
+        raise ValueError(f"{value!r} is out of range") from exc
+
+
+def _quantity(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        # pydantic reports ValueError (not TypeError) as a field error
+        raise ValueError("must be a quantity: a number or a string such as '2', '500m', '1Gi'")  # noqa: TRY004
+    text = str(value)
+    parse_quantity(text)
+    return text
+
+
+DnsLabel = Annotated[str, AfterValidator(check_dns_label)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+Annotations = Annotated[dict[str, str], AfterValidator(check_annotations)]
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}, examples=["2", "500m", "1Gi"]),
+]
+
+
+class ObjectMeta(ApiModel):
+    """Object metadata. Server-set fields (uid, generation, timestamps) are read-only: accepted and ignored
+    in requests, so a GET-edit-PUT round trip works; resourceVersion, when sent, is a precondition."""
+
+    name: DnsLabel | None = None
+    generate_name: str | None = Field(default=None, max_length=58, pattern=r"^[a-z0-9]([-a-z0-9]*)?$")
+    namespace: DnsLabel | None = None
+    uid: str | None = None
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+class ObjectMetaOut(ApiModel):
+    name: str
+    namespace: str | None = None
+    uid: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    resource_version: str
+    generation: int
+    creation_timestamp: datetime
+    deletion_timestamp: datetime | None = None
+
+
+class ListMeta(ApiModel):
+    resource_version: str
+    continue_: str | None = Field(default=None, alias="continue")
+    remaining_item_count: int | None = None
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+    last_probe_time: datetime | None = None
+
+
+class FieldProblem(ApiModel):
+    field: str
+    message: str
+
+
+class Problem(ApiModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    reason: str | None = None
+    errors: list[FieldProblem] = Field(default_factory=list)
+
+
+class WatchEvent(ApiModel):
+    """One line of a watch stream."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
+    object: dict[str, Any]

@@ -1,0 +1,194 @@
+"""VirtualMachineInstance: KubeVirt's VirtualMachineInstanceSpec, the subset Corral implements."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from app.schemas.common import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    ListMeta,
+    ObjectMeta,
+    ObjectMetaOut,
+    Quantity,
+)
+
+RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
+InstancePhase = Literal[
+    "Pending", "Scheduling", "Scheduled", "Starting", "Running", "Paused", "Migrating",
+    "Stopping", "Stopped", "Failed", "Unknown", "Terminating",
+]  # fmt: skip
+
+
+class ResourceRequirements(ApiModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class CPU(ApiModel):
+    cores: int | None = Field(default=None, ge=1, le=512)
+    sockets: int | None = Field(default=None, ge=1, le=64)
+    threads: int | None = Field(default=None, ge=1, le=8)
+    model: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")
+
+
+class Memory(ApiModel):
+    guest: Quantity | None = None
+
+
+class DiskTarget(ApiModel):
+    bus: Literal["virtio", "sata", "scsi"] = "virtio"
+    readonly: bool = False
+
+
+class Disk(ApiModel):
+    name: DnsLabel
+    disk: DiskTarget | None = None
+    cdrom: DiskTarget | None = None
+    boot_order: int | None = Field(default=None, ge=1)
+    serial: str | None = Field(default=None, max_length=20, pattern=r"^[A-Za-z0-9_.+-]+$")
+
+
+class InterfaceBinding(ApiModel):
+    pass
+
+
+class Interface(ApiModel):
+    name: DnsLabel
+    model: Literal["virtio", "e1000", "e1000e", "rtl8139"] = "virtio"
+    mac_address: str | None = Field(default=None, pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+    masquerade: InterfaceBinding | None = None
+    bridge: InterfaceBinding | None = None
+
+
+class ChannelTarget(ApiModel):
+    name: str = Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class ChannelSource(ApiModel):
+    name: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class Channel(ApiModel):
+    """A virtio-serial channel; `org.qemu.guest_agent.0` is the guest agent's."""
+
+    type: Literal["unix"] = "unix"
+    target: ChannelTarget
+    source: ChannelSource | None = None
+
+
+class HostDeviceRequest(ApiModel):
+    name: DnsLabel
+    device_name: str = Field(
+        min_length=1, max_length=253, description="A permitted resourceName, or a libvirt node-device name."
+    )
+
+
+class Devices(ApiModel):
+    disks: list[Disk] = Field(default_factory=list, max_length=32)
+    interfaces: list[Interface] = Field(default_factory=list, max_length=16)
+    channels: list[Channel] = Field(default_factory=list, max_length=8)
+    gpus: list[HostDeviceRequest] = Field(default_factory=list, max_length=16)
+    host_devices: list[HostDeviceRequest] = Field(default_factory=list, max_length=16)
+
+
+class Machine(ApiModel):
+    type: str = Field(default="q35", max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class DomainSpec(ApiModel):
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    cpu: CPU | None = None
+    memory: Memory | None = None
+    devices: Devices = Field(default_factory=Devices)
+    machine: Machine | None = None
+
+
+class ContainerDiskSource(ApiModel):
+    image: str = Field(
+        min_length=1, max_length=255, pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
+        description="An image catalog name, e.g. ubuntu:22.04.",
+    )  # fmt: skip
+
+
+class EmptyDiskSource(ApiModel):
+    capacity: Quantity
+
+
+class Volume(ApiModel):
+    name: DnsLabel
+    container_disk: ContainerDiskSource | None = None
+    empty_disk: EmptyDiskSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        if (self.container_disk is None) == (self.empty_disk is None):
+            raise ValueError("a volume has exactly one source: containerDisk or emptyDisk")
+        return self
+
+
+class InstanceSpec(ApiModel):
+    domain: DomainSpec = Field(default_factory=DomainSpec)
+    volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    run_strategy: RunStrategy = "Always"
+    termination_grace_period_seconds: int = Field(default=30, ge=0, le=3600)
+    hostname: DnsLabel | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> InstanceSpec:
+        for what, names in (
+            ("spec.volumes", [v.name for v in self.volumes]),
+            ("spec.domain.devices.disks", [d.name for d in self.domain.devices.disks]),
+        ):
+            if len(names) != len(set(names)):
+                raise ValueError(f"{what}: names must be unique")
+        return self
+
+
+class PhaseTransition(ApiModel):
+    phase: InstancePhase
+    phase_transition_timestamp: datetime
+
+
+class InstanceStatus(ApiModel):
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    observed_generation: int | None = None
+    phase: InstancePhase = "Pending"
+    reason: str | None = None
+    message: str | None = None
+    node_name: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    phase_transition_timestamps: list[PhaseTransition] = Field(default_factory=list)
+    interfaces: list[dict[str, Any]] = Field(default_factory=list)
+    guest_os_info: dict[str, Any] | None = Field(default=None, alias="guestOSInfo")
+    migration_state: dict[str, Any] | None = None
+    device_assignments: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class InstanceBody(ApiModel):
+    api_version: str | None = None
+    kind: str | None = None
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: InstanceSpec = Field(default_factory=InstanceSpec)
+    status: Any = Field(default=None, description="Ignored: status is written by Corral.")
+
+
+class Instance(ApiModel):
+    api_version: str = "kubevirt.io/v1"
+    kind: str = "VirtualMachineInstance"
+    metadata: ObjectMetaOut
+    spec: InstanceSpec
+    status: InstanceStatus
+
+
+class InstanceList(ApiModel):
+    api_version: str = "kubevirt.io/v1"
+    kind: str = "VirtualMachineInstanceList"
+    metadata: ListMeta
+    items: list[Instance]

@@ -1,0 +1,88 @@
+"""Node: a libvirt host (cluster-scoped)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field
+
+from app.schemas.common import ApiModel, Condition, ListMeta, ObjectMeta, ObjectMetaOut
+
+LIBVIRT_SCHEMES = ("qemu", "qemu+tcp", "qemu+tls", "qemu+ssh", "qemu+unix", "qemu+libssh2", "test")
+VirtType = Literal["kvm", "qemu"]
+
+
+def check_libvirt_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in LIBVIRT_SCHEMES:
+        raise ValueError(
+            f"scheme {parts.scheme!r} is not a libvirt QEMU or test URI ({', '.join(LIBVIRT_SCHEMES)})"
+        )
+    if parts.scheme.startswith("qemu") and parts.path not in ("/system", "/session"):
+        raise ValueError("a QEMU URI names /system or /session, e.g. qemu+tcp://host/system")
+    if parts.scheme == "test" and not parts.path:
+        raise ValueError("a test URI names a path, e.g. test:///default")
+    if any(c.isspace() for c in uri):
+        raise ValueError("must not contain whitespace")
+    return uri
+
+
+LibvirtUri = Annotated[str, Field(min_length=4, max_length=1024), AfterValidator(check_libvirt_uri)]
+
+
+class NodeSpec(ApiModel):
+    uri: LibvirtUri = Field(description="libvirt connection URI of the host.")
+    unschedulable: bool = Field(default=False, description="No new instances are placed here.")
+    virt_type: VirtType | None = Field(
+        default=None,
+        description="kvm (hardware virtualization) or qemu (TCG software emulation); detected when unset.",
+    )
+
+
+class NodeInfo(ApiModel):
+    hostname: str = ""
+    arch: str = ""
+    cpu_model: str = ""
+    host_uuid: str = ""
+    hypervisor_type: str = ""
+    hypervisor_version: str = ""
+    libvirt_version: str = ""
+
+
+class NodeStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Ready", "NotReady"] = "Pending"
+    conditions: list[Condition] = Field(default_factory=list)
+    capacity: dict[str, str] = Field(default_factory=dict)
+    allocatable: dict[str, str] = Field(default_factory=dict)
+    node_info: NodeInfo | None = None
+    virt_type: VirtType | None = None
+    virt_type_reason: str | None = None
+    last_heartbeat_time: datetime | None = None
+
+
+class NodeBody(ApiModel):
+    """A Node as sent by a client (status is ignored)."""
+
+    api_version: str | None = None
+    kind: str | None = None
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: NodeSpec
+    status: Any = Field(default=None, description="Ignored: status is written by Corral.")
+
+
+class Node(ApiModel):
+    api_version: str = "corral.dev/v1"
+    kind: str = "Node"
+    metadata: ObjectMetaOut
+    spec: NodeSpec
+    status: NodeStatus
+
+
+class NodeList(ApiModel):
+    api_version: str = "corral.dev/v1"
+    kind: str = "NodeList"
+    metadata: ListMeta
+    items: list[Node]

@@ -1,0 +1,109 @@
+"""Bearer tokens and per-namespace roles (viewer < operator < admin)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from app.errors import AlreadyExists, Forbidden, NotFound, Unauthorized
+from app.models import GrantRow, TokenRow
+from app.repositories import auth as repo
+from app.repositories.revisions import now
+from app.services.kinds import Role
+
+ALL_NAMESPACES = "*"
+BOOTSTRAP_NAME = "bootstrap-admin"
+TOKEN_PREFIX = "crl_"
+
+
+def digest(secret: str) -> str:
+    # Tokens are 256 random bits, so a fast hash suffices (no password stretching needed).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    grants: dict[str, Role] = field(default_factory=dict)
+
+    def role_in(self, namespace: str) -> Role | None:
+        roles = [r for ns, r in self.grants.items() if ns in (namespace, ALL_NAMESPACES)]
+        return max(roles) if roles else None
+
+    @property
+    def cluster_role(self) -> Role | None:
+        return self.grants.get(ALL_NAMESPACES)
+
+    def require(self, role: Role, namespace: str | None, *, hide: bool = False) -> None:
+        """Allow the call or raise: 404 where the caller may not see the namespace and `hide` is set
+        (objects), 403 otherwise."""
+        held = self.cluster_role if namespace is None else self.role_in(namespace)
+        if held is not None and held >= role:
+            return
+        scope = "cluster-wide" if namespace is None else f"in namespace {namespace!r}"
+        if held is None and hide:
+            raise NotFound("not found")
+        raise Forbidden(f"{self.name!r} needs role {role.name} {scope}")
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    if not authorization:
+        raise Unauthorized(
+            "an Authorization: Bearer <token> header is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized(
+            "the Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    token = repo.token_by_digest(session, digest(secret.strip()))
+    if token is None:
+        raise Unauthorized(
+            "the token is not valid", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    return Principal(token.name, {g.namespace: Role[g.role] for g in token.grants})
+
+
+def create_token(session: Session, name: str, grants: dict[str, Role]) -> tuple[TokenRow, str]:
+    if repo.token_by_name(session, name) is not None:
+        raise AlreadyExists(f"token {name!r} already exists")
+    secret = new_secret()
+    row = TokenRow(id=str(uuid.uuid4()), name=name, digest=digest(secret), created_at=now())
+    repo.add_token(session, row, [GrantRow(namespace=ns, role=r.name) for ns, r in grants.items()])
+    return row, secret
+
+
+def list_tokens(session: Session) -> list[TokenRow]:
+    return repo.list_tokens(session)
+
+
+def delete_token(session: Session, name: str) -> None:
+    row = repo.token_by_name(session, name)
+    if row is None:
+        raise NotFound(f"token {name!r} not found")
+    repo.delete_token(session, row)
+
+
+def bootstrap_admin(session: Session, secret: str | None) -> str | None:
+    """Make `secret` (CORRAL_ADMIN_TOKEN) a cluster admin token. With no secret and no tokens at all,
+    mint one and return it so the caller can hand it to the operator; otherwise return None."""
+    if secret:
+        row = repo.token_by_name(session, BOOTSTRAP_NAME)
+        if row is None:
+            row = TokenRow(id=str(uuid.uuid4()), name=BOOTSTRAP_NAME, digest=digest(secret), created_at=now())
+            repo.add_token(session, row, [GrantRow(namespace=ALL_NAMESPACES, role=Role.admin.name)])
+        else:
+            row.digest = digest(secret)  # the environment is the source of truth for this one token
+        return None
+    if repo.list_tokens(session):
+        return None
+    _, minted = create_token(session, BOOTSTRAP_NAME, {ALL_NAMESPACES: Role.admin})
+    return minted

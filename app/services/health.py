@@ -1,0 +1,40 @@
+"""Readiness and the gauges computed from the database on each scrape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Gauge
+from sqlalchemy import text
+
+from app import migrate
+from app.db import Database
+from app.repositories import workqueue
+from app.repositories.resources import ResourceRepository
+from app.schemas.conditions import condition_true
+from app.services.kinds import KINDS, NODES
+
+WORK_DEPTH = Gauge("corral_workqueue_depth", "Keys waiting for or in a reconcile pass")
+OBJECTS = Gauge("corral_objects", "Stored objects by kind", ["kind"])
+NODES_READY = Gauge("corral_nodes_ready", "Nodes whose Ready condition is True")
+
+
+def readiness(db: Database) -> list[str]:
+    try:
+        with db.transaction() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return [f"database: {exc.__class__.__name__}: {exc}"[:300]]
+    current, head = migrate.current_revision(db.engine), migrate.head_revision()
+    if current != head:
+        return [f"schema at revision {current}, expected {head}: run `corral migrate`"]
+    return []
+
+
+def refresh_gauges(db: Database) -> None:
+    with db.transaction() as session:
+        WORK_DEPTH.set(workqueue.depth(session))
+        for kind in KINDS.values():
+            OBJECTS.labels(kind.kind).set(ResourceRepository[Any](session, kind.info).count())
+        statuses = ResourceRepository[Any](session, NODES.info).statuses()
+        NODES_READY.set(sum(condition_true(s, "Ready") for s in statuses))

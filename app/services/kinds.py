@@ -1,0 +1,78 @@
+"""The resource kinds the API serves, described once; every generic route and service reads this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from app.models import InstanceRow, NodeRow
+from app.repositories.resources import KindInfo
+from app.schemas.common import ApiModel
+from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
+from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
+
+
+class Role(IntEnum):
+    viewer = 1
+    operator = 2
+    admin = 3
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    info: KindInfo[Any]
+    plural: str
+    singular: str  # names SDK methods: listInstances, createInstance, ...
+    api_versions: tuple[str, ...]  # accepted in request bodies
+    spec_model: type[ApiModel]
+    body_model: type[ApiModel]
+    object_model: type[ApiModel]
+    list_model: type[ApiModel]
+    write_role: Role
+    read_role: Role = Role.viewer
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def namespaced(self) -> bool:
+        return self.info.namespaced
+
+    def work_key(self, namespace: str, name: str) -> str:
+        return f"{self.kind}/{namespace}/{name}"
+
+
+NODES = ResourceKind(
+    info=KindInfo(kind="Node", api_version="corral.dev/v1", row=NodeRow, namespaced=False),
+    plural="nodes",
+    singular="Node",
+    api_versions=("corral.dev/v1", "v1"),
+    spec_model=NodeSpec,
+    body_model=NodeBody,
+    object_model=Node,
+    list_model=NodeList,
+    write_role=Role.admin,
+)
+
+INSTANCES = ResourceKind(
+    info=KindInfo(
+        kind="VirtualMachineInstance", api_version="kubevirt.io/v1", row=InstanceRow, namespaced=True
+    ),
+    plural="instances",
+    singular="Instance",
+    api_versions=("kubevirt.io/v1",),
+    spec_model=InstanceSpec,
+    body_model=InstanceBody,
+    object_model=Instance,
+    list_model=InstanceList,
+    write_role=Role.operator,
+)
+
+KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES)}
+
+
+def parse_work_key(key: str) -> tuple[ResourceKind, str, str]:
+    kind, namespace, name = key.split("/", 2)
+    return KINDS[kind], namespace, name

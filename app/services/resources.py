@@ -1,0 +1,235 @@
+"""The API use cases shared by every kind: create, read, list, replace, patch, delete.
+
+Validate, write spec, bump generation, enqueue the key for the worker. No libvirt here; the caller's
+transaction commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import string
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.errors import (
+    AlreadyExists,
+    BadRequest,
+    Conflict,
+    FieldError,
+    Invalid,
+    NotFound,
+    StaleResourceVersion,
+)
+from app.repositories import workqueue
+from app.repositories.resources import ResourceRepository, to_object
+from app.repositories.revisions import current_revision, now
+from app.schemas.common import ObjectMeta
+from app.services.kinds import ResourceKind
+from app.services.selectors import parse_selector
+from app.services.validation import invalid, merge_patch
+
+MAX_LIMIT = 1000
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+
+class ResourceService:
+    def __init__(self, session: Session, kind: ResourceKind) -> None:
+        self.session = session
+        self.kind = kind
+        self.repo: ResourceRepository[Any] = ResourceRepository(session, kind.info)
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return to_object(self.kind.info, self._row(namespace, name))
+
+    def list(
+        self, namespace: str | None, label_selector: str | None, limit: int | None, continue_: str | None
+    ) -> dict[str, Any]:
+        if limit is not None and not 1 <= limit <= MAX_LIMIT:
+            raise BadRequest(
+                f"limit must be 1..{MAX_LIMIT}", [FieldError("limit", f"must be 1..{MAX_LIMIT}")]
+            )
+        rows, more = self.repo.page(
+            namespace, selector=parse_selector(label_selector), after=_decode_continue(continue_), limit=limit
+        )
+        meta: dict[str, Any] = {"resourceVersion": str(current_revision(self.session))}
+        if more and rows:
+            meta["continue"] = _encode_continue(rows[-1].namespace, rows[-1].name)
+        return {
+            "apiVersion": self.kind.info.api_version,
+            "kind": f"{self.kind.kind}List",
+            "metadata": meta,
+            "items": [to_object(self.kind.info, r) for r in rows],
+        }
+
+    # -- writes --------------------------------------------------------------------------------------
+    def create(self, namespace: str, body: Any) -> dict[str, Any]:
+        meta, spec = self._check_body(body, namespace)
+        name = meta.name
+        if name is None:
+            if not meta.generate_name:
+                raise Invalid(
+                    "metadata.name or metadata.generateName is required",
+                    [FieldError("metadata.name", "required")],
+                )
+            name = self._generated_name(namespace, meta.generate_name)
+        elif self.repo.get(namespace, name) is not None:
+            raise AlreadyExists(f"{self.kind.kind} {name!r} already exists")
+        row = self.kind.info.row(
+            uid=str(uuid.uuid4()),
+            namespace=namespace,
+            name=name,
+            labels=meta.labels,
+            annotations=meta.annotations,
+            spec=spec,
+            status={},
+            generation=1,
+        )
+        self.repo.add(row)
+        self._wake(namespace, name)
+        return to_object(self.kind.info, row)
+
+    def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> dict[str, Any]:
+        meta, spec = self._check_body(body, namespace)
+        if meta.name is not None and meta.name != name:
+            raise Invalid(
+                "metadata.name must match the name in the path",
+                [FieldError("metadata.name", f"must be {name!r}")],
+            )
+        row = self._row(namespace, name, for_update=True)
+        _check_version(row.resource_version, if_match, meta.resource_version)
+        return self._update(row, meta.labels, meta.annotations, spec)
+
+    def patch(self, namespace: str, name: str, patch: Any, if_match: str | None) -> dict[str, Any]:
+        if not isinstance(patch, dict):
+            raise BadRequest("a merge patch must be a JSON object", [FieldError("body", "must be an object")])
+        row = self._row(namespace, name, for_update=True)
+        current = to_object(self.kind.info, row)
+        sent_version = (
+            (patch.get("metadata") or {}).get("resourceVersion")
+            if isinstance(patch.get("metadata"), dict)
+            else None
+        )
+        _check_version(row.resource_version, if_match, sent_version)
+        merged = merge_patch({k: current[k] for k in ("apiVersion", "kind", "metadata", "spec")}, patch)
+        meta, spec = self._check_body(merged, namespace)
+        if meta.name != name:
+            raise Invalid("metadata.name cannot be changed", [FieldError("metadata.name", "is immutable")])
+        return self._update(row, meta.labels, meta.annotations, spec)
+
+    def delete(self, namespace: str, name: str, if_match: str | None) -> dict[str, Any]:
+        """Mark for deletion; the worker tears down what the object owns and then removes the row."""
+        row = self._row(namespace, name, for_update=True)
+        _check_version(row.resource_version, if_match, None)
+        if row.deleted_at is None:
+            self.check_deletable(row)
+            row.deleted_at = now()
+            self.repo.touch(row)
+            self._wake(namespace, name)
+        return to_object(self.kind.info, row)
+
+    def check_deletable(self, row: Any) -> None:
+        """Kinds refuse deletion by overriding this (e.g. a node that still hosts instances)."""
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
+        row = self.repo.get(namespace, name, for_update=for_update)
+        if row is None:
+            where = f" in namespace {namespace!r}" if self.kind.namespaced else ""
+            raise NotFound(f"{self.kind.kind} {name!r} not found{where}")
+        return row
+
+    def _update(
+        self, row: Any, labels: dict[str, str], annotations: dict[str, str], spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        if row.deleted_at is not None:
+            raise Conflict(f"{self.kind.kind} {row.name!r} is being deleted")
+        changed = False
+        if spec != row.spec:
+            row.spec = spec
+            row.generation += 1
+            changed = True
+        if labels != row.labels or annotations != row.annotations:
+            row.labels, row.annotations = labels, annotations
+            changed = True
+        if changed:
+            self.repo.touch(row)
+            self._wake(row.namespace, row.name)
+        return to_object(self.kind.info, row)
+
+    def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, dict[str, Any]]:
+        """Validate a whole object (from JSON, YAML or a merged patch); returns metadata and stored spec."""
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be an object", [FieldError("body", "must be an object")])
+        try:
+            parsed = self.kind.body_model.model_validate(body)
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        if api_version is not None and api_version not in self.kind.api_versions:
+            raise Invalid(
+                f"apiVersion {api_version!r} is not served for {self.kind.kind}",
+                [FieldError("apiVersion", f"must be one of {', '.join(self.kind.api_versions)}")],
+            )
+        if kind is not None and kind != self.kind.kind:
+            raise Invalid(
+                f"kind {kind!r} does not belong at this path",
+                [FieldError("kind", f"must be {self.kind.kind}")],
+            )
+        meta: ObjectMeta = parsed.metadata  # type: ignore[attr-defined]
+        expected_ns = namespace if self.kind.namespaced else None
+        if meta.namespace is not None and meta.namespace != expected_ns:
+            message = (
+                f"must be {namespace!r} (the path's)" if self.kind.namespaced else "cluster-scoped: omit it"
+            )
+            raise Invalid(f"metadata.namespace {message}", [FieldError("metadata.namespace", message)])
+        spec = parsed.spec.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[attr-defined]
+        return meta, spec
+
+    def _generated_name(self, namespace: str, prefix: str) -> str:
+        for _ in range(8):
+            name = prefix + "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+            if self.repo.get(namespace, name) is None:
+                return name
+        raise Conflict(f"could not generate a free name from {prefix!r}")
+
+    def _wake(self, namespace: str, name: str) -> None:
+        workqueue.enqueue(self.session, self.kind.work_key(namespace, name))
+
+
+def _check_version(current: int, if_match: str | None, sent: str | None) -> None:
+    for source, value in (("If-Match", if_match), ("metadata.resourceVersion", sent)):
+        if value is None:
+            continue
+        wanted = value.strip().removeprefix("W/").strip('"')
+        if wanted != str(current):
+            raise StaleResourceVersion(
+                f"the object has been modified: {source} is {wanted!r}, the current resourceVersion is "
+                f"{current}; read it again and retry",
+                [FieldError(source, "stale resourceVersion")],
+            )
+
+
+def _encode_continue(namespace: str, name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([namespace, name]).encode()).decode().rstrip("=")
+
+
+def _decode_continue(token: str | None) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        namespace, name = json.loads(raw)
+        if isinstance(namespace, str) and isinstance(name, str):
+            return namespace, name
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise BadRequest(
+        "the continue token is not valid", [FieldError("continue", "not a token this server issued")]
+    )

@@ -1,0 +1,155 @@
+"""The hypervisor port: what controllers may ask of a libvirt host, in Corral's own types.
+
+libvirt objects, error codes and UUID handling stay in libvirt_driver.py; everything here is plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class HypervisorError(Exception):
+    """A libvirt call failed; `code` is libvirt's error code where one was given."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HypervisorUnavailable(HypervisorError):
+    """The node's libvirtd cannot be reached (connection refused, closed, or timed out)."""
+
+
+class DomainNotFound(HypervisorError):
+    pass
+
+
+class DomainExists(HypervisorError):
+    pass
+
+
+class InvalidDomainConfig(HypervisorError):
+    """libvirt rejected the domain XML or cannot run it on this host."""
+
+
+class InvalidOperation(HypervisorError):
+    """The domain is not in a state that allows the operation (e.g. suspend of a shut-off domain)."""
+
+
+class AgentUnavailable(HypervisorError):
+    """The guest agent is not connected or did not answer in time."""
+
+
+class DomainState(StrEnum):
+    NOSTATE = "NoState"
+    RUNNING = "Running"
+    BLOCKED = "Blocked"
+    PAUSED = "Paused"
+    SHUTDOWN = "ShuttingDown"
+    SHUTOFF = "Shutoff"
+    CRASHED = "Crashed"
+    PMSUSPENDED = "PMSuspended"
+
+
+class ShutdownMode(StrEnum):
+    ACPI = "acpi"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: DomainState
+    reason: str  # libvirt's state reason, lower-case words (e.g. "booted", "user", "crashed")
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    hostname: str
+    arch: str
+    cpu_model: str
+    cpus: int
+    memory_bytes: int
+    host_uuid: str
+    hypervisor_type: str
+    hypervisor_version: str
+    libvirt_version: str
+    domain_types: frozenset[str]  # what libvirt offers for the host arch: {"kvm", "qemu"} or {"test"}
+    cpu_features: frozenset[str]
+    paravirtual_kvm: bool | None = None  # None: unknown (a remote host)
+
+
+class EventKind(StrEnum):
+    LIFECYCLE = "Lifecycle"
+    AGENT = "Agent"
+    CONNECTION_CLOSED = "ConnectionClosed"
+
+
+@dataclass(frozen=True)
+class HypervisorEvent:
+    uri: str
+    kind: EventKind
+    event: str  # e.g. "Started", "Stopped", "Connected"
+    detail: str = ""
+    domain_name: str | None = None
+    domain_uuid: str | None = None
+
+
+EventCallback = Callable[[HypervisorEvent], None]
+
+
+class Hypervisor(Protocol):
+    """One connection to one libvirt host. Methods raise the errors above, never libvirt's."""
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def host_info(self) -> HostInfo: ...
+
+    def define(self, xml: str) -> DomainInfo: ...
+
+    def undefine(self, name: str) -> None: ...
+
+    def start(self, name: str) -> None: ...
+
+    def shutdown(self, name: str, mode: ShutdownMode) -> None: ...
+
+    def reboot(self, name: str, mode: ShutdownMode) -> None: ...
+
+    def destroy(self, name: str, *, graceful: bool = False) -> None: ...
+
+    def suspend(self, name: str) -> None: ...
+
+    def resume(self, name: str) -> None: ...
+
+    def lookup(self, name: str) -> DomainInfo: ...
+
+    def list_domains(self) -> list[DomainInfo]: ...
+
+    def domain_xml(self, name: str) -> str: ...
+
+    def agent_command(self, name: str, command: dict[str, Any], timeout: int) -> Any: ...
+
+    def subscribe(self, callback: EventCallback) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    def __call__(self, uri: str) -> Hypervisor: ...
+
+
+class HypervisorPool(Protocol):
+    """Open connections by node, reconnecting when a node's URI changes or its connection died."""
+
+    def get(self, node: str, uri: str) -> Hypervisor: ...
+
+    def forget(self, node: str) -> None: ...

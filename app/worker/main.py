@@ -1,0 +1,79 @@
+"""The worker's composition root: the one place that builds the real libvirt driver."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.controllers.base import Reconciler
+from app.controllers.instances import InstanceReconciler
+from app.controllers.nodes import NodeReconciler
+from app.db import Database
+from app.services.nodes import NodeService
+from app.virt.driver import HypervisorError
+from app.virt.libvirt_driver import connect
+from app.worker.connections import NodeConnections
+from app.worker.events import EventBridge
+from app.worker.runner import Worker
+
+log = logging.getLogger(__name__)
+FALLBACK_URI = "test:///default"
+
+
+@dataclass
+class WorkerProcess:
+    worker: Worker
+    bridge: EventBridge
+    connections: NodeConnections
+
+    def start(self) -> None:
+        self.bridge.start()
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.bridge.stop()
+        self.connections.close_all()
+
+
+def local_libvirt_uri(settings: Settings) -> str:
+    """CORRAL_LIBVIRT_URI, else qemu:///system when a libvirtd answers, else the test driver (said loudly)."""
+    if settings.libvirt_uri:
+        return settings.libvirt_uri
+    try:
+        connect("qemu:///system").close()
+        return "qemu:///system"
+    except HypervisorError as exc:
+        log.warning(
+            "*** no libvirtd answers on qemu:///system (%s): the local node uses libvirt's TEST driver "
+            "(%s); instances will not run real guests. Start libvirtd or set CORRAL_LIBVIRT_URI. ***",
+            exc,
+            FALLBACK_URI,
+        )
+        return FALLBACK_URI
+
+
+def register_local_node(db: Database, settings: Settings) -> None:
+    with db.transaction() as session:
+        if NodeService(session).register_local(local_libvirt_uri(settings), settings.virt_type):
+            log.info("registered the local libvirt as node 'local'")
+
+
+def build_worker(db: Database, settings: Settings) -> WorkerProcess:
+    reconcilers: list[Reconciler] = []
+    bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
+    connections = NodeConnections(connect, bridge)
+    reconcilers += [
+        NodeReconciler(db, connections, settings.heartbeat_seconds),
+        InstanceReconciler(db, connections),
+    ]
+    worker = Worker(
+        db,
+        {r.kind: r for r in reconcilers},
+        concurrency=settings.worker_concurrency,
+        lease_seconds=settings.lease_seconds,
+        resync_seconds=settings.resync_seconds,
+        event_retention=settings.event_retention,
+    )
+    return WorkerProcess(worker, bridge, connections)

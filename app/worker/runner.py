@@ -1,0 +1,169 @@
+"""The worker loop: lease due keys, run their reconcilers on a thread pool, renew leases, resync.
+
+Several worker processes may share one database: the queue's leases keep each key to one pass at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from app.controllers.base import Reconciler, TerminalError
+from app.db import WORK_CHANNEL, Database
+from app.repositories import revisions, workqueue
+from app.repositories.resources import ResourceRepository
+from app.services.kinds import KINDS
+
+log = logging.getLogger(__name__)
+PASSES = Histogram(
+    "corral_reconcile_duration_seconds",
+    "Reconcile pass duration",
+    ["kind", "outcome"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ERRORS = Counter("corral_reconcile_errors_total", "Reconcile passes that raised", ["kind"])
+MAX_BACKOFF = 300.0
+IDLE_POLL = 1.0  # picks up delayed keys and, on SQLite, other processes' enqueues
+
+
+def backoff(attempts: int) -> float:
+    return float(min(0.25 * 2**attempts, MAX_BACKOFF))
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        reconcilers: Mapping[str, Reconciler],
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = 30.0,
+        resync_seconds: float = 60.0,
+        event_retention: int = 100_000,
+    ) -> None:
+        self.db = db
+        self.reconcilers = dict(reconcilers)
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.resync_seconds = resync_seconds
+        self.event_retention = event_retention
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._inflight: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reconcile")
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.db.start_listener()
+        for target, name in (
+            (self._loop, "worker-loop"),
+            (self._renew_loop, "worker-renew"),
+            (self._resync_loop, "worker-resync"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker %s started: %s", self.identity, ", ".join(sorted(self.reconcilers)))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.db.hub.notify(WORK_CHANNEL)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- loops -----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        hub = self.db.hub
+        while not self._stop.is_set():
+            seen = hub.counter(WORK_CHANNEL)
+            with self._lock:
+                free = self.concurrency - len(self._inflight)
+            taken: list[workqueue.Lease] = []
+            if free > 0:
+                try:
+                    with self.db.transaction() as session:
+                        taken = workqueue.lease(session, self.identity, free, self.lease_seconds)
+                except Exception:
+                    log.warning("leasing work failed", exc_info=True)
+                    self._stop.wait(IDLE_POLL)
+                    continue
+            for lease in taken:
+                with self._lock:
+                    self._inflight.add(lease.key)
+                self._pool.submit(self._process, lease)
+            if not taken or free - len(taken) <= 0:
+                hub.wait(WORK_CHANNEL, seen, IDLE_POLL)
+
+    def _process(self, lease: workqueue.Lease) -> None:
+        kind_name, namespace, name = lease.key.split("/", 2)
+        reconciler = self.reconcilers.get(kind_name)
+        started = time.perf_counter()
+        outcome, requeue, error = "ok", None, None
+        try:
+            if reconciler is None:
+                outcome = "unhandled"
+            else:
+                requeue = reconciler.reconcile(namespace, name).requeue_after
+        except TerminalError as exc:
+            outcome = "terminal"
+            log.warning("%s: %s (not retried until it changes)", lease.key, exc)
+        except Exception as exc:
+            outcome, error = "error", f"{exc.__class__.__name__}: {exc}"
+            requeue = backoff(lease.attempts)
+            ERRORS.labels(kind_name).inc()
+            log.warning(
+                "%s: pass failed, retry in %.1fs: %s",
+                lease.key,
+                requeue,
+                error,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        finally:
+            PASSES.labels(kind_name, outcome).observe(time.perf_counter() - started)
+            try:
+                with self.db.transaction() as session:
+                    workqueue.finish(session, self.identity, lease, requeue_after=requeue, error=error)
+            except Exception:
+                log.warning("finishing %s failed", lease.key, exc_info=True)
+            with self._lock:
+                self._inflight.discard(lease.key)
+            self.db.hub.notify(WORK_CHANNEL)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                keys = sorted(self._inflight)
+            try:
+                with self.db.transaction() as session:
+                    workqueue.renew(session, self.identity, keys, self.lease_seconds)
+            except Exception:
+                log.warning("renewing leases failed", exc_info=True)
+
+    def _resync_loop(self) -> None:
+        """Every object gets a pass now and then, whatever events were lost (level-triggered)."""
+        while not self._stop.is_set():
+            try:
+                self.resync()
+            except Exception:
+                log.warning("resync failed", exc_info=True)
+            self._stop.wait(self.resync_seconds)
+
+    def resync(self) -> None:
+        with self.db.transaction() as session:
+            for kind_name in self.reconcilers:
+                kind = KINDS[kind_name]
+                for namespace, name in ResourceRepository[Any](session, kind.info).all_keys():
+                    workqueue.enqueue(session, kind.work_key(namespace, name))
+            revisions.compact_events(session, self.event_retention)

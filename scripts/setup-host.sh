@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs and starts what Corral and its tests need on a Debian 12 host without systemd:
+# libvirt 11 + QEMU 10 from bookworm-backports (Debian 12's QEMU 7.2 corrupts busy guests during TCG live
+# migration), PostgreSQL 15, and the tiny test guest. Idempotent; fails loudly when a daemon does not come up.
+#   CORRAL_SETUP_POSTGRES=0  skip PostgreSQL (the embedded default uses SQLite)
+#   CORRAL_SETUP_GUEST=0     skip building the test guest image
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+log() { printf '\033[1m[setup-host]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[setup-host] FATAL:\033[0m %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (installs packages and starts libvirtd)"
+
+export DEBIAN_FRONTEND=noninteractive
+B=bookworm-backports
+if [ ! -f /etc/apt/sources.list.d/bookworm-backports.sources ]; then
+  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+need_install=0
+dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
+for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
+done
+if [ "$need_install" = 1 ]; then
+  log "installing libvirt/QEMU from $B, PostgreSQL and build tools"
+  apt-get update -q
+  # pkg/suite (not -t suite): other dependencies come from stable, so systemd stays at Debian 12's version;
+  # without Recommends the versioned QEMU dependencies must be named from backports too.
+  apt-get install -y -q -o Dpkg::Options::=--force-confnew --no-install-recommends \
+    qemu-system-x86/$B qemu-system-common/$B qemu-system-data/$B seabios/$B qemu-utils/$B \
+    libvirt-daemon/$B libvirt-daemon-log/$B libvirt-daemon-driver-qemu/$B libvirt-daemon-driver-nodedev/$B \
+    libvirt-daemon-driver-storage/$B libvirt-clients/$B libvirt-dev/$B \
+    postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
+    busybox-static ca-certificates >/dev/null
+fi
+
+# QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.
+grep -q '^user = "root"' /etc/libvirt/qemu.conf || \
+  printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n' >> /etc/libvirt/qemu.conf
+mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running /run/virtlogd.pid || { log "starting virtlogd"; virtlogd -d; }
+running /run/libvirtd.pid || { log "starting libvirtd"; libvirtd -d; }
+for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+[ -S /run/libvirt/libvirt-sock ] || die "libvirtd did not create /run/libvirt/libvirt-sock"
+# The first connection probes QEMU's capabilities (~12 s); doing it here keeps it out of the tests.
+virsh -c qemu:///system version >/dev/null || die "libvirtd does not answer on qemu:///system"
+virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvirtd has no QEMU (TCG) support"
+
+if [ "${CORRAL_SETUP_POSTGRES:-1}" = 1 ]; then
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_lsclusters -h | grep -q "^$ver main" || pg_createcluster "$ver" main >/dev/null
+  pg_lsclusters -h | grep -q "^$ver main .* online" || { log "starting PostgreSQL $ver"; pg_ctlcluster --skip-systemctl-redirect "$ver" main start; }
+  for _ in $(seq 1 50); do su postgres -c "psql -Atqc 'select 1'" >/dev/null 2>&1 && break; sleep 0.2; done
+  su postgres -c "psql -Atqc 'select 1'" >/dev/null || die "PostgreSQL does not answer"
+  # A superuser role, because the test suite creates and drops its own databases.
+  su postgres -c "psql -Atqc \"select 1 from pg_roles where rolname='corral'\"" | grep -q 1 || \
+    su postgres -c "psql -qc \"create role corral login superuser password 'corral'\""
+  su postgres -c "psql -Atqc \"select 1 from pg_database where datname='corral'\"" | grep -q 1 || \
+    su postgres -c "psql -qc 'create database corral owner corral'"
+fi
+
+if [ "${CORRAL_SETUP_GUEST:-1}" = 1 ]; then
+  "$here/build-test-guest.sh"
+fi
+log "host ready: $(virsh -c qemu:///system version | grep -i 'running hypervisor')"
