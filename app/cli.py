@@ -66,7 +66,10 @@ def _serve_http(db: Any, host: str, port: int) -> None:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level="info", access_log=False)
+    # Watches stream until the client leaves: bound the wait for them at shutdown.
+    uvicorn.run(
+        create_app(db), host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
+    )
 
 
 def _run_worker(db: Any, settings: Settings) -> Any:
@@ -107,6 +110,22 @@ def cmd_worker(_: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     process.stop()
+    return 0
+
+
+def openapi_document() -> str:
+    from app.db import Database
+    from app.main import create_app
+
+    document = create_app(Database("sqlite://")).openapi()
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    if args.output:
+        Path(args.output).write_text(openapi_document())
+    else:
+        sys.stdout.write(openapi_document())
     return 0
 
 
@@ -216,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8080)
         p.set_defaults(fn=fn)
     sub.add_parser("worker", help="the reconcile worker alone").set_defaults(fn=cmd_worker)
+    openapi = sub.add_parser("openapi", help="print the OpenAPI document (openapi/openapi.json)")
+    openapi.add_argument("-o", "--output", help="write to this file")
+    openapi.set_defaults(fn=cmd_openapi)
     sub.add_parser("migrate", help="bring the database schema to the latest revision").set_defaults(
         fn=cmd_migrate
     )

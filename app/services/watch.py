@@ -44,7 +44,7 @@ class Watch:
         self.rv = self._start(resource_version)
 
     def _start(self, resource_version: str | None) -> int:
-        if resource_version not in (None, "", "0"):
+        if resource_version not in (None, ""):
             try:
                 rv = int(str(resource_version))
             except ValueError:

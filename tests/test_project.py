@@ -1,0 +1,61 @@
+"""Project-level checks: the committed OpenAPI document, the layer rules, the seed manifests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from app.cli import openapi_document
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_openapi_document_matches_the_app() -> None:
+    committed = (ROOT / "openapi" / "openapi.json").read_text()
+    assert committed == openapi_document(), (
+        "openapi/openapi.json is stale: run `corral openapi -o openapi/openapi.json`"
+    )
+
+
+def test_operation_ids_are_unique_and_readable() -> None:
+    document = json.loads(openapi_document())
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert all(i.isidentifier() and i[0].islower() for i in ids)
+    for verb in ("list", "create", "read", "replace", "patch", "delete"):
+        assert f"{verb}Instance{'s' if verb == 'list' else ''}" in ids
+        assert f"{verb}Node{'s' if verb == 'list' else ''}" in ids
+
+
+def test_request_bodies_name_their_schema_and_accept_yaml() -> None:
+    document = json.loads(openapi_document())
+    create = document["paths"]["/v1/namespaces/{namespace}/instances"]["post"]["requestBody"]["content"]
+    assert create["application/json"]["schema"] == {"$ref": "#/components/schemas/InstanceBody"}
+    assert "application/yaml" in create
+    assert "InstanceBody" in document["components"]["schemas"]
+
+
+def test_layer_rules_hold() -> None:
+    """ARCHITECTURE.md's rules of direction, checked by import-linter (contracts in pyproject.toml)."""
+    result = subprocess.run(
+        [Path(sys.executable).parent / "lint-imports"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_examples_are_the_founding_manifests_unchanged() -> None:
+    shared = ROOT.parent / "shared" / "manifests"
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert {p.name for p in examples} >= {
+        "migration.yaml",
+        "pool-fast-start.yaml",
+        "vmi-guest-agent.yaml",
+        "vmi-passthrough.yaml",
+        "vmi-status-shape.yaml",
+    }
+    if shared.is_dir():  # beside the design documents, the copies must not drift
+        for path in shared.glob("*.yaml"):
+            assert (ROOT / "examples" / path.name).read_bytes() == path.read_bytes()
