@@ -81,20 +81,20 @@ def test_field_paths() -> None:
 
 
 def host(**overrides: object) -> HostInfo:
-    base: dict[str, object] = dict(
-        hostname="h",
-        arch="x86_64",
-        cpu_model="m",
-        cpus=4,
-        memory_bytes=2**33,
-        host_uuid="u",
-        hypervisor_type="QEMU",
-        hypervisor_version="10.0.2",
-        libvirt_version="11.3.0",
-        domain_types=frozenset({"kvm", "qemu"}),
-        cpu_features=frozenset({"vmx"}),
-        paravirtual_kvm=False,
-    )
+    base: dict[str, object] = {
+        "hostname": "h",
+        "arch": "x86_64",
+        "cpu_model": "m",
+        "cpus": 4,
+        "memory_bytes": 2**33,
+        "host_uuid": "u",
+        "hypervisor_type": "QEMU",
+        "hypervisor_version": "10.0.2",
+        "libvirt_version": "11.3.0",
+        "domain_types": frozenset({"kvm", "qemu"}),
+        "cpu_features": frozenset({"vmx"}),
+        "paravirtual_kvm": False,
+    }
     return HostInfo(**(base | overrides))  # type: ignore[arg-type]
 
 
