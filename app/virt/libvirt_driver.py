@@ -154,6 +154,8 @@ def _translate(exc: libvirt.libvirtError, conn: Any | None) -> HypervisorError:
         if "already exists" in message:
             return DomainExists(message, code)
         return InvalidOperation(message, code)
+    if "already running" in message or "not running" in message:
+        return InvalidOperation(message, code)  # the test driver says this with VIR_ERR_INTERNAL_ERROR
     if code in _CONFIG_ERRORS:
         return InvalidDomainConfig(message, code)
     if code == libvirt.VIR_ERR_DOM_EXIST:
@@ -290,7 +292,8 @@ class LibvirtHypervisor:
             try:
                 dom.undefineFlags(flags)
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # the test driver knows no flags
+                # Drivers without NVRAM (the test driver) reject the flag; plain undefine is all they need.
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
                     raise
                 dom.undefine()
 
@@ -344,7 +347,12 @@ class LibvirtHypervisor:
 
     def agent_command(self, name: str, command: dict[str, Any], timeout: int) -> Any:
         dom = self._domain(name)
-        raw = self._call(lambda: libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0))
+        try:
+            raw = self._call(lambda: libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0))
+        except (DomainNotFound, HypervisorUnavailable):
+            raise
+        except HypervisorError as exc:  # not running, no channel, no agent support: all "no agent"
+            raise AgentUnavailable(str(exc), exc.code) from exc
         try:
             reply = json.loads(raw)
         except (TypeError, ValueError) as exc:
