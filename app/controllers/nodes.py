@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -63,6 +64,19 @@ def host_status(
     }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
 
 
+def _same_but_heartbeat(old: dict[str, Any], new: dict[str, Any], min_age: float) -> bool:
+    """Nothing changed but a heartbeat younger than `min_age`: skip the write (and its watch event)."""
+    if {k: v for k, v in old.items() if k != "lastHeartbeatTime"} != {
+        k: v for k, v in new.items() if k != "lastHeartbeatTime"
+    }:
+        return False
+    last = old.get("lastHeartbeatTime")
+    if last is None:
+        return "lastHeartbeatTime" not in new
+    age = now() - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+    return age.total_seconds() < min_age
+
+
 class NodeReconciler:
     kind = NODES.kind
 
@@ -106,7 +120,7 @@ class NodeReconciler:
         with self.db.transaction() as session:
             repo = ResourceRepository[Any](session, NODES.info)
             row = repo.get(namespace, name, for_update=True)
-            if row is None or row.status == status:
+            if row is None or _same_but_heartbeat(row.status, status, self.heartbeat / 2):
                 return
             row.status = status
             repo.touch(row)

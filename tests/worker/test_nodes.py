@@ -1,0 +1,145 @@
+"""The node reconciler, the local node's registration, and the libvirt event bridge."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from app.config import Settings
+from app.controllers.instances import InstanceReconciler
+from app.controllers.nodes import NodeReconciler
+from app.db import Database
+from app.errors import Conflict
+from app.models import WorkItemRow
+from app.repositories import revisions, workqueue
+from app.repositories.resources import ResourceRepository
+from app.services.kinds import INSTANCES, NODES
+from app.services.nodes import NodeService
+from app.services.resources import ResourceService
+from app.virt.domain_xml import DomainConfig, build_domain_xml
+from app.virt.libvirt_driver import connect
+from app.worker.connections import NodeConnections
+from app.worker.events import EventBridge
+from app.worker.main import register_local_node
+from tests.conftest import vmi
+
+
+def add_node(db: Database, name: str, uri: str, **spec: Any) -> None:
+    with db.transaction() as session:
+        NodeService(session).create("", {"metadata": {"name": name}, "spec": {"uri": uri, **spec}})
+
+
+def node(db: Database, name: str) -> Any:
+    with db.transaction() as session:
+        return ResourceRepository[Any](session, NODES.info).get("", name)
+
+
+@pytest.fixture
+def connections() -> Any:
+    pool = NodeConnections(connect)
+    yield pool
+    pool.close_all()
+
+
+@pytest.mark.parametrize("uri", ["test:///default", "qemu:///system"])
+def test_ready_node_reports_capacity_versions_and_virt_type(db: Database, connections: Any, uri: str) -> None:
+    add_node(db, "n1", uri)
+    result = NodeReconciler(db, connections, heartbeat_seconds=10).reconcile("", "n1")
+    assert result.requeue_after == 10
+    row = node(db, "n1")
+    status = row.status
+    assert status["phase"] == "Ready" and status["observedGeneration"] == 1
+    ready = status["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "HeartbeatOK")
+    assert int(status["capacity"]["cpu"]) >= 1 and status["capacity"]["memory"].endswith("Mi")
+    assert status["nodeInfo"]["libvirtVersion"].startswith("11.")
+    # Neither node can run KVM guests: the test driver runs none, this host's KVM is paravirtual.
+    assert status["virtType"] == "qemu" and status["virtTypeReason"]
+    if uri.startswith("qemu"):
+        assert status["nodeInfo"]["hypervisorType"] == "QEMU"
+
+
+def test_steady_state_writes_nothing(db: Database, connections: Any) -> None:
+    add_node(db, "n1", "test:///default")
+    reconciler = NodeReconciler(db, connections, heartbeat_seconds=10)
+    reconciler.reconcile("", "n1")
+    before = node(db, "n1").resource_version
+    reconciler.reconcile("", "n1")
+    assert node(db, "n1").resource_version == before
+
+
+def test_spec_virt_type_wins_and_unreachable_node_is_not_ready(db: Database, connections: Any) -> None:
+    add_node(db, "forced", "test:///default", virtType="kvm")
+    add_node(db, "gone", "qemu+tcp://127.0.0.1:1/system")
+    reconciler = NodeReconciler(db, connections, heartbeat_seconds=10)
+    reconciler.reconcile("", "forced")
+    assert node(db, "forced").status["virtType"] == "kvm"
+    assert reconciler.reconcile("", "gone").requeue_after == 10
+    status = node(db, "gone").status
+    ready = status["conditions"][0]
+    assert status["phase"] == "NotReady" and (ready["status"], ready["reason"]) == ("False", "Unreachable")
+    assert "127.0.0.1" in ready["message"] or "connect" in ready["message"].lower()
+
+
+def test_node_deletion_is_finalized_by_the_worker_and_refused_while_hosting(
+    db: Database, connections: Any
+) -> None:
+    add_node(db, "n1", "test:///default")
+    with db.transaction() as session:
+        ResourceService(session, INSTANCES).create("default", vmi("guest"))
+        ResourceRepository[Any](session, INSTANCES.info).get("default", "guest").node_name = "n1"
+    with db.transaction() as session, pytest.raises(Conflict, match="still hosts"):
+        NodeService(session).delete("", "n1", None)
+    with db.transaction() as session:
+        ResourceRepository[Any](session, INSTANCES.info).get("default", "guest").node_name = None
+        NodeService(session).delete("", "n1", None)
+    assert node(db, "n1").deleted_at is not None
+    NodeReconciler(db, connections, heartbeat_seconds=10).reconcile("", "n1")
+    assert node(db, "n1") is None
+    with db.transaction() as session:
+        last = revisions.events_after(session, "Node", None, 0)[-1]
+    assert (last.type, last.name) == ("DELETED", "n1")
+
+
+def test_local_node_is_registered_once(db: Database) -> None:
+    settings = Settings(libvirt_uri="test:///default")
+    register_local_node(db, settings)
+    assert node(db, "local").spec == {"uri": "test:///default", "unschedulable": False}
+    with db.transaction() as session:
+        NodeService(session).delete("", "local", None)
+        ResourceRepository[Any](session, NODES.info).remove(
+            ResourceRepository[Any](session, NODES.info).get("", "local")
+        )
+    register_local_node(db, settings)  # an admin deleted it: it stays deleted
+    assert node(db, "local") is None
+
+
+def test_libvirt_events_wake_the_owning_instance(db: Database) -> None:
+    with db.transaction() as session:
+        uid = ResourceService(session, INSTANCES).create("default", vmi("evented"))["metadata"]["uid"]
+        session.execute(delete(WorkItemRow))  # only the events' wake-ups count below
+    bridge = EventBridge(db, [InstanceReconciler(db, NodeConnections(connect))])
+    bridge.start()
+    pool = NodeConnections(connect, bridge)
+    hv = pool.get("n1", "test:///default")
+    name = f"evented-{uid[:8]}"
+    try:
+        hv.define(
+            build_domain_xml(DomainConfig(name=name, uuid=uid, virt_type="test", vcpus=1, memory_mib=64))
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with db.transaction() as session:
+                if workqueue.depth(session):
+                    break
+            time.sleep(0.02)
+        with db.transaction() as session:
+            taken = workqueue.lease(session, "t", 10, 30)
+        assert [t.key for t in taken] == [INSTANCES.work_key("default", "evented")]
+    finally:
+        hv.undefine(name)
+        pool.close_all()
+        bridge.stop()

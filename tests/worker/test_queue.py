@@ -1,0 +1,135 @@
+"""The keyed work queue: leases, re-enqueue during a pass, requeue, backoff, and two processes at once."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+
+from app.db import Database
+from app.models import WorkItemRow
+from app.repositories import workqueue
+from app.repositories.revisions import now
+from app.worker.runner import backoff
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lease(db: Database, worker: str, n: int = 10, seconds: float = 30) -> list[workqueue.Lease]:
+    with db.transaction() as session:
+        return workqueue.lease(session, worker, n, seconds)
+
+
+def enqueue(db: Database, key: str, delay: float = 0) -> None:
+    with db.transaction() as session:
+        workqueue.enqueue(session, key, delay)
+
+
+def test_a_key_is_leased_once_and_finished(db: Database) -> None:
+    enqueue(db, "K/ns/a")
+    enqueue(db, "K/ns/a")  # deduplicated
+    enqueue(db, "K/ns/later", delay=60)
+    first = lease(db, "w1")
+    assert [t.key for t in first] == ["K/ns/a"]
+    assert lease(db, "w2") == []  # held by w1; `later` is not due
+    with db.transaction() as session:
+        workqueue.finish(session, "w1", first[0])
+        assert workqueue.depth(session) == 1
+
+
+def test_enqueue_during_a_pass_runs_the_key_again(db: Database) -> None:
+    enqueue(db, "K/ns/a")
+    taken = lease(db, "w1")
+    enqueue(db, "K/ns/a")  # something changed while w1 was working
+    assert lease(db, "w2") == []
+    with db.transaction() as session:
+        workqueue.finish(session, "w1", taken[0])
+    again = lease(db, "w2")
+    assert [t.key for t in again] == ["K/ns/a"]
+
+
+def test_requeue_after_and_error_backoff(db: Database) -> None:
+    enqueue(db, "K/ns/a")
+    taken = lease(db, "w1")
+    with db.transaction() as session:
+        workqueue.finish(session, "w1", taken[0], requeue_after=0.3)
+    assert lease(db, "w1") == []
+    time.sleep(0.35)
+    taken = lease(db, "w1")
+    assert len(taken) == 1 and taken[0].attempts == 0
+    with db.transaction() as session:
+        workqueue.finish(session, "w1", taken[0], requeue_after=0.0, error="boom")
+    retried = lease(db, "w1")
+    assert retried[0].attempts == 1
+    assert [backoff(a) for a in range(4)] == [0.25, 0.5, 1.0, 2.0] and backoff(40) == 300
+
+
+def test_an_expired_lease_is_taken_over(db: Database) -> None:
+    enqueue(db, "K/ns/a")
+    lease(db, "dead-worker")
+    with db.transaction() as session:
+        session.execute(update(WorkItemRow).values(lease_until=now() - timedelta(seconds=1)))
+    taken = lease(db, "w2")
+    assert [t.key for t in taken] == ["K/ns/a"]
+    with db.transaction() as session:
+        workqueue.finish(session, "dead-worker", taken[0])  # the old holder cannot finish it
+        assert workqueue.depth(session) == 1
+
+
+def test_racing_leases_in_threads_never_share_a_key(db: Database) -> None:
+    for i in range(40):
+        enqueue(db, f"K/ns/k{i}")
+    won: dict[str, list[str]] = defaultdict(list)
+
+    def grab(worker: str) -> None:
+        for _ in range(10):
+            for taken in lease(db, worker, n=3):
+                won[taken.key].append(worker)
+
+    threads = [threading.Thread(target=grab, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 40 and all(len(holders) == 1 for holders in won.values())
+
+
+def test_two_worker_processes_never_reconcile_one_key_at_once(
+    pg: Database, pg_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "passes.log"
+    keys = [f"VirtualMachineInstance/ns/vm{i}" for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "worker" / "probe_worker.py"), pg_url, str(log), "6"],
+            cwd=ROOT,
+        )
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # keep poking the same keys while both workers run
+        for key in keys:
+            enqueue(pg, key)
+        time.sleep(0.01)
+    for proc in procs:
+        assert proc.wait(30) == 0
+    passes: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for line in log.read_text().splitlines():
+        key, pid, start, end = line.split()
+        passes[key].append((float(start), float(end), pid))
+    assert set(passes) == {k.split("/", 1)[1] for k in keys}
+    assert len({pid for runs in passes.values() for _, _, pid in runs}) == 2, (
+        "both processes must have worked"
+    )
+    for key, runs in passes.items():
+        runs.sort()
+        assert len(runs) > 10
+        for (_, end, _), (start, _, _) in itertools.pairwise(runs):
+            assert start >= end, f"{key}: two passes overlapped"
