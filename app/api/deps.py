@@ -17,6 +17,16 @@ JSON_TYPES = ("application/json", "application/merge-patch+json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: an alias bomb would expand into gigabytes during validation."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted", event.start_mark)
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+
 def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
@@ -45,13 +55,17 @@ async def read_body(request: Request, *, patch: bool = False) -> Any:
     if media in JSON_TYPES:
         try:
             return json.loads(raw)
+        except RecursionError as exc:
+            raise BadRequest("the body is nested too deeply", [FieldError("body", "too deep")]) from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(
                 f"the body is not valid JSON: {exc}", [FieldError("body", "malformed JSON")]
             ) from exc
     if media in YAML_TYPES:
         try:
-            return yaml.safe_load(raw)
+            return yaml.load(raw, Loader=_NoAliasLoader)  # a SafeLoader subclass
+        except RecursionError as exc:
+            raise BadRequest("the body is nested too deeply", [FieldError("body", "too deep")]) from exc
         except yaml.YAMLError as exc:
             raise BadRequest(
                 f"the body is not valid YAML: {exc}", [FieldError("body", "malformed YAML")]

@@ -62,8 +62,10 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
-    for key in annotations:
+    for key, value in annotations.items():
         check_label_key(key)
+        if "\x00" in value:
+            raise ValueError(f"annotation {key!r}: NUL characters are not allowed")
     if sum(len(k) + len(v) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
         raise ValueError("annotations may hold at most 256 KiB")
     return annotations

@@ -24,8 +24,8 @@ def check_libvirt_uri(uri: str) -> str:
         raise ValueError("a QEMU URI names /system or /session, e.g. qemu+tcp://host/system")
     if parts.scheme == "test" and not parts.path:
         raise ValueError("a test URI names a path, e.g. test:///default")
-    if any(c.isspace() for c in uri):
-        raise ValueError("must not contain whitespace")
+    if not uri.isascii() or not uri.isprintable() or " " in uri:
+        raise ValueError("must be printable ASCII without spaces")
     return uri
 
 

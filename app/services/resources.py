@@ -111,11 +111,13 @@ class ResourceService:
             raise BadRequest("a merge patch must be a JSON object", [FieldError("body", "must be an object")])
         row = self._row(namespace, name, for_update=True)
         current = to_object(self.kind.info, row)
-        sent_version = (
-            (patch.get("metadata") or {}).get("resourceVersion")
-            if isinstance(patch.get("metadata"), dict)
-            else None
-        )
+        meta_patch = patch.get("metadata")
+        sent_version = meta_patch.get("resourceVersion") if isinstance(meta_patch, dict) else None
+        if sent_version is not None and not isinstance(sent_version, str):
+            raise Invalid(
+                "metadata.resourceVersion must be a string",
+                [FieldError("metadata.resourceVersion", "must be a string")],
+            )
         _check_version(row.resource_version, if_match, sent_version)
         merged = merge_patch({k: current[k] for k in ("apiVersion", "kind", "metadata", "spec")}, patch)
         meta, spec = self._check_body(merged, namespace)

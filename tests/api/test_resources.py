@@ -114,6 +114,9 @@ def test_generate_name(api: httpx.Client) -> None:
         ({"metadata": {"name": "a" * 64}}, "metadata.name"),
         ({"metadata": {"name": "a", "labels": {"k": "v" * 64}}}, "metadata.labels"),
         ({"metadata": {"name": "a", "ownerReferences": []}}, "metadata.ownerReferences"),
+        ({"metadata": {"name": "a", "annotations": {"note": "nul\u0000byte"}}}, "metadata.annotations"),
+        ({"metadata": None}, "metadata"),
+        ({"metadata": {"name": "a"}, "spec": None}, "spec"),
         ({"metadata": {"name": "a"}, "extra": True}, "extra"),
         ({"metadata": {"name": "a"}, "apiVersion": "kubevirt.io/v2"}, "apiVersion"),
         ({"metadata": {"name": "a"}, "kind": "Node"}, "kind"),
@@ -239,7 +242,14 @@ def test_nodes_are_cluster_scoped_and_validated(api: httpx.Client) -> None:
     assert created.status_code == 201, created.text
     assert "namespace" not in created.json()["metadata"]
     assert created.headers["Location"] == "/v1/nodes/n2"
-    for uri in ("http://example.com", "qemu+tcp://host/nowhere", "qemu:///system extra", "test://"):
+    for uri in (
+        "http://example.com",
+        "qemu+tcp://host/nowhere",
+        "qemu:///system extra",
+        "test://",
+        "test:///default\u0000",
+        "qemu:///systém",
+    ):
         body = problem(api.post("/v1/nodes", json={"metadata": {"name": "bad"}, "spec": {"uri": uri}}), 422)
         assert body["errors"][0]["field"] == "spec.uri"
     problem(
