@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1, le=64)
     resync_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    cpu_allocation_ratio: int = Field(
+        default=10, ge=1, le=100, description="vCPUs a node may host per physical CPU (KubeVirt's default)."
+    )
     lease_seconds: float = Field(default=30.0, gt=1)
     event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
 

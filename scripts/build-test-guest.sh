@@ -7,7 +7,7 @@
 set -euo pipefail
 catalog=${CORRAL_IMAGE_DIR:-/var/lib/corral/images}
 out=$catalog/corral/test-guest/latest
-if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ "${1:-}" != --force ]; then
+if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ "${1:-}" != --force ]; then
   echo "[build-test-guest] $out exists (use --force to rebuild)" >&2; exit 0
 fi
 work=$(mktemp -d /tmp/corral-guest-build.XXXXXX)
@@ -98,8 +98,12 @@ chmod +x "$r/init"
 mkdir -p "$out.tmp"
 cp "x/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 ( cd "$r" && find . | cpio -o -H newc --quiet | gzip -6 ) > "$out.tmp/initrd.img"
-echo "console=ttyS0 quiet panic=-1" > "$out.tmp/cmdline"
+# {hostname} is replaced by the instance's hostname (plain text substitution).
+echo "console=ttyS0 quiet panic=-1 corral.hostname={hostname}" > "$out.tmp/cmdline"
 echo "$kver" > "$out.tmp/kernel-version"
+# A small ext4 data disk: instances get a qcow2 overlay on it (the guest mounts it at /mnt/data).
+truncate -s 64M "$work/disk.raw" && mkfs.ext4 -q -F -L corral-data "$work/disk.raw"
+qemu-img convert -q -f raw -O qcow2 "$work/disk.raw" "$out.tmp/disk.qcow2"
 rm -rf "$out"; mv "$out.tmp" "$out"
 ln -sfn corral/test-guest/latest "$catalog/default"
 echo "[build-test-guest] $out: $(du -sh "$out" | cut -f1)" >&2

@@ -9,11 +9,12 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
 from app.schemas.common import Problem
 from app.services.kinds import ResourceKind
-from app.services.nodes import service_for
+from app.services.registry import service_for
 from app.services.watch import Watch
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]
+NamespacePath = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
@@ -24,7 +25,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def namespaced(namespace: Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]) -> str | None:
+def namespaced(namespace: NamespacePath) -> str | None:
     return namespace
 
 

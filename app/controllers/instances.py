@@ -1,35 +1,537 @@
-"""The instance reconciler. This first version finalizes deletion; the state machine builds on it."""
+"""The instance reconciler: place, define, and drive the domain to the desired power state.
+
+Level-triggered: every pass reads the row (spec, intent, progress) and the domain's libvirt state, takes the
+next step, and writes status. Side effects use deterministic names (domain `<ns>.<name>`, volumes
+`<uid>-<volume>.qcow2`), so a worker killed between two steps leaves nothing the next pass cannot find.
+"""
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
+from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
+from app.controllers.scheduling import MIB, Request, choose, node_view, unschedulable_message
 from app.db import Database
+from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
-from app.services.kinds import INSTANCES
-from app.virt.driver import HypervisorEvent, HypervisorPool
+from app.repositories.revisions import now
+from app.schemas.common import parse_quantity
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.services.kinds import INSTANCES, NODES
+from app.virt import images
+from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
+from app.virt.driver import (
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    Hypervisor,
+    HypervisorError,
+    HypervisorEvent,
+    HypervisorPool,
+    HypervisorUnavailable,
+    InvalidDomainConfig,
+    InvalidOperation,
+    ShutdownMode,
+)
+
+log = logging.getLogger(__name__)
+POOL = "corral-instances"
+ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED, DomainState.SHUTDOWN,
+          DomainState.PMSUSPENDED)  # fmt: skip
+CRASH_BACKOFF_BASE = 10.0
+CRASH_BACKOFF_MAX = 300.0
+STABLE_AFTER = 60.0  # a run this long resets the crash count
+STOPPING_POLL = 1.0
+UNSCHEDULABLE_RETRY = 5.0
+IMAGE_RETRY = 30.0
+NODE_RETRY = 10.0
+TARGETS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class Snapshot:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: InstanceSpec
+    intent: dict[str, Any]
+    progress: dict[str, Any]
+    status: dict[str, Any]
+    node_name: str | None
+    deleting: bool
+    node: dict[str, Any] | None = None  # {"uri", "virtType"} of the placed node, when it still exists
+
+    @property
+    def domain(self) -> str:
+        return str(self.progress.get("domain") or f"{self.namespace}.{self.name}")
+
+
+@dataclass
+class Step:
+    """What a pass learned and changed: written back at the end in one short transaction."""
+
+    observed: Observed
+    progress: dict[str, Any] = field(default_factory=dict)
+    intent: dict[str, Any] | None = None
+    requeue: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+def crash_backoff(crashes: int) -> float:
+    """Seconds before restarting after the n-th crash in a row: at once, then 10 s, 20 s, ... 5 min."""
+    if crashes <= 1:
+        return 0.0
+    return float(min(CRASH_BACKOFF_BASE * 2 ** (crashes - 2), CRASH_BACKOFF_MAX))
 
 
 class InstanceReconciler:
     kind = INSTANCES.kind
 
-    def __init__(self, db: Database, hypervisors: HypervisorPool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hypervisors: HypervisorPool,
+        image_dir: Path,
+        volume_dir: str = "/var/lib/corral/instances",
+    ) -> None:
         self.db = db
         self.hypervisors = hypervisors
+        self.image_dir = image_dir
+        self.volume_dir = volume_dir
 
+    # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
-        with self.db.transaction() as session:
-            repo = ResourceRepository[Any](session, INSTANCES.info)
-            row = repo.get(namespace, name, for_update=True)
-            if row is not None and row.deleted_at is not None and row.node_name is None:
-                repo.remove(row)
-        return Result()
+        snap = self._read(namespace, name)
+        if snap is None:
+            return Result()
+        if snap.deleting:
+            return self._teardown(snap)
+        if snap.node_name is None:
+            snap = self._schedule(snap)
+            if snap.node_name is None:
+                return Result(requeue_after=UNSCHEDULABLE_RETRY)
+        if snap.node is None:
+            step = Step(Observed("Unknown", "NodeGone", f"node {snap.node_name!r} no longer exists"))
+            self._write(snap, step)
+            return Result(requeue_after=NODE_RETRY)
+        try:
+            hv = self.hypervisors.get(snap.node_name or "", snap.node["uri"])
+            step = self._converge(snap, hv)
+        except HypervisorUnavailable as exc:
+            self.hypervisors.forget(snap.node_name or "")
+            step = Step(Observed("Unknown", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
+        self._write(snap, step)
+        return Result(requeue_after=step.requeue)
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.domain_uuid is None:
             return []
         row = ResourceRepository[Any](session, INSTANCES.info).get_by_uid(event.domain_uuid)
         return [INSTANCES.work_key(row.namespace, row.name)] if row is not None else []
+
+    # -- reading and writing -------------------------------------------------------------------------
+    def _read(self, namespace: str, name: str) -> Snapshot | None:
+        with self.db.transaction() as session:
+            row = ResourceRepository[Any](session, INSTANCES.info).get(namespace, name)
+            if row is None:
+                return None
+            snap = Snapshot(
+                namespace,
+                name,
+                row.uid,
+                row.generation,
+                InstanceSpec.model_validate(row.spec),
+                dict(row.intent or {}),
+                dict(row.progress or {}),
+                dict(row.status or {}),
+                row.node_name,
+                row.deleted_at is not None,
+            )
+            if row.node_name is not None:
+                node = ResourceRepository[Any](session, NODES.info).get("", row.node_name)
+                if node is not None:
+                    snap.node = {"uri": node.spec["uri"], "virtType": node.status.get("virtType")}
+            return snap
+
+    def _write(self, snap: Snapshot, step: Step) -> None:
+        with self.db.transaction() as session:
+            repo = ResourceRepository[Any](session, INSTANCES.info)
+            row = repo.get(snap.namespace, snap.name, for_update=True)
+            if row is None or row.uid != snap.uid:
+                return
+            status = render(
+                row.status or {},
+                step.observed,
+                generation=snap.generation,
+                node=row.node_name,
+                domain=snap.progress.get("domain") or step.progress.get("domain"),
+                at=now(),
+                extra=step.extra,
+            )
+            progress = {**(row.progress or {}), **step.progress}
+            intent = row.intent if step.intent is None else {**(row.intent or {}), **step.intent}
+            if _same(status, row.status or {}) and progress == row.progress and intent == row.intent:
+                return
+            row.status, row.progress, row.intent = status, progress, intent
+            repo.touch(row)
+
+    # -- placement -----------------------------------------------------------------------------------
+    def _schedule(self, snap: Snapshot) -> Snapshot:
+        if snap.status.get("phase") != "Scheduling":
+            self._write(snap, Step(Observed("Scheduling", "Scheduling")))
+        request = Request(requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector)
+        with self.db.transaction() as session:
+            instances = InstanceRepository(session)
+            # Locking the node rows serializes placements, so two passes cannot both take the last room.
+            node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
+            used: dict[str, tuple[int, int]] = {}
+            for other in instances.placed():
+                if other.uid == snap.uid or other.node_name is None:
+                    continue
+                spec = InstanceSpec.model_validate(other.spec)
+                cpu, mem = used.get(other.node_name, (0, 0))
+                used[other.node_name] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
+            views = [
+                node_view(n.name, n.labels or {}, n.spec, n.status or {}, *used.get(n.name, (0, 0)))
+                for n in node_rows
+                if n.deleted_at is None
+            ]
+            chosen, reasons = choose(views, request)
+            row = instances.get(snap.namespace, snap.name, for_update=True)
+            if chosen is None or row is None or row.uid != snap.uid:
+                message = unschedulable_message(len(views), reasons)
+                placed = None
+            else:
+                row.node_name = chosen.name
+                instances.touch(row)
+                placed = next(n for n in node_rows if n.name == chosen.name)
+        if placed is None:
+            self._write(snap, Step(Observed("Failed", "Unschedulable", message)))
+            return snap
+        return replace(
+            snap,
+            node_name=placed.name,
+            node={"uri": placed.spec["uri"], "virtType": (placed.status or {}).get("virtType")},
+        )
+
+    # -- convergence ---------------------------------------------------------------------------------
+    def _converge(self, snap: Snapshot, hv: Hypervisor) -> Step:
+        progress: dict[str, Any] = {}
+        intent: dict[str, Any] = {}
+        info = self._lookup(hv, snap.domain)
+        if info is not None and info.uuid != snap.uid:
+            message = f"node {snap.node_name} already has a domain {snap.domain!r} (uuid {info.uuid}) not made for it"
+            return Step(Observed("Failed", "DomainNameConflict", message), requeue=IMAGE_RETRY)
+        if info is None or progress_stale(snap):
+            defined = self._define(snap, hv)
+            if isinstance(defined, Step):
+                return defined
+            info = defined
+            progress.update(domain=snap.domain, definedGeneration=snap.generation, volumes=volume_names(snap))
+            if snap.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
+                self._write(snap, Step(Observed("Scheduled", "Defined"), progress=dict(progress)))
+        state = {**snap.progress, **progress}
+        power = snap.intent.get("power", "Running")
+        now_ = now()
+
+        # A run that ended without Corral asking: the runStrategy decides what follows.
+        if info.state not in ACTIVE and state.get("running"):
+            progress["running"] = False
+            crashed = info.reason != "shutdown"
+            strategy = snap.spec.run_strategy
+            restart = strategy == "Always" or (strategy == "RerunOnFailure" and crashed)
+            if crashed and restart:
+                crashes = int(state.get("crashes", 0)) + 1
+                next_try = now_ + timedelta(seconds=crash_backoff(crashes))
+                progress.update(crashes=crashes, retryAt=next_try.isoformat())
+            progress["stopReason"] = STOP_REASONS.get(info.reason, "Stopped")
+            if not restart:
+                power = "Stopped"
+                intent["power"] = "Stopped"
+                progress["failedRun"] = crashed and strategy == "Once"
+            log.info(
+                "%s/%s: domain stopped by itself (%s); runStrategy %s -> %s",
+                snap.namespace,
+                snap.name,
+                info.reason,
+                strategy,
+                "restart" if restart else "stay stopped",
+            )
+        state = {**snap.progress, **progress}
+
+        # Restart and soft reboot requests are counters: act once per increment.
+        if int(snap.intent.get("restart", 0)) > int(state.get("restartDone", 0)):
+            if info.state in ACTIVE:
+                self._hard_stop(hv, snap.domain)
+            progress.update(restartDone=int(snap.intent.get("restart", 0)), retryAt=None)
+            info = self._lookup(hv, snap.domain) or info
+        if int(snap.intent.get("softReboot", 0)) > int(state.get("softRebootDone", 0)):
+            if info.state is DomainState.RUNNING:
+                mode = ShutdownMode.AGENT if hv.agent_connected(snap.domain) else ShutdownMode.ACPI
+                hv.reboot(snap.domain, mode)
+            progress["softRebootDone"] = int(snap.intent.get("softReboot", 0))
+        if int(snap.intent.get("retry", 0)) > int(state.get("retryDone", 0)):
+            progress.update(
+                retryDone=int(snap.intent.get("retry", 0)), retryAt=None, crashes=0, failedRun=False
+            )
+        state = {**snap.progress, **progress}
+
+        requeue: float | None = None
+        extra: dict[str, Any] = {}
+        if power in ("Running", "Paused"):
+            progress["stopStartedAt"] = None
+            if info.state not in ACTIVE:
+                retry_at = _ts(state.get("retryAt"))
+                if retry_at is not None and retry_at > now_:
+                    wait = (retry_at - now_).total_seconds()
+                    message = f"crashed {state.get('crashes')} times; next start in {wait:.0f}s"
+                    extra["retryAfter"] = retry_at.isoformat().replace("+00:00", "Z")
+                    return Step(
+                        Observed("Stopped", "CrashLoopBackOff", message),
+                        progress=progress,
+                        intent=intent,
+                        requeue=wait,
+                        extra=extra,
+                    )
+                self._write(
+                    snap, Step(Observed("Starting", "Starting"), progress=dict(progress), intent=intent)
+                )
+                self._call_idempotent(hv.start, snap.domain)
+                progress.update(
+                    running=True,
+                    everStarted=True,
+                    lastStartAt=now_.isoformat(),
+                    retryAt=None,
+                    stopReason=None,
+                )
+                info = self._lookup(hv, snap.domain) or info
+            if power == "Paused" and info.state is DomainState.RUNNING:
+                self._call_idempotent(hv.suspend, snap.domain)
+                info = self._lookup(hv, snap.domain) or info
+            elif power == "Running" and info.state is DomainState.PAUSED and info.reason == "user":
+                self._call_idempotent(hv.resume, snap.domain)
+                info = self._lookup(hv, snap.domain) or info
+            started = _ts(state.get("lastStartAt"))
+            if state.get("crashes") and started and (now_ - started).total_seconds() > STABLE_AFTER:
+                progress["crashes"] = 0
+            elif state.get("crashes"):
+                requeue = STABLE_AFTER
+        else:  # Stopped
+            if info.state in ACTIVE:
+                progress.update(running=False)
+                grace = snap.intent.get("gracePeriodSeconds")
+                grace = snap.spec.termination_grace_period_seconds if grace is None else int(grace)
+                asked = _ts(state.get("stopStartedAt"))
+                if snap.intent.get("force") or grace == 0 or info.state is not DomainState.RUNNING:
+                    self._hard_stop(hv, snap.domain)
+                elif asked is None:
+                    self._graceful_stop(hv, snap.domain)
+                    progress["stopStartedAt"] = now_.isoformat()
+                    requeue = STOPPING_POLL
+                elif (now_ - asked).total_seconds() >= grace:
+                    log.info("%s: still running %ss after shutdown; powering off", snap.domain, grace)
+                    self._hard_stop(hv, snap.domain)
+                else:
+                    requeue = STOPPING_POLL
+                info = self._lookup(hv, snap.domain) or info
+            if info.state not in ACTIVE:
+                progress["stopStartedAt"] = None
+        state = {**snap.progress, **progress}
+
+        stopping = power == "Stopped" and info.state in ACTIVE
+        phase, reason = phase_of(info, stopping=stopping, ever_started=bool(state.get("everStarted")))
+        if phase == "Stopped":
+            # Who stopped it matters more than libvirt's reason: a stop Corral performed was the user's.
+            reason = state.get("stopReason") or ("StoppedByUser" if power == "Stopped" else reason)
+            if state.get("failedRun"):
+                phase = "Failed"
+        agent = info.state is DomainState.RUNNING and hv.agent_connected(snap.domain)
+        agent_reason = "AgentNotConnected" if info.state is DomainState.RUNNING else "DomainNotRunning"
+        devices = snap.spec.domain.devices
+        passthrough = bool(devices.gpus or devices.host_devices)
+        observed = Observed(
+            phase,
+            reason,
+            agent_connected=agent,
+            agent_reason=agent_reason,
+            live_migratable=not passthrough,
+            migratable_reason="HostDeviceNotLiveMigratable" if passthrough else "Migratable",
+        )
+        return Step(observed, progress=progress, intent=intent or None, requeue=requeue, extra=extra)
+
+    def _lookup(self, hv: Hypervisor, domain: str) -> DomainInfo | None:
+        try:
+            return hv.lookup(domain)
+        except DomainNotFound:
+            return None
+
+    @staticmethod
+    def _call_idempotent(fn: Any, domain: str) -> None:
+        """Start/suspend/resume: 'already in that state' (a racing event, a retried pass) is success."""
+        try:
+            fn(domain)
+        except InvalidOperation as exc:
+            log.debug("%s: %s", domain, exc)
+
+    def _hard_stop(self, hv: Hypervisor, domain: str) -> None:
+        with suppress(DomainNotFound, InvalidOperation):
+            hv.destroy(domain)
+
+    # -- deletion ------------------------------------------------------------------------------------
+    def _teardown(self, snap: Snapshot) -> Result:
+        """Power off (gracefully within the grace period), undefine, delete the volumes, then the row."""
+        if snap.node_name is not None and snap.node is not None:
+            try:
+                hv = self.hypervisors.get(snap.node_name, snap.node["uri"])
+                info = self._lookup(hv, snap.domain)
+                if info is not None and info.uuid == snap.uid:  # never touch a domain made for another
+                    step = self._shut_down_for_delete(snap, hv, info)
+                    if step is not None:
+                        self._write(snap, step)
+                        return Result(requeue_after=step.requeue)
+                    with suppress(DomainNotFound):
+                        hv.undefine(snap.domain)
+                for volume in volume_names(snap):
+                    hv.delete_volume(POOL, f"{snap.uid}-{volume}.qcow2")
+            except HypervisorUnavailable as exc:
+                self.hypervisors.forget(snap.node_name)
+                step = Step(Observed("Terminating", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
+                self._write(snap, step)
+                return Result(requeue_after=NODE_RETRY)
+        with self.db.transaction() as session:
+            repo = ResourceRepository[Any](session, INSTANCES.info)
+            row = repo.get(snap.namespace, snap.name, for_update=True)
+            if row is not None and row.uid == snap.uid:
+                repo.remove(row)
+        return Result()
+
+    def _shut_down_for_delete(self, snap: Snapshot, hv: Hypervisor, info: DomainInfo) -> Step | None:
+        """None once the domain is off; else the Terminating step to write while the guest shuts down."""
+        if info.state not in ACTIVE:
+            return None
+        grace = snap.spec.termination_grace_period_seconds
+        asked = _ts(snap.progress.get("stopStartedAt"))
+        if grace == 0 or snap.intent.get("force") or info.state is not DomainState.RUNNING:
+            self._hard_stop(hv, snap.domain)
+            return None
+        if asked is None:
+            self._graceful_stop(hv, snap.domain)
+            return Step(Observed("Terminating", "ShuttingDown"), progress={"stopStartedAt": now().isoformat(),
+                                                                            "running": False},
+                        requeue=STOPPING_POLL)  # fmt: skip
+        if (now() - asked).total_seconds() < grace:
+            return Step(Observed("Terminating", "ShuttingDown"), requeue=STOPPING_POLL)
+        self._hard_stop(hv, snap.domain)
+        return None
+
+    def _graceful_stop(self, hv: Hypervisor, domain: str) -> None:
+        """ACPI power button, or the guest agent when it is connected; a refusal means power off."""
+        mode = ShutdownMode.AGENT if hv.agent_connected(domain) else ShutdownMode.ACPI
+        try:
+            hv.shutdown(domain, mode)
+        except HypervisorError as exc:
+            log.info("%s: graceful shutdown failed (%s); powering off", domain, exc)
+            self._hard_stop(hv, domain)
+
+    # -- definition ----------------------------------------------------------------------------------
+    def _define(self, snap: Snapshot, hv: Hypervisor) -> DomainInfo | Step:
+        spec = snap.spec
+        # The first containerDisk is the boot image; an instance with none boots the catalog's default.
+        boot = next((v for v in spec.volumes if v.container_disk is not None), None)
+        try:
+            volume_images = {
+                v.name: images.resolve(self.image_dir, v.container_disk.image)
+                for v in spec.volumes
+                if v.container_disk is not None
+            }
+            boot_image = volume_images[boot.name] if boot else images.resolve(self.image_dir, None)
+        except images.ImageNotFound as exc:
+            return Step(Observed("Failed", "ImageNotFound", str(exc)), requeue=IMAGE_RETRY)
+        with ExitStack() as undo:
+            hv.ensure_pool(POOL, self.volume_dir)
+            disks: list[DiskConfig] = []
+            sources: list[tuple[str, int, tuple[str, str] | None]] = []
+            if boot is None and boot_image.disk is not None:
+                sources.append(("root", *_overlay_of(boot_image)))
+            for volume in spec.volumes:
+                if volume.container_disk is not None and volume_images[volume.name].disk is not None:
+                    sources.append((volume.name, *_overlay_of(volume_images[volume.name])))
+                elif volume.empty_disk is not None:
+                    sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None))
+            for index, (volume_name, capacity, backing) in enumerate(sources):
+                volume_id = f"{snap.uid}-{volume_name}.qcow2"
+                existed = hv.volume_path(POOL, volume_id) is not None
+                path = hv.create_volume(POOL, volume_id, capacity, backing)
+                if not existed:
+                    undo.callback(hv.delete_volume, POOL, volume_id)
+                disks.append(DiskConfig(path=path, target=f"vd{TARGETS[index]}", serial=volume_name[:20]))
+            kernel = None
+            if boot_image.kernel is not None:
+                # The bundle's command line may carry {hostname}; plain text, not a format string.
+                cmdline = boot_image.cmdline.replace("{hostname}", spec.hostname or snap.name)
+                initrd = str(boot_image.initrd) if boot_image.initrd else None
+                kernel = KernelBoot(str(boot_image.kernel), initrd, cmdline)
+            node = snap.node or {}
+            test_driver = str(node.get("uri", "")).startswith("test:")
+            virt_type = "test" if test_driver else str(node.get("virtType") or "qemu")
+            cpu = spec.domain.cpu
+            topology = None
+            if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
+                topology = (cpu.sockets or 1, cpu.cores or 1, cpu.threads or 1)
+            nics = tuple(InterfaceConfig(i.model, i.mac_address) for i in spec.domain.devices.interfaces)
+            config = DomainConfig(
+                name=snap.domain,
+                uuid=snap.uid,
+                virt_type=virt_type,
+                vcpus=requested_vcpus(spec),
+                memory_mib=max(requested_memory(spec) // MIB, 16),
+                machine=spec.domain.machine.type if spec.domain.machine else "pc",
+                kernel_boot=kernel,
+                disks=tuple(disks),
+                interfaces=nics or (InterfaceConfig(),),
+                console_log=None
+                if virt_type == "test"
+                else f"/var/log/libvirt/qemu/{snap.domain}-console.log",
+                metadata={"namespace": snap.namespace, "name": snap.name, "uid": snap.uid},
+                cpu_topology=topology,
+            )
+            try:
+                info = hv.define(build_domain_xml(config))
+            except InvalidDomainConfig as exc:
+                return Step(Observed("Failed", "InvalidConfiguration", str(exc)[:500]))
+            undo.pop_all()
+            return info
+
+
+def _overlay_of(image: images.Image) -> tuple[int, tuple[str, str]]:
+    """Capacity and backing (path, format) of a copy-on-write overlay on the image's disk."""
+    return image.disk_size or 0, (str(image.disk), image.disk_format or "qcow2")
+
+
+def volume_names(snap: Snapshot) -> list[str]:
+    """Names of the instance's volumes (`<uid>-<name>.qcow2`), including any an earlier spec had."""
+    names = {"root", *(v.name for v in snap.spec.volumes), *snap.progress.get("volumes", [])}
+    return sorted(names)
+
+
+def progress_stale(snap: Snapshot) -> bool:
+    """The spec changed since the domain was defined: define again (applies at the next boot)."""
+    defined = snap.progress.get("definedGeneration")
+    return defined is not None and int(defined) != snap.generation
+
+
+def _same(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    return new == old

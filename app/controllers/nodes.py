@@ -40,8 +40,9 @@ def decide_virt_type(host: HostInfo, requested: str | None) -> tuple[str, str]:
 
 
 def host_status(
-    host: HostInfo, virt_type: str, reason: str, generation: int, previous: dict[str, Any]
+    host: HostInfo, virt_type: str, reason: str, generation: int, previous: dict[str, Any], cpu_ratio: int = 1
 ) -> dict[str, Any]:
+    """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit)."""
     at = now()
     status: dict[str, Any] = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
     set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
@@ -52,7 +53,7 @@ def host_status(
         "observedGeneration": generation,
         "phase": "Ready",
         "capacity": resources,
-        "allocatable": dict(resources),
+        "allocatable": {**resources, "cpu": str(host.cpus * cpu_ratio)},
         "nodeInfo": {
             "hostname": host.hostname, "arch": host.arch, "cpuModel": host.cpu_model,
             "hostUuid": host.host_uuid, "hypervisorType": host.hypervisor_type,
@@ -80,10 +81,17 @@ def _same_but_heartbeat(old: dict[str, Any], new: dict[str, Any], min_age: float
 class NodeReconciler:
     kind = NODES.kind
 
-    def __init__(self, db: Database, hypervisors: HypervisorPool, heartbeat_seconds: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hypervisors: HypervisorPool,
+        heartbeat_seconds: float,
+        cpu_allocation_ratio: int = 10,
+    ) -> None:
         self.db = db
         self.hypervisors = hypervisors
         self.heartbeat = heartbeat_seconds
+        self.cpu_ratio = cpu_allocation_ratio
 
     def reconcile(self, namespace: str, name: str) -> Result:
         with self.db.transaction() as session:
@@ -105,7 +113,9 @@ class NodeReconciler:
             self._write(namespace, name, self._unreachable(previous, generation, str(exc)))
             return Result(requeue_after=self.heartbeat)
         virt_type, reason = decide_virt_type(host, spec.virt_type)
-        self._write(namespace, name, host_status(host, virt_type, reason, generation, previous))
+        self._write(
+            namespace, name, host_status(host, virt_type, reason, generation, previous, self.cpu_ratio)
+        )
         return Result(requeue_after=self.heartbeat)
 
     @staticmethod

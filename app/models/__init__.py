@@ -3,6 +3,7 @@
 from app.models.auth import GrantRow, TokenRow
 from app.models.base import Base, ResourceRow
 from app.models.events import EventRow, RevisionRow
+from app.models.idempotency import IdempotencyRow
 from app.models.resources import InstanceRow, NodeRow
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
@@ -11,6 +12,7 @@ __all__ = [
     "Base",
     "EventRow",
     "GrantRow",
+    "IdempotencyRow",
     "InstanceRow",
     "NodeRow",
     "ResourceRow",

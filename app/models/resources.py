@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, ResourceRow
+from app.models.base import Base, JSONType, ResourceRow
 
 
 class NodeRow(ResourceRow, Base):
@@ -19,3 +21,8 @@ class InstanceRow(ResourceRow, Base):
 
     # Where the worker placed the instance; a column so per-node queries need no JSON lookups.
     node_name: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    # What users asked for through actions (power state, restart and reboot counters): desired state
+    # beside the spec, written by the API and, when the runStrategy ends a run, by the worker.
+    intent: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    # The worker's own bookkeeping, so a restarted worker resumes where the last one stopped.
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)

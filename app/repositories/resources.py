@@ -103,6 +103,11 @@ class ResourceRepository(Generic[RowT]):
             last = rows[-1]
             query = query.where(tuple_(row.namespace, row.name) > tuple_(last.namespace, last.name))
 
+    def lock_all(self) -> list[RowT]:
+        """Every row, locked for this transaction, in name order (a fixed order cannot deadlock)."""
+        row = self.info.row
+        return list(self.session.scalars(select(row).order_by(row.namespace, row.name).with_for_update()))
+
     def count(self) -> int:
         return int(self.session.execute(select(func.count()).select_from(self.info.row)).scalar_one())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from app.schemas.common import (
     ObjectMeta,
     ObjectMetaOut,
     Quantity,
+    parse_quantity,
 )
 
 RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
@@ -169,6 +171,32 @@ class InstanceStatus(ApiModel):
     guest_os_info: dict[str, Any] | None = Field(default=None, alias="guestOSInfo")
     migration_state: dict[str, Any] | None = None
     device_assignments: list[dict[str, Any]] = Field(default_factory=list)
+
+
+DEFAULT_MEMORY = "512Mi"
+
+
+def requested_vcpus(spec: InstanceSpec) -> int:
+    """vCPUs: the CPU topology when given, else the cpu request rounded up (at least 1)."""
+    cpu = spec.domain.cpu
+    if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
+        return (cpu.cores or 1) * (cpu.sockets or 1) * (cpu.threads or 1)
+    request = spec.domain.resources.requests.get("cpu")
+    return max(1, math.ceil(parse_quantity(request))) if request else 1
+
+
+def requested_memory(spec: InstanceSpec) -> int:
+    """Guest memory in bytes: memory.guest, else the memory request, else 512 MiB."""
+    guest = spec.domain.memory.guest if spec.domain.memory else None
+    text = guest or spec.domain.resources.requests.get("memory") or DEFAULT_MEMORY
+    return int(parse_quantity(text))
+
+
+class StopOptions(ApiModel):
+    force: bool = Field(default=False, description="Power off now instead of a graceful shutdown.")
+    grace_period_seconds: int | None = Field(
+        default=None, ge=0, le=3600, description="Override spec.terminationGracePeriodSeconds for this stop."
+    )
 
 
 class InstanceBody(ApiModel):

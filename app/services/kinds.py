@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from app.models import InstanceRow, NodeRow
+from app.repositories.kinds import INSTANCE_INFO, NODE_INFO
 from app.repositories.resources import KindInfo
 from app.schemas.common import ApiModel
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
@@ -45,7 +45,7 @@ class ResourceKind:
 
 
 NODES = ResourceKind(
-    info=KindInfo(kind="Node", api_version="corral.dev/v1", row=NodeRow, namespaced=False),
+    info=NODE_INFO,
     plural="nodes",
     singular="Node",
     api_versions=("corral.dev/v1", "v1"),
@@ -57,9 +57,7 @@ NODES = ResourceKind(
 )
 
 INSTANCES = ResourceKind(
-    info=KindInfo(
-        kind="VirtualMachineInstance", api_version="kubevirt.io/v1", row=InstanceRow, namespaced=True
-    ),
+    info=INSTANCE_INFO,
     plural="instances",
     singular="Instance",
     api_versions=("kubevirt.io/v1",),

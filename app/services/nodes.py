@@ -44,11 +44,3 @@ class NodeService(ResourceService):
             )
         set_setting(self.session, _REGISTERED, uri)
         return True
-
-
-def service_for(session: Session, kind_name: str) -> ResourceService:
-    if kind_name == NODES.kind:
-        return NodeService(session)
-    from app.services.kinds import KINDS
-
-    return ResourceService(session, KINDS[kind_name])

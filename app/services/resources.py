@@ -91,6 +91,7 @@ class ResourceService:
             status={},
             generation=1,
         )
+        self.prepare_new(row)
         self.repo.add(row)
         self._wake(namespace, name)
         return to_object(self.kind.info, row)
@@ -139,6 +140,12 @@ class ResourceService:
     def check_deletable(self, row: Any) -> None:
         """Kinds refuse deletion by overriding this (e.g. a node that still hosts instances)."""
 
+    def prepare_new(self, row: Any) -> None:
+        """Kinds fill their own columns of a new row by overriding this."""
+
+    def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+        """Kinds react to a spec change (already stored on `row`) by overriding this."""
+
     # -- helpers -------------------------------------------------------------------------------------
     def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
         row = self.repo.get(namespace, name, for_update=for_update)
@@ -154,8 +161,9 @@ class ResourceService:
             raise Conflict(f"{self.kind.kind} {row.name!r} is being deleted")
         changed = False
         if spec != row.spec:
-            row.spec = spec
+            old_spec, row.spec = row.spec, spec
             row.generation += 1
+            self.spec_changed(row, old_spec)
             changed = True
         if labels != row.labels or annotations != row.annotations:
             row.labels, row.annotations = labels, annotations

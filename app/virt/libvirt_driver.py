@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import libvirt
 import libvirt_qemu
 
+from app.virt.domain_xml import GUEST_AGENT_CHANNEL
 from app.virt.driver import (
     AgentUnavailable,
     DomainExists,
@@ -360,6 +361,65 @@ class LibvirtHypervisor:
         if not isinstance(reply, dict) or "return" not in reply:
             raise AgentUnavailable("the guest agent reply has no 'return'")
         return reply["return"]
+
+    def agent_connected(self, name: str) -> bool:
+        root = ET.fromstring(self.domain_xml(name))
+        for target in root.iterfind("devices/channel/target"):
+            if target.get("name") == GUEST_AGENT_CHANNEL:
+                return target.get("state") == "connected"
+        return False
+
+    # -- storage -------------------------------------------------------------------------------------
+    def _pool(self, name: str) -> Any:
+        return self._call(lambda: self._conn.storagePoolLookupByName(name))
+
+    def ensure_pool(self, name: str, path: str) -> None:
+        try:
+            pool = self._pool(name)
+        except HypervisorError:
+            xml = ET.Element("pool", {"type": "dir"})
+            ET.SubElement(xml, "name").text = name
+            ET.SubElement(ET.SubElement(xml, "target"), "path").text = path
+            pool = self._call(
+                lambda: self._conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
+            )
+            with suppress(libvirt.libvirtError):
+                pool.build(0)  # creates the directory; fails harmlessly when it exists
+            self._call(lambda: pool.setAutostart(1))
+        if not self._call(pool.isActive):
+            self._call(lambda: pool.create(0))
+
+    def create_volume(self, pool: str, volume: str, capacity: int, backing: tuple[str, str] | None) -> str:
+        existing = self.volume_path(pool, volume)
+        if existing is not None:
+            return existing
+        xml = ET.Element("volume")
+        ET.SubElement(xml, "name").text = volume
+        ET.SubElement(xml, "capacity", {"unit": "bytes"}).text = str(capacity)
+        ET.SubElement(ET.SubElement(xml, "target"), "format", {"type": "qcow2"})
+        if backing is not None:
+            store = ET.SubElement(xml, "backingStore")
+            ET.SubElement(store, "path").text = backing[0]
+            ET.SubElement(store, "format", {"type": backing[1]})
+        created = self._call(lambda: self._pool(pool).createXML(ET.tostring(xml, encoding="unicode"), 0))
+        return str(self._call(created.path))
+
+    def _volume(self, pool: str, volume: str) -> Any | None:
+        try:
+            return self._call(lambda: self._pool(pool).storageVolLookupByName(volume))
+        except HypervisorError as exc:
+            if exc.code == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+
+    def delete_volume(self, pool: str, volume: str) -> None:
+        found = self._volume(pool, volume)
+        if found is not None:
+            self._call(lambda: found.delete(0))
+
+    def volume_path(self, pool: str, volume: str) -> str | None:
+        found = self._volume(pool, volume)
+        return None if found is None else str(self._call(found.path))
 
     # -- events --------------------------------------------------------------------------------------
     def subscribe(self, callback: EventCallback) -> None:

@@ -65,8 +65,8 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
     connections = NodeConnections(connect, bridge)
     reconcilers += [
-        NodeReconciler(db, connections, settings.heartbeat_seconds),
-        InstanceReconciler(db, connections),
+        NodeReconciler(db, connections, settings.heartbeat_seconds, settings.cpu_allocation_ratio),
+        InstanceReconciler(db, connections, settings.image_dir),
     ]
     worker = Worker(
         db,

@@ -1,0 +1,139 @@
+"""What an instance's status says, computed from the observed libvirt state (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.schemas.conditions import set_condition
+from app.virt.driver import DomainInfo, DomainState
+
+PAUSE_REASONS = {
+    "user": "PausedByUser",
+    "ioerror": "PausedIOError",
+    "watchdog": "PausedWatchdog",
+    "migration": "PausedMigration",
+    "shutting down": "PausedShuttingDown",
+    "crashed": "PausedCrashed",
+    "postcopy failed": "PausedPostcopyFailed",
+}
+STOP_REASONS = {
+    "shutdown": "GuestShutdown",
+    "destroyed": "Destroyed",
+    "crashed": "Crashed",
+    "failed": "Failed",
+    "migrated": "Migrated",
+    "saved": "Saved",
+    "daemon": "Daemon",
+    "unknown": "Unknown",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One pass's view: the phase to report and why, plus the agent and migratability facts."""
+
+    phase: str
+    reason: str = ""
+    message: str = ""
+    agent_connected: bool = False
+    agent_reason: str = "DomainNotRunning"
+    live_migratable: bool = True
+    migratable_reason: str = "Migratable"
+
+
+def phase_of(info: DomainInfo, *, stopping: bool, ever_started: bool) -> tuple[str, str]:
+    """(phase, reason) for a defined domain's libvirt state."""
+    if info.state in (DomainState.RUNNING, DomainState.BLOCKED):
+        return ("Stopping", "StopRequested") if stopping else ("Running", "Running")
+    if info.state is DomainState.PAUSED:
+        if info.reason == "starting up":
+            return "Starting", "StartingUp"
+        if info.reason == "migration":
+            return "Migrating", "PausedMigration"
+        return "Paused", PAUSE_REASONS.get(info.reason, "Paused")
+    if info.state is DomainState.SHUTDOWN:
+        return "Stopping", "ShuttingDown"
+    if info.state is DomainState.PMSUSPENDED:
+        return "Paused", "PMSuspended"
+    if info.state is DomainState.CRASHED:
+        return "Failed", "Crashed"
+    if not ever_started:
+        return "Scheduled", "Defined"
+    return "Stopped", STOP_REASONS.get(info.reason, "Stopped")
+
+
+def render(
+    previous: dict[str, Any],
+    observed: Observed,
+    *,
+    generation: int,
+    node: str | None,
+    domain: str | None,
+    at: datetime,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The new status: phase, conditions (lastTransitionTime moves only on a flip), transition stamps."""
+    status: dict[str, Any] = {
+        k: v for k, v in previous.items() if k not in ("reason", "message", "retryAfter")
+    }
+    status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
+    stamps = [dict(s) for s in previous.get("phaseTransitionTimestamps", [])]
+    if previous.get("phase") != observed.phase:
+        stamps.append(
+            {"phase": observed.phase, "phaseTransitionTimestamp": at.isoformat().replace("+00:00", "Z")}
+        )
+    status.update(observedGeneration=generation, phase=observed.phase, phaseTransitionTimestamps=stamps[-20:])
+    if observed.reason:
+        status["reason"] = observed.reason
+    if observed.message:
+        status["message"] = observed.message
+    if node:
+        status["nodeName"] = node
+    if domain:
+        status["domainName"] = domain
+    status.update(extra or {})
+
+    phase, why = observed.phase, observed.reason or observed.phase
+    set_condition(
+        status,
+        "Ready",
+        "True" if phase == "Running" else "False",
+        "Running" if phase == "Running" else why,
+        observed.message if phase != "Running" else "",
+        at,
+    )
+    set_condition(
+        status,
+        "Paused",
+        "True" if phase == "Paused" else "False",
+        why if phase == "Paused" else "NotPaused",
+        "",
+        at,
+    )
+    set_condition(
+        status,
+        "Stopped",
+        "True" if phase in ("Stopped", "Scheduled") else "False",
+        why if phase in ("Stopped", "Scheduled") else "NotStopped",
+        "",
+        at,
+    )
+    set_condition(
+        status,
+        "AgentConnected",
+        "True" if observed.agent_connected else "False",
+        "AgentConnected" if observed.agent_connected else observed.agent_reason,
+        "",
+        at,
+    )
+    set_condition(
+        status,
+        "LiveMigratable",
+        "True" if observed.live_migratable else "False",
+        observed.migratable_reason,
+        "",
+        at,
+    )
+    return status

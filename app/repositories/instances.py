@@ -1,0 +1,19 @@
+"""Instance queries beyond the generic ones."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import InstanceRow
+from app.repositories.kinds import INSTANCE_INFO
+from app.repositories.resources import ResourceRepository
+
+
+class InstanceRepository(ResourceRepository[InstanceRow]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, INSTANCE_INFO)
+
+    def placed(self) -> list[InstanceRow]:
+        """Instances that hold capacity on a node (terminating ones too, until their domain is gone)."""
+        return list(self.session.scalars(select(InstanceRow).where(InstanceRow.node_name.is_not(None))))

@@ -1,0 +1,10 @@
+"""Storage facts of each kind (the API-level description is app.services.kinds)."""
+
+from __future__ import annotations
+
+from app.models import InstanceRow, NodeRow
+from app.repositories.resources import KindInfo
+
+NODE_INFO = KindInfo(kind="Node", api_version="corral.dev/v1", row=NodeRow, namespaced=False)
+INSTANCE_INFO = KindInfo(kind="VirtualMachineInstance", api_version="kubevirt.io/v1", row=InstanceRow,
+                         namespaced=True)  # fmt: skip

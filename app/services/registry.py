@@ -1,0 +1,18 @@
+"""Which service class serves which kind."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.services.instances import InstanceService
+from app.services.kinds import INSTANCES, KINDS, NODES
+from app.services.nodes import NodeService
+from app.services.resources import ResourceService
+
+
+def service_for(session: Session, kind_name: str) -> ResourceService:
+    if kind_name == NODES.kind:
+        return NodeService(session)
+    if kind_name == INSTANCES.kind:
+        return InstanceService(session)
+    return ResourceService(session, KINDS[kind_name])
