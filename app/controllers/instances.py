@@ -233,7 +233,7 @@ class InstanceReconciler:
         intent: dict[str, Any] = {}
         info = self._lookup(hv, snap.domain)
         if info is not None and info.uuid != snap.uid:
-            message = f"node {snap.node_name} already has a domain {snap.domain!r} (uuid {info.uuid}) not made for it"
+            message = f"node {snap.node_name} has a domain {snap.domain!r} of another owner ({info.uuid})"
             return Step(Observed("Failed", "DomainNameConflict", message), requeue=IMAGE_RETRY)
         if info is None or progress_stale(snap):
             defined = self._define(snap, hv)
