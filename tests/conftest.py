@@ -182,3 +182,46 @@ def vmi(name: str, **labels: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": labels},
         "spec": {"domain": {"resources": {"requests": {"cpu": "1", "memory": "128Mi"}}}},
     }
+
+
+IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(interval)
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+
+
+@pytest.fixture
+def worker(pg: Database) -> Iterator[Any]:
+    """The real worker (reconcilers, libvirt connections, event bridge) in this process, on Postgres."""
+    from app.config import Settings
+    from app.worker.main import build_worker
+
+    settings = Settings(image_dir=IMAGE_DIR, heartbeat_seconds=2, resync_seconds=30, lease_seconds=10)
+    process = build_worker(pg, settings)
+    process.start()
+    yield process
+    process.stop()
+
+
+def add_node(api: httpx.Client, name: str, uri: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    created = api.post(
+        "/v1/nodes", json={"metadata": {"name": name, "labels": labels or {}}, "spec": {"uri": uri}}
+    )
+    assert created.status_code == 201, created.text
+    return wait_for(
+        lambda: (n := api.get(f"/v1/nodes/{name}").json())["status"].get("phase") == "Ready" and n,
+        timeout=30,
+        what=f"node {name} Ready",
+    )

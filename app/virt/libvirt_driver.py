@@ -289,14 +289,7 @@ class LibvirtHypervisor:
     def undefine(self, name: str) -> None:
         dom = self._domain(name)
         flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        with self._errors():
-            try:
-                dom.undefineFlags(flags)
-            except libvirt.libvirtError as exc:
-                # Drivers without NVRAM (the test driver) reject the flag; plain undefine is all they need.
-                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
-                    raise
-                dom.undefine()
+        self._with_flag_fallback(lambda: dom.undefineFlags(flags), dom.undefine)
 
     def start(self, name: str) -> None:
         self._call(self._domain(name).create)
@@ -308,7 +301,7 @@ class LibvirtHypervisor:
             else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
         )
         dom = self._domain(name)
-        self._call(lambda: dom.shutdownFlags(flag))
+        self._with_flag_fallback(lambda: dom.shutdownFlags(flag), dom.shutdown)
 
     def reboot(self, name: str, mode: ShutdownMode) -> None:
         flag = (
@@ -317,7 +310,17 @@ class LibvirtHypervisor:
             else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
         )
         dom = self._domain(name)
-        self._call(lambda: dom.reboot(flag))
+        self._with_flag_fallback(lambda: dom.reboot(flag), lambda: dom.reboot(0))
+
+    def _with_flag_fallback(self, flagged: Callable[[], Any], plain: Callable[[], Any]) -> None:
+        """Drivers that take no mode flags (the test driver) get the plain call: libvirt's default mode."""
+        with self._errors():
+            try:
+                flagged()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+                    raise
+                plain()
 
     def destroy(self, name: str, *, graceful: bool = False) -> None:
         dom = self._domain(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,7 +122,7 @@ def test_libvirt_events_wake_the_owning_instance(db: Database) -> None:
     with db.transaction() as session:
         uid = ResourceService(session, INSTANCES).create("default", vmi("evented"))["metadata"]["uid"]
         session.execute(delete(WorkItemRow))  # only the events' wake-ups count below
-    bridge = EventBridge(db, [InstanceReconciler(db, NodeConnections(connect))])
+    bridge = EventBridge(db, [InstanceReconciler(db, NodeConnections(connect), Path("/nonexistent"))])
     bridge.start()
     pool = NodeConnections(connect, bridge)
     hv = pool.get("n1", "test:///default")
