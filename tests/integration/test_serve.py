@@ -1,15 +1,15 @@
-"""`corral serve` on the embedded defaults (SQLite file, the local libvirtd), driven with curl and the CLI."""
+"""`corral serve` on its embedded defaults (a SQLite file, the local libvirtd), driven over HTTP, curl and the
+CLI: the seed manifest through the whole state machine on a real TCG guest with a real qemu-guest-agent."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
+from app.virt.driver import DomainNotFound
+from app.virt.libvirt_driver import connect
+from tests.conftest import conditions, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "crl_integration-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CORRAL = str(Path(sys.executable).parent / "corral")
+INSTANCES = "/v1/namespaces/default/instances"
 
 
 def free_port() -> int:
@@ -27,42 +34,119 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def corral(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+class Serve:
+    def __init__(self, url: str, env: dict[str, str], data: Path) -> None:
+        self.url, self.env, self.data = url, env, data
+        self.client = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+        self.events: list[dict[str, Any]] = []
+
+    def watch(self) -> None:
+        """Record every instance event from now on (a thread)."""
+        started = threading.Event()
+
+        def run() -> None:
+            timeout = httpx.Timeout(30, read=None)
+            with httpx.Client(base_url=self.url, headers=AUTH, timeout=timeout) as client:
+                try:
+                    with client.stream("GET", INSTANCES, params={"watch": "true"}) as response:
+                        started.set()
+                        for line in response.iter_lines():
+                            if line:
+                                self.events.append(json.loads(line))
+                except httpx.HTTPError:
+                    return  # the server stopped
+
+        threading.Thread(target=run, daemon=True).start()
+        assert started.wait(5)
+
+    def phases_seen(self, name: str) -> list[str]:
+        seen: list[str] = []
+        for event in self.events:
+            phase = event["object"]["status"].get("phase")
+            if event["object"]["metadata"]["name"] == name and phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        return seen
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.client.get(f"{INSTANCES}/{name}").json()
+
+    def wait(self, name: str, phase: str, agent: bool | None = None, timeout: float = 60) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            obj = self.get(name)
+            if obj.get("status", {}).get("phase") != phase:
+                return None
+            if agent is not None and (conditions(obj).get("AgentConnected") == "True") != agent:
+                return None
+            return obj
+
+        return wait_for(ready, timeout=timeout, interval=0.1, what=f"{name} {phase} (agent {agent})")
+
+    def act(self, name: str, action: str) -> None:
+        response = self.client.post(f"{INSTANCES}/{name}/{action}")
+        assert response.status_code == 202, response.text
+
+
+@pytest.fixture(params=["qemu:///system", "test:///default"], ids=["qemu", "test-driver"])
+def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env |= {"CORRAL_DATA_DIR": str(tmp_path / "data"), "CORRAL_ADMIN_TOKEN": TOKEN,
             "CORRAL_HEARTBEAT_SECONDS": "2"}  # fmt: skip
-    corral_bin = Path(sys.executable).parent / "corral"
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [corral_bin, "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("corral serve did not become ready:\n" + (tmp_path / "serve.log").read_text())
-        yield url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}
-    finally:
-        proc.send_signal(signal.SIGINT)
+    if request.param.startswith("test"):
+        env["CORRAL_LIBVIRT_URI"] = request.param  # qemu:///system is what `corral serve` picks by itself
+    if "CORRAL_IMAGE_DIR" in os.environ:
+        env["CORRAL_IMAGE_DIR"] = os.environ["CORRAL_IMAGE_DIR"]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [CORRAL, "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        url = f"http://127.0.0.1:{port}"
+        served = Serve(url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}, tmp_path / "data")
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            wait_for(
+                lambda: proc.poll() is None and _ready(url),
+                timeout=60,
+                interval=0.1,
+                what="corral serve ready:\n" + log_path.read_text(),
+            )
+            local = wait_for(lambda: (n := served.client.get("/v1/nodes/local").json())["status"].get("phase")
+                             == "Ready" and n, timeout=60, what="node local Ready")  # fmt: skip
+            assert local["spec"]["uri"] == request.param
+            yield served
+            remove_all_instances(served)
+        finally:
+            served.client.close()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert (tmp_path / "data" / "corral.db").exists()
+
+
+def remove_all_instances(served: Serve) -> None:
+    """Guests outlive the control plane (as they should): delete what the test made before stopping it."""
+    names = [i["metadata"]["name"] for i in served.client.get(INSTANCES).json()["items"]]
+    for name in names:
+        served.client.delete(f"{INSTANCES}/{name}")
+    for name in names:
+        wait_for(
+            lambda n=name: served.client.get(f"{INSTANCES}/{n}").status_code == 404,
+            timeout=60,
+            what=f"cleanup of {name}",
+        )
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def curl(*args: str) -> Any:
@@ -75,75 +159,97 @@ def curl(*args: str) -> Any:
     return json.loads(out.stdout) if out.stdout else None
 
 
-def test_serve_registers_the_local_qemu_node_and_serves_the_api(corral: tuple[str, dict[str, str]]) -> None:
-    url, env = corral
-    assert shutil.which("curl"), "curl is required"
-    deadline, local = time.monotonic() + 60, None
-    while time.monotonic() < deadline:
-        local = curl(f"{url}/v1/nodes/local")
-        if local["status"].get("phase") == "Ready":
-            break
-        time.sleep(0.2)
-    assert local is not None and local["status"]["phase"] == "Ready", local
-    assert local["spec"]["uri"] == "qemu:///system"  # the local libvirtd answered, so no test driver
-    assert local["status"]["nodeInfo"]["hypervisorType"] == "QEMU"
-    assert local["status"]["virtType"] == "qemu"  # this host's KVM is paravirtual: guests run under TCG
+def qemu_pid(domain: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text())
 
-    corral_bin = str(Path(sys.executable).parent / "corral")
-    applied = subprocess.run(
-        [corral_bin, "apply", "-f", str(ROOT / "examples" / "vmi-guest-agent.yaml")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "instances/test-vmi created" in applied.stdout
-    listed = subprocess.run(
-        [corral_bin, "get", "instances"], env=env, capture_output=True, text=True, check=True
-    )
-    assert "test-vmi" in listed.stdout
-    subprocess.run([corral_bin, "delete", "instances", "test-vmi"], env=env, check=True, capture_output=True)
-    deadline = time.monotonic() + 10
-    while (
-        httpx.get(
-            f"{url}/v1/namespaces/default/instances/test-vmi",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=5,
-        ).status_code
-        != 404
-    ):
-        assert time.monotonic() < deadline, "the worker did not finalize the deletion"
-        time.sleep(0.05)
 
+def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
+    real = serve.client.get("/v1/nodes/local").json()["spec"]["uri"].startswith("qemu")
+    local = serve.client.get("/v1/nodes/local").json()
+    assert (
+        local["status"]["virtType"] == "qemu"
+    )  # TCG: this host's KVM is paravirtual; test driver: no guests
+    serve.watch()
     created = curl(
         "-X",
         "POST",
         "-H",
         "Content-Type: application/yaml",
         "--data-binary",
-        f"@{ROOT / 'examples' / 'vmi-status-shape.yaml'}",
-        f"{url}/v1/namespaces/demo/instances",
+        f"@{ROOT / 'examples' / 'vmi-guest-agent.yaml'}",
+        f"{serve.url}{INSTANCES}",
     )
-    assert created["metadata"]["namespace"] == "demo"
-    bad = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-d",
-            "{",
-            f"{url}/v1/nodes",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    assert created["metadata"]["name"] == "test-vmi"
+
+    running = serve.wait("test-vmi", "Running", agent=True if real else None)
+    assert serve.phases_seen("test-vmi")[:5] == [
+        "Pending",
+        "Scheduling",
+        "Scheduled",
+        "Starting",
+        "Running",
+    ] or serve.phases_seen("test-vmi")[:4] == ["Scheduling", "Scheduled", "Starting", "Running"]
+    domain, uid = running["status"]["domainName"], running["metadata"]["uid"]
+    # The test driver lives inside the serve process; only the real libvirtd can be inspected from here.
+    hv = connect("qemu:///system") if real else None
+    if hv is not None:
+        assert hv.lookup(domain).uuid == uid
+        assert hv.agent_command(domain, {"execute": "guest-get-host-name"}, 5) == {"host-name": "test-vmi"}
+
+    serve.act("test-vmi", "pause")
+    assert serve.wait("test-vmi", "Paused")["status"]["reason"] == "PausedByUser"
+    bad = serve.client.post(f"{INSTANCES}/test-vmi/softreboot")
+    assert bad.status_code == 409 and "legal actions: unpause, stop, delete" in bad.json()["detail"]
+    serve.act("test-vmi", "unpause")
+    serve.wait("test-vmi", "Running")
+
+    serve.act("test-vmi", "stop")  # graceful: ACPI or agent, within the 30 s grace period
+    assert serve.wait("test-vmi", "Stopped")["status"]["reason"] == "StoppedByUser"
+    serve.act("test-vmi", "start")
+    serve.wait("test-vmi", "Running", agent=True if real else None)
+
+    count = len(serve.get("test-vmi")["status"]["phaseTransitionTimestamps"])
+    serve.act("test-vmi", "restart")
+    wait_for(
+        lambda: len(serve.get("test-vmi")["status"]["phaseTransitionTimestamps"]) > count, what="restart"
     )
+    serve.wait("test-vmi", "Running", agent=True if real else None)
+
+    if real:  # kill -9 of the QEMU process: runStrategy Always boots it again
+        pid = qemu_pid(domain)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: Path(f"/run/libvirt/qemu/{domain}.pid").exists() and qemu_pid(domain) != pid,
+            timeout=30,
+            what="a new QEMU process",
+        )
+        again = serve.wait("test-vmi", "Running", agent=True)
+        assert [s["phase"] for s in again["status"]["phaseTransitionTimestamps"][-2:]] == [
+            "Starting",
+            "Running",
+        ]
+
+    listed = subprocess.run(
+        [CORRAL, "get", "instances"], env=serve.env, capture_output=True, text=True, check=True
+    )
+    assert "test-vmi" in listed.stdout and "Running" in listed.stdout
+    subprocess.run(
+        [CORRAL, "delete", "instances", "test-vmi"], env=serve.env, check=True, capture_output=True
+    )
+    wait_for(
+        lambda: serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60, what="deletion"
+    )
+    assert serve.events[-1]["type"] == "DELETED" and serve.phases_seen("test-vmi")[-1] == "Terminating"
+    if hv is not None:
+        with pytest.raises(DomainNotFound):
+            hv.lookup(domain)
+        assert not list(Path("/var/lib/corral/instances").glob(f"{uid}-*"))  # no overlay left behind
+        hv.close()
+
+
+def test_bad_requests_through_curl(serve: Serve) -> None:
+    bad = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: "
+                          "application/json", "-H", f"Authorization: Bearer {TOKEN}", "-d", "{", f"{serve.url}/v1/nodes"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
     assert bad.stdout == "400"
-    assert httpx.get(f"{url}/v1/nodes").status_code == 401
+    assert httpx.get(f"{serve.url}/v1/nodes").status_code == 401
