@@ -248,8 +248,8 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
 
 
 def test_bad_requests_through_curl(serve: Serve) -> None:
-    bad = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: "
-                          "application/json", "-H", f"Authorization: Bearer {TOKEN}", "-d", "{", f"{serve.url}/v1/nodes"],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+               "-H", f"Authorization: Bearer {TOKEN}", "-d", "{", f"{serve.url}/v1/nodes"]  # fmt: skip
+    bad = subprocess.run(command, capture_output=True, text=True, check=False)
     assert bad.stdout == "400"
     assert httpx.get(f"{serve.url}/v1/nodes").status_code == 401
