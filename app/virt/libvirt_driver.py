@@ -411,8 +411,8 @@ class LibvirtHypervisor:
         try:
             return self._call(lambda: self._pool(pool).storageVolLookupByName(volume))
         except HypervisorError as exc:
-            if exc.code == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return None
+            if exc.code in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                return None  # no pool yet means no volume either
             raise
 
     def delete_volume(self, pool: str, volume: str) -> None:
