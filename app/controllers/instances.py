@@ -283,6 +283,13 @@ class InstanceReconciler:
                 mode = ShutdownMode.AGENT if hv.agent_connected(snap.domain) else ShutdownMode.ACPI
                 hv.reboot(snap.domain, mode)
             progress["softRebootDone"] = int(snap.intent.get("softReboot", 0))
+        if int(snap.intent.get("pause", 0)) > int(state.get("pauseDone", 0)):
+            if snap.intent.get("paused") and info.state is DomainState.RUNNING:
+                self._call_idempotent(hv.suspend, snap.domain)
+            elif not snap.intent.get("paused") and info.state is DomainState.PAUSED:
+                self._call_idempotent(hv.resume, snap.domain)
+            progress["pauseDone"] = int(snap.intent.get("pause", 0))
+            info = self._lookup(hv, snap.domain) or info
         if int(snap.intent.get("retry", 0)) > int(state.get("retryDone", 0)):
             progress.update(
                 retryDone=int(snap.intent.get("retry", 0)), retryAt=None, crashes=0, failedRun=False
@@ -291,7 +298,7 @@ class InstanceReconciler:
 
         requeue: float | None = None
         extra: dict[str, Any] = {}
-        if power in ("Running", "Paused"):
+        if power == "Running":
             progress["stopStartedAt"] = None
             if info.state not in ACTIVE:
                 retry_at = _ts(state.get("retryAt"))
@@ -317,12 +324,6 @@ class InstanceReconciler:
                     retryAt=None,
                     stopReason=None,
                 )
-                info = self._lookup(hv, snap.domain) or info
-            if power == "Paused" and info.state is DomainState.RUNNING:
-                self._call_idempotent(hv.suspend, snap.domain)
-                info = self._lookup(hv, snap.domain) or info
-            elif power == "Running" and info.state is DomainState.PAUSED and info.reason == "user":
-                self._call_idempotent(hv.resume, snap.domain)
                 info = self._lookup(hv, snap.domain) or info
             started = _ts(state.get("lastStartAt"))
             if state.get("crashes") and started and (now_ - started).total_seconds() > STABLE_AFTER:

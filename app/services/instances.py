@@ -20,9 +20,11 @@ from app.services.resources import ResourceService
 from app.services.validation import invalid
 
 RUN_AT_CREATE = {"Always", "RerunOnFailure", "Once"}
-POWER_BY_ACTION = {Action.START: "Running", Action.STOP: "Stopped", Action.PAUSE: "Paused",
-                   Action.UNPAUSE: "Running"}  # fmt: skip
-COUNTER_BY_ACTION = {Action.RESTART: "restart", Action.SOFTREBOOT: "softReboot"}
+POWER_BY_ACTION = {Action.START: "Running", Action.STOP: "Stopped"}
+# One-shot requests: the worker acts once per increment (pause too: a guest paused or resumed from outside
+# Corral is reported as it is, not fought).
+COUNTER_BY_ACTION = {Action.RESTART: "restart", Action.SOFTREBOOT: "softReboot", Action.PAUSE: "pause",
+                     Action.UNPAUSE: "pause"}  # fmt: skip
 INSTANCE_ACTIONS = (
     Action.START,
     Action.STOP,
@@ -93,7 +95,7 @@ class InstanceService(ResourceService):
         if action in COUNTER_BY_ACTION:
             counter = COUNTER_BY_ACTION[action]
             intent[counter] = int(intent.get(counter, 0)) + 1
-            intent["power"] = "Running"  # a restarted guest runs, whatever paused it before
+            intent["paused"] = action is Action.PAUSE
         if action is Action.STOP:
             # A second stop while Stopping escalates to a forced power-off.
             intent["force"] = options.force or phase == "Stopping"

@@ -225,3 +225,14 @@ def test_missing_image_fails_cleanly(api: httpx.Client) -> None:
     assert api.post(f"{BASE}/noimage/start").status_code == 202
     api.delete(f"{BASE}/noimage")
     wait_for(lambda: api.get(f"{BASE}/noimage").status_code == 404, what="deletion")
+
+
+def test_a_pause_from_outside_corral_is_reported_not_fought(api: httpx.Client, hv: Hypervisor) -> None:
+    api.post(BASE, json=instance("outside"))
+    domain = wait_phase(api, "outside", "Running")["status"]["domainName"]
+    hv.suspend(domain)  # e.g. an operator's `virsh suspend`
+    wait_phase(api, "outside", "Paused", "PausedByUser")
+    assert hv.lookup(domain).state is DomainState.PAUSED
+    assert act(api, "outside", "unpause").status_code == 202
+    wait_phase(api, "outside", "Running")
+    assert hv.lookup(domain).state is DomainState.RUNNING
