@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "corral_events"
 WORK_CHANNEL = "corral_work"
 CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL)
+READ_ONLY = "corral_read_only"
 
 
 class Hub:
@@ -101,6 +102,13 @@ class Database:
         with self.sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite it takes no write lock, so it never waits for writers."""
+        with self.sessions.begin() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+
     def start_listener(self) -> None:
         """Relay Postgres NOTIFY into the hub, so other processes' writes wake this one's waiters."""
         if not self.is_postgres or self._listener is not None:
@@ -153,7 +161,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # Writers take the lock at BEGIN: SQLite then serializes them instead of failing upgrades.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)

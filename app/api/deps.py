@@ -33,7 +33,7 @@ DB = Annotated[Database, Depends(get_db)]
 
 
 def get_principal(db: DB, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    with db.transaction() as session:
+    with db.read() as session:
         return authenticate(session, authorization)
 
 

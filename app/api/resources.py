@@ -96,7 +96,7 @@ def resource_router(kind: ResourceKind) -> APIRouter:
             return StreamingResponse(
                 stream.stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
             )
-        with db.transaction() as session:
+        with db.read() as session:
             return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
 
     @router.post(
@@ -117,7 +117,7 @@ def resource_router(kind: ResourceKind) -> APIRouter:
     @router.get(item, operation_id=f"read{one}", summary=f"Read a {one}", **common)
     def read(db: DB, caller: Caller, scope: scope_param, response: Response, name: NamePath) -> Any:
         caller.require(kind.read_role, scope, hide=True)
-        with db.transaction() as session:
+        with db.read() as session:
             return with_etag(response, service_for(session, kind.kind).get(stored_ns(scope), name))
 
     @router.put(

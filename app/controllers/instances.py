@@ -111,6 +111,7 @@ class InstanceReconciler:
         self.hypervisors = hypervisors
         self.image_dir = image_dir
         self.volume_dir = volume_dir
+        self._pools_ready: set[str] = set()  # node URIs whose volume pool is known to exist
 
     # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -144,7 +145,7 @@ class InstanceReconciler:
 
     # -- reading and writing -------------------------------------------------------------------------
     def _read(self, namespace: str, name: str) -> Snapshot | None:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = ResourceRepository[Any](session, INSTANCES.info).get(namespace, name)
             if row is None:
                 return None
@@ -170,28 +171,30 @@ class InstanceReconciler:
         with self.db.transaction() as session:
             repo = ResourceRepository[Any](session, INSTANCES.info)
             row = repo.get(snap.namespace, snap.name, for_update=True)
-            if row is None or row.uid != snap.uid:
-                return
-            status = render(
-                row.status or {},
-                step.observed,
-                generation=snap.generation,
-                node=row.node_name,
-                domain=snap.progress.get("domain") or step.progress.get("domain"),
-                at=now(),
-                extra=step.extra,
-            )
-            progress = {**(row.progress or {}), **step.progress}
-            intent = row.intent if step.intent is None else {**(row.intent or {}), **step.intent}
-            if _same(status, row.status or {}) and progress == row.progress and intent == row.intent:
-                return
-            row.status, row.progress, row.intent = status, progress, intent
-            repo.touch(row)
+            if row is not None and row.uid == snap.uid:
+                self._apply(repo, row, snap, step)
+
+    @staticmethod
+    def _apply(repo: ResourceRepository[Any], row: Any, snap: Snapshot, step: Step) -> None:
+        """Fold a step into the row (status, progress, intent); a no-op writes nothing."""
+        status = render(
+            row.status or {},
+            step.observed,
+            generation=snap.generation,
+            node=row.node_name,
+            domain=snap.progress.get("domain") or step.progress.get("domain"),
+            at=now(),
+            extra=step.extra,
+        )
+        progress = {**(row.progress or {}), **step.progress}
+        intent = row.intent if step.intent is None else {**(row.intent or {}), **step.intent}
+        if status == (row.status or {}) and progress == row.progress and intent == row.intent:
+            return
+        row.status, row.progress, row.intent = status, progress, intent
+        repo.touch(row)
 
     # -- placement -----------------------------------------------------------------------------------
     def _schedule(self, snap: Snapshot) -> Snapshot:
-        if snap.status.get("phase") != "Scheduling":
-            self._write(snap, Step(Observed("Scheduling", "Scheduling")))
         request = Request(requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector)
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
@@ -211,16 +214,15 @@ class InstanceReconciler:
             ]
             chosen, reasons = choose(views, request)
             row = instances.get(snap.namespace, snap.name, for_update=True)
-            if chosen is None or row is None or row.uid != snap.uid:
-                message = unschedulable_message(len(views), reasons)
-                placed = None
-            else:
-                row.node_name = chosen.name
-                instances.touch(row)
-                placed = next(n for n in node_rows if n.name == chosen.name)
-        if placed is None:
-            self._write(snap, Step(Observed("Failed", "Unschedulable", message)))
-            return snap
+            if row is None or row.uid != snap.uid:
+                return snap
+            if chosen is None:
+                failed = Observed("Failed", "Unschedulable", unschedulable_message(len(views), reasons))
+                self._apply(instances, row, snap, Step(failed))
+                return snap
+            row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
+            self._apply(instances, row, snap, Step(Observed("Scheduling", "Scheduled")))
+            placed = next(n for n in node_rows if n.name == chosen.name)
         return replace(
             snap,
             node_name=placed.name,
@@ -462,7 +464,10 @@ class InstanceReconciler:
         except images.ImageNotFound as exc:
             return Step(Observed("Failed", "ImageNotFound", str(exc)), requeue=IMAGE_RETRY)
         with ExitStack() as undo:
-            hv.ensure_pool(POOL, self.volume_dir)
+            if hv.uri not in self._pools_ready:
+                hv.ensure_pool(POOL, self.volume_dir)
+                self._pools_ready.add(hv.uri)
+            undo.callback(self._pools_ready.discard, hv.uri)  # a failed pass checks the pool again
             disks: list[DiskConfig] = []
             sources: list[tuple[str, int, tuple[str, str] | None]] = []
             if boot is None and boot_image.disk is not None:
@@ -532,7 +537,3 @@ def progress_stale(snap: Snapshot) -> bool:
     """The spec changed since the domain was defined: define again (applies at the next boot)."""
     defined = snap.progress.get("definedGeneration")
     return defined is not None and int(defined) != snap.generation
-
-
-def _same(new: dict[str, Any], old: dict[str, Any]) -> bool:
-    return new == old

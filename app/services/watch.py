@@ -51,7 +51,7 @@ class Watch:
                 raise BadRequest(
                     "resourceVersion must be a number", [FieldError("resourceVersion", "must be a number")]
                 ) from None
-            with self.db.transaction() as session:
+            with self.db.read() as session:
                 oldest = revisions.oldest_event(session)
                 current = revisions.current_revision(session)
             if rv > current:
@@ -82,7 +82,7 @@ class Watch:
         return (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
 
     def _fetch(self) -> list[tuple[int, str, dict[str, Any]]]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
             return [(r.rv, r.type, r.object) for r in rows]
 
