@@ -82,8 +82,9 @@ class WatchRecorder:
     def __init__(self, client: httpx.Client, path: str) -> None:
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.changed = threading.Condition()
-        self._client = httpx.Client(base_url=client.base_url, headers=client.headers,
-                                    timeout=httpx.Timeout(30, read=None))
+        self._client = httpx.Client(
+            base_url=client.base_url, headers=client.headers, timeout=httpx.Timeout(30, read=None)
+        )
         opened = threading.Event()
 
         def run() -> None:
@@ -125,15 +126,22 @@ def phase(value: str) -> Any:
 
 
 def agent_connected(obj: dict[str, Any]) -> bool:
-    return any(c["type"] == "AgentConnected" and c["status"] == "True"
-               for c in obj.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "AgentConnected" and c["status"] == "True"
+        for c in obj.get("status", {}).get("conditions", [])
+    )
 
 
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {"n": len(samples), "median": statistics.median(samples), "min": ordered[0], "max": ordered[-1],
-            "p99": p99}
+    return {
+        "n": len(samples),
+        "median": statistics.median(samples),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "p99": p99,
+    }
 
 
 def save(name: str, result: dict[str, Any]) -> Path:

@@ -60,12 +60,18 @@ def raw_xml(conn: Any, domain: str, workdir: Path) -> str:
     root.find("name").text = name  # type: ignore[union-attr]
     root.find("uuid").text = str(uuid.uuid4())  # type: ignore[union-attr]
     for source in root.iterfind("devices/disk/source"):
-        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", source.get("file", "")],
-                              capture_output=True, text=True, check=True).stdout
+        info = subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", source.get("file", "")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         backing = json.loads(info)["backing-filename"]
         overlay = workdir / f"{name}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, str(overlay)],
-                       check=True)
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, str(overlay)],
+            check=True,
+        )
         source.set("file", str(overlay))
     for log_source in root.iterfind("devices/serial/source"):
         log_source.set("path", str(workdir / f"{name}.log"))
@@ -81,7 +87,9 @@ def raw_run(conn: Any, xml: str, workdir: Path) -> tuple[float, float]:
     path.write_text(xml)
     name = ET.fromstring(xml).findtext("name")
     started = time.monotonic()
-    subprocess.run(["virsh", "-q", "-c", "qemu:///system", "create", str(path)], check=True, capture_output=True)
+    subprocess.run(
+        ["virsh", "-q", "-c", "qemu:///system", "create", str(path)], check=True, capture_output=True
+    )
     running = time.monotonic() - started
     dom = conn.lookupByName(name)
     ping_until_answered(dom)
@@ -98,8 +106,10 @@ def watch_latency(client: Any, watch: WatchRecorder, conn: Any, toggles: int) ->
     lock = threading.Condition()
 
     def on_event(_c: Any, dom: Any, event: int, _detail: int, _o: Any) -> None:
-        if dom.name() == domain.name() and event in (libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
-                                                      libvirt.VIR_DOMAIN_EVENT_RESUMED):
+        if dom.name() == domain.name() and event in (
+            libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+            libvirt.VIR_DOMAIN_EVENT_RESUMED,
+        ):
             with lock:
                 seen[event] = time.monotonic()
                 lock.notify_all()
@@ -113,7 +123,7 @@ def watch_latency(client: Any, watch: WatchRecorder, conn: Any, toggles: int) ->
             before = time.monotonic()
             (domain.suspend if pause else domain.resume)()
             with lock:
-                lock.wait_for(lambda ev=event: seen.get(ev, 0) >= before, timeout=10)
+                lock.wait_for(lambda ev=event, t=before: seen.get(ev, 0) >= t, timeout=10)
                 libvirt_time = seen[event]
             arrived = watch.wait("latency", phase("Paused" if pause else "Running"), before)
             samples.append(arrived - libvirt_time)
@@ -130,10 +140,14 @@ def main() -> None:
 
     libvirt.virEventRegisterDefaultImpl()
     libvirt.registerErrorHandler(lambda *_: None, None)
-    threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True).start()
+    threading.Thread(
+        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
+    ).start()
     conn = libvirt.open("qemu:///system")
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-raw-"))
-    results: dict[str, list[float]] = {k: [] for k in ("corral_running", "corral_agent", "raw_running", "raw_agent")}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("corral_running", "corral_agent", "raw_running", "raw_agent")
+    }
     with corral_serve() as client:
         watch = WatchRecorder(client, BASE)
         for i in range(args.runs):
@@ -148,8 +162,11 @@ def main() -> None:
             results["corral_agent"].append(agent)
             results["raw_running"].append(raw_running)
             results["raw_agent"].append(raw_agent)
-            print(f"run {i}: corral running {running:.3f}s agent {agent:.3f}s | "
-                  f"virsh create {raw_running:.3f}s agent {raw_agent:.3f}s", flush=True)
+            print(
+                f"run {i}: corral running {running:.3f}s agent {agent:.3f}s | "
+                f"virsh create {raw_running:.3f}s agent {raw_agent:.3f}s",
+                flush=True,
+            )
         latency = watch_latency(client, watch, conn, args.toggles)
         client.delete(f"{BASE}/latency")
         while client.get(f"{BASE}/latency").status_code != 404:
@@ -161,13 +178,19 @@ def main() -> None:
     ratio_running = report["corral_running"]["median"] / report["raw_running"]["median"]
     ratio_agent = report["corral_agent"]["median"] / report["raw_agent"]["median"]
     report["ratios"] = {"running": ratio_running, "agent": ratio_agent}
-    print(f"\ncreate -> Running:        corral median {report['corral_running']['median']:.3f}s, "
-          f"virsh create median {report['raw_running']['median']:.3f}s, ratio {ratio_running:.2f}x")
-    print(f"create -> agent answers:  corral median {report['corral_agent']['median']:.3f}s, "
-          f"raw median {report['raw_agent']['median']:.3f}s, ratio {ratio_agent:.2f}x")
+    print(
+        f"\ncreate -> Running:        corral median {report['corral_running']['median']:.3f}s, "
+        f"virsh create median {report['raw_running']['median']:.3f}s, ratio {ratio_running:.2f}x"
+    )
+    print(
+        f"create -> agent answers:  corral median {report['corral_agent']['median']:.3f}s, "
+        f"raw median {report['raw_agent']['median']:.3f}s, ratio {ratio_agent:.2f}x"
+    )
     lat = report["watch_latency"]
-    print(f"libvirt event -> watch:   median {lat['median'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms, "
-          f"max {lat['max'] * 1000:.1f} ms over {lat['n']} state changes")
+    print(
+        f"libvirt event -> watch:   median {lat['median'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms, "
+        f"max {lat['max'] * 1000:.1f} ms over {lat['n']} state changes"
+    )
     print(f"medians of {args.runs} runs; saved {save('instances', report)}")
 
 

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 scripts/install.sh
 echo "[test] ruff, mypy, import-linter" >&2
-.venv/bin/ruff check app tests migrations
-.venv/bin/ruff format --check app tests migrations
+.venv/bin/ruff check app tests migrations bench
+.venv/bin/ruff format --check app tests migrations bench
 .venv/bin/mypy
 .venv/bin/lint-imports
 echo "[test] pytest" >&2

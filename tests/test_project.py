@@ -59,3 +59,9 @@ def test_examples_are_the_founding_manifests_unchanged() -> None:
     if shared.is_dir():  # beside the design documents, the copies must not drift
         for path in shared.glob("*.yaml"):
             assert (ROOT / "examples" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_readme_carries_the_codes_phase_table() -> None:
+    from app.schemas.phases import phase_table_markdown
+
+    assert phase_table_markdown() in (ROOT / "README.md").read_text()

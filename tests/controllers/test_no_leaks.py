@@ -29,6 +29,7 @@ class Faulty:
 
     def __getattr__(self, name: str) -> Any:
         if name == self.fail:
+
             def boom(*_: Any, **__: Any) -> None:
                 raise self.error or RuntimeError(f"{name} failed")
 
@@ -106,8 +107,13 @@ def test_a_foreign_domain_with_the_same_name_is_never_touched(pg: Database, hv: 
     setup(pg, "clash")
     from app.virt.domain_xml import DomainConfig, build_domain_xml
 
-    foreign = DomainConfig(name="default.clash", uuid="11111111-2222-4333-8444-555555555555", virt_type="test",
-                           vcpus=1, memory_mib=64)
+    foreign = DomainConfig(
+        name="default.clash",
+        uuid="11111111-2222-4333-8444-555555555555",
+        virt_type="test",
+        vcpus=1,
+        memory_mib=64,
+    )
     hv.define(build_domain_xml(foreign))
     try:
         reconciler(pg, hv).reconcile("default", "clash")

@@ -1,0 +1,130 @@
+"""Pure parts of the instance controller: phase table, libvirt state -> phase, placement, backoff, images."""
+
+from __future__ import annotations
+
+import struct
+import typing
+from pathlib import Path
+
+import pytest
+
+from app.controllers.instance_status import phase_of
+from app.controllers.instances import crash_backoff
+from app.controllers.scheduling import NodeView, Request, choose, unschedulable_message, why_not
+from app.schemas.instance import InstancePhase
+from app.schemas.phases import PHASES, Action, legal_actions, phase_table_markdown
+from app.virt import images
+from app.virt.driver import DomainInfo, DomainState
+
+GIB = 1 << 30
+
+
+def test_the_phase_table_covers_every_phase_with_the_contracts_actions() -> None:
+    assert set(PHASES) == set(typing.get_args(InstancePhase))
+    contract = {
+        "Pending": {"stop", "delete"},
+        "Scheduling": {"stop", "delete"},
+        "Scheduled": {"start", "stop", "delete"},
+        "Starting": {"stop", "delete"},
+        "Running": {"pause", "stop", "restart", "softreboot", "migrate", "delete"},
+        "Paused": {"unpause", "stop", "delete"},
+        "Migrating": {"cancel-migration", "delete"},
+        "Stopping": {"stop", "delete"},
+        "Stopped": {"start", "delete"},
+        "Failed": {"start", "delete"},
+        "Unknown": {"delete"},
+        "Terminating": set(),
+    }
+    assert {name: {a.value for a in legal_actions(name)} for name in PHASES} == contract
+    assert legal_actions("NoSuchPhase") == (Action.DELETE,)
+    table = phase_table_markdown()
+    assert all(f"| {name} |" in table for name in PHASES)
+
+
+def info(state: DomainState, reason: str) -> DomainInfo:
+    return DomainInfo("d", "u", state, reason)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "stopping", "started", "expected"),
+    [
+        (DomainState.RUNNING, "booted", False, True, ("Running", "Running")),
+        (DomainState.RUNNING, "unpaused", True, True, ("Stopping", "StopRequested")),
+        (DomainState.PAUSED, "user", False, True, ("Paused", "PausedByUser")),
+        (DomainState.PAUSED, "ioerror", False, True, ("Paused", "PausedIOError")),
+        (DomainState.PAUSED, "starting up", False, True, ("Starting", "StartingUp")),
+        (DomainState.PAUSED, "migration", False, True, ("Migrating", "PausedMigration")),
+        (DomainState.SHUTDOWN, "user", False, True, ("Stopping", "ShuttingDown")),
+        (DomainState.SHUTOFF, "shutdown", False, True, ("Stopped", "GuestShutdown")),
+        (DomainState.SHUTOFF, "crashed", False, True, ("Stopped", "Crashed")),
+        (DomainState.SHUTOFF, "unknown", False, False, ("Scheduled", "Defined")),
+        (DomainState.CRASHED, "panicked", False, True, ("Failed", "Crashed")),
+    ],
+)
+def test_libvirt_state_to_phase(
+    state: DomainState, reason: str, stopping: bool, started: bool, expected: tuple[str, str]
+) -> None:
+    assert phase_of(info(state, reason), stopping=stopping, ever_started=started) == expected
+
+
+def node(name: str, **kw: typing.Any) -> NodeView:
+    base: dict[str, typing.Any] = {"labels": {}, "ready": True, "unschedulable": False, "cpu": 20,
+                                   "memory": 16 * GIB}  # fmt: skip
+    return NodeView(name=name, **(base | kw))
+
+
+def test_placement_prefers_room_and_explains_refusals() -> None:
+    request = Request(vcpus=2, memory=2 * GIB, node_selector={"zone": "a"})
+    nodes = [
+        node("full", labels={"zone": "a"}, used_memory=15 * GIB),
+        node("busy-cpu", labels={"zone": "a"}, used_cpu=19),
+        node("other-zone", labels={"zone": "b"}),
+        node("down", labels={"zone": "a"}, ready=False),
+        node("cordoned", labels={"zone": "a"}, unschedulable=True),
+        node("roomy", labels={"zone": "a"}, used_memory=1 * GIB),
+        node("roomier", labels={"zone": "a"}),
+    ]
+    chosen, reasons = choose(nodes, request)
+    assert chosen is not None and chosen.name == "roomier"
+    assert reasons == {
+        "full": "insufficient memory (requested 2048Mi, free 1024Mi)",
+        "busy-cpu": "insufficient cpu (requested 2, free 1)",
+        "other-zone": "nodeSelector zone does not match",
+        "down": "not Ready",
+        "cordoned": "unschedulable",
+    }
+    assert why_not(node("x"), Request(1, GIB)) is None
+    none, why = choose(nodes[:2], request)
+    assert none is None and unschedulable_message(2, why).startswith("0/2 nodes can run it: busy-cpu: insuff")
+    assert unschedulable_message(0, {}) == "0/0 nodes: no node is registered"
+
+
+def test_crash_backoff_grows_and_caps() -> None:
+    assert [crash_backoff(n) for n in range(1, 7)] == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0]
+    assert crash_backoff(50) == 300.0
+
+
+def qcow2(path: Path, size: int) -> None:
+    path.write_bytes(b"QFI\xfb" + b"\0" * 20 + struct.pack(">Q", size) + b"\0" * 64)
+
+
+def test_image_catalog(tmp_path: Path) -> None:
+    (tmp_path / "ubuntu" / "22.04").mkdir(parents=True)
+    qcow2(tmp_path / "ubuntu" / "22.04" / "disk.qcow2", 10 * GIB)
+    kernel = tmp_path / "corral" / "tiny" / "latest"
+    kernel.mkdir(parents=True)
+    (kernel / "vmlinuz").write_bytes(b"k")
+    (kernel / "initrd.img").write_bytes(b"i")
+    (kernel / "cmdline").write_text("console=ttyS0 corral.hostname={hostname}\n")
+    (tmp_path / "default").symlink_to("corral/tiny/latest")
+    (tmp_path / "escape").symlink_to("/etc")
+
+    ubuntu = images.resolve(tmp_path, "ubuntu:22.04")
+    assert (ubuntu.disk_format, ubuntu.disk_size, ubuntu.kernel) == ("qcow2", 10 * GIB, None)
+    tiny = images.resolve(tmp_path, None)
+    assert tiny.kernel == kernel.resolve() / "vmlinuz" and tiny.disk is None
+    assert tiny.cmdline == "console=ttyS0 corral.hostname={hostname}"
+    assert images.resolve(tmp_path, "corral/tiny").path == kernel.resolve()
+    for missing in ("ubuntu:24.04", "nosuch", "../etc", "escape", "UPPER"):
+        with pytest.raises(images.ImageNotFound):
+            images.resolve(tmp_path, missing)
