@@ -52,8 +52,7 @@ def add_action(action: Action) -> None:
         name: NamePath,
         idempotency_key: IdempotencyKey = None,
     ) -> Any:
-        caller.require(INSTANCES.read_role, namespace, hide=True)
-        caller.require(INSTANCES.write_role, namespace)
+        caller.require_write(INSTANCES.read_role, INSTANCES.write_role, namespace)
         body = await read_body(request) if await request.body() else None
         fingerprint = request_fingerprint("POST", request.url.path, body)
 

@@ -136,8 +136,7 @@ def resource_router(kind: ResourceKind) -> APIRouter:
         name: NamePath,
         if_match: IfMatch = None,
     ) -> Any:
-        caller.require(kind.read_role, scope, hide=True)
-        caller.require(kind.write_role, scope)
+        caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).replace(stored_ns(scope), name, body, if_match)
         return with_etag(response, obj)
@@ -158,8 +157,7 @@ def resource_router(kind: ResourceKind) -> APIRouter:
         name: NamePath,
         if_match: IfMatch = None,
     ) -> Any:
-        caller.require(kind.read_role, scope, hide=True)
-        caller.require(kind.write_role, scope)
+        caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).patch(stored_ns(scope), name, body, if_match)
         return with_etag(response, obj)
@@ -179,8 +177,7 @@ def resource_router(kind: ResourceKind) -> APIRouter:
         name: NamePath,
         if_match: IfMatch = None,
     ) -> Any:
-        caller.require(kind.read_role, scope, hide=True)
-        caller.require(kind.write_role, scope)
+        caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).delete(stored_ns(scope), name, if_match)
         return with_etag(response, obj)

@@ -54,6 +54,12 @@ class Principal:
         raise Forbidden(f"{self.name!r} needs role {role.name} {scope}")
 
 
+    def require_write(self, read: Role, write: Role, namespace: str | None) -> None:
+        """A write to an object: 404 if the caller cannot even see it, 403 if it can but may not write."""
+        self.require(read, namespace, hide=True)
+        self.require(write, namespace)
+
+
 def authenticate(session: Session, authorization: str | None) -> Principal:
     if not authorization:
         raise Unauthorized(
