@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1, le=64)
     resync_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    pool_burst: int = Field(
+        default=2, ge=1, le=100, description="Pool members created per pass and booting at once."
+    )
     cpu_allocation_ratio: int = Field(
         default=10, ge=1, le=100, description="vCPUs a node may host per physical CPU (KubeVirt's default)."
     )

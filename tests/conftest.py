@@ -29,7 +29,17 @@ ADMIN_TOKEN = "crl_test-admin-" + uuid.uuid4().hex
 PG_ADMIN_URL = os.environ.get(
     "CORRAL_TEST_DATABASE_URL", "postgresql+psycopg://corral:corral@127.0.0.1/corral"
 )
-TABLES = ("grants", "tokens", "nodes", "instances", "resource_events", "work_items", "settings")
+TABLES = (
+    "grants",
+    "tokens",
+    "nodes",
+    "instances",
+    "pools",
+    "resource_events",
+    "work_items",
+    "settings",
+    "idempotency_keys",
+)
 
 
 def _pg_dsn(url: str) -> str:

@@ -37,7 +37,7 @@ class Observed:
     phase: str
     reason: str = ""
     message: str = ""
-    agent_connected: bool = False
+    agent: str = "False"  # the AgentConnected condition: True, False, or Unknown (driver cannot tell)
     agent_reason: str = "DomainNotRunning"
     live_migratable: bool = True
     migratable_reason: str = "Migratable"
@@ -123,8 +123,8 @@ def render(
     set_condition(
         status,
         "AgentConnected",
-        "True" if observed.agent_connected else "False",
-        "AgentConnected" if observed.agent_connected else observed.agent_reason,
+        observed.agent,
+        "AgentConnected" if observed.agent == "True" else observed.agent_reason,
         "",
         at,
     )

@@ -1,7 +1,7 @@
 """The instance reconciler: place, define, and drive the domain to the desired power state.
 
 Level-triggered: every pass reads the row (spec, intent, progress) and the domain's libvirt state, takes the
-next step, and writes status. Side effects use deterministic names (domain `<ns>.<name>`, volumes
+next step, and writes status. Side effects use deterministic names (domain `<ns>.<name>.<uid8>`, volumes
 `<uid>-<volume>.qcow2`), so a worker killed between two steps leaves nothing the next pass cannot find.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ from app.controllers.base import Result
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
 from app.controllers.scheduling import MIB, Request, choose, node_view, unschedulable_message
 from app.db import Database
+from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
-from app.schemas.common import parse_quantity
+from app.schemas.common import parse_quantity, parse_time
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
-from app.services.kinds import INSTANCES, NODES
+from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
+from app.services.kinds import INSTANCES, NODES, POOLS
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import (
@@ -72,7 +74,8 @@ class Snapshot:
 
     @property
     def domain(self) -> str:
-        return str(self.progress.get("domain") or f"{self.namespace}.{self.name}")
+        # Unique on the node even after a claim renames the instance (its domain keeps the first name).
+        return str(self.progress.get("domain") or f"{self.namespace}.{self.name}.{self.uid[:8]}")
 
 
 @dataclass
@@ -84,10 +87,6 @@ class Step:
     intent: dict[str, Any] | None = None
     requeue: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
 
 
 def crash_backoff(crashes: int) -> float:
@@ -192,6 +191,7 @@ class InstanceReconciler:
             return
         row.status, row.progress, row.intent = status, progress, intent
         repo.touch(row)
+        wake_pool(repo.session, row)
 
     # -- placement -----------------------------------------------------------------------------------
     def _schedule(self, snap: Snapshot) -> Snapshot:
@@ -303,7 +303,7 @@ class InstanceReconciler:
         if power == "Running":
             progress["stopStartedAt"] = None
             if info.state not in ACTIVE:
-                retry_at = _ts(state.get("retryAt"))
+                retry_at = parse_time(state.get("retryAt"))
                 if retry_at is not None and retry_at > now_:
                     wait = (retry_at - now_).total_seconds()
                     message = f"crashed {state.get('crashes')} times; next start in {wait:.0f}s"
@@ -327,7 +327,7 @@ class InstanceReconciler:
                     stopReason=None,
                 )
                 info = self._lookup(hv, snap.domain) or info
-            started = _ts(state.get("lastStartAt"))
+            started = parse_time(state.get("lastStartAt"))
             if state.get("crashes") and started and (now_ - started).total_seconds() > STABLE_AFTER:
                 progress["crashes"] = 0
             elif state.get("crashes"):
@@ -337,7 +337,7 @@ class InstanceReconciler:
                 progress.update(running=False)
                 grace = snap.intent.get("gracePeriodSeconds")
                 grace = snap.spec.termination_grace_period_seconds if grace is None else int(grace)
-                asked = _ts(state.get("stopStartedAt"))
+                asked = parse_time(state.get("stopStartedAt"))
                 if snap.intent.get("force") or grace == 0 or info.state is not DomainState.RUNNING:
                     self._hard_stop(hv, snap.domain)
                 elif asked is None:
@@ -361,14 +361,18 @@ class InstanceReconciler:
             reason = state.get("stopReason") or ("StoppedByUser" if power == "Stopped" else reason)
             if state.get("failedRun"):
                 phase = "Failed"
-        agent = info.state is DomainState.RUNNING and hv.agent_connected(snap.domain)
-        agent_reason = "AgentNotConnected" if info.state is DomainState.RUNNING else "DomainNotRunning"
+        running = info.state is DomainState.RUNNING
+        if running and str((snap.node or {}).get("uri", "")).startswith("test:"):
+            agent, agent_reason = "Unknown", "NoGuestAgentOnTestDriver"  # its domains run no guest
+        else:
+            agent = "True" if running and hv.agent_connected(snap.domain) else "False"
+            agent_reason = "AgentNotConnected" if running else "DomainNotRunning"
         devices = snap.spec.domain.devices
         passthrough = bool(devices.gpus or devices.host_devices)
         observed = Observed(
             phase,
             reason,
-            agent_connected=agent,
+            agent=agent,
             agent_reason=agent_reason,
             live_migratable=not passthrough,
             migratable_reason="HostDeviceNotLiveMigratable" if passthrough else "Migratable",
@@ -418,6 +422,7 @@ class InstanceReconciler:
             repo = ResourceRepository[Any](session, INSTANCES.info)
             row = repo.get(snap.namespace, snap.name, for_update=True)
             if row is not None and row.uid == snap.uid:
+                wake_pool(session, row)
                 repo.remove(row)
         return Result()
 
@@ -426,7 +431,7 @@ class InstanceReconciler:
         if info.state not in ACTIVE:
             return None
         grace = snap.spec.termination_grace_period_seconds
-        asked = _ts(snap.progress.get("stopStartedAt"))
+        asked = parse_time(snap.progress.get("stopStartedAt"))
         if grace == 0 or snap.intent.get("force") or info.state is not DomainState.RUNNING:
             self._hard_stop(hv, snap.domain)
             return None
@@ -525,6 +530,14 @@ class InstanceReconciler:
 def _overlay_of(image: images.Image) -> tuple[int, tuple[str, str]]:
     """Capacity and backing (path, format) of a copy-on-write overlay on the image's disk."""
     return image.disk_size or 0, (str(image.disk), image.disk_format or "qcow2")
+
+
+def wake_pool(session: Session, row: Any) -> None:
+    """A member's (or a claimed instance's) change is its pool's business: the pool counts it."""
+    labels = row.labels or {}
+    pool = labels.get(POOL_LABEL) if row.pool_uid is not None else labels.get(CLAIMED_LABEL)
+    if pool:
+        workqueue.enqueue(session, POOLS.work_key(row.namespace, pool))
 
 
 def volume_names(snap: Snapshot) -> list[str]:

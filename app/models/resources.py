@@ -26,3 +26,10 @@ class InstanceRow(ResourceRow, Base):
     intent: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # The worker's own bookkeeping, so a restarted worker resumes where the last one stopped.
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    # The warm pool this instance is an unclaimed member of (a claim clears it).
+    pool_uid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+class PoolRow(ResourceRow, Base):
+    __tablename__ = "pools"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_pools_namespace_name"),)

@@ -14,6 +14,11 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, INSTANCE_INFO)
 
+    def members(self, pool_uid: str, *, for_update: bool = False) -> list[InstanceRow]:
+        """A pool's unclaimed members, oldest first."""
+        query = select(InstanceRow).where(InstanceRow.pool_uid == pool_uid).order_by(InstanceRow.id)
+        return list(self.session.scalars(query.with_for_update() if for_update else query))
+
     def placed(self) -> list[InstanceRow]:
         """Instances that hold capacity on a node (terminating ones too, until their domain is gone)."""
         return list(self.session.scalars(select(InstanceRow).where(InstanceRow.node_name.is_not(None))))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from app.models import InstanceRow, NodeRow
+from app.models import InstanceRow, NodeRow, PoolRow
 from app.repositories.resources import KindInfo
 
 NODE_INFO = KindInfo(kind="Node", api_version="corral.dev/v1", row=NodeRow, namespaced=False)
+POOL_INFO = KindInfo(
+    kind="VirtualMachinePool", api_version="pool.kubevirt.io/v1", row=PoolRow, namespaced=True
+)
 INSTANCE_INFO = KindInfo(kind="VirtualMachineInstance", api_version="kubevirt.io/v1", row=InstanceRow,
                          namespaced=True)  # fmt: skip

@@ -133,10 +133,22 @@ class ResourceRepository(Generic[RowT]):
         record_event(self.session, item.resource_version, "MODIFIED", to_object(self.info, item))
         return item
 
-    def remove(self, item: RowT) -> None:
+    def rename(self, item: RowT, new_name: str) -> None:
+        """A new name for the same object (a claimed pool member): watchers see the old name DELETED and the
+        new one ADDED, each at its own resourceVersion."""
+        self.remove_event(item)
+        item.name = new_name
+        item.resource_version = next_revision(self.session)
+        self.session.flush()
+        record_event(self.session, item.resource_version, "ADDED", to_object(self.info, item))
+
+    def remove_event(self, item: RowT) -> None:
         rv = next_revision(self.session)
         obj = to_object(self.info, item)
         obj["metadata"]["resourceVersion"] = str(rv)
+        record_event(self.session, rv, "DELETED", obj)
+
+    def remove(self, item: RowT) -> None:
+        self.remove_event(item)
         self.session.delete(item)
         self.session.flush()
-        record_event(self.session, rv, "DELETED", obj)

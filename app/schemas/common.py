@@ -86,6 +86,11 @@ def parse_quantity(value: str) -> Decimal:
         raise ValueError(f"{value!r} is out of range") from exc
 
 
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp as stored in status ("...Z"), or None."""
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
 def _quantity(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         # pydantic reports ValueError (not TypeError) as a field error

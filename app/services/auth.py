@@ -53,7 +53,6 @@ class Principal:
             raise NotFound("not found")
         raise Forbidden(f"{self.name!r} needs role {role.name} {scope}")
 
-
     def require_write(self, read: Role, write: Role, namespace: str | None) -> None:
         """A write to an object: 404 if the caller cannot even see it, 403 if it can but may not write."""
         self.require(read, namespace, hide=True)

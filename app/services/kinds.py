@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from app.repositories.kinds import INSTANCE_INFO, NODE_INFO
+from app.repositories.kinds import INSTANCE_INFO, NODE_INFO, POOL_INFO
 from app.repositories.resources import KindInfo
 from app.schemas.common import ApiModel
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
+from app.schemas.pool import Pool, PoolBody, PoolList, PoolSpec
 
 
 class Role(IntEnum):
@@ -68,7 +69,19 @@ INSTANCES = ResourceKind(
     write_role=Role.operator,
 )
 
-KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES)}
+POOLS = ResourceKind(
+    info=POOL_INFO,
+    plural="pools",
+    singular="Pool",
+    api_versions=("pool.kubevirt.io/v1", "pool.kubevirt.io/v1alpha1", "pool.kubevirt.io/v1beta1"),
+    spec_model=PoolSpec,
+    body_model=PoolBody,
+    object_model=Pool,
+    list_model=PoolList,
+    write_role=Role.operator,
+)
+
+KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES, POOLS)}
 
 
 def parse_work_key(key: str) -> tuple[ResourceKind, str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES, KINDS, NODES
+from app.services.kinds import INSTANCES, KINDS, NODES, POOLS
 from app.services.nodes import NodeService
+from app.services.pools import PoolService
 from app.services.resources import ResourceService
 
 
@@ -15,4 +16,6 @@ def service_for(session: Session, kind_name: str) -> ResourceService:
         return NodeService(session)
     if kind_name == INSTANCES.kind:
         return InstanceService(session)
+    if kind_name == POOLS.kind:
+        return PoolService(session)
     return ResourceService(session, KINDS[kind_name])

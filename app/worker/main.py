@@ -9,6 +9,7 @@ from app.config import Settings
 from app.controllers.base import Reconciler
 from app.controllers.instances import InstanceReconciler
 from app.controllers.nodes import NodeReconciler
+from app.controllers.pools import PoolReconciler
 from app.db import Database
 from app.services.nodes import NodeService
 from app.virt.driver import HypervisorError
@@ -67,6 +68,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     reconcilers += [
         NodeReconciler(db, connections, settings.heartbeat_seconds, settings.cpu_allocation_ratio),
         InstanceReconciler(db, connections, settings.image_dir),
+        PoolReconciler(db, settings.pool_burst),
     ]
     worker = Worker(
         db,

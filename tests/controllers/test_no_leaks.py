@@ -86,7 +86,8 @@ def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: H
     # The next pass finds the volume by its name and carries on.
     reconciler(pg, hv).reconcile("default", "resume")
     assert row(pg, "resume").status["phase"] == "Running"
-    assert hv.lookup("default.resume").uuid == uid
+    domain = f"default.resume.{uid[:8]}"
+    assert hv.lookup(domain).uuid == uid
 
     # A worker dead after define but before recording it: the domain is found by name and uuid.
     with pg.transaction() as session:
@@ -99,16 +100,16 @@ def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: H
     reconciler(pg, hv).reconcile("default", "resume")
     assert row(pg, "resume") is None
     with pytest.raises(DomainNotFound):
-        hv.lookup("default.resume")
+        hv.lookup(domain)
     assert hv.volume_path(POOL, f"{uid}-root.qcow2") is None
 
 
 def test_a_foreign_domain_with_the_same_name_is_never_touched(pg: Database, hv: Hypervisor) -> None:
-    setup(pg, "clash")
+    uid = setup(pg, "clash")
     from app.virt.domain_xml import DomainConfig, build_domain_xml
 
     foreign = DomainConfig(
-        name="default.clash",
+        name=f"default.clash.{uid[:8]}",
         uuid="11111111-2222-4333-8444-555555555555",
         virt_type="test",
         vcpus=1,
@@ -123,6 +124,6 @@ def test_a_foreign_domain_with_the_same_name_is_never_touched(pg: Database, hv: 
             InstanceService(session).delete("default", "clash", None)
         reconciler(pg, hv).reconcile("default", "clash")
         assert row(pg, "clash") is None
-        assert hv.lookup("default.clash").uuid == foreign.uuid  # still there, untouched
+        assert hv.lookup(foreign.name).uuid == foreign.uuid  # still there, untouched
     finally:
-        hv.undefine("default.clash")
+        hv.undefine(foreign.name)

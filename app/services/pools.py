@@ -1,0 +1,124 @@
+"""Pool use cases: the claim, and making or removing members (the pool reconciler's hands)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.errors import AlreadyExists, Conflict
+from app.repositories import workqueue
+from app.repositories.instances import InstanceRepository
+from app.repositories.resources import to_object
+from app.repositories.revisions import now
+from app.schemas.pool import (
+    CLAIMED_LABEL,
+    POOL_LABEL,
+    TEMPLATE_HASH,
+    WARM_PAUSED,
+    ClaimRequest,
+    InstanceTemplate,
+    PoolSpec,
+    member_state,
+)
+from app.services.instances import InstanceService
+from app.services.kinds import INSTANCES, POOLS
+from app.services.resources import ResourceService
+from app.services.validation import invalid
+
+
+def template_hash(template: InstanceTemplate) -> str:
+    body = template.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class PoolService(ResourceService):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, POOLS)
+        self.instances = InstanceRepository(session)
+
+    def claim(self, namespace: str, name: str, body: Any) -> dict[str, Any] | None:
+        """Hand over one available member, or None when there is none. The pool row's lock serializes claims
+        of one pool, so two claims never get the same member."""
+        try:
+            request = ClaimRequest.model_validate(body or {})
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        pool = self._row(namespace, name, for_update=True)
+        if pool.deleted_at is not None:
+            raise Conflict(f"pool {name!r} is being deleted")
+        if request.name is not None and self.instances.get(namespace, request.name) is not None:
+            raise AlreadyExists(f"VirtualMachineInstance {request.name!r} already exists")
+        spec = PoolSpec.model_validate(pool.spec)
+        member = next(
+            (m for m in self.instances.members(pool.uid, for_update=True)
+             if m.deleted_at is None and member_state(m.status or {}, m.annotations or {}, spec.warm_state)
+             == "available"),
+            None,
+        )  # fmt: skip
+        if member is None:
+            return None
+        member.pool_uid = None
+        template_labels = {k: v for k, v in (member.labels or {}).items() if k != POOL_LABEL}
+        member.labels = {**template_labels, CLAIMED_LABEL: name, **request.labels}
+        kept = {k: v for k, v in (member.annotations or {}).items() if k not in (TEMPLATE_HASH, WARM_PAUSED)}
+        member.annotations = {**kept, **request.annotations}
+        if spec.warm_state == "Paused":
+            # Resume at once: the worker acts on the unpause request this write carries.
+            intent = dict(member.intent or {})
+            intent.update(pause=int(intent.get("pause", 0)) + 1, paused=False, requestedAt=now().isoformat())
+            member.intent = intent
+        repo = InstanceService(self.session).repo
+        if request.name is not None and request.name != member.name:
+            repo.rename(member, request.name)
+        else:
+            repo.touch(member)
+        workqueue.enqueue(self.session, INSTANCES.work_key(namespace, member.name))
+        workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
+        return to_object(INSTANCES.info, member)
+
+    def add_member(self, pool: Any, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
+        index = 0
+        while f"{pool.name}-{index}" in taken:
+            index += 1
+        member_name = f"{pool.name}-{index}"
+        spec = template.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+        body = {
+            "metadata": {
+                "name": member_name,
+                "labels": {**template.metadata.labels, POOL_LABEL: pool.name},
+                "annotations": {**template.metadata.annotations, TEMPLATE_HASH: digest},
+            },
+            "spec": spec,
+        }
+        InstanceService(self.session).create(pool.namespace, body)
+        row = self.instances.get(pool.namespace, member_name)
+        assert row is not None
+        row.pool_uid = pool.uid
+        taken.add(member_name)
+        return member_name
+
+    def remove_member(self, member: Any) -> None:
+        if member.deleted_at is None:
+            InstanceService(self.session).delete(member.namespace, member.name, None)
+
+    def request_pause(self, member: Any, paused: bool) -> None:
+        """Pause a warm member (its guest agent answered) or resume it; marks it so claims know."""
+        intent = dict(member.intent or {})
+        intent.update(pause=int(intent.get("pause", 0)) + 1, paused=paused, requestedAt=now().isoformat())
+        member.intent = intent
+        annotations = dict(member.annotations or {})
+        if paused:
+            annotations[WARM_PAUSED] = "true"
+        else:
+            annotations.pop(WARM_PAUSED, None)
+        member.annotations = annotations
+        self.instances.touch(member)
+        workqueue.enqueue(self.session, INSTANCES.work_key(member.namespace, member.name))
+
+    def claimed_count(self, namespace: str, name: str) -> int:
+        rows, _ = self.instances.page(namespace, selector=lambda labels: labels.get(CLAIMED_LABEL) == name)
+        return len(rows)

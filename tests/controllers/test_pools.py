@@ -1,0 +1,197 @@
+"""Warm pools on libvirt's test driver: the reconciler, claims (racing ones too), rollouts, deletion."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.db import Database
+from tests.conftest import ADMIN_TOKEN, add_node, bearer, conditions, wait_for
+
+POOLS = "/v1/namespaces/default/pools"
+INSTANCES = "/v1/namespaces/default/instances"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+@pytest.fixture
+def db(pg: Database) -> Database:
+    return pg
+
+
+@pytest.fixture
+def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
+        add_node(client, "td", "test:///default")
+        yield client
+
+
+def pool(name: str, size: int, min_available: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "pool.kubevirt.io/v1",
+        "kind": "VirtualMachinePool",
+        "metadata": {"name": name},
+        "spec": {
+            "size": size,
+            "minAvailable": min_available,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "domain": {"resources": {"requests": {"cpu": "1", "memory": "128Mi"}}},
+                },
+            },
+            **extra,
+        },
+    }
+
+
+def status(api: httpx.Client, name: str) -> dict[str, Any]:
+    return api.get(f"{POOLS}/{name}").json()["status"]
+
+
+def settled(api: httpx.Client, name: str, available: int, **expect: int) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        s = status(api, name)
+        ok = s.get("availableReplicas") == available and all(s.get(k) == v for k, v in expect.items())
+        return s if ok else None
+
+    try:
+        return wait_for(check, timeout=30, what=f"pool {name}: {available} available, {expect}")
+    except AssertionError as exc:
+        now = [(m["metadata"]["name"], m["status"].get("phase")) for m in members(api, name)]
+        raise AssertionError(f"{exc}; now {status(api, name)}, members {now}") from None
+
+
+def members(api: httpx.Client, name: str) -> list[dict[str, Any]]:
+    items = api.get(INSTANCES, params={"labelSelector": f"corral.dev/pool={name}"}).json()["items"]
+    return [i for i in items if "deletionTimestamp" not in i["metadata"]]
+
+
+def test_pool_fills_claims_replenish_and_count(api: httpx.Client) -> None:
+    assert api.post(POOLS, json=pool("web", 3, 2)).status_code == 201
+    full = settled(api, "web", 3, replicas=3, warming=0, claimed=0)
+    assert conditions({"status": full})["BelowMinAvailable"] == "False"
+    assert sorted(m["metadata"]["name"] for m in members(api, "web")) == ["web-0", "web-1", "web-2"]
+
+    claimed = api.post(f"{POOLS}/web/claim", json={"name": "mine", "labels": {"owner": "me"}})
+    assert claimed.status_code == 201, claimed.text
+    obj = claimed.json()
+    assert obj["metadata"]["name"] == "mine" and obj["status"]["phase"] == "Running"
+    assert obj["metadata"]["labels"] == {"app": "web", "corral.dev/claimed-from": "web", "owner": "me"}
+    assert claimed.headers["Location"] == f"{INSTANCES}/mine"
+    domain = obj["status"]["domainName"]
+    assert domain.startswith("default.web-")  # the running domain was not touched
+    settled(api, "web", 3, replicas=3, claimed=1)  # replenished
+    assert api.get(f"{INSTANCES}/mine").json()["status"]["phase"] == "Running"
+
+    # A claimed instance is ordinary: actions work, deleting it leaves the pool alone.
+    assert api.post(f"{INSTANCES}/mine/stop").status_code == 202
+    api.delete(f"{INSTANCES}/mine")
+    wait_for(lambda: api.get(f"{INSTANCES}/mine").status_code == 404, what="claimed instance deleted")
+    settled(api, "web", 3, replicas=3, claimed=0)
+
+    conflict = api.post(f"{POOLS}/web/claim", json={"name": "web-0"})
+    assert conflict.status_code == 409
+
+
+def test_empty_pool_answers_503_with_retry_after_or_waits(api: httpx.Client) -> None:
+    api.post(POOLS, json=pool("slow", 0))
+    settled(api, "slow", 0, replicas=0)
+    miss = api.post(f"{POOLS}/slow/claim")
+    assert miss.status_code == 503 and miss.headers["Retry-After"] == "5"
+    assert miss.headers["content-type"].startswith("application/problem+json")
+
+    def grow() -> None:
+        api.patch(f"{POOLS}/slow", json={"spec": {"size": 1}}, headers=MERGE)
+
+    threading.Timer(0.3, grow).start()
+    waited = api.post(f"{POOLS}/slow/claim", params={"waitSeconds": 20})
+    assert waited.status_code == 201, waited.text
+    assert api.post(f"{POOLS}/missing/claim").status_code == 404
+
+
+def test_racing_claims_never_share_a_member(api: httpx.Client, server: Any) -> None:
+    api.post(POOLS, json=pool("race", 4))
+    settled(api, "race", 4)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
+            for _ in range(3):
+                response = client.post(f"{POOLS}/race/claim")
+                with lock:
+                    answers.append(response)
+
+    threads = [threading.Thread(target=claimer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = Counter(r.status_code for r in answers)
+    assert set(codes) <= {201, 503} and codes[201] >= 4
+    uids = [r.json()["metadata"]["uid"] for r in answers if r.status_code == 201]
+    assert len(uids) == len(set(uids)), "a member was handed out twice"
+    settled(api, "race", 4, replicas=4)  # the pool refills
+
+
+def test_scale_template_rollout_and_deletion(api: httpx.Client) -> None:
+    api.post(POOLS, json=pool("roll", 3, 2))
+    settled(api, "roll", 3)
+    api.patch(f"{POOLS}/roll", json={"spec": {"size": 2}}, headers=MERGE)
+    settled(api, "roll", 2, replicas=2)
+    before = {m["metadata"]["uid"] for m in members(api, "roll")}
+    new_template = {"spec": {"template": {"metadata": {"labels": {"app": "roll", "v": "2"}}}}}
+    api.patch(f"{POOLS}/roll", json=new_template, headers=MERGE)
+
+    lowest = [2]
+
+    def rolled() -> bool:
+        current, now = members(api, "roll"), status(api, "roll")
+        lowest[0] = min(lowest[0], now["availableReplicas"])
+        return (len(current) == 2 and all(m["metadata"]["labels"].get("v") == "2" for m in current)
+                and now["availableReplicas"] == 2)  # fmt: skip
+
+    wait_for(rolled, timeout=40, what="template rolled through")
+    assert not before & {m["metadata"]["uid"] for m in members(api, "roll")}
+    assert lowest[0] >= 2, "the rollout went below minAvailable"
+
+    kept = api.post(f"{POOLS}/roll/claim", json={"name": "keeper"}).json()
+    api.delete(f"{POOLS}/roll")
+    wait_for(lambda: api.get(f"{POOLS}/roll").status_code == 404, timeout=30, what="pool deleted")
+    assert members(api, "roll") == []
+    assert api.get(f"{INSTANCES}/keeper").json()["metadata"]["uid"] == kept["metadata"]["uid"]
+
+
+def test_paused_pool_and_validation(api: httpx.Client) -> None:
+    api.post(POOLS, json=pool("frozen", 2, paused=True))
+    frozen = wait_for(lambda: (s := status(api, "frozen")).get("conditions") and s, what="status")
+    assert conditions({"status": frozen})["Paused"] == "True" and members(api, "frozen") == []
+    for bad, field in [
+        ({"size": 1}, "spec"),
+        ({"size": 2, "replicas": 3, "template": {}}, "spec"),
+        ({"size": 1, "minAvailable": 2, "template": {}}, "spec"),
+        ({"size": -1, "template": {}}, "spec.size"),
+        ({"size": 1, "template": {}, "warmState": "Frozen"}, "spec.warmState"),
+        ({"size": 1, "template": {"spec": {"bogus": True}}}, "spec.template.spec.bogus"),
+    ]:
+        response = api.post(POOLS, json={"metadata": {"name": "bad"}, "spec": bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["errors"][0]["field"].startswith(field)
+
+
+def test_failed_members_are_replaced_with_a_condition(api: httpx.Client) -> None:
+    broken = pool("broken", 1)
+    broken["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "root", "containerDisk": {"image": "no/such:1"}}
+    ]
+    api.post(POOLS, json=broken)
+    failing = wait_for(lambda: conditions({"status": status(api, "broken")}).get("ReplicaFailure") == "True"
+                       and status(api, "broken"), timeout=30, what="ReplicaFailure")  # fmt: skip
+    condition = next(c for c in failing["conditions"] if c["type"] == "ReplicaFailure")
+    assert "ImageNotFound" in condition["message"] and failing["failures"] >= 1 and failing["retryAfter"]
