@@ -18,11 +18,14 @@ from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.common import parse_time
 from app.schemas.conditions import set_condition
-from app.schemas.pool import TEMPLATE_HASH, WARM_PAUSED, PoolSpec, PoolStatus, member_state
+from app.schemas.pool import CLAIMED_AT, TEMPLATE_HASH, WARM_PAUSED, PoolSpec, PoolStatus, member_state
 from app.services.kinds import POOLS
 from app.services.pools import PoolService, template_hash
 from app.virt.driver import HypervisorEvent
 
+# A replacement starts this long after a claim: the claimed guest's first moments (its owner's first
+# requests) are not shared with a boot on the same host.
+REPLENISH_DELAY = 1.0
 FAILURE_BACKOFF_BASE = 5.0
 FAILURE_BACKOFF_MAX = 300.0
 WARMING_RECHECK = 5.0
@@ -78,6 +81,9 @@ class PoolReconciler:
         failures = int(previous.get("failures", 0))
         failure_message = None
         requeue: float | None = None
+        claimed = service.claimed(pool.namespace, pool.name)
+        last_claim = max((parse_time((c.annotations or {}).get(CLAIMED_AT)) or at - timedelta(days=1)
+                          for c in claimed), default=None)  # fmt: skip
 
         if not spec.paused:
             for member in failed:  # replace, with backoff before the next create
@@ -130,6 +136,8 @@ class PoolReconciler:
             if missing > 0:
                 if retry_after is not None and retry_after > at:
                     requeue = (retry_after - at).total_seconds()
+                elif last_claim is not None and (at - last_claim).total_seconds() < REPLENISH_DELAY:
+                    requeue = REPLENISH_DELAY - (at - last_claim).total_seconds()
                 else:
                     warming_now = sum(states.get(m.name) == "warming" for m in live)
                     taken = {m.name for m in members} | {
@@ -152,7 +160,7 @@ class PoolReconciler:
             "readyReplicas": ready_count,
             "availableReplicas": counts["available"],
             "warming": counts["warming"],
-            "claimed": service.claimed_count(pool.namespace, pool.name),
+            "claimed": len(claimed),
             "failed": len(failed),
             "conditions": [dict(c) for c in previous.get("conditions", [])],
         }

@@ -150,6 +150,7 @@ POOL_LABEL = "corral.dev/pool"  # on unclaimed members: the pool's name
 CLAIMED_LABEL = "corral.dev/claimed-from"  # on claimed instances: the pool they came from
 TEMPLATE_HASH = "corral.dev/template-hash"  # on members: which template they were made from
 WARM_PAUSED = "corral.dev/warm-paused"  # on members the pool paused after their guest agent answered
+CLAIMED_AT = "corral.dev/claimed-at"  # on claimed instances: when
 
 MemberState = Literal["available", "warming", "failed"]
 

@@ -15,6 +15,7 @@ from app.repositories.instances import InstanceRepository
 from app.repositories.resources import to_object
 from app.repositories.revisions import now
 from app.schemas.pool import (
+    CLAIMED_AT,
     CLAIMED_LABEL,
     POOL_LABEL,
     TEMPLATE_HASH,
@@ -65,7 +66,7 @@ class PoolService(ResourceService):
         template_labels = {k: v for k, v in (member.labels or {}).items() if k != POOL_LABEL}
         member.labels = {**template_labels, CLAIMED_LABEL: name, **request.labels}
         kept = {k: v for k, v in (member.annotations or {}).items() if k not in (TEMPLATE_HASH, WARM_PAUSED)}
-        member.annotations = {**kept, **request.annotations}
+        member.annotations = {**kept, **request.annotations, CLAIMED_AT: now().isoformat()}
         if spec.warm_state == "Paused":
             # Resume at once: the worker acts on the unpause request this write carries.
             intent = dict(member.intent or {})
@@ -119,6 +120,7 @@ class PoolService(ResourceService):
         self.instances.touch(member)
         workqueue.enqueue(self.session, INSTANCES.work_key(member.namespace, member.name))
 
-    def claimed_count(self, namespace: str, name: str) -> int:
+    def claimed(self, namespace: str, name: str) -> list[Any]:
+        """Instances claimed from the pool that still exist."""
         rows, _ = self.instances.page(namespace, selector=lambda labels: labels.get(CLAIMED_LABEL) == name)
-        return len(rows)
+        return rows
