@@ -12,10 +12,17 @@ from app.db import Database
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
 from app.schemas.conditions import condition_true
-from app.services.kinds import KINDS, NODES
+from app.services.kinds import KINDS, NODES, POOLS
 
 WORK_DEPTH = Gauge("corral_workqueue_depth", "Keys waiting for or in a reconcile pass")
 OBJECTS = Gauge("corral_objects", "Stored objects by kind", ["kind"])
+POOL_MEMBERS = Gauge("corral_pool_members", "Pool members by state", ["namespace", "pool", "state"])
+POOL_STATES = {
+    "available": "availableReplicas",
+    "warming": "warming",
+    "failed": "failed",
+    "claimed": "claimed",
+}
 NODES_READY = Gauge("corral_nodes_ready", "Nodes whose Ready condition is True")
 
 
@@ -38,3 +45,8 @@ def refresh_gauges(db: Database) -> None:
             OBJECTS.labels(kind.kind).set(ResourceRepository[Any](session, kind.info).count())
         statuses = ResourceRepository[Any](session, NODES.info).statuses()
         NODES_READY.set(sum(condition_true(s, "Ready") for s in statuses))
+        POOL_MEMBERS.clear()
+        pools, _ = ResourceRepository[Any](session, POOLS.info).page(None)
+        for pool in pools:
+            for state, field in POOL_STATES.items():
+                POOL_MEMBERS.labels(pool.namespace, pool.name, state).set((pool.status or {}).get(field, 0))

@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 from app.controllers.base import Reconciler, TerminalError
 from app.db import WORK_CHANNEL, Database
-from app.repositories import revisions, workqueue
+from app.repositories import idempotency, revisions, workqueue
 from app.repositories.resources import ResourceRepository
 from app.services.kinds import KINDS
 
@@ -33,6 +34,7 @@ PASSES = Histogram(
 ERRORS = Counter("corral_reconcile_errors_total", "Reconcile passes that raised", ["kind"])
 MAX_BACKOFF = 300.0
 IDLE_POLL = 1.0  # picks up delayed keys and, on SQLite, other processes' enqueues
+IDEMPOTENCY_TTL = timedelta(hours=24)  # how long a retried action still gets its first answer
 
 
 def backoff(attempts: int) -> float:
@@ -167,3 +169,4 @@ class Worker:
                 for namespace, name in ResourceRepository[Any](session, kind.info).all_keys():
                     workqueue.enqueue(session, kind.work_key(namespace, name))
             revisions.compact_events(session, self.event_retention)
+            idempotency.expire(session, IDEMPOTENCY_TTL)

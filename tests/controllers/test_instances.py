@@ -104,6 +104,9 @@ def test_lifecycle_and_actions(api: httpx.Client, hv: Hypervisor) -> None:
     act(api, "life", "start")
     wait_phase(api, "life", "Running")
 
+    assert act(api, "life", "softreboot").status_code == 202
+    wait_phase(api, "life", "Running")
+
     before = len(get(api, "life")["status"]["phaseTransitionTimestamps"])
     act(api, "life", "restart")
     wait_for(

@@ -87,6 +87,9 @@ def test_pool_fills_claims_replenish_and_count(api: httpx.Client) -> None:
     domain = obj["status"]["domainName"]
     assert domain.startswith("default.web-")  # the running domain was not touched
     settled(api, "web", 3, replicas=3, claimed=1)  # replenished
+    metrics = api.get("/metrics").text
+    assert 'corral_pool_members{namespace="default",pool="web",state="available"} 3.0' in metrics
+    assert 'corral_pool_claims_total{namespace="default",pool="web",result="hit"} 1.0' in metrics
     assert api.get(f"{INSTANCES}/mine").json()["status"]["phase"] == "Running"
 
     # A claimed instance is ordinary: actions work, deleting it leaves the pool alone.

@@ -25,9 +25,11 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Path:
-    """The seed manifest asks for ubuntu:22.04; this rig's catalog serves the tiny test guest under that name."""
+    """The seed manifest asks for ubuntu:22.04: this rig's catalog serves the tiny test guest by that name."""
     guest = IMAGE_DIR / "corral" / "test-guest" / "latest"
-    assert (guest / "vmlinuz").is_file(), f"the test guest is missing at {guest}: run scripts/build-test-guest.sh"
+    assert (guest / "vmlinuz").is_file(), (
+        f"the test guest is missing at {guest}: run scripts/build-test-guest.sh"
+    )
     (tmp_path / "ubuntu").mkdir()
     (tmp_path / "ubuntu" / "22.04").symlink_to(guest)
     (tmp_path / "default").symlink_to(guest)
@@ -73,7 +75,7 @@ def agent_answers(domain: str) -> float:
 def _ping(hv: Any, domain: str) -> bool:
     try:
         return hv.agent_command(domain, {"execute": "guest-ping"}, 1) == {}
-    except Exception:  # noqa: BLE001 - not yet
+    except Exception:
         return False
 
 
@@ -83,7 +85,9 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
     assert created.status_code == 201, created.text
     assert created.json()["spec"]["size"] == 10 and created.json()["spec"]["minAvailable"] == 5
     # Two cores boot TCG guests slowly: a smaller pool, same manifest otherwise.
-    patched = api.patch(f"{POOLS}/fast-start-pool", json={"spec": {"size": 3, "minAvailable": 2}}, headers=MERGE)
+    patched = api.patch(
+        f"{POOLS}/fast-start-pool", json={"spec": {"size": 3, "minAvailable": 2}}, headers=MERGE
+    )
     assert patched.status_code == 200, patched.text
 
     seen_below = False
@@ -101,7 +105,9 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
 
     for i in range(2):
         started = time.monotonic()
-        claimed = api.post(f"{POOLS}/fast-start-pool/claim", json={"name": f"app-{i}", "labels": {"team": "a"}})
+        claimed = api.post(
+            f"{POOLS}/fast-start-pool/claim", json={"name": f"app-{i}", "labels": {"team": "a"}}
+        )
         claim_seconds = time.monotonic() - started
         assert claimed.status_code == 201, claimed.text
         obj = claimed.json()

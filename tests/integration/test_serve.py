@@ -215,6 +215,12 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
     )
     serve.wait("test-vmi", "Running", agent=True if real else None)
 
+    serve.act("test-vmi", "softreboot")  # the guest OS reboots (agent, else ACPI); QEMU stays
+    if real:
+        wait_for(lambda: conditions(serve.get("test-vmi"))["AgentConnected"] == "False", timeout=30,
+                 what="the agent went away for the reboot")  # fmt: skip
+    serve.wait("test-vmi", "Running", agent=True if real else None)
+
     if real:  # kill -9 of the QEMU process: runStrategy Always boots it again
         pid = qemu_pid(domain)
         os.kill(pid, signal.SIGKILL)
