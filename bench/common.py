@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import libvirt
+import libvirt_qemu
 
 CORRAL = str(Path(sys.executable).parent / "corral")
 TOKEN = "crl_bench-token"
@@ -61,6 +63,29 @@ def corral_serve(**env_extra: str) -> Iterator[httpx.Client]:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def open_libvirt(uri: str = "qemu:///system") -> Any:
+    """A libvirt connection with events delivered (the benchmarks watch libvirt beside Corral)."""
+    libvirt.virEventRegisterDefaultImpl()
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    threading.Thread(
+        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
+    ).start()
+    return libvirt.open(uri)
+
+
+def ping_until_answered(dom: Any, timeout: float = 120) -> None:
+    """Return once qemu-ga in the domain answers guest-ping (polled every 2 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
 
 
 def remove_instances(client: httpx.Client) -> None:

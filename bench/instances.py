@@ -23,25 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 
-from bench.common import WatchRecorder, agent_connected, corral_serve, phase, save, summary
+from bench.common import (
+    WatchRecorder,
+    agent_connected,
+    corral_serve,
+    open_libvirt,
+    phase,
+    ping_until_answered,
+    save,
+    summary,
+)
 
 BASE = "/v1/namespaces/bench/instances"
 SPEC = {"runStrategy": "Always", "terminationGracePeriodSeconds": 0,
         "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}}}  # fmt: skip
-
-
-def ping_until_answered(dom: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
-            return
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def corral_run(client: Any, watch: WatchRecorder, name: str) -> tuple[float, float, str]:
@@ -138,12 +134,7 @@ def main() -> None:
     parser.add_argument("--toggles", type=int, default=100)
     args = parser.parse_args()
 
-    libvirt.virEventRegisterDefaultImpl()
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    threading.Thread(
-        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
-    ).start()
-    conn = libvirt.open("qemu:///system")
+    conn = open_libvirt()
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-raw-"))
     results: dict[str, list[float]] = {
         k: [] for k in ("corral_running", "corral_agent", "raw_running", "raw_agent")

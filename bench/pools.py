@@ -11,31 +11,14 @@ Claimed instances are deleted while the pool refills.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from typing import Any
 
-import libvirt
-import libvirt_qemu
-
-from bench.common import corral_serve, save, summary
+from bench.common import corral_serve, open_libvirt, ping_until_answered, save, summary
 
 NS = "/v1/namespaces/bench"
 TEMPLATE = {"spec": {"terminationGracePeriodSeconds": 0,
                      "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}}}}  # fmt: skip
-
-
-def ping(conn: Any, domain: str, timeout: float = 120) -> None:
-    dom = conn.lookupByName(domain)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
-            return
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.002)
 
 
 def wait_available(client: Any, pool: str, at_least: int, timeout: float = 180) -> None:
@@ -58,7 +41,7 @@ def claims(client: Any, conn: Any, pool: str, size: int, count: int) -> tuple[li
         response = client.post(f"{NS}/pools/{pool}/claim", json={"name": f"{pool}-claimed-{i}"})
         answered = time.monotonic()
         response.raise_for_status()
-        ping(conn, response.json()["status"]["domainName"])
+        ping_until_answered(conn.lookupByName(response.json()["status"]["domainName"]))
         done = time.monotonic()
         api_latency.append(answered - started)
         usable.append(done - started)
@@ -79,7 +62,7 @@ def cold(client: Any, conn: Any, count: int) -> list[float]:
         client.post(f"{NS}/instances", json={"metadata": {"name": name}, **TEMPLATE}).raise_for_status()
         while (domain := client.get(f"{NS}/instances/{name}").json()["status"].get("domainName")) is None:
             time.sleep(0.005)
-        ping(conn, domain)
+        ping_until_answered(conn.lookupByName(domain))
         samples.append(time.monotonic() - started)
         client.delete(f"{NS}/instances/{name}")
         print(f"cold create {i}: guest-ping after {samples[-1]:.2f} s", flush=True)
@@ -92,12 +75,7 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=5)
     parser.add_argument("--size", type=int, default=3)
     args = parser.parse_args()
-    libvirt.virEventRegisterDefaultImpl()
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    threading.Thread(
-        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
-    ).start()
-    conn = libvirt.open("qemu:///system")
+    conn = open_libvirt()
     report: dict[str, Any] = {}
     with corral_serve() as client:
         report["cold_usable"] = summary(cold(client, conn, args.cold))

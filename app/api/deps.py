@@ -73,6 +73,11 @@ async def read_body(request: Request, *, patch: bool = False) -> Any:
     raise UnsupportedMediaType(f"content type {media!r} is not accepted; use {accepted}")
 
 
+async def optional_body(request: Request) -> Any:
+    """The body when there is one (actions and claims may be sent without), else None."""
+    return await read_body(request) if await request.body() else None
+
+
 async def object_body(request: Request) -> Any:
     return await read_body(request)
 

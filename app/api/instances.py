@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, read_body
+from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.schemas.instance import Instance
 from app.schemas.phases import Action
@@ -53,7 +53,7 @@ def add_action(action: Action) -> None:
         idempotency_key: IdempotencyKey = None,
     ) -> Any:
         caller.require_write(INSTANCES.read_role, INSTANCES.write_role, namespace)
-        body = await read_body(request) if await request.body() else None
+        body = await optional_body(request)
         fingerprint = request_fingerprint("POST", request.url.path, body)
 
         def run() -> tuple[int, dict[str, Any]]:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, read_body
+from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
@@ -49,9 +49,8 @@ async def claim(
     wait_seconds: Annotated[float, Query(alias="waitSeconds", ge=0, le=300)] = 0,
 ) -> Any:
     started = time.perf_counter()
-    caller.require(POOLS.read_role, namespace, hide=True)
-    caller.require(INSTANCES.write_role, namespace)
-    body = await read_body(request) if await request.body() else None
+    caller.require_write(POOLS.read_role, INSTANCES.write_role, namespace)
+    body = await optional_body(request)
 
     def attempt() -> dict[str, Any] | None:
         with db.transaction() as session:
