@@ -213,6 +213,21 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claim(args: argparse.Namespace) -> int:
+    labels = dict(item.split("=", 1) for item in args.label)
+    body = {"labels": labels} | ({"name": args.name} if args.name else {})
+    with _client(args) as client:
+        claimed = _check(
+            client.post(
+                f"/v1/namespaces/{args.namespace}/pools/{args.pool}/claim",
+                json=body,
+                params={"waitSeconds": args.wait},
+            )
+        )
+    print(f"instances/{claimed['metadata']['name']} claimed from pools/{args.pool}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     plural = ALIASES.get(args.resource, args.resource)
     with _client(args) as client:
@@ -257,6 +272,11 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("resource")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    claim = client_parser("claim", cmd_claim, "claim a warm instance from a pool")
+    claim.add_argument("pool")
+    claim.add_argument("--name", help="the claimed instance's new name")
+    claim.add_argument("-l", "--label", action="append", default=[], help="k=v (repeatable)")
+    claim.add_argument("--wait", type=float, default=0, help="seconds to wait for a ready member")
     delete = client_parser("delete", cmd_delete, "delete an object")
     delete.add_argument("resource")
     delete.add_argument("name")

@@ -171,6 +171,29 @@ def test_scale_template_rollout_and_deletion(api: httpx.Client) -> None:
     assert api.get(f"{INSTANCES}/keeper").json()["metadata"]["uid"] == kept["metadata"]["uid"]
 
 
+def test_kubevirt_spelling_replicas_and_virtual_machine_template(api: httpx.Client) -> None:
+    member_spec = {
+        "terminationGracePeriodSeconds": 0,
+        "domain": {"resources": {"requests": {"memory": "128Mi"}}},
+    }
+    labels = {"kubevirt.io/vmpool": "kv"}
+    member = {"metadata": {"labels": labels}, "spec": member_spec}
+    vm_template = {"metadata": {"labels": labels}, "spec": {"runStrategy": "Always", "template": member}}
+    body = {
+        "apiVersion": "pool.kubevirt.io/v1alpha1",
+        "kind": "VirtualMachinePool",
+        "metadata": {"name": "kv"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "virtualMachineTemplate": vm_template},
+    }
+    created = api.post(POOLS, json=body)
+    assert created.status_code == 201, created.text
+    settled(api, "kv", 2, replicas=2)
+    assert {m["metadata"]["labels"]["kubevirt.io/vmpool"] for m in members(api, "kv")} == {"kv"}
+    mismatched = body | {"metadata": {"name": "kv2"}}
+    mismatched["spec"] = body["spec"] | {"selector": {"matchLabels": {"kubevirt.io/vmpool": "other"}}}
+    assert api.post(POOLS, json=mismatched).status_code == 422
+
+
 def test_paused_pool_and_validation(api: httpx.Client) -> None:
     api.post(POOLS, json=pool("frozen", 2, paused=True))
     frozen = wait_for(lambda: (s := status(api, "frozen")).get("conditions") and s, what="status")

@@ -3,6 +3,7 @@ CLI: the seed manifest through the whole state machine on a real TCG guest with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.virt.driver import DomainNotFound
+from app.virt.driver import DomainNotFound, HypervisorError
 from app.virt.libvirt_driver import connect
 from tests.conftest import conditions, wait_for
 
@@ -230,10 +231,17 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
             what="a new QEMU process",
         )
         again = serve.wait("test-vmi", "Running", agent=True)
-        assert [s["phase"] for s in again["status"]["phaseTransitionTimestamps"][-2:]] == [
-            "Starting",
-            "Running",
-        ]
+        restarted = [s["phase"] for s in again["status"]["phaseTransitionTimestamps"][-2:]]
+        assert restarted == ["Starting", "Running"]
+
+        # The guest powers itself off: runStrategy Always boots it again.
+        count = len(again["status"]["phaseTransitionTimestamps"])
+        assert hv is not None
+        with contextlib.suppress(HypervisorError):  # qemu-ga powers off without answering
+            hv.agent_command(domain, {"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}}, 5)
+        wait_for(lambda: len(serve.get("test-vmi")["status"]["phaseTransitionTimestamps"]) > count,
+                 timeout=30, what="a restart after the guest powered off")  # fmt: skip
+        serve.wait("test-vmi", "Running", agent=True)
 
     listed = subprocess.run(
         [CORRAL, "get", "instances"], env=serve.env, capture_output=True, text=True, check=True
