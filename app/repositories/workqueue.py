@@ -117,5 +117,21 @@ def finish(
     )
 
 
+def holders(session: Session) -> set[str]:
+    """Identities of the workers that hold leases now."""
+    held = select(WorkItemRow.leased_by).where(WorkItemRow.leased_by.is_not(None)).distinct()
+    return {str(h) for h in session.scalars(held)}
+
+
+def release(session: Session, worker: str) -> int:
+    """Drop every lease of `worker` (known dead): its keys are due at once instead of at lease expiry."""
+    result = session.execute(
+        update(WorkItemRow)
+        .where(WorkItemRow.leased_by == worker)
+        .values(leased_by=None, leased_seq=None, lease_until=None, due_at=now())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def depth(session: Session) -> int:
     return int(session.execute(select(func.count()).select_from(WorkItemRow)).scalar_one())

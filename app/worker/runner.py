@@ -37,6 +37,16 @@ IDLE_POLL = 1.0  # picks up delayed keys and, on SQLite, other processes' enqueu
 IDEMPOTENCY_TTL = timedelta(hours=24)  # how long a retried action still gets its first answer
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def backoff(attempts: int) -> float:
     return float(min(0.25 * 2**attempts, MAX_BACKOFF))
 
@@ -68,6 +78,7 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
         self.db.start_listener()
+        self.release_dead_local_leases()
         for target, name in (
             (self._loop, "worker-loop"),
             (self._renew_loop, "worker-renew"),
@@ -77,6 +88,18 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started: %s", self.identity, ", ".join(sorted(self.reconcilers)))
+
+    def release_dead_local_leases(self) -> None:
+        """A worker killed on this host leaves leases that would block its keys until they expire; a process
+        that no longer exists holds nothing, so they go now. Other hosts' leases are left to expire."""
+        host = socket.gethostname()
+        with self.db.transaction() as session:
+            for holder in workqueue.holders(session):
+                name, _, rest = holder.partition(":")
+                pid = rest.partition(":")[0]
+                if name == host and pid.isdigit() and not _alive(int(pid)):
+                    released = workqueue.release(session, holder)
+                    log.info("released %d lease(s) of dead worker %s", released, holder)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

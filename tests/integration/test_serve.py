@@ -87,46 +87,52 @@ class Serve:
         assert response.status_code == 202, response.text
 
 
-@pytest.fixture(params=["qemu:///system", "test:///default"], ids=["qemu", "test-driver"])
-def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
+def launch(data: Path, uri: str) -> tuple[subprocess.Popen[bytes], Serve]:
+    """`corral serve` on the embedded defaults (SQLite in `data`); returns once node local is Ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env |= {"CORRAL_DATA_DIR": str(tmp_path / "data"), "CORRAL_ADMIN_TOKEN": TOKEN,
-            "CORRAL_HEARTBEAT_SECONDS": "2"}  # fmt: skip
-    if request.param.startswith("test"):
-        env["CORRAL_LIBVIRT_URI"] = request.param  # qemu:///system is what `corral serve` picks by itself
+    env |= {"CORRAL_DATA_DIR": str(data), "CORRAL_ADMIN_TOKEN": TOKEN, "CORRAL_HEARTBEAT_SECONDS": "2"}
+    if uri.startswith("test"):
+        env["CORRAL_LIBVIRT_URI"] = uri  # qemu:///system is what `corral serve` picks by itself
     if "CORRAL_IMAGE_DIR" in os.environ:
         env["CORRAL_IMAGE_DIR"] = os.environ["CORRAL_IMAGE_DIR"]
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [CORRAL, "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        url = f"http://127.0.0.1:{port}"
-        served = Serve(url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}, tmp_path / "data")
-        try:
-            wait_for(
-                lambda: proc.poll() is None and _ready(url),
-                timeout=60,
-                interval=0.1,
-                what="corral serve ready:\n" + log_path.read_text(),
-            )
-            local = wait_for(lambda: (n := served.client.get("/v1/nodes/local").json())["status"].get("phase")
-                             == "Ready" and n, timeout=60, what="node local Ready")  # fmt: skip
-            assert local["spec"]["uri"] == request.param
-            yield served
-            remove_all_instances(served)
-        finally:
-            served.client.close()
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    data.mkdir(parents=True, exist_ok=True)
+    log_path = data / "serve.log"
+    with log_path.open("a") as log:
+        proc = subprocess.Popen([CORRAL, "serve", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=data)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    served = Serve(url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}, data)
+    try:
+        wait_for(lambda: proc.poll() is None and _ready(url), timeout=60, interval=0.1,
+                 what="corral serve ready")  # fmt: skip
+        local = wait_for(lambda: (n := served.client.get("/v1/nodes/local").json())["status"].get("phase")
+                         == "Ready" and n, timeout=60, what="node local Ready")  # fmt: skip
+        assert local["spec"]["uri"] == uri
+    except BaseException:
+        stop(proc, served)
+        raise AssertionError("corral serve did not come up:\n" + log_path.read_text()) from None
+    return proc, served
+
+
+def stop(proc: subprocess.Popen[bytes], served: Serve) -> None:
+    served.client.close()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(params=["qemu:///system", "test:///default"], ids=["qemu", "test-driver"])
+def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
+    proc, served = launch(tmp_path / "data", request.param)
+    try:
+        yield served
+        remove_all_instances(served)
+    finally:
+        stop(proc, served)
     assert (tmp_path / "data" / "corral.db").exists()
 
 
@@ -267,3 +273,27 @@ def test_bad_requests_through_curl(serve: Serve) -> None:
     bad = subprocess.run(command, capture_output=True, text=True, check=False)
     assert bad.stdout == "400"
     assert httpx.get(f"{serve.url}/v1/nodes").status_code == 401
+
+
+def test_a_killed_corral_restarts_and_converges(tmp_path: Path) -> None:
+    """kill -9 of `corral serve` during a stop: the next process finishes the job and loses nothing."""
+    data = tmp_path / "data"
+    proc, served = launch(data, "qemu:///system")
+    try:
+        seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
+        created = served.client.post(INSTANCES, content=seed, headers={"Content-Type": "application/yaml"})
+        assert created.status_code == 201
+        served.wait("test-vmi", "Running", agent=True)
+        served.act("test-vmi", "stop")
+        proc.kill()  # SIGKILL: no cleanup, its leases left behind
+        proc.wait()
+        served.client.close()
+
+        proc, served = launch(data, "qemu:///system")
+        stopped = served.wait("test-vmi", "Stopped", timeout=60)
+        assert stopped["status"]["reason"] == "StoppedByUser"
+        served.act("test-vmi", "start")
+        served.wait("test-vmi", "Running", agent=True)
+        remove_all_instances(served)
+    finally:
+        stop(proc, served)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -81,6 +82,22 @@ def test_an_expired_lease_is_taken_over(db: Database) -> None:
     with db.transaction() as session:
         workqueue.finish(session, "dead-worker", taken[0])  # the old holder cannot finish it
         assert workqueue.depth(session) == 1
+
+
+def test_a_restarted_worker_frees_the_leases_of_dead_local_workers(db: Database) -> None:
+    import socket
+
+    from app.worker.runner import Worker
+
+    host = socket.gethostname()
+    enqueue(db, "K/ns/a")
+    enqueue(db, "K/ns/b")
+    enqueue(db, "K/ns/c")
+    lease(db, f"{host}:999999999:dead", n=1)  # a pid that cannot exist: a killed `corral serve`
+    lease(db, f"{host}:{os.getpid()}:alive", n=1)  # this process: alive
+    lease(db, "elsewhere:1:remote", n=1)  # another host: cannot tell, left to expire
+    Worker(db, {}).release_dead_local_leases()
+    assert [t.key for t in lease(db, "new")] == ["K/ns/a"]
 
 
 def test_racing_leases_in_threads_never_share_a_key(db: Database) -> None:
