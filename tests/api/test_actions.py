@@ -1,0 +1,60 @@
+"""Bad input on the action and claim endpoints: clear 4xx problems, nothing written."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.api.test_resources import INSTANCES, problem
+from tests.conftest import bearer, make_token, vmi
+
+POOLS = "/v1/namespaces/default/pools"
+POOL = {"metadata": {"name": "p"}, "spec": {"size": 0, "template": {}}}
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "status", "field"),
+    [
+        ("stop", {"force": "maybe"}, 422, "force"),
+        ("stop", {"gracePeriodSeconds": -1}, 422, "gracePeriodSeconds"),
+        ("stop", {"bogus": 1}, 422, "bogus"),
+        ("start", {"force": True}, 400, "body"),
+        ("pause", [1, 2], 400, "body"),
+    ],
+)
+def test_action_bodies_are_validated(
+    api: httpx.Client, action: str, body: object, status: int, field: str
+) -> None:
+    api.post(INSTANCES, json=vmi("act"))
+    before = api.get(f"{INSTANCES}/act").json()["metadata"]["resourceVersion"]
+    answer = problem(api.post(f"{INSTANCES}/act/{action}", json=body), status)
+    assert answer["errors"][0]["field"] == field
+    assert api.get(f"{INSTANCES}/act").json()["metadata"]["resourceVersion"] == before
+
+
+def test_actions_check_phase_existence_and_rights(api: httpx.Client, anon: httpx.Client) -> None:
+    problem(api.post(f"{INSTANCES}/missing/start"), 404)
+    problem(api.post(f"{INSTANCES}/act/reboot"), 404)  # not an action
+    api.post(INSTANCES, json=vmi("act"))
+    wrong = problem(api.post(f"{INSTANCES}/act/unpause"), 409)  # a Pending instance cannot unpause
+    assert "phase Pending" in wrong["detail"] and "legal actions: stop, delete" in wrong["detail"]
+    viewer = bearer(make_token(api, "v", [{"namespace": "default", "role": "viewer"}]))
+    problem(anon.post(f"{INSTANCES}/act/stop", headers=viewer), 403)
+    problem(anon.post(f"{INSTANCES}/act/stop"), 401)
+    problem(api.post(f"{INSTANCES}/act/stop", headers={"Idempotency-Key": "k" * 300}), 422)
+
+
+def test_claim_input_is_validated(api: httpx.Client, anon: httpx.Client) -> None:
+    assert api.post(POOLS, json=POOL).status_code == 201
+    for body, field in [({"name": "Bad_Name"}, "name"), ({"labels": {"k": "v" * 64}}, "labels"),
+                        ({"nope": 1}, "nope"), ("x", "body")]:  # fmt: skip
+        answer = problem(api.post(f"{POOLS}/p/claim", json=body), 422)
+        assert answer["errors"][0]["field"].startswith(field)
+    problem(api.post(f"{POOLS}/p/claim", params={"waitSeconds": -1}), 422)
+    problem(api.post(f"{POOLS}/p/claim", params={"waitSeconds": 301}), 422)
+    problem(api.post(f"{POOLS}/nope/claim"), 404)
+    problem(anon.post(f"{POOLS}/p/claim"), 401)
+    viewer = bearer(make_token(api, "v", [{"namespace": "default", "role": "viewer"}]))
+    problem(anon.post(f"{POOLS}/p/claim", headers=viewer), 403)
+    miss = problem(api.post(f"{POOLS}/p/claim"), 503)  # nothing warm: the size is 0
+    assert miss["reason"] == "ServiceUnavailable"
