@@ -13,7 +13,7 @@ from prometheus_client import Histogram
 from pydantic import BaseModel
 
 from app import __version__
-from app.api import instances, pools, problems, system
+from app.api import guest, instances, pools, problems, system
 from app.api.resources import resource_router
 from app.db import Database
 from app.schemas.auth import TokenRequest
@@ -47,6 +47,7 @@ def create_app(db: Database) -> FastAPI:
         app.include_router(resource_router(kind))
     app.include_router(instances.router)
     app.include_router(pools.router)
+    app.include_router(guest.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
+from app.schemas.conditions import find_condition, set_condition
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.services.kinds import INSTANCES, NODES, POOLS
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import (
+    AgentUnavailable,
     DomainInfo,
     DomainNotFound,
     DomainState,
@@ -43,6 +45,7 @@ from app.virt.driver import (
     InvalidOperation,
     ShutdownMode,
 )
+from app.virt.guest import REQUIRED_COMMANDS
 
 log = logging.getLogger(__name__)
 POOL = "corral-instances"
@@ -54,6 +57,7 @@ STABLE_AFTER = 60.0  # a run this long resets the crash count
 STOPPING_POLL = 1.0
 UNSCHEDULABLE_RETRY = 5.0
 IMAGE_RETRY = 30.0
+GUEST_REFRESH = 60.0  # seconds between guest agent reports while it stays connected
 NODE_RETRY = 10.0
 TARGETS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -71,6 +75,7 @@ class Snapshot:
     node_name: str | None
     deleting: bool
     node: dict[str, Any] | None = None  # {"uri", "virtType"} of the placed node, when it still exists
+    guest: dict[str, Any] = field(default_factory=dict)  # the guest agent's last report
 
     @property
     def domain(self) -> str:
@@ -87,6 +92,7 @@ class Step:
     intent: dict[str, Any] | None = None
     requeue: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    guest: dict[str, Any] | None = None  # a fresh guest agent report to store
 
 
 def crash_backoff(crashes: int) -> float:
@@ -159,6 +165,7 @@ class InstanceReconciler:
                 dict(row.status or {}),
                 row.node_name,
                 row.deleted_at is not None,
+                guest=dict(row.guest or {}),
             )
             if row.node_name is not None:
                 node = ResourceRepository[Any](session, NODES.info).get("", row.node_name)
@@ -187,9 +194,17 @@ class InstanceReconciler:
         )
         progress = {**(row.progress or {}), **step.progress}
         intent = row.intent if step.intent is None else {**(row.intent or {}), **step.intent}
-        if status == (row.status or {}) and progress == row.progress and intent == row.intent:
+        guest = row.guest if step.guest is None else step.guest
+        if step.guest is not None:
+            status.update(guest_status(step.guest))
+            missing = [c for c in REQUIRED_COMMANDS if c not in step.guest.get("supportedCommands", [])]
+            lacks = f"qemu-ga {step.guest.get('agentVersion')} lacks {', '.join(missing)}" if missing else ""
+            set_condition(status, "AgentVersionNotSupported", "True" if missing else "False",
+                          "MissingCommands" if missing else "Supported", lacks, now())  # fmt: skip
+        same = status == (row.status or {}) and progress == row.progress and intent == row.intent
+        if same and guest == row.guest:
             return
-        row.status, row.progress, row.intent = status, progress, intent
+        row.status, row.progress, row.intent, row.guest = status, progress, intent, guest
         repo.touch(row)
         wake_pool(repo.session, row)
 
@@ -367,6 +382,10 @@ class InstanceReconciler:
         else:
             agent = "True" if running and hv.agent_connected(snap.domain) else "False"
             agent_reason = "AgentNotConnected" if running else "DomainNotRunning"
+        guest = None
+        if agent == "True":
+            guest = self._guest_report(snap, hv, now_)
+            requeue = min(requeue or GUEST_REFRESH, GUEST_REFRESH)
         devices = snap.spec.domain.devices
         passthrough = bool(devices.gpus or devices.host_devices)
         observed = Observed(
@@ -377,7 +396,26 @@ class InstanceReconciler:
             live_migratable=not passthrough,
             migratable_reason="HostDeviceNotLiveMigratable" if passthrough else "Migratable",
         )
-        return Step(observed, progress=progress, intent=intent or None, requeue=requeue, extra=extra)
+        return Step(
+            observed, progress=progress, intent=intent or None, requeue=requeue, extra=extra, guest=guest
+        )
+
+    @staticmethod
+    def _guest_report(snap: Snapshot, hv: Hypervisor, at: datetime) -> dict[str, Any] | None:
+        """A fresh report when the agent just connected, none is stored, or the stored one is a minute old."""
+        observed = parse_time(snap.guest.get("observedAt"))
+        just_connected = (find_condition(snap.status, "AgentConnected") or {}).get("status") != "True"
+        asked = int(snap.intent.get("guestRefresh", 0)) > int(snap.guest.get("refresh", 0))
+        fresh = observed is not None and (at - observed).total_seconds() < GUEST_REFRESH
+        if not just_connected and not asked and fresh:
+            return None
+        try:
+            report = hv.guest_report(snap.domain)
+        except AgentUnavailable as exc:
+            log.info("%s: the guest agent did not report: %s", snap.domain, exc)
+            return None
+        stamp = at.isoformat().replace("+00:00", "Z")
+        return {"observedAt": stamp, "refresh": int(snap.intent.get("guestRefresh", 0)), **report}
 
     def _lookup(self, hv: Hypervisor, domain: str) -> DomainInfo | None:
         try:
@@ -530,6 +568,21 @@ class InstanceReconciler:
 def _overlay_of(image: images.Image) -> tuple[int, tuple[str, str]]:
     """Capacity and backing (path, format) of a copy-on-write overlay on the image's disk."""
     return image.disk_size or 0, (str(image.disk), image.disk_format or "qcow2")
+
+
+def guest_status(report: dict[str, Any]) -> dict[str, Any]:
+    """KubeVirt's status.guestOSInfo and status.interfaces from a guest agent report."""
+    os_info = {k: v for k, v in report.get("osInfo", {}).items() if k not in ("variant", "variantId")}
+    interfaces = []
+    for nic in report.get("interfaces", []):
+        if nic.get("name") == "lo":
+            continue
+        addresses = [a["address"] for a in nic.get("ipAddresses", [])]
+        ipv4 = [a["address"] for a in nic.get("ipAddresses", []) if a.get("type") == "ipv4"]
+        interfaces.append({"interfaceName": nic.get("name"), "mac": nic.get("mac"),
+                           "ipAddress": (ipv4 or addresses or [None])[0], "ipAddresses": addresses,
+                           "infoSource": "guest-agent"})  # fmt: skip
+    return {"guestOSInfo": os_info, "interfaces": interfaces}
 
 
 def wake_pool(session: Session, row: Any) -> None:

@@ -26,6 +26,8 @@ class InstanceRow(ResourceRow, Base):
     intent: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # The worker's own bookkeeping, so a restarted worker resumes where the last one stopped.
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    # The guest agent's last report: sections (osInfo, interfaces, ...) and when they were observed.
+    guest: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # The warm pool this instance is an unclaimed member of (a claim clears it).
     pool_uid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
 

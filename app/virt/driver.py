@@ -138,6 +138,10 @@ class Hypervisor(Protocol):
 
     def agent_command(self, name: str, command: dict[str, Any], timeout: int) -> Any: ...
 
+    def guest_report(self, name: str) -> dict[str, Any]:
+        """What the guest agent reports (app.virt.guest sections), parsed and bounded."""
+        ...
+
     def agent_connected(self, name: str) -> bool:
         """libvirt's own view of the guest-agent channel (kept by its agent lifecycle events)."""
         ...

@@ -36,8 +36,10 @@ from app.virt.driver import (
     InvalidOperation,
     ShutdownMode,
 )
+from app.virt.guest import parse_agent_info, parse_guest_info
 
 log = logging.getLogger(__name__)
+AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
 T = TypeVar("T")
 
 _loop_lock = threading.Lock()
@@ -364,6 +366,18 @@ class LibvirtHypervisor:
         if not isinstance(reply, dict) or "return" not in reply:
             raise AgentUnavailable("the guest agent reply has no 'return'")
         return reply["return"]
+
+    def guest_report(self, name: str) -> dict[str, Any]:
+        dom = self._domain(name)
+        try:
+            params = self._call(lambda: dom.guestInfo(0, 0))
+        except (DomainNotFound, HypervisorUnavailable):
+            raise
+        except HypervisorError as exc:
+            raise AgentUnavailable(str(exc), exc.code) from exc
+        report = parse_guest_info(params if isinstance(params, dict) else {})
+        report.update(parse_agent_info(self.agent_command(name, {"execute": "guest-info"}, AGENT_TIMEOUT)))
+        return report
 
     def agent_connected(self, name: str) -> bool:
         root = ET.fromstring(self.domain_xml(name))

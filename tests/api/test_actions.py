@@ -58,3 +58,17 @@ def test_claim_input_is_validated(api: httpx.Client, anon: httpx.Client) -> None
     problem(anon.post(f"{POOLS}/p/claim", headers=viewer), 403)
     miss = problem(api.post(f"{POOLS}/p/claim"), 503)  # nothing warm: the size is 0
     assert miss["reason"] == "ServiceUnavailable"
+
+
+def test_guest_views_need_a_connected_agent(api: httpx.Client, anon: httpx.Client) -> None:
+    api.post(INSTANCES, json=vmi("g"))
+    for path in ("guest", "guest/osinfo", "guest/interfaces", "guest/filesystems", "guest/users"):
+        answer = problem(api.get(f"{INSTANCES}/g/{path}"), 409)
+        assert "AgentConnected" in answer["detail"]
+    problem(api.get(f"{INSTANCES}/g/guest", params={"refresh": "true"}), 409)
+    problem(api.get(f"{INSTANCES}/g/guest", params={"refresh": "maybe"}), 422)
+    problem(api.get(f"{INSTANCES}/nope/guest"), 404)
+    problem(api.get(f"{INSTANCES}/g/guest/kernel"), 404)
+    problem(anon.get(f"{INSTANCES}/g/guest"), 401)
+    other = bearer(make_token(api, "o", [{"namespace": "elsewhere", "role": "admin"}]))
+    problem(anon.get(f"{INSTANCES}/g/guest", headers=other), 404)

@@ -203,6 +203,23 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
         assert hv.lookup(domain).uuid == uid
         assert hv.agent_command(domain, {"execute": "guest-get-host-name"}, 5) == {"host-name": "test-vmi"}
 
+    guest = serve.client.get(f"{INSTANCES}/test-vmi/guest")
+    if real:  # what qemu-ga reports, with observedAt, in the guest view and in KubeVirt's status fields
+        assert guest.status_code == 200, guest.text
+        view = guest.json()
+        assert view["osInfo"]["id"] == "debian" and view["hostname"]["hostname"] == "test-vmi"
+        assert view["osInfo"]["observedAt"] and "guest-exec" in view["supportedCommands"]["items"]
+        eth0 = next(i for i in view["interfaces"]["items"] if i["name"] == "eth0")
+        assert "10.0.2.15" in [a["address"] for a in eth0["ipAddresses"]]
+        status = serve.get("test-vmi")["status"]
+        assert status["guestOSInfo"]["prettyName"].startswith("Debian")
+        assert status["interfaces"][0]["ipAddress"] == "10.0.2.15"
+        assert conditions(serve.get("test-vmi"))["AgentVersionNotSupported"] == "False"
+        fresh = serve.client.get(f"{INSTANCES}/test-vmi/guest/interfaces", params={"refresh": "true"})
+        assert fresh.status_code == 200 and fresh.json()["observedAt"] > view["observedAt"]
+    else:  # the test driver runs no guest: no agent to ask
+        assert guest.status_code == 409 and "AgentConnected=Unknown" in guest.json()["detail"]
+
     serve.act("test-vmi", "pause")
     assert serve.wait("test-vmi", "Paused")["status"]["reason"] == "PausedByUser"
     bad = serve.client.post(f"{INSTANCES}/test-vmi/softreboot")
@@ -212,6 +229,8 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
 
     serve.act("test-vmi", "stop")  # graceful: ACPI or agent, within the 30 s grace period
     assert serve.wait("test-vmi", "Stopped")["status"]["reason"] == "StoppedByUser"
+    stopped = serve.client.get(f"{INSTANCES}/test-vmi/guest/osinfo")
+    assert stopped.status_code == 409 and "not connected" in stopped.json()["detail"]
     serve.act("test-vmi", "start")
     serve.wait("test-vmi", "Running", agent=True if real else None)
 

@@ -1,0 +1,67 @@
+"""The guest agent's view of an instance: OS, hostname, timezone, interfaces, filesystems, users."""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import DB, Caller
+from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.db import EVENTS_CHANNEL
+from app.errors import Unavailable
+from app.schemas.guest import SECTIONS, GuestView, Items, OSInfo, guest_view
+from app.services.guest import GuestService
+from app.services.kinds import INSTANCES
+
+router = APIRouter(tags=["guest"])
+REFRESH_WAIT = 10.0  # seconds a refresh waits for the agent's answer (libvirt's own agent timeout is 5 s)
+Refresh = Annotated[bool, Query(description="Ask the guest agent now instead of serving the last report.")]
+BASE = "/v1/namespaces/{namespace}/instances/{name}/guest"
+
+
+async def current(db: DB, caller: Caller, namespace: str, name: str, refresh: bool) -> dict[str, Any]:
+    caller.require(INSTANCES.read_role, namespace, hide=True)
+
+    def read() -> dict[str, Any]:
+        with db.read() as session:
+            return GuestService(session).report(namespace, name)
+
+    if not refresh:
+        return guest_view(await run_in_threadpool(read))
+
+    def ask() -> str | None:
+        with db.transaction() as session:
+            return GuestService(session).request_refresh(namespace, name)
+
+    before = await run_in_threadpool(ask)
+    deadline = time.monotonic() + REFRESH_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        seen = db.hub.counter(EVENTS_CHANNEL)
+        report = await run_in_threadpool(read)
+        if report.get("observedAt") != before:
+            return guest_view(report)
+        await db.hub.wait_async(EVENTS_CHANNEL, seen, min(left, 1.0))
+    raise Unavailable(f"the guest agent of {name!r} did not report within {REFRESH_WAIT:.0f}s",
+                      headers={"Retry-After": "5"})  # fmt: skip
+
+
+@router.get(BASE, operation_id="readInstanceGuest", response_model=GuestView, responses=PROBLEMS,
+            summary="Everything the guest agent reported, each section with observedAt")  # fmt: skip
+async def read_guest(db: DB, caller: Caller, namespace: NamespacePath, name: NamePath,
+                     refresh: Refresh = False) -> Any:  # fmt: skip
+    return await current(db, caller, namespace, name, refresh)
+
+
+def add_section(path: str, key: str) -> None:
+    model = OSInfo if key == "osInfo" else Items
+
+    @router.get(f"{BASE}/{path}", operation_id=f"readInstanceGuest{key[0].upper()}{key[1:]}",
+                response_model=model, responses=PROBLEMS, summary=f"The guest agent's {key}")  # fmt: skip
+    async def read_section(db: DB, caller: Caller, namespace: NamespacePath, name: NamePath,
+                           refresh: Refresh = False) -> Any:  # fmt: skip
+        return (await current(db, caller, namespace, name, refresh))[key]
+
+
+for _path, _key in SECTIONS.items():
+    add_section(_path, _key)
