@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "corral_events"
 WORK_CHANNEL = "corral_work"
-CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL)
+OPERATIONS_CHANNEL = "corral_operations"  # a guest operation finished
+CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL)
 READ_ONLY = "corral_read_only"
 
 

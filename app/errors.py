@@ -84,3 +84,28 @@ class Unavailable(CorralError):
     status = 503
     title = "Service Unavailable"
     reason = "ServiceUnavailable"
+
+
+class ContentTooLarge(CorralError):
+    status = 413
+    title = "Content Too Large"
+    reason = "ContentTooLarge"
+
+
+class BadGateway(CorralError):
+    """Something behind Corral (libvirt, the guest agent) failed or answered nonsense."""
+
+    status = 502
+    title = "Bad Gateway"
+    reason = "UpstreamFailed"
+
+
+class GatewayTimeout(CorralError):
+    status = 504
+    title = "Gateway Timeout"
+    reason = "UpstreamTimeout"
+
+
+BY_STATUS: dict[int, type[CorralError]] = {
+    e.status: e for e in (BadRequest, Conflict, ContentTooLarge, Invalid, BadGateway, GatewayTimeout)
+}

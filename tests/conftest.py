@@ -39,6 +39,7 @@ TABLES = (
     "work_items",
     "settings",
     "idempotency_keys",
+    "guest_operations",
 )
 
 

@@ -18,15 +18,17 @@ from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
+from app.controllers.operations import failure, run_operation
 from app.controllers.scheduling import MIB, Request, choose, node_view, unschedulable_message
-from app.db import Database
-from app.repositories import workqueue
+from app.db import OPERATIONS_CHANNEL, Database, signal
+from app.repositories import operations, workqueue
 from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
 from app.schemas.conditions import find_condition, set_condition
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.schemas.operations import audit_view
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.services.kinds import INSTANCES, NODES, POOLS
 from app.virt import images
@@ -133,6 +135,7 @@ class InstanceReconciler:
             step = Step(Observed("Unknown", "NodeGone", f"node {snap.node_name!r} no longer exists"))
             self._write(snap, step)
             return Result(requeue_after=NODE_RETRY)
+        hv: Hypervisor | None = None
         try:
             hv = self.hypervisors.get(snap.node_name or "", snap.node["uri"])
             step = self._converge(snap, hv)
@@ -140,7 +143,41 @@ class InstanceReconciler:
             self.hypervisors.forget(snap.node_name or "")
             step = Step(Observed("Unknown", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
         self._write(snap, step)
+        self._run_operations(snap, hv, step.observed.agent)
         return Result(requeue_after=step.requeue)
+
+    def _run_operations(self, snap: Snapshot, hv: Hypervisor | None, agent: str) -> None:
+        """Guest operations queued for this instance, one at a time, in the order they were asked."""
+        with self.db.read() as session:
+            queued = [(op.id, op.kind, dict(op.request)) for op in operations.pending(session, snap.uid)]
+        for op_id, kind, request in queued:
+            result: dict[str, Any] = {}
+            error: tuple[int, str] | None = None
+            if hv is None or agent != "True":
+                error = failure(AgentUnavailable(f"AgentConnected={agent}"))
+            else:
+                try:
+                    result = run_operation(hv, snap.domain, kind, request)
+                except Exception as exc:
+                    error = failure(exc)
+            with self.db.transaction() as session:
+                op = operations.get(session, op_id)
+                if op is None:
+                    continue
+                op.state, op.result, op.finished_at = ("Failed" if error else "Succeeded"), result, now()
+                op.error_status, op.error = (error[0], error[1][:2000]) if error else (None, None)
+                op.request = audit_view(request)  # stdin and file contents are not kept
+                if error is None and kind in ("freeze", "thaw"):
+                    self._freeze_status(session, snap, str(result.get("fsFreezeStatus")))
+                signal(session, OPERATIONS_CHANNEL)
+
+    @staticmethod
+    def _freeze_status(session: Session, snap: Snapshot, state: str) -> None:
+        repo = ResourceRepository[Any](session, INSTANCES.info)
+        row = repo.get(snap.namespace, snap.name, for_update=True)
+        if row is not None and row.uid == snap.uid:
+            row.status = {**(row.status or {}), "fsFreezeStatus": state}
+            repo.touch(row)
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.domain_uuid is None:

@@ -4,6 +4,7 @@ from app.models.auth import GrantRow, TokenRow
 from app.models.base import Base, ResourceRow
 from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
+from app.models.operations import OperationRow
 from app.models.resources import InstanceRow, NodeRow, PoolRow
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
@@ -15,6 +16,7 @@ __all__ = [
     "IdempotencyRow",
     "InstanceRow",
     "NodeRow",
+    "OperationRow",
     "PoolRow",
     "ResourceRow",
     "RevisionRow",

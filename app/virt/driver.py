@@ -43,6 +43,14 @@ class AgentUnavailable(HypervisorError):
     """The guest agent is not connected or did not answer in time."""
 
 
+class GuestCommandFailed(HypervisorError):
+    """The guest agent ran the command and it failed inside the guest (no such file, no such program, ...)."""
+
+
+class GuestFileTooLarge(HypervisorError):
+    """A file read through the guest agent is larger than asked for."""
+
+
 class DomainState(StrEnum):
     NOSTATE = "NoState"
     RUNNING = "Running"
@@ -140,6 +148,18 @@ class Hypervisor(Protocol):
 
     def guest_report(self, name: str) -> dict[str, Any]:
         """What the guest agent reports (app.virt.guest sections), parsed and bounded."""
+        ...
+
+    def guest_exec(self, name: str, argv: list[str], stdin: bytes | None, timeout: float) -> dict[str, Any]:
+        """Run a program in the guest; {exitCode, stdout, stderr (bytes), timedOut, ...}."""
+        ...
+
+    def guest_file_read(self, name: str, path: str, max_bytes: int) -> bytes: ...
+
+    def guest_file_write(self, name: str, path: str, data: bytes) -> None: ...
+
+    def guest_fsfreeze(self, name: str, freeze: bool) -> dict[str, Any]:
+        """Freeze (True) or thaw the guest's filesystems; {filesystems, fsFreezeStatus}."""
         ...
 
     def agent_connected(self, name: str) -> bool:

@@ -6,6 +6,8 @@ length, lists to a bounded count, numbers must be non-negative integers, and not
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +87,34 @@ def _offset(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return offset if abs(offset) <= 24 * 3600 else None
+
+
+MAX_OUTPUT = 1 << 20  # bytes kept of each of an exec's stdout and stderr
+
+
+class MalformedReply(ValueError):
+    """The guest agent answered something Corral will not interpret."""
+
+
+def decode_agent_base64(value: Any) -> bytes:
+    """Base64 from the agent; anything malformed is refused, never guessed at."""
+    if not isinstance(value, str):
+        raise MalformedReply("the guest agent sent no base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedReply("the guest agent sent malformed base64") from exc
+
+
+def exec_result(status: dict[str, Any], *, timed_out: bool) -> dict[str, Any]:
+    """guest-exec-status, bounded: exit code, stdout and stderr (cut at 1 MiB each, flagged)."""
+    result: dict[str, Any] = {"exitCode": count(status.get("exitcode")),
+                              "signal": count(status.get("signal")), "timedOut": timed_out}  # fmt: skip
+    for stream, key in (("stdout", "out-data"), ("stderr", "err-data")):
+        raw = decode_agent_base64(status.get(key, "")) if status.get(key) is not None else b""
+        result[stream] = raw[:MAX_OUTPUT]
+        result[f"{stream}Truncated"] = len(raw) > MAX_OUTPUT or bool(status.get(f"{key[:3]}-truncated"))
+    return result
 
 
 def parse_agent_info(reply: Any) -> dict[str, Any]:

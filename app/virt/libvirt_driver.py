@@ -6,9 +6,11 @@ agent errors AgentUnavailable, a dead connection HypervisorUnavailable.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +30,8 @@ from app.virt.driver import (
     DomainState,
     EventCallback,
     EventKind,
+    GuestCommandFailed,
+    GuestFileTooLarge,
     HostInfo,
     HypervisorError,
     HypervisorEvent,
@@ -36,10 +40,16 @@ from app.virt.driver import (
     InvalidOperation,
     ShutdownMode,
 )
-from app.virt.guest import parse_agent_info, parse_guest_info
+from app.virt.guest import (
+    decode_agent_base64,
+    exec_result,
+    parse_agent_info,
+    parse_guest_info,
+)
 
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
+FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
 T = TypeVar("T")
 
 _loop_lock = threading.Lock()
@@ -117,8 +127,8 @@ _AGENT_ERRORS = {
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
     getattr(libvirt, "VIR_ERR_AGENT_UNSYNCED", -1),
     getattr(libvirt, "VIR_ERR_AGENT_COMMAND_TIMEOUT", -1),
-    getattr(libvirt, "VIR_ERR_AGENT_COMMAND_FAILED", -1),
 }
+_AGENT_COMMAND_FAILED = getattr(libvirt, "VIR_ERR_AGENT_COMMAND_FAILED", 113)
 _CONFIG_ERRORS = {
     libvirt.VIR_ERR_XML_ERROR,
     libvirt.VIR_ERR_XML_DETAIL,
@@ -151,6 +161,8 @@ def _translate(exc: libvirt.libvirtError, conn: Any | None) -> HypervisorError:
     message = exc.get_error_message() or str(exc)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return DomainNotFound(message, code)
+    if code == _AGENT_COMMAND_FAILED:
+        return GuestCommandFailed(message.removeprefix("guest agent command failed: "), code)
     if code in _AGENT_ERRORS or "guest agent" in message.lower():
         return AgentUnavailable(message, code)
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
@@ -355,7 +367,7 @@ class LibvirtHypervisor:
         dom = self._domain(name)
         try:
             raw = self._call(lambda: libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0))
-        except (DomainNotFound, HypervisorUnavailable):
+        except (DomainNotFound, HypervisorUnavailable, GuestCommandFailed):
             raise
         except HypervisorError as exc:  # not running, no channel, no agent support: all "no agent"
             raise AgentUnavailable(str(exc), exc.code) from exc
@@ -378,6 +390,73 @@ class LibvirtHypervisor:
         report = parse_guest_info(params if isinstance(params, dict) else {})
         report.update(parse_agent_info(self.agent_command(name, {"execute": "guest-info"}, AGENT_TIMEOUT)))
         return report
+
+    def guest_exec(self, name: str, argv: list[str], stdin: bytes | None, timeout: float) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if stdin is not None:
+            arguments["input-data"] = base64.b64encode(stdin).decode()
+        started = self.agent_command(name, {"execute": "guest-exec", "arguments": arguments}, AGENT_TIMEOUT)
+        pid = started.get("pid") if isinstance(started, dict) else None
+        if not isinstance(pid, int):
+            raise AgentUnavailable("guest-exec answered without a pid")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.agent_command(name, {"execute": "guest-exec-status", "arguments": {"pid": pid}},
+                                        AGENT_TIMEOUT)  # fmt: skip
+            if not isinstance(status, dict):
+                raise AgentUnavailable("guest-exec-status answered with no object")
+            if status.get("exited"):
+                return exec_result(status, timed_out=False)
+            if time.monotonic() >= deadline:
+                return exec_result(status, timed_out=True)
+            time.sleep(0.05)
+
+    def guest_file_read(self, name: str, path: str, max_bytes: int) -> bytes:
+        handle = self._open(name, path, "r")
+        data = b""
+        try:
+            while True:
+                chunk = self.agent_command(name, {"execute": "guest-file-read", "arguments": {
+                    "handle": handle, "count": FILE_CHUNK}}, AGENT_TIMEOUT)  # fmt: skip
+                if not isinstance(chunk, dict):
+                    raise AgentUnavailable("guest-file-read answered with no object")
+                data += decode_agent_base64(chunk.get("buf-b64", ""))
+                if len(data) > max_bytes:
+                    raise GuestFileTooLarge(f"{path} is larger than {max_bytes} bytes")
+                if chunk.get("eof") or not chunk.get("count"):
+                    return data
+        finally:
+            self._close(name, handle)
+
+    def guest_file_write(self, name: str, path: str, data: bytes) -> None:
+        handle = self._open(name, path, "w")
+        try:
+            for offset in range(0, len(data), FILE_CHUNK):
+                piece = base64.b64encode(data[offset : offset + FILE_CHUNK]).decode()
+                self.agent_command(name, {"execute": "guest-file-write", "arguments": {
+                    "handle": handle, "buf-b64": piece}}, AGENT_TIMEOUT)  # fmt: skip
+        finally:
+            self._close(name, handle)
+
+    def _open(self, name: str, path: str, mode: str) -> int:
+        opening = {"execute": "guest-file-open", "arguments": {"path": path, "mode": mode}}
+        handle = self.agent_command(name, opening, AGENT_TIMEOUT)
+        if not isinstance(handle, int):
+            raise AgentUnavailable("guest-file-open answered without a handle")
+        return handle
+
+    def _close(self, name: str, handle: int) -> None:
+        with suppress(HypervisorError):
+            self.agent_command(
+                name, {"execute": "guest-file-close", "arguments": {"handle": handle}}, AGENT_TIMEOUT
+            )
+
+    def guest_fsfreeze(self, name: str, freeze: bool) -> dict[str, Any]:
+        command = "guest-fsfreeze-freeze" if freeze else "guest-fsfreeze-thaw"
+        count = self.agent_command(name, {"execute": command}, AGENT_TIMEOUT)
+        status = self.agent_command(name, {"execute": "guest-fsfreeze-status"}, AGENT_TIMEOUT)
+        return {"filesystems": count if isinstance(count, int) else None,
+                "fsFreezeStatus": status if status in ("frozen", "thawed") else "unknown"}  # fmt: skip
 
     def agent_connected(self, name: str) -> bool:
         root = ET.fromstring(self.domain_xml(name))

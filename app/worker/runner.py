@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from app.controllers.base import Reconciler, TerminalError
 from app.db import WORK_CHANNEL, Database
-from app.repositories import idempotency, revisions, workqueue
+from app.repositories import idempotency, operations, revisions, workqueue
 from app.repositories.resources import ResourceRepository
 from app.services.kinds import KINDS
 
@@ -35,6 +35,7 @@ ERRORS = Counter("corral_reconcile_errors_total", "Reconcile passes that raised"
 MAX_BACKOFF = 300.0
 IDLE_POLL = 1.0  # picks up delayed keys and, on SQLite, other processes' enqueues
 IDEMPOTENCY_TTL = timedelta(hours=24)  # how long a retried action still gets its first answer
+OPERATIONS_TTL = timedelta(days=7)  # how long the record of guest operations is kept
 
 
 def _alive(pid: int) -> bool:
@@ -193,3 +194,4 @@ class Worker:
                     workqueue.enqueue(session, kind.work_key(namespace, name))
             revisions.compact_events(session, self.event_retention)
             idempotency.expire(session, IDEMPOTENCY_TTL)
+            operations.expire(session, OPERATIONS_TTL)

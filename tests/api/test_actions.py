@@ -72,3 +72,46 @@ def test_guest_views_need_a_connected_agent(api: httpx.Client, anon: httpx.Clien
     problem(anon.get(f"{INSTANCES}/g/guest"), 401)
     other = bearer(make_token(api, "o", [{"namespace": "elsewhere", "role": "admin"}]))
     problem(anon.get(f"{INSTANCES}/g/guest", headers=other), 404)
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "field"),
+    [
+        ("exec", {}, "command"),
+        ("exec", {"command": []}, "command"),
+        ("exec", {"command": [""]}, "command"),
+        ("exec", {"command": ["/bin/x", "a\u0000b"]}, "command"),
+        ("exec", {"command": ["/bin/x"] * 65}, "command"),
+        ("exec", {"command": ["/bin/x"], "timeoutSeconds": 0}, "timeoutSeconds"),
+        ("exec", {"command": ["/bin/x"], "stdinBase64": "@@@"}, "body"),
+        ("exec", {"command": ["/bin/x"], "stdin": "a", "stdinBase64": "YQ=="}, "body"),
+        ("exec", {"command": ["/bin/x"], "shell": True}, "shell"),
+        ("file-read", {"path": "relative/file"}, "path"),
+        ("file-read", {"path": "/x", "maxBytes": 10**9}, "maxBytes"),
+        ("file-write", {"path": "/x", "contentBase64": "not base64!"}, "contentBase64"),
+        ("file-write", {"path": "/x"}, "contentBase64"),
+    ],
+)
+def test_guest_operation_requests_are_validated(
+    api: httpx.Client, operation: str, body: dict, field: str
+) -> None:
+    api.post(INSTANCES, json=vmi("g"))
+    answer = problem(api.post(f"{INSTANCES}/g/guest/{operation}", json=body), 422)
+    assert answer["errors"][0]["field"].startswith(field), answer["errors"]
+
+
+def test_guest_operations_need_rights_and_an_agent(api: httpx.Client, anon: httpx.Client) -> None:
+    api.post(INSTANCES, json=vmi("g"))
+    operator = bearer(make_token(api, "op", [{"namespace": "default", "role": "operator"}]))
+    problem(anon.post(f"{INSTANCES}/g/guest/exec", json={"command": ["/bin/true"]}, headers=operator), 403)
+    problem(
+        anon.post(f"{INSTANCES}/g/guest/file-read", json={"path": "/etc/hostname"}, headers=operator), 403
+    )
+    # Operators may freeze; without a connected agent every operation answers 409 at once.
+    assert (
+        "AgentConnected" in problem(anon.post(f"{INSTANCES}/g/guest/freeze", headers=operator), 409)["detail"]
+    )
+    problem(api.post(f"{INSTANCES}/g/guest/exec", json={"command": ["/bin/true"]}), 409)
+    problem(api.post(f"{INSTANCES}/g/guest/thaw", json={"unexpected": 1}), 400)
+    problem(api.post(f"{INSTANCES}/nope/guest/exec", json={"command": ["/bin/true"]}), 404)
+    assert api.get(f"{INSTANCES}/g/guest/operations").json() == {"items": []}

@@ -3,14 +3,17 @@ CLI: the seed manifest through the whole state machine on a real TCG guest with 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.virt.driver import DomainNotFound, HypervisorError
+from app.virt.driver import DomainNotFound, EventKind, HypervisorError
 from app.virt.libvirt_driver import connect
-from tests.conftest import conditions, wait_for
+from tests.conftest import IMAGE_DIR, conditions, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "crl_integration-token"
@@ -40,6 +43,7 @@ class Serve:
         self.url, self.env, self.data = url, env, data
         self.client = httpx.Client(base_url=url, headers=AUTH, timeout=30)
         self.events: list[dict[str, Any]] = []
+        self.timed_events: list[tuple[float, dict[str, Any]]] = []  # (arrival, event)
 
     def watch(self) -> None:
         """Record every instance event from now on (a thread)."""
@@ -53,7 +57,9 @@ class Serve:
                         started.set()
                         for line in response.iter_lines():
                             if line:
-                                self.events.append(json.loads(line))
+                                event = json.loads(line)
+                                self.timed_events.append((time.monotonic(), event))
+                                self.events.append(event)
                 except httpx.HTTPError:
                     return  # the server stopped
 
@@ -315,4 +321,87 @@ def test_a_killed_corral_restarts_and_converges(tmp_path: Path) -> None:
         served.wait("test-vmi", "Running", agent=True)
         remove_all_instances(served)
     finally:
+        stop(proc, served)
+
+
+def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
+    """The real qemu-ga of the test guest: connect latency, info, exec, files, freeze/thaw, and its death."""
+    proc, served = launch(tmp_path / "data", "qemu:///system")
+    hv = connect("qemu:///system")
+    agent_events: queue.Queue[tuple[float, str]] = queue.Queue()
+    hv.subscribe(
+        lambda e: agent_events.put((time.monotonic(), e.event)) if e.kind is EventKind.AGENT else None
+    )
+    try:
+        served.watch()
+        seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
+        served.client.post(INSTANCES, content=seed, headers={"Content-Type": "application/yaml"})
+        served.wait("test-vmi", "Running", agent=True)
+        connected_at = next(
+            t for t, event in iter(lambda: agent_events.get(timeout=5), None) if event == "Connected"
+        )
+        shown_at = next(
+            t for t, e in served.timed_events if conditions(e["object"]).get("AgentConnected") == "True"
+        )
+        assert shown_at - connected_at < 1.0, (
+            f"AgentConnected shown {shown_at - connected_at:.3f}s after libvirt"
+        )
+
+        base = f"{INSTANCES}/test-vmi/guest"
+        kernel = (IMAGE_DIR / "corral" / "test-guest" / "latest" / "kernel-version").read_text().strip()
+        ran = served.client.post(f"{base}/exec", json={"command": ["/bin/uname", "-r"]})
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["stdout"].strip() == kernel and ran.json()["exitCode"] == 0
+        piped = served.client.post(f"{base}/exec", json={"command": ["/bin/cat"], "stdinBase64":
+                                   base64.b64encode(b"\x00\xffbinary").decode()}).json()  # fmt: skip
+        assert base64.b64decode(piped["stdoutBase64"]) == b"\x00\xffbinary"
+        failed = served.client.post(
+            f"{base}/exec", json={"command": ["/bin/sh", "-c", "echo oops >&2; exit 3"]}
+        )
+        assert failed.json()["exitCode"] == 3 and failed.json()["stderr"] == "oops\n"
+        missing = served.client.post(f"{base}/exec", json={"command": ["/no/such/program"]})
+        assert missing.status_code == 422 and "No such file" in missing.json()["detail"]
+
+        payload = os.urandom(200_000)
+        wrote = served.client.post(f"{base}/file-write", json={"path": "/tmp/corral.bin",
+                                   "contentBase64": base64.b64encode(payload).decode()})  # fmt: skip
+        assert wrote.status_code == 200 and wrote.json()["size"] == len(payload)
+        read = served.client.post(f"{base}/file-read", json={"path": "/tmp/corral.bin"})
+        assert base64.b64decode(read.json()["contentBase64"]) == payload
+        small = served.client.post(f"{base}/file-read", json={"path": "/tmp/corral.bin", "maxBytes": 1000})
+        assert small.status_code == 413
+        absent = served.client.post(f"{base}/file-read", json={"path": "/nonexistent"})
+        assert absent.status_code == 422
+
+        frozen = served.client.post(f"{base}/freeze")
+        assert frozen.status_code == 200 and frozen.json()["fsFreezeStatus"] == "frozen"
+        assert served.get("test-vmi")["status"]["fsFreezeStatus"] == "frozen"
+        thawed = served.client.post(f"{base}/thaw")
+        assert thawed.json()["fsFreezeStatus"] == "thawed"
+
+        record = served.client.get(f"{base}/operations").json()["items"]
+        assert [r["kind"] for r in record][:3] == ["thaw", "freeze", "file-read"]
+        assert all(r["requestedBy"] == "bootstrap-admin" for r in record)
+        write_record = next(r for r in record if r["kind"] == "file-write")
+        assert (
+            "contentBase64" not in write_record["request"] and write_record["request"]["contentBase64Length"]
+        )
+
+        # qemu-ga dies in the guest: AgentConnected goes False and the guest endpoints answer 409 at once.
+        before = time.monotonic()
+        served.client.post(f"{base}/exec", json={"command": ["/bin/sh", "-c",
+                           "(sleep 0.3; killall qemu-ga) >/dev/null 2>&1 &"]})  # fmt: skip
+
+        def agent_lost() -> bool:
+            return any(t > before and conditions(e["object"]).get("AgentConnected") == "False"
+                       for t, e in served.timed_events)  # fmt: skip
+
+        wait_for(agent_lost, timeout=5, what="AgentConnected=False")
+        started = time.monotonic()
+        gone = served.client.get(base)
+        assert gone.status_code == 409 and time.monotonic() - started < 1.0
+        served.wait("test-vmi", "Running", agent=True)  # the guest's init restarts qemu-ga
+        remove_all_instances(served)
+    finally:
+        hv.close()
         stop(proc, served)

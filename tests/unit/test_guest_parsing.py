@@ -54,3 +54,23 @@ def test_hostile_replies_are_bounded_and_cleaned() -> None:
         assert info["supportedCommands"] == [] and (
             info["agentVersion"] is None or info["agentVersion"].isprintable()
         )
+
+
+def test_exec_replies_are_bounded_and_malformed_ones_refused() -> None:
+    import base64
+
+    import pytest
+
+    from app.virt.guest import MAX_OUTPUT, MalformedReply, exec_result
+
+    big = base64.b64encode(b"x" * (MAX_OUTPUT + 10)).decode()
+    reply = {"exited": True, "exitcode": 0, "out-data": big, "err-data": "", "err-truncated": True}
+    result = exec_result(reply, timed_out=False)
+    assert len(result["stdout"]) == MAX_OUTPUT and result["stdoutTruncated"] and result["stderrTruncated"]
+    assert exec_result({"exited": False}, timed_out=True) == {
+        "exitCode": None, "signal": None, "timedOut": True, "stdout": b"", "stdoutTruncated": False,
+        "stderr": b"", "stderrTruncated": False}  # fmt: skip
+    assert exec_result({"exitcode": -1, "signal": "nine"}, timed_out=False)["exitCode"] is None
+    for bad in ("not base64!", 42, ["list"]):
+        with pytest.raises(MalformedReply):
+            exec_result({"exited": True, "out-data": bad}, timed_out=False)

@@ -1,0 +1,53 @@
+"""Running queued guest agent operations (exec, files, freeze/thaw) and turning outcomes into answers."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
+from app.virt.driver import (
+    AgentUnavailable,
+    GuestCommandFailed,
+    GuestFileTooLarge,
+    Hypervisor,
+    HypervisorError,
+)
+from app.virt.guest import MalformedReply
+
+
+def run_operation(hv: Hypervisor, domain: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    if kind == "exec":
+        spec = ExecRequest.model_validate(request)
+        outcome = hv.guest_exec(domain, spec.command, spec.stdin_bytes(), spec.timeout_seconds)
+        result = {k: v for k, v in outcome.items() if k not in ("stdout", "stderr")}
+        for stream in ("stdout", "stderr"):
+            raw: bytes = outcome[stream]
+            result[stream] = raw.decode(errors="replace")
+            result[f"{stream}Base64"] = base64.b64encode(raw).decode()
+        return result
+    if kind == "file-read":
+        read = FileReadRequest.model_validate(request)
+        data = hv.guest_file_read(domain, read.path, read.max_bytes)
+        return {"path": read.path, "size": len(data), "contentBase64": base64.b64encode(data).decode()}
+    if kind == "file-write":
+        write = FileWriteRequest.model_validate(request)
+        data = base64.b64decode(write.content_base64)
+        hv.guest_file_write(domain, write.path, data)
+        return {"path": write.path, "size": len(data)}
+    return hv.guest_fsfreeze(domain, freeze=kind == "freeze")
+
+
+def failure(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and message an operation's failure answers with."""
+    if isinstance(exc, AgentUnavailable):
+        return 409, f"the guest agent is not answering (AgentConnected=False or busy): {exc}"
+    if isinstance(exc, GuestFileTooLarge):
+        return 413, str(exc)
+    if isinstance(exc, GuestCommandFailed):
+        return 422, f"the guest refused: {exc}"
+    if isinstance(exc, MalformedReply):
+        return 502, str(exc)
+    if isinstance(exc, HypervisorError):
+        return 502, f"libvirt: {exc}"
+    raise exc
