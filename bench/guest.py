@@ -68,7 +68,9 @@ def main() -> None:
                 client.post(BASE, json={"metadata": {"name": "g"}, "spec": spec}).raise_for_status()
             else:
                 client.post(f"{BASE}/g/restart").raise_for_status()
-            shown = watch.wait("g", agent_connected, before)
+            # After a restart the agent first goes away; the reconnect is what is timed.
+            lost = watch.wait("g", lambda obj: not agent_connected(obj), before) if boot else before
+            shown = watch.wait("g", agent_connected, lost)
             with lock:
                 lock.wait_for(lambda t=before: any(c > t for c in connected), timeout=60)
                 event = min(c for c in connected if c > before)

@@ -142,7 +142,11 @@ class InstanceReconciler:
         except HypervisorUnavailable as exc:
             self.hypervisors.forget(snap.node_name or "")
             step = Step(Observed("Unknown", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
-        self._write(snap, step)
+        self._write(snap, step)  # the state first: AgentConnected is not held back by the report below
+        if hv is not None and step.observed.agent == "True":
+            guest = self._guest_report(snap, hv, now())
+            if guest is not None:
+                self._write(snap, Step(step.observed, guest=guest))
         self._run_operations(snap, hv, step.observed.agent)
         return Result(requeue_after=step.requeue)
 
@@ -419,9 +423,7 @@ class InstanceReconciler:
         else:
             agent = "True" if running and hv.agent_connected(snap.domain) else "False"
             agent_reason = "AgentNotConnected" if running else "DomainNotRunning"
-        guest = None
-        if agent == "True":
-            guest = self._guest_report(snap, hv, now_)
+        if agent == "True":  # the next report is due in a minute
             requeue = min(requeue or GUEST_REFRESH, GUEST_REFRESH)
         devices = snap.spec.domain.devices
         passthrough = bool(devices.gpus or devices.host_devices)
@@ -433,9 +435,7 @@ class InstanceReconciler:
             live_migratable=not passthrough,
             migratable_reason="HostDeviceNotLiveMigratable" if passthrough else "Migratable",
         )
-        return Step(
-            observed, progress=progress, intent=intent or None, requeue=requeue, extra=extra, guest=guest
-        )
+        return Step(observed, progress=progress, intent=intent or None, requeue=requeue, extra=extra)
 
     @staticmethod
     def _guest_report(snap: Snapshot, hv: Hypervisor, at: datetime) -> dict[str, Any] | None:
