@@ -27,7 +27,7 @@ from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
 from app.schemas.conditions import find_condition, set_condition
-from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.schemas.instance import InstanceSpec, requested_devices, requested_memory, requested_vcpus
 from app.schemas.operations import audit_view
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.services.kinds import INSTANCES, NODES, POOLS
@@ -251,7 +251,8 @@ class InstanceReconciler:
 
     # -- placement -----------------------------------------------------------------------------------
     def _schedule(self, snap: Snapshot) -> Snapshot:
-        request = Request(requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector)
+        request = Request(requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector,
+                          requested_devices(snap.spec))  # fmt: skip
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
             # Locking the node rows serializes placements, so two passes cannot both take the last room.

@@ -27,6 +27,9 @@ class Request:
     vcpus: int
     memory: int
     node_selector: dict[str, str] = field(default_factory=dict)
+    # Host devices (gpus/hostDevices deviceNames and extended resources such as nvidia.com/gpu): placement
+    # needs a node whose device inventory offers them; no node has an inventory yet, so none qualifies.
+    devices: tuple[str, ...] = ()
 
 
 def node_view(
@@ -60,6 +63,8 @@ def why_not(node: NodeView, request: Request) -> str | None:
     mismatched = [k for k, v in request.node_selector.items() if node.labels.get(k) != v]
     if mismatched:
         return f"nodeSelector {', '.join(sorted(mismatched))} does not match"
+    if request.devices:
+        return f"offers no host device {', '.join(request.devices)}"
     if node.cpu - node.used_cpu < request.vcpus:
         return f"insufficient cpu (requested {request.vcpus}, free {node.cpu - node.used_cpu})"
     free = node.memory - node.used_memory

@@ -94,6 +94,10 @@ def test_placement_prefers_room_and_explains_refusals() -> None:
         "cordoned": "unschedulable",
     }
     assert why_not(node("x"), Request(1, GIB)) is None
+    assert (
+        why_not(node("x"), Request(1, GIB, devices=("nvidia.com/gpu",)))
+        == "offers no host device nvidia.com/gpu"
+    )
     none, why = choose(nodes[:2], request)
     assert none is None and unschedulable_message(2, why).startswith("0/2 nodes can run it: busy-cpu: insuff")
     assert unschedulable_message(0, {}) == "0/0 nodes: no node is registered"
