@@ -12,7 +12,7 @@ from app.db import Database
 from app.errors import BadRequest, FieldError, UnsupportedMediaType
 from app.services.auth import Principal, authenticate
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 8 * 1024 * 1024  # room for a 4 MiB guest file in base64
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
@@ -46,7 +46,7 @@ async def read_body(request: Request, *, patch: bool = False) -> Any:
     media = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("the body is larger than 4 MiB", [FieldError("body", "too large")])
+        raise BadRequest("the body is larger than 8 MiB", [FieldError("body", "too large")])
     if patch and media == "application/json":
         raise UnsupportedMediaType("PATCH takes application/merge-patch+json (or application/yaml)")
     if media in JSON_TYPES:

@@ -90,6 +90,8 @@ def test_guest_views_need_a_connected_agent(api: httpx.Client, anon: httpx.Clien
         ("file-read", {"path": "/x", "maxBytes": 10**9}, "maxBytes"),
         ("file-write", {"path": "/x", "contentBase64": "not base64!"}, "contentBase64"),
         ("file-write", {"path": "/x"}, "contentBase64"),
+        ("file-write", {"path": "/x", "contentBase64": "QUFB" * ((4 << 20) // 3 + 1)}, "contentBase64"),
+        ("exec", {"command": ["/bin/cat"], "stdin": "x" * ((1 << 20) + 1)}, "stdin"),
     ],
 )
 def test_guest_operation_requests_are_validated(
@@ -98,6 +100,14 @@ def test_guest_operation_requests_are_validated(
     api.post(INSTANCES, json=vmi("g"))
     answer = problem(api.post(f"{INSTANCES}/g/guest/{operation}", json=body), 422)
     assert answer["errors"][0]["field"].startswith(field), answer["errors"]
+
+
+def test_bodies_over_8_mib_are_refused(api: httpx.Client) -> None:
+    api.post(INSTANCES, json=vmi("g"))
+    huge = b'{"path": "/x", "contentBase64": "' + b"A" * (8 << 20) + b'"}'
+    answer = problem(api.post(f"{INSTANCES}/g/guest/file-write", content=huge,
+                              headers={"Content-Type": "application/json"}), 400)  # fmt: skip
+    assert "8 MiB" in answer["detail"]
 
 
 def test_guest_operations_need_rights_and_an_agent(api: httpx.Client, anon: httpx.Client) -> None:
