@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
 from app.errors import BadRequest, FieldError, UnsupportedMediaType
 from app.services.auth import Principal, authenticate
 
+T = TypeVar("T")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # room for a 4 MiB guest file in base64
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -71,6 +75,19 @@ async def read_body(request: Request, *, patch: bool = False) -> Any:
         ("application/merge-patch+json", *YAML_TYPES[:1]) if patch else (JSON_TYPES[0], YAML_TYPES[0])
     )
     raise UnsupportedMediaType(f"content type {media!r} is not accepted; use {accepted}")
+
+
+async def poll_until(db: Database, channel: str, probe: Callable[[], T | None], timeout: float) -> T | None:
+    """Run `probe` (in a thread) until it finds something or `timeout` passes; a signal on `channel` runs it
+    again at once, and a 1 s poll covers writers the hub cannot hear (another process on SQLite)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = db.hub.counter(channel)
+        found = await run_in_threadpool(probe)
+        left = deadline - time.monotonic()
+        if found is not None or left <= 0:
+            return found
+        await db.hub.wait_async(channel, seen, min(left, 1.0))
 
 
 async def optional_body(request: Request) -> Any:

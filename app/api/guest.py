@@ -1,12 +1,11 @@
 """The guest agent's view of an instance: OS, hostname, timezone, interfaces, filesystems, users."""
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller
+from app.api.deps import DB, Caller, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
@@ -35,13 +34,14 @@ async def current(db: DB, caller: Caller, namespace: str, name: str, refresh: bo
             return GuestService(session).request_refresh(namespace, name)
 
     before = await run_in_threadpool(ask)
-    deadline = time.monotonic() + REFRESH_WAIT
-    while (left := deadline - time.monotonic()) > 0:
-        seen = db.hub.counter(EVENTS_CHANNEL)
-        report = await run_in_threadpool(read)
-        if report.get("observedAt") != before:
-            return guest_view(report)
-        await db.hub.wait_async(EVENTS_CHANNEL, seen, min(left, 1.0))
+
+    def fresh() -> dict[str, Any] | None:
+        report = read()
+        return report if report.get("observedAt") != before else None
+
+    report = await poll_until(db, EVENTS_CHANNEL, fresh, REFRESH_WAIT)
+    if report is not None:
+        return guest_view(report)
     raise Unavailable(f"the guest agent of {name!r} did not report within {REFRESH_WAIT:.0f}s",
                       headers={"Retry-After": "5"})  # fmt: skip
 

@@ -1,12 +1,11 @@
 """Guest agent operations: exec, file-read, file-write, freeze, thaw, and the record of who ran what."""
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body
+from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import OPERATIONS_CHANNEL
 from app.errors import GatewayTimeout
@@ -49,18 +48,14 @@ def add_operation(kind: OperationKind) -> None:
 
         operation_id = await run_in_threadpool(submit)
         timeout = float((body or {}).get("timeoutSeconds", 30)) if isinstance(body, dict) else 30.0
-        deadline = time.monotonic() + timeout + SLACK
-        while (left := deadline - time.monotonic()) > 0:
-            seen = db.hub.counter(OPERATIONS_CHANNEL)
 
-            def outcome() -> dict[str, Any] | None:
-                with db.read() as session:
-                    return OperationService(session).outcome(operation_id)
+        def outcome() -> dict[str, Any] | None:
+            with db.read() as session:
+                return OperationService(session).outcome(operation_id)
 
-            result = await run_in_threadpool(outcome)
-            if result is not None:
-                return {"id": operation_id, **result}
-            await db.hub.wait_async(OPERATIONS_CHANNEL, seen, min(left, 1.0))
+        result = await poll_until(db, OPERATIONS_CHANNEL, outcome, timeout + SLACK)
+        if result is not None:
+            return {"id": operation_id, **result}
         where = BASE.format(namespace=namespace, name=name)
         raise GatewayTimeout(f"operation {operation_id} has not finished; see {where}/operations")
 

@@ -5,9 +5,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import Counter, Histogram
-from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body
+from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
@@ -56,14 +55,7 @@ async def claim(
         with db.transaction() as session:
             return PoolService(session).claim(namespace, name, body)
 
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        seen = db.hub.counter(EVENTS_CHANNEL)
-        claimed = await run_in_threadpool(attempt)
-        left = deadline - time.monotonic()
-        if claimed is not None or left <= 0:
-            break
-        await db.hub.wait_async(EVENTS_CHANNEL, seen, min(left, 1.0))  # a member's status write wakes us
+    claimed = await poll_until(db, EVENTS_CHANNEL, attempt, wait_seconds)  # member status writes wake it
     result = "hit" if claimed is not None else "miss"
     CLAIMS.labels(namespace, name, result).inc()
     CLAIM_SECONDS.labels(result).observe(time.perf_counter() - started)

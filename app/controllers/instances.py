@@ -339,8 +339,7 @@ class InstanceReconciler:
             info = self._lookup(hv, snap.domain) or info
         if int(snap.intent.get("softReboot", 0)) > int(state.get("softRebootDone", 0)):
             if info.state is DomainState.RUNNING:
-                mode = ShutdownMode.AGENT if hv.agent_connected(snap.domain) else ShutdownMode.ACPI
-                hv.reboot(snap.domain, mode)
+                hv.reboot(snap.domain, agent_or_acpi(hv, snap.domain))
             progress["softRebootDone"] = int(snap.intent.get("softReboot", 0))
         if int(snap.intent.get("pause", 0)) > int(state.get("pauseDone", 0)):
             if snap.intent.get("paused") and info.state is DomainState.RUNNING:
@@ -523,9 +522,8 @@ class InstanceReconciler:
 
     def _graceful_stop(self, hv: Hypervisor, domain: str) -> None:
         """ACPI power button, or the guest agent when it is connected; a refusal means power off."""
-        mode = ShutdownMode.AGENT if hv.agent_connected(domain) else ShutdownMode.ACPI
         try:
-            hv.shutdown(domain, mode)
+            hv.shutdown(domain, agent_or_acpi(hv, domain))
         except HypervisorError as exc:
             log.info("%s: graceful shutdown failed (%s); powering off", domain, exc)
             self._hard_stop(hv, domain)
@@ -601,6 +599,11 @@ class InstanceReconciler:
                 return Step(Observed("Failed", "InvalidConfiguration", str(exc)[:500]))
             undo.pop_all()
             return info
+
+
+def agent_or_acpi(hv: Hypervisor, domain: str) -> ShutdownMode:
+    """Graceful shutdown and reboot go through the guest agent when it is connected, else ACPI."""
+    return ShutdownMode.AGENT if hv.agent_connected(domain) else ShutdownMode.ACPI
 
 
 def _overlay_of(image: images.Image) -> tuple[int, tuple[str, str]]:

@@ -72,11 +72,10 @@ class PoolService(ResourceService):
             intent = dict(member.intent or {})
             intent.update(pause=int(intent.get("pause", 0)) + 1, paused=False, requestedAt=now().isoformat())
             member.intent = intent
-        repo = InstanceService(self.session).repo
         if request.name is not None and request.name != member.name:
-            repo.rename(member, request.name)
+            self.instances.rename(member, request.name)
         else:
-            repo.touch(member)
+            self.instances.touch(member)
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, member.name))
         workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
         return to_object(INSTANCES.info, member)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
 from prometheus_client import Counter
 
@@ -26,7 +25,7 @@ class EventBridge:
     def __init__(self, db: Database, reconcilers: list[Reconciler]) -> None:
         self.db = db
         self.reconcilers = reconcilers  # read per event, so the list may be filled after construction
-        self._queue: queue.Queue[tuple[str, HypervisorEvent, float] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, HypervisorEvent] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
 
     def start(self) -> None:
@@ -38,11 +37,11 @@ class EventBridge:
 
     def __call__(self, node: str, event: HypervisorEvent) -> None:
         EVENTS.labels(event.kind.value, event.event).inc()
-        self._queue.put((node, event, time.monotonic()))
+        self._queue.put((node, event))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            node, event, _received = item
+            node, event = item
             try:
                 with self.db.transaction() as session:
                     for reconciler in self.reconcilers:
