@@ -1,4 +1,5 @@
-"""The `corral` command: the server (serve, api, worker, migrate) and a small client (apply, get, delete)."""
+"""The `corral` command: the server (serve, api, worker, db-upgrade, openapi) and a small client (apply, get,
+delete, claim, migrate, drain)."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
+def cmd_db_upgrade(_: argparse.Namespace) -> int:
     from app import migrate
 
     migrate.upgrade(get_settings().resolved_database_url())
@@ -228,6 +229,25 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    body = {"targetNode": args.target_node} if args.target_node else {}
+    with _client(args) as client:
+        created = _check(client.post(_path("instances", args.namespace, args.name) + "/migrate", json=body))
+    print(f"migrations/{created['metadata']['name']} created for instances/{args.name}")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        path = f"/v1/nodes/{args.node}/drain"
+        drain = _check(client.delete(path) if args.cancel else client.post(path))
+    for m in drain["migrations"]:
+        print(f"{m['namespace']}/{m['vmiName']}: migrations/{m['name']} {m.get('phase') or ''}")
+    for refused in drain["notMigratable"]:
+        print(f"{refused['namespace']}/{refused['name']}: not migrated: {refused['reason']}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     plural = ALIASES.get(args.resource, args.resource)
     with _client(args) as client:
@@ -253,8 +273,8 @@ def parser() -> argparse.ArgumentParser:
     openapi = sub.add_parser("openapi", help="print the OpenAPI document (openapi/openapi.json)")
     openapi.add_argument("-o", "--output", help="write to this file")
     openapi.set_defaults(fn=cmd_openapi)
-    sub.add_parser("migrate", help="bring the database schema to the latest revision").set_defaults(
-        fn=cmd_migrate
+    sub.add_parser("db-upgrade", help="bring the database schema to the latest revision").set_defaults(
+        fn=cmd_db_upgrade
     )
 
     def client_parser(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
@@ -277,6 +297,12 @@ def parser() -> argparse.ArgumentParser:
     claim.add_argument("--name", help="the claimed instance's new name")
     claim.add_argument("-l", "--label", action="append", default=[], help="k=v (repeatable)")
     claim.add_argument("--wait", type=float, default=0, help="seconds to wait for a ready member")
+    migrate = client_parser("migrate", cmd_migrate, "live-migrate an instance to another node")
+    migrate.add_argument("name")
+    migrate.add_argument("--target-node", help="the node to move to (default: chosen by Corral)")
+    drain = client_parser("drain", cmd_drain, "live-migrate everything off a node (admin)")
+    drain.add_argument("node")
+    drain.add_argument("--cancel", action="store_true", help="abort the drain's unfinished migrations")
     delete = client_parser("delete", cmd_delete, "delete an object")
     delete.add_argument("resource")
     delete.add_argument("name")

@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     cpu_allocation_ratio: int = Field(
         default=10, ge=1, le=100, description="vCPUs a node may host per physical CPU (KubeVirt's default)."
     )
+    # Cluster defaults of the migration policy (KubeVirt's and Nova's defaults); a migration may override.
+    migration_bandwidth_mib: int = Field(default=0, ge=0, description="MiB/s per migration; 0: unlimited.")
+    migration_max_downtime_ms: int = Field(default=300, ge=1, description="Top of the downtime ramp.")
+    migration_downtime_steps: int = Field(default=10, ge=1, le=100, description="Steps of the downtime ramp.")
+    migration_downtime_delay_per_gib: int = Field(
+        default=75, ge=0, description="Seconds per GiB of guest memory between two ramp steps."
+    )
+    migration_completion_timeout_per_gib: int = Field(default=150, ge=1)
+    migration_allow_auto_converge: bool = False
+    migration_allow_post_copy: bool = False
+    migrations_per_node: int = Field(
+        default=2, ge=1, le=64, description="Migrations in flight at once per node (in or out)."
+    )
     lease_seconds: float = Field(default=30.0, gt=1)
     event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
 

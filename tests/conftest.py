@@ -35,6 +35,7 @@ TABLES = (
     "nodes",
     "instances",
     "pools",
+    "migrations",
     "resource_events",
     "work_items",
     "settings",

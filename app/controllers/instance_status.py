@@ -96,14 +96,9 @@ def render(
     status.update(extra or {})
 
     phase, why = observed.phase, observed.reason or observed.phase
-    set_condition(
-        status,
-        "Ready",
-        "True" if phase == "Running" else "False",
-        "Running" if phase == "Running" else why,
-        observed.message if phase != "Running" else "",
-        at,
-    )
+    ready = phase in ("Running", "Migrating")  # a guest being live-migrated keeps running
+    set_condition(status, "Ready", "True" if ready else "False", "Running" if ready else why,
+                  "" if ready else observed.message, at)  # fmt: skip
     set_condition(
         status,
         "Paused",

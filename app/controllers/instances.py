@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.controllers.base import Result
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
 from app.controllers.operations import failure, run_operation
-from app.controllers.scheduling import MIB, Request, choose, node_view, unschedulable_message
+from app.controllers.scheduling import MIB, NodeView, Request, choose, node_view, unschedulable_message
 from app.db import OPERATIONS_CHANNEL, Database, signal
 from app.repositories import operations, workqueue
 from app.repositories.instances import InstanceRepository
@@ -28,9 +28,10 @@ from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
 from app.schemas.conditions import find_condition, set_condition
 from app.schemas.instance import InstanceSpec, requested_devices, requested_memory, requested_vcpus
+from app.schemas.migration import FINISHED
 from app.schemas.operations import audit_view
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
-from app.services.kinds import INSTANCES, NODES, POOLS
+from app.services.kinds import INSTANCES, MIGRATIONS, NODES, POOLS
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import (
@@ -78,11 +79,13 @@ class Snapshot:
     deleting: bool
     node: dict[str, Any] | None = None  # {"uri", "virtType"} of the placed node, when it still exists
     guest: dict[str, Any] = field(default_factory=dict)  # the guest agent's last report
+    migration: dict[str, Any] | None = (
+        None  # the unfinished migration holding the instance: {uid, name, target}
+    )
 
     @property
     def domain(self) -> str:
-        # Unique on the node even after a claim renames the instance (its domain keeps the first name).
-        return str(self.progress.get("domain") or f"{self.namespace}.{self.name}.{self.uid[:8]}")
+        return domain_name(self.namespace, self.name, self.uid, self.progress)
 
 
 @dataclass
@@ -125,6 +128,8 @@ class InstanceReconciler:
         snap = self._read(namespace, name)
         if snap is None:
             return Result()
+        if snap.migration is not None:
+            return self._migrating(snap, snap.migration)
         if snap.deleting:
             return self._teardown(snap)
         if snap.node_name is None:
@@ -149,6 +154,20 @@ class InstanceReconciler:
                 self._write(snap, Step(step.observed, guest=guest))
         self._run_operations(snap, hv, step.observed.agent)
         return Result(requeue_after=step.requeue)
+
+    def _migrating(self, snap: Snapshot, migration: dict[str, Any]) -> Result:
+        """A migration owns the domain until it finishes: report, never act (a delete waits for its abort)."""
+        agent = (find_condition(snap.status, "AgentConnected") or {}).get("status", "False")
+        if snap.deleting:
+            message = f"aborting migration {migration['name']} first"
+            observed = Observed("Terminating", "WaitingForMigration", message, agent=agent)
+        else:
+            message = f"migration {migration['name']} to node {migration['target']}"
+            observed = Observed(
+                "Migrating", "Migrating", message, agent=agent, agent_reason="AgentNotConnected"
+            )
+        self._write(snap, Step(observed))
+        return Result(requeue_after=STOPPING_POLL if snap.deleting else None)
 
     def _run_operations(self, snap: Snapshot, hv: Hypervisor | None, agent: str) -> None:
         """Guest operations queued for this instance, one at a time, in the order they were asked."""
@@ -208,6 +227,11 @@ class InstanceReconciler:
                 row.deleted_at is not None,
                 guest=dict(row.guest or {}),
             )
+            lock = (row.progress or {}).get("migration")
+            if lock:
+                migration = ResourceRepository[Any](session, MIGRATIONS.info).get_by_uid(lock["uid"])
+                if migration is not None and (migration.status or {}).get("phase") not in FINISHED:
+                    snap.migration = lock
             if row.node_name is not None:
                 node = ResourceRepository[Any](session, NODES.info).get("", row.node_name)
                 if node is not None:
@@ -255,20 +279,7 @@ class InstanceReconciler:
                           requested_devices(snap.spec))  # fmt: skip
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
-            # Locking the node rows serializes placements, so two passes cannot both take the last room.
-            node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
-            used: dict[str, tuple[int, int]] = {}
-            for other in instances.placed():
-                if other.uid == snap.uid or other.node_name is None:
-                    continue
-                spec = InstanceSpec.model_validate(other.spec)
-                cpu, mem = used.get(other.node_name, (0, 0))
-                used[other.node_name] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
-            views = [
-                node_view(n.name, n.labels or {}, n.spec, n.status or {}, *used.get(n.name, (0, 0)))
-                for n in node_rows
-                if n.deleted_at is None
-            ]
+            node_rows, views = cluster_views(session, snap.uid)
             chosen, reasons = choose(views, request)
             row = instances.get(snap.namespace, snap.name, for_update=True)
             if row is None or row.uid != snap.uid:
@@ -599,6 +610,33 @@ class InstanceReconciler:
                 return Step(Observed("Failed", "InvalidConfiguration", str(exc)[:500]))
             undo.pop_all()
             return info
+
+
+def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[NodeView]]:
+    """The nodes, locked, and what each has free. Locking the node rows serializes placements (instances
+    and migration targets), so two passes cannot both take the last room. A migrating instance holds room
+    on its source and its target."""
+    node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
+    used: dict[str, tuple[int, int]] = {}
+    for other in InstanceRepository(session).placed():
+        if other.uid == exclude_uid or other.node_name is None:
+            continue
+        spec = InstanceSpec.model_validate(other.spec)
+        target = ((other.progress or {}).get("migration") or {}).get("target")
+        for node in {str(other.node_name), *([str(target)] if target else [])}:
+            cpu, mem = used.get(node, (0, 0))
+            used[node] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
+    views = [
+        node_view(n.name, n.labels or {}, n.spec, n.status or {}, *used.get(n.name, (0, 0)))
+        for n in node_rows
+        if n.deleted_at is None
+    ]
+    return node_rows, views
+
+
+def domain_name(namespace: str, name: str, uid: str, progress: dict[str, Any]) -> str:
+    # Unique on the node even after a claim renames the instance (its domain keeps the first name).
+    return str(progress.get("domain") or f"{namespace}.{name}.{uid[:8]}")
 
 
 def agent_or_acpi(hv: Hypervisor, domain: str) -> ShutdownMode:

@@ -5,7 +5,7 @@ from app.models.base import Base, ResourceRow
 from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
 from app.models.operations import OperationRow
-from app.models.resources import InstanceRow, NodeRow, PoolRow
+from app.models.resources import InstanceRow, MigrationRow, NodeRow, PoolRow
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
 
@@ -15,6 +15,7 @@ __all__ = [
     "GrantRow",
     "IdempotencyRow",
     "InstanceRow",
+    "MigrationRow",
     "NodeRow",
     "OperationRow",
     "PoolRow",

@@ -35,3 +35,13 @@ class InstanceRow(ResourceRow, Base):
 class PoolRow(ResourceRow, Base):
     __tablename__ = "pools"
     __table_args__ = (UniqueConstraint("namespace", "name", name="uq_pools_namespace_name"),)
+
+
+class MigrationRow(ResourceRow, Base):
+    __tablename__ = "migrations"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_migrations_namespace_name"),)
+
+    # The instance it moves (spec.vmiName), a column so "the migrations of this instance" needs no JSON.
+    vmi_name: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
+    # Requests beside the spec (abort), written by the API and read by the worker driving the migration.
+    intent: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.models import InstanceRow, NodeRow, PoolRow
+from app.models import InstanceRow, MigrationRow, NodeRow, PoolRow
 from app.repositories.resources import KindInfo
 
 NODE_INFO = KindInfo(kind="Node", api_version="corral.dev/v1", row=NodeRow, namespaced=False)
@@ -11,3 +11,6 @@ POOL_INFO = KindInfo(
 )
 INSTANCE_INFO = KindInfo(kind="VirtualMachineInstance", api_version="kubevirt.io/v1", row=InstanceRow,
                          namespaced=True)  # fmt: skip
+MIGRATION_INFO = KindInfo(
+    kind="VirtualMachineInstanceMigration", api_version="kubevirt.io/v1", row=MigrationRow, namespaced=True
+)

@@ -34,7 +34,14 @@ LibvirtUri = Annotated[str, Field(min_length=4, max_length=1024), AfterValidator
 
 class NodeSpec(ApiModel):
     uri: LibvirtUri = Field(description="libvirt connection URI of the host.")
-    unschedulable: bool = Field(default=False, description="No new instances are placed here.")
+    migration_uri: LibvirtUri | None = Field(
+        default=None,
+        description="The URI other nodes' libvirtd dial to migrate guests here (peer to peer), when it "
+        "differs from uri, e.g. qemu+tcp://10.0.0.2/system on a migration network. Default: uri.",
+    )
+    unschedulable: bool = Field(
+        default=False, description="No new instances are placed here (set by a drain, cleared by an admin)."
+    )
     virt_type: VirtType | None = Field(
         default=None,
         description="kvm (hardware virtualization) or qemu (TCG software emulation); detected when unset.",

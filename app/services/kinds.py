@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from app.repositories.kinds import INSTANCE_INFO, NODE_INFO, POOL_INFO
+from app.repositories.kinds import INSTANCE_INFO, MIGRATION_INFO, NODE_INFO, POOL_INFO
 from app.repositories.resources import KindInfo
 from app.schemas.common import ApiModel
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
+from app.schemas.migration import Migration, MigrationBody, MigrationList, MigrationSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
 from app.schemas.pool import Pool, PoolBody, PoolList, PoolSpec
 
@@ -81,7 +82,19 @@ POOLS = ResourceKind(
     write_role=Role.operator,
 )
 
-KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES, POOLS)}
+MIGRATIONS = ResourceKind(
+    info=MIGRATION_INFO,
+    plural="migrations",
+    singular="Migration",
+    api_versions=("kubevirt.io/v1",),
+    spec_model=MigrationSpec,
+    body_model=MigrationBody,
+    object_model=Migration,
+    list_model=MigrationList,
+    write_role=Role.operator,
+)
+
+KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS)}
 
 
 def parse_work_key(key: str) -> tuple[ResourceKind, str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES, KINDS, NODES, POOLS
+from app.services.kinds import INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
+from app.services.migrations import MigrationService
 from app.services.nodes import NodeService
 from app.services.pools import PoolService
 from app.services.resources import ResourceService
@@ -18,4 +19,6 @@ def service_for(session: Session, kind_name: str) -> ResourceService:
         return InstanceService(session)
     if kind_name == POOLS.kind:
         return PoolService(session)
+    if kind_name == MIGRATIONS.kind:
+        return MigrationService(session)
     return ResourceService(session, KINDS[kind_name])

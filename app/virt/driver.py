@@ -92,6 +92,28 @@ class HostInfo:
     paravirtual_kvm: bool | None = None  # None: unknown (a remote host)
 
 
+@dataclass(frozen=True)
+class MigrationOptions:
+    bandwidth_mib: int = 0  # 0: unlimited
+    auto_converge: bool = False
+    post_copy: bool = False  # allow a later switch to post-copy (start_post_copy)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A domain's job as libvirt reports it (a running migration, or the last completed one)."""
+
+    active: bool
+    elapsed_ms: int | None = None
+    data_total: int | None = None
+    data_processed: int | None = None
+    data_remaining: int | None = None
+    memory_dirty_rate: int | None = None  # bytes per second
+    memory_bps: int | None = None
+    iteration: int | None = None
+    downtime_ms: int | None = None
+
+
 class EventKind(StrEnum):
     LIFECYCLE = "Lifecycle"
     AGENT = "Agent"
@@ -170,6 +192,10 @@ class Hypervisor(Protocol):
         """A started directory storage pool at `path` (defined on first use)."""
         ...
 
+    def refresh_pool(self, name: str) -> None:
+        """Rescan the pool's directory (volumes another node created on shared storage)."""
+        ...
+
     def create_volume(self, pool: str, volume: str, capacity: int, backing: tuple[str, str] | None) -> str:
         """A qcow2 volume, copy-on-write over `backing` (path, format) when given; returns its path.
         An existing volume of that name is returned as it is."""
@@ -180,6 +206,21 @@ class Hypervisor(Protocol):
         ...
 
     def volume_path(self, pool: str, volume: str) -> str | None: ...
+
+    def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
+        """Live-migrate peer to peer (this node's libvirtd dials `destination_uri`), persistent on the
+        destination and undefined here; blocks until the migration ends. Raises on failure or abort."""
+        ...
+
+    def job_progress(self, name: str, *, completed: bool = False) -> JobProgress | None:
+        """The running job (or with `completed`, the last finished one); None when there is none."""
+        ...
+
+    def abort_job(self, name: str) -> None: ...
+
+    def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
+
+    def start_post_copy(self, name: str) -> None: ...
 
     def subscribe(self, callback: EventCallback) -> None: ...
 

@@ -38,6 +38,8 @@ from app.virt.driver import (
     HypervisorUnavailable,
     InvalidDomainConfig,
     InvalidOperation,
+    JobProgress,
+    MigrationOptions,
     ShutdownMode,
 )
 from app.virt.guest import (
@@ -485,6 +487,10 @@ class LibvirtHypervisor:
         if not self._call(pool.isActive):
             self._call(lambda: pool.create(0))
 
+    def refresh_pool(self, name: str) -> None:
+        pool = self._pool(name)
+        self._call(lambda: pool.refresh(0))
+
     def create_volume(self, pool: str, volume: str, capacity: int, backing: tuple[str, str] | None) -> str:
         existing = self.volume_path(pool, volume)
         if existing is not None:
@@ -516,6 +522,50 @@ class LibvirtHypervisor:
     def volume_path(self, pool: str, volume: str) -> str | None:
         found = self._volume(pool, volume)
         return None if found is None else str(self._call(found.path))
+
+    # -- migration -----------------------------------------------------------------------------------
+    def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)  # fmt: skip
+        if options.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        if options.post_copy:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        params: dict[str, Any] = {}
+        if options.bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
+        dom = self._domain(name)
+        self._call(lambda: dom.migrateToURI3(destination_uri, params, flags))
+
+    def job_progress(self, name: str, *, completed: bool = False) -> JobProgress | None:
+        dom = self._domain(name)
+        stats = self._call(lambda: dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0))
+        kind = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
+        if kind == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return JobProgress(
+            active=kind in (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED),
+            elapsed_ms=stats.get("time_elapsed"),
+            data_total=stats.get("data_total"),
+            data_processed=stats.get("data_processed"),
+            data_remaining=stats.get("data_remaining"),
+            memory_dirty_rate=stats.get("memory_dirty_rate"),
+            memory_bps=stats.get("memory_bps"),
+            iteration=stats.get("memory_iteration"),
+            downtime_ms=stats.get("downtime"),
+        )
+
+    def abort_job(self, name: str) -> None:
+        dom = self._domain(name)
+        self._call(dom.abortJob)
+
+    def set_max_downtime(self, name: str, milliseconds: int) -> None:
+        dom = self._domain(name)
+        self._call(lambda: dom.migrateSetMaxDowntime(milliseconds, 0))
+
+    def start_post_copy(self, name: str) -> None:
+        dom = self._domain(name)
+        self._call(lambda: dom.migrateStartPostCopy(0))
 
     # -- events --------------------------------------------------------------------------------------
     def subscribe(self, callback: EventCallback) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.controllers.base import Reconciler
 from app.controllers.instances import InstanceReconciler
+from app.controllers.migration_policy import Policy
+from app.controllers.migrations import MigrationReconciler
 from app.controllers.nodes import NodeReconciler
 from app.controllers.pools import PoolReconciler
 from app.db import Database
@@ -61,6 +63,18 @@ def register_local_node(db: Database, settings: Settings) -> None:
             log.info("registered the local libvirt as node 'local'")
 
 
+def migration_defaults(settings: Settings) -> Policy:
+    return Policy(
+        bandwidth_mib=settings.migration_bandwidth_mib,
+        max_downtime_ms=settings.migration_max_downtime_ms,
+        downtime_steps=settings.migration_downtime_steps,
+        downtime_delay_per_gib=settings.migration_downtime_delay_per_gib,
+        completion_timeout_per_gib=settings.migration_completion_timeout_per_gib,
+        allow_auto_converge=settings.migration_allow_auto_converge,
+        allow_post_copy=settings.migration_allow_post_copy,
+    )
+
+
 def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     reconcilers: list[Reconciler] = []
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
@@ -69,6 +83,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
         NodeReconciler(db, connections, settings.heartbeat_seconds, settings.cpu_allocation_ratio),
         InstanceReconciler(db, connections, settings.image_dir),
         PoolReconciler(db, settings.pool_burst),
+        MigrationReconciler(db, connections, migration_defaults(settings), settings.migrations_per_node),
     ]
     worker = Worker(
         db,

@@ -93,12 +93,14 @@ class Serve:
         assert response.status_code == 202, response.text
 
 
-def launch(data: Path, uri: str) -> tuple[subprocess.Popen[bytes], Serve]:
-    """`corral serve` on the embedded defaults (SQLite in `data`); returns once node local is Ready."""
+def launch(data: Path, uri: str, **settings: str) -> tuple[subprocess.Popen[bytes], Serve]:
+    """`corral serve` on the embedded defaults (SQLite in `data`), plus CORRAL_* `settings`; returns once
+    node local is Ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env |= {"CORRAL_DATA_DIR": str(data), "CORRAL_ADMIN_TOKEN": TOKEN, "CORRAL_HEARTBEAT_SECONDS": "2"}
-    if uri.startswith("test"):
+    env |= {f"CORRAL_{k.upper()}": v for k, v in settings.items()}
+    if uri != "qemu:///system":
         env["CORRAL_LIBVIRT_URI"] = uri  # qemu:///system is what `corral serve` picks by itself
     if "CORRAL_IMAGE_DIR" in os.environ:
         env["CORRAL_IMAGE_DIR"] = os.environ["CORRAL_IMAGE_DIR"]

@@ -1,0 +1,565 @@
+"""The migration reconciler: admit, choose a target, prepare it, run a peer-to-peer live migration while
+reporting libvirt's job progress, and hand the instance over to the target.
+
+A migration holds its instance from Scheduled until it finishes (`progress.migration` on the instance row,
+set and cleared in the same transactions as the migration's phase), so the instance reconciler reports
+Migrating and never acts on the domain meanwhile. A pass that finds a migration Running did not start it: the
+worker that did is gone. It waits for any libvirt job still running and then decides by where the domain
+runs, so the instance always ends on exactly one node and the database names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.controllers.base import Result
+from app.controllers.instances import POOL, cluster_views, domain_name
+from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
+from app.controllers.scheduling import Request, choose, unschedulable_message
+from app.db import Database
+from app.repositories import workqueue
+from app.repositories.migrations import MigrationRepository
+from app.repositories.resources import ResourceRepository
+from app.repositories.revisions import now
+from app.schemas.conditions import find_condition
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec
+from app.services.kinds import INSTANCES, MIGRATIONS, NODES
+from app.virt.driver import (
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    Hypervisor,
+    HypervisorError,
+    HypervisorEvent,
+    HypervisorPool,
+    JobProgress,
+    MigrationOptions,
+)
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.5  # progress reports and abort checks while a migration runs
+WAIT_FOR_ROOM = 2.0  # a Pending migration over the per-node limit looks again after this
+SETTLE_SECONDS = 1.0  # the domain is active on both nodes for a moment at the switch-over
+ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
+
+
+@dataclass
+class Snapshot:
+    namespace: str
+    name: str
+    uid: str
+    spec: MigrationSpec
+    status: dict[str, Any]
+    intent: dict[str, Any]
+    deleting: bool
+    instance: dict[str, Any] | None = None  # uid, node, phase, spec, domain, lock, deleting, migratable
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {uri, migrationUri}
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(self.status.get("migrationState") or {})
+
+    @property
+    def abort_wanted(self) -> bool:
+        return self.deleting or bool(self.intent.get("abort")) or bool((self.instance or {}).get("deleting"))
+
+
+def _stamp() -> str:
+    return now().isoformat().replace("+00:00", "Z")
+
+
+class MigrationReconciler:
+    kind = MIGRATIONS.kind
+
+    def __init__(
+        self,
+        db: Database,
+        hypervisors: HypervisorPool,
+        defaults: Policy,
+        per_node: int = 2,
+        volume_dir: str = "/var/lib/corral/instances",
+    ) -> None:
+        self.db = db
+        self.hypervisors = hypervisors
+        self.defaults = defaults
+        self.per_node = per_node
+        self.volume_dir = volume_dir
+
+    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+        return []  # a running migration is watched by its own pass; the instance reconciler takes events
+
+    # -- entry ---------------------------------------------------------------------------------------
+    def reconcile(self, namespace: str, name: str) -> Result:
+        snap = self._read(namespace, name)
+        if snap is None:
+            return Result()
+        if snap.phase in FINISHED:
+            if snap.deleting:
+                self._remove(snap)
+            return Result()
+        if snap.phase == "Running":
+            return self._recover(snap)
+        if snap.abort_wanted:
+            self._finish(snap, None, "Aborted", "canceled before the migration started", aborted=True)
+            if snap.deleting:
+                self._remove(snap)
+            return Result()
+        if snap.phase == "Pending":
+            waiting = self._admit(snap)
+            if waiting is not None:
+                return waiting
+        if snap.phase in ("Pending", "Scheduling") and not self._schedule(snap):
+            return Result()
+        snap = self._read(namespace, name) or snap
+        target = snap.state.get("targetNode")
+        if snap.phase in ("Scheduled", "PreparingTarget") and not self._prepare_target(snap, str(target)):
+            return Result()
+        return self._run(snap)
+
+    # -- reading and writing -------------------------------------------------------------------------
+    def _read(self, namespace: str, name: str) -> Snapshot | None:
+        with self.db.read() as session:
+            row = MigrationRepository(session).get(namespace, name)
+            if row is None:
+                return None
+            snap = Snapshot(
+                namespace, name, row.uid, MigrationSpec.model_validate(row.spec), dict(row.status or {}),
+                dict(row.intent or {}), row.deleted_at is not None,
+            )  # fmt: skip
+            instance = ResourceRepository[Any](session, INSTANCES.info).get(namespace, row.vmi_name)
+            if instance is not None:
+                status = instance.status or {}
+                migratable = find_condition(status, "LiveMigratable") or {}
+                snap.instance = {
+                    "uid": instance.uid,
+                    "node": instance.node_name,
+                    "phase": status.get("phase"),
+                    "spec": InstanceSpec.model_validate(instance.spec),
+                    "domain": domain_name(namespace, instance.name, instance.uid, instance.progress or {}),
+                    "lock": (instance.progress or {}).get("migration"),
+                    "volumes": list((instance.progress or {}).get("volumes", [])),
+                    "deleting": instance.deleted_at is not None,
+                    "unmigratable": migratable.get("reason") if migratable.get("status") == "False" else None,
+                }
+            for node in ResourceRepository[Any](session, NODES.info).page(None)[0]:
+                snap.nodes[node.name] = {
+                    "uri": node.spec["uri"],
+                    "migrationUri": node.spec.get("migrationUri"),
+                }
+            return snap
+
+    def _update(
+        self,
+        snap: Snapshot,
+        phase: str | None = None,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        state: dict[str, Any] | None = None,
+        also: Callable[[Session], None] | None = None,
+    ) -> bool:
+        """Write phase and migrationState changes (and `also`, in the same transaction); False: row gone."""
+        with self.db.transaction() as session:
+            repo = MigrationRepository(session)
+            row = repo.get(snap.namespace, snap.name, for_update=True)
+            if row is None or row.uid != snap.uid:
+                return False
+            status = dict(row.status or {})
+            if phase is not None and phase != status.get("phase"):
+                stamps = list(status.get("phaseTransitionTimestamps", []))
+                stamps.append({"phase": phase, "phaseTransitionTimestamp": _stamp()})
+                status.update(phase=phase, phaseTransitionTimestamps=stamps)
+            if reason is not None:
+                status["reason"] = reason
+            if message is not None:
+                status["message"] = message[:1000]
+            if state:
+                status["migrationState"] = {**(status.get("migrationState") or {}), **state}
+            if also is not None:
+                also(session)
+            if status != row.status:
+                row.status = status
+                repo.touch(row)
+            snap.status = status
+            return True
+
+    @staticmethod
+    def _hold(session: Session, snap: Snapshot, target: str | None, moved_to: str | None = None) -> None:
+        """Take the instance for this migration (`target` set) or release it, moving it to `moved_to`."""
+        repo = ResourceRepository[Any](session, INSTANCES.info)
+        row = repo.get(snap.namespace, snap.spec.vmi_name, for_update=True)
+        if row is None or snap.instance is None or row.uid != snap.instance["uid"]:
+            return
+        progress = dict(row.progress or {})
+        if target is not None:
+            progress["migration"] = {"uid": snap.uid, "name": snap.name, "target": target}
+        elif (progress.get("migration") or {}).get("uid") == snap.uid:
+            progress["migration"] = None
+        if progress != row.progress or moved_to is not None:
+            row.progress = progress
+            row.node_name = moved_to or row.node_name
+            repo.touch(row)
+        workqueue.enqueue(session, INSTANCES.work_key(row.namespace, row.name))
+
+    def _finish(
+        self,
+        snap: Snapshot,
+        phase_reason: str | None,
+        reason: str,
+        message: str,
+        *,
+        aborted: bool = False,
+        moved_to: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Succeeded (moved_to set) or Failed; releases the instance in the same transaction."""
+        succeeded = moved_to is not None
+        state: dict[str, Any] = {"endTimestamp": _stamp(), "completed": succeeded, "failed": not succeeded}
+        if not succeeded:
+            state["failureReason"] = message
+        if aborted:
+            state.update(abortRequested=True, abortStatus="Succeeded")
+        state.update(extra or {})
+        self._update(snap, "Succeeded" if succeeded else "Failed", reason=phase_reason or reason,
+                     message=message, state=state,
+                     also=lambda session: self._hold(session, snap, None, moved_to))  # fmt: skip
+        log.info("migration %s/%s: %s (%s)", snap.namespace, snap.name, reason, message)
+
+    def _remove(self, snap: Snapshot) -> None:
+        with self.db.transaction() as session:
+            repo = MigrationRepository(session)
+            row = repo.get(snap.namespace, snap.name, for_update=True)
+            if row is not None and row.uid == snap.uid:
+                self._hold(session, snap, None)
+                repo.remove(row)
+
+    # -- phases --------------------------------------------------------------------------------------
+    def _admit(self, snap: Snapshot) -> Result | None:
+        """Pending -> Scheduling, or Failed with the reason, or a wait for room (None: go on)."""
+        instance = snap.instance
+        refusal = None
+        if instance is None:
+            refusal = f"instance {snap.spec.vmi_name!r} does not exist"
+        elif instance["lock"] and instance["lock"].get("uid") != snap.uid:
+            other = instance["lock"].get("name")
+            self._update(
+                snap, reason="WaitingForMigration", message=f"migration {other!r} of the instance runs"
+            )
+            return Result(requeue_after=WAIT_FOR_ROOM)
+        elif instance["phase"] != "Running" or instance["node"] is None:
+            refusal = f"the instance is {instance['phase']}; only a Running instance live-migrates"
+        elif instance["unmigratable"]:
+            refusal = f"the instance is not live-migratable: {instance['unmigratable']}"
+        if refusal is not None:
+            self._finish(snap, None, "NotMigratable", refusal)
+            return Result()
+        assert instance is not None
+        busy = self._busy(instance["node"])
+        if busy >= self.per_node:
+            message = f"node {instance['node']} has {busy} migrations in flight (limit {self.per_node})"
+            self._update(snap, "Pending", reason="WaitingForNode", message=message)
+            return Result(requeue_after=WAIT_FOR_ROOM)
+        self._update(snap, "Scheduling", reason="Scheduling", message="")
+        return None
+
+    def _busy(self, node: str) -> int:
+        with self.db.read() as session:
+            return sum(
+                1
+                for m in MigrationRepository(session).unfinished()
+                if (m.status or {}).get("phase") in IN_FLIGHT
+                and node
+                in ((m.status.get("migrationState") or {}).get(k) for k in ("sourceNode", "targetNode"))
+            )
+
+    def _schedule(self, snap: Snapshot) -> bool:
+        """Scheduling -> Scheduled: a target with room, reserved together with the instance; else Failed."""
+        instance = snap.instance
+        assert instance is not None
+        source, spec = str(instance["node"]), instance["spec"]
+        request = Request(requested_vcpus(spec), requested_memory(spec), spec.node_selector)
+        chosen_name: str | None = None
+        with self.db.transaction() as session:
+            _, views = cluster_views(session, instance["uid"])
+            reasons = {source: "is the source node"}
+            if snap.spec.target_node and snap.spec.target_node not in {v.name for v in views}:
+                reasons[snap.spec.target_node] = "no such node"
+            candidates = [v for v in views if v.name != source]
+            if snap.spec.target_node:
+                reasons.update({v.name: "not the requested targetNode" for v in candidates
+                                if v.name != snap.spec.target_node})  # fmt: skip
+                candidates = [v for v in candidates if v.name == snap.spec.target_node]
+            chosen, why = choose(candidates, request)
+            reasons.update(why)
+            if chosen is not None:
+                chosen_name = chosen.name
+                policy = self.defaults.overridden_by(snap.spec).configuration()
+                state = {
+                    "sourceNode": source, "targetNode": chosen.name, "sourcePod": instance["domain"],
+                    "targetPod": instance["domain"], "completed": False, "failed": False,
+                    "migrationConfiguration": policy.model_dump(by_alias=True, mode="json"),
+                }  # fmt: skip
+                self._update_in(session, snap, "Scheduled", "Scheduled", f"target node {chosen.name}", state)
+                self._hold(session, snap, chosen.name)
+        if chosen_name is None:
+            self._finish(snap, "Unschedulable", "Unschedulable", unschedulable_message(len(views), reasons))
+            return False
+        return True
+
+    def _update_in(
+        self, session: Session, snap: Snapshot, phase: str, reason: str, message: str, state: dict[str, Any]
+    ) -> None:
+        """_update inside a caller's transaction (placement must commit with the reservation)."""
+        repo = MigrationRepository(session)
+        row = repo.get(snap.namespace, snap.name, for_update=True)
+        if row is None or row.uid != snap.uid:
+            return
+        status = dict(row.status or {})
+        stamps = [
+            *status.get("phaseTransitionTimestamps", []),
+            {"phase": phase, "phaseTransitionTimestamp": _stamp()},
+        ]
+        status.update(phase=phase, reason=reason, message=message, phaseTransitionTimestamps=stamps,
+                      migrationState={**(status.get("migrationState") or {}), **state})  # fmt: skip
+        row.status = status
+        repo.touch(row)
+        snap.status = status
+
+    def _prepare_target(self, snap: Snapshot, target: str) -> bool:
+        """PreparingTarget -> TargetReady: the target's volume pool sees the instance's volumes (shared
+        storage), so libvirt moves memory and device state only."""
+        self._update(snap, "PreparingTarget", reason="PreparingTarget", message=f"checking node {target}")
+        instance = snap.instance
+        assert instance is not None
+        try:
+            target_hv = self._hypervisor(snap, target)
+            target_hv.ensure_pool(POOL, self.volume_dir)
+            target_hv.refresh_pool(POOL)  # volumes another node created are unknown to the pool until then
+            source_hv = self._hypervisor(snap, str(instance["node"]))
+            volumes = [f"{instance['uid']}-{v}.qcow2" for v in instance["volumes"]]
+            missing = [
+                v for v in volumes if source_hv.volume_path(POOL, v) and not target_hv.volume_path(POOL, v)
+            ]
+        except HypervisorError as exc:
+            self._finish(snap, None, "TargetNotReady", f"preparing node {target}: {exc}"[:500])
+            return False
+        if missing:
+            message = (f"node {target} does not see {', '.join(missing)} in its {POOL} pool: live migration "
+                       f"needs {self.volume_dir} on storage shared by both nodes")  # fmt: skip
+            self._finish(snap, None, "TargetStorageMissing", message)
+            return False
+        self._update(snap, "TargetReady", reason="TargetReady", message=f"node {target} sees the volumes")
+        return True
+
+    def _run(self, snap: Snapshot) -> Result:
+        """TargetReady -> Running -> Succeeded/Failed, in this pass (the lease is renewed meanwhile)."""
+        instance = snap.instance
+        assert instance is not None
+        state = snap.state
+        source, target, domain = str(state["sourceNode"]), str(state["targetNode"]), str(instance["domain"])
+        policy = self.defaults.overridden_by(snap.spec)
+        memory = requested_memory(instance["spec"])
+        ramp = downtime_ramp(policy, memory)
+        try:
+            source_hv = self._hypervisor(snap, source)
+            destination = snap.nodes[target]["migrationUri"] or snap.nodes[target]["uri"]
+            source_hv.set_max_downtime(domain, ramp[0][1])
+        except (HypervisorError, KeyError) as exc:
+            self._finish(snap, None, "SourceNotReady", f"node {source}: {exc}"[:500])
+            return Result()
+        options = MigrationOptions(policy.bandwidth_mib, policy.allow_auto_converge, policy.allow_post_copy)
+        started = {"startTimestamp": _stamp(), "mode": "PreCopy", "currentMaxDowntimeMs": ramp[0][1]}
+        if not self._update(
+            snap, "Running", reason="Migrating", message=f"{source} -> {target}", state=started
+        ):
+            return Result()
+        failure: list[HypervisorError] = []
+
+        def migrate() -> None:
+            try:
+                source_hv.migrate(domain, destination, options)
+            except HypervisorError as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=migrate, name=f"migrate-{domain}", daemon=True)
+        thread.start()
+        outcome = self._monitor(snap, source_hv, domain, thread.is_alive, policy, ramp, memory)
+        thread.join()
+        return self._conclude(snap, failure[0] if failure else None, outcome)
+
+    def _monitor(
+        self,
+        snap: Snapshot,
+        source_hv: Hypervisor,
+        domain: str,
+        running: Callable[[], bool],
+        policy: Policy,
+        ramp: list[tuple[float, int]],
+        memory: int,
+    ) -> dict[str, Any]:
+        """Report progress, step the downtime ramp, enforce the completion timeout and honour aborts."""
+        began = time.monotonic()
+        timeout = completion_timeout(policy, memory)
+        step, outcome = 0, {"aborted": False, "timedOut": False}
+        while running():
+            time.sleep(POLL_SECONDS)
+            if not running():
+                break
+            elapsed = time.monotonic() - began
+            fresh = self._read(snap.namespace, snap.name)
+            state: dict[str, Any] = {}
+            try:
+                if fresh is not None and fresh.abort_wanted and not outcome["aborted"]:
+                    source_hv.abort_job(domain)
+                    outcome["aborted"] = True
+                    state.update(abortRequested=True, abortStatus="Aborting")
+                if not outcome["aborted"] and elapsed > timeout and not outcome["timedOut"]:
+                    outcome["timedOut"] = True
+                    if policy.allow_post_copy:
+                        source_hv.start_post_copy(domain)
+                        state["mode"] = "PostCopy"
+                    else:
+                        source_hv.abort_job(domain)
+                while step + 1 < len(ramp) and elapsed >= ramp[step + 1][0]:
+                    step += 1
+                    source_hv.set_max_downtime(domain, ramp[step][1])
+                    state["currentMaxDowntimeMs"] = ramp[step][1]
+                job = source_hv.job_progress(domain)
+            except HypervisorError as exc:
+                log.info("migration %s/%s: %s", snap.namespace, snap.name, exc)
+                job = None
+            if job is not None and job.active:
+                state.update(progress_fields(job))
+            if state:
+                self._update(snap, state=state)
+        return outcome
+
+    def _conclude(self, snap: Snapshot, error: HypervisorError | None, outcome: dict[str, Any]) -> Result:
+        state = snap.state
+        source, target, domain = str(state["sourceNode"]), str(state["targetNode"]), str(state["sourcePod"])
+        if error is None:
+            extra: dict[str, Any] = {}
+            with suppress(HypervisorError):
+                done = self._hypervisor(snap, target).job_progress(domain, completed=True)
+                if done is not None:
+                    extra = {**progress_fields(done), "downtimeMs": done.downtime_ms}
+            return self._by_location(snap, source, target, domain, extra)
+        if outcome["aborted"]:
+            self._cleanup_target(snap, target, domain)
+            self._finish(snap, "Aborted", "Aborted", "aborted on request; the instance runs on " + source,
+                         aborted=True)  # fmt: skip
+            return Result()
+        if outcome["timedOut"]:
+            timeout = completion_timeout(self.defaults.overridden_by(snap.spec),
+                                         requested_memory((snap.instance or {})["spec"]))  # fmt: skip
+            message = f"did not complete within {timeout:.0f}s (completionTimeoutPerGiB x memory); aborted"
+            self._cleanup_target(snap, target, domain)
+            self._finish(snap, "Timeout", "CompletionTimeout", message)
+            return Result()
+        # libvirt says it failed; where the domain runs now is what counts.
+        return self._by_location(snap, source, target, domain, {}, error=str(error))
+
+    def _recover(self, snap: Snapshot) -> Result:
+        """Running, but no pass of this worker drives it: follow a job still running, then decide."""
+        state = snap.state
+        source, target, domain = str(state["sourceNode"]), str(state["targetNode"]), str(state["sourcePod"])
+        try:
+            source_hv = self._hypervisor(snap, source)
+        except HypervisorError as exc:
+            self._update(snap, reason="SourceUnreachable", message=str(exc)[:500])
+            return Result(requeue_after=SETTLE_SECONDS * 5)
+
+        def job_running() -> bool:
+            try:
+                job = source_hv.job_progress(domain)
+            except HypervisorError:
+                return False
+            return job is not None and job.active
+
+        if job_running():
+            instance = snap.instance or {}
+            policy = self.defaults.overridden_by(snap.spec)
+            memory = requested_memory(instance["spec"]) if instance else 0
+            ramp = downtime_ramp(policy, memory)
+            outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory)
+            if outcome["aborted"]:
+                return self._conclude(snap, HypervisorError("aborted"), outcome)
+        return self._by_location(snap, source, target, domain, {}, error="the worker driving it stopped")
+
+    def _by_location(
+        self, snap: Snapshot, source: str, target: str, domain: str, extra: dict[str, Any], error: str = ""
+    ) -> Result:
+        """Succeeded if the domain runs on the target and not on the source; Failed if it runs on the source
+        only; both (the switch-over moment): look again shortly."""
+        on_source = self._state_on(snap, source, domain)
+        on_target = self._state_on(snap, target, domain)
+        if (
+            on_target is not None
+            and on_target.state in ACTIVE
+            and (on_source is None or on_source.state not in ACTIVE)
+        ):
+            self._finish(snap, None, "Succeeded", f"running on {target}", moved_to=target, extra=extra)
+            return Result()
+        if (
+            on_source is not None
+            and on_source.state in ACTIVE
+            and (on_target is None or on_target.state not in ACTIVE)
+        ):
+            self._cleanup_target(snap, target, domain)
+            self._finish(snap, None, "MigrationFailed", f"{error or 'failed'}; the instance runs on {source}")
+            return Result()
+        if on_source is None and on_target is None:
+            self._finish(
+                snap, None, "MigrationFailed", f"{error or 'failed'}; the domain runs on neither node"
+            )
+            return Result()
+        self._update(snap, reason="SwitchingOver", message="the domain is active on both nodes")
+        return Result(requeue_after=SETTLE_SECONDS)
+
+    def _state_on(self, snap: Snapshot, node: str, domain: str) -> DomainInfo | None:
+        """The domain on `node` if it is ours (same uuid); raises when the node cannot be asked."""
+        hv = self._hypervisor(snap, node)
+        try:
+            info = hv.lookup(domain)
+        except DomainNotFound:
+            return None
+        return info if snap.instance is None or info.uuid == snap.instance["uid"] else None
+
+    def _cleanup_target(self, snap: Snapshot, target: str, domain: str) -> None:
+        """A failed migration may leave an inactive definition on the target: remove it (ours only)."""
+        with suppress(HypervisorError):
+            info = self._state_on(snap, target, domain)
+            if info is not None and info.state not in ACTIVE:
+                self._hypervisor(snap, target).undefine(domain)
+
+    def _hypervisor(self, snap: Snapshot, node: str) -> Hypervisor:
+        if node not in snap.nodes:
+            raise HypervisorError(f"node {node!r} is not registered")
+        return self.hypervisors.get(node, snap.nodes[node]["uri"])
+
+
+def progress_fields(job: JobProgress) -> dict[str, Any]:
+    """migrationState's progress fields from libvirt's job statistics."""
+    fields = {
+        "dataTotalBytes": job.data_total,
+        "dataProcessedBytes": job.data_processed,
+        "dataRemainingBytes": job.data_remaining,
+        "memoryDirtyRateBytesPerSecond": job.memory_dirty_rate,
+        "transferRateBytesPerSecond": job.memory_bps,
+        "iteration": job.iteration,
+        "elapsedMs": job.elapsed_ms,
+    }
+    return {k: v for k, v in fields.items() if v is not None}

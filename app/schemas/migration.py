@@ -1,0 +1,157 @@
+"""VirtualMachineInstanceMigration: a live migration as a resource, with its policy and live progress."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from app.schemas.common import ApiModel, Condition, DnsLabel, ListMeta, ObjectMeta, ObjectMetaOut
+
+MIGRATION_PHASES = ("Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running",
+                    "Succeeded", "Failed")  # fmt: skip
+FINISHED = ("Succeeded", "Failed")
+# A migration holds its instance (and room on its target) from Scheduled until it finishes.
+IN_FLIGHT = ("Scheduled", "PreparingTarget", "TargetReady", "Running")
+DRAIN_LABEL = "corral.dev/drain"
+
+
+class MigrationPolicy(ApiModel):
+    """How a migration runs. Unset fields take the cluster defaults (CORRAL_MIGRATION_* settings)."""
+
+    bandwidth_mib: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Bandwidth cap in MiB/s; 0 means unlimited."
+    )
+    max_downtime_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=60_000,
+        description="The longest pause allowed at switch-over, reached by a stepped ramp (Nova style): the "
+        "limit starts at a tenth of this and rises as the migration runs.",
+    )
+    completion_timeout_per_gib: int | None = Field(
+        default=None,
+        ge=1,
+        le=86_400,
+        description="Seconds allowed per GiB of guest memory before the migration is aborted "
+        "(or switched to post-copy when allowed).",
+    )
+    allow_auto_converge: bool | None = Field(
+        default=None, description="Let QEMU throttle the guest's vCPUs when memory is dirtied too fast."
+    )
+    allow_post_copy: bool | None = Field(
+        default=None,
+        description="Switch to post-copy at the completion timeout instead of aborting: the guest runs on "
+        "the target while the rest of its memory follows.",
+    )
+
+
+class MigrationSpec(MigrationPolicy):
+    vmi_name: DnsLabel = Field(description="The instance to migrate, in the migration's namespace.")
+    target_node: DnsLabel | None = Field(default=None, description="The node to move to; chosen when unset.")
+
+
+class MigrationConfiguration(ApiModel):
+    """The policy in effect: the spec's overrides over the cluster defaults."""
+
+    bandwidth_mib: int
+    max_downtime_ms: int
+    downtime_steps: int
+    downtime_delay_per_gib: int
+    completion_timeout_per_gib: int
+    allow_auto_converge: bool
+    allow_post_copy: bool
+
+
+class MigrationState(ApiModel):
+    start_timestamp: datetime | None = None
+    end_timestamp: datetime | None = None
+    source_node: str | None = None
+    target_node: str | None = None
+    source_pod: str | None = Field(default=None, description="The domain's name on the source node.")
+    target_pod: str | None = Field(default=None, description="The domain's name on the target node.")
+    completed: bool = False
+    failed: bool = False
+    abort_requested: bool = False
+    abort_status: Literal["Aborting", "Succeeded", "Failed"] | None = None
+    failure_reason: str | None = None
+    mode: Literal["PreCopy", "PostCopy"] | None = None
+    data_total_bytes: int | None = None
+    data_processed_bytes: int | None = None
+    data_remaining_bytes: int | None = None
+    memory_dirty_rate_bytes_per_second: int | None = None
+    transfer_rate_bytes_per_second: int | None = None
+    iteration: int | None = None
+    elapsed_ms: int | None = None
+    current_max_downtime_ms: int | None = Field(default=None, description="Where the downtime ramp is now.")
+    downtime_ms: int | None = Field(default=None, description="The guest's measured pause at switch-over.")
+    migration_configuration: MigrationConfiguration | None = None
+
+
+class PhaseTransition(ApiModel):
+    phase: str
+    phase_transition_timestamp: datetime
+
+
+class MigrationStatus(ApiModel):
+    phase: Literal[MIGRATION_PHASES] | None = None  # type: ignore[valid-type]
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    phase_transition_timestamps: list[PhaseTransition] = Field(default_factory=list)
+    migration_state: MigrationState | None = None
+
+
+class MigrationBody(ApiModel):
+    """A migration as sent by a client (status is ignored)."""
+
+    api_version: str | None = None
+    kind: str | None = None
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: MigrationSpec
+    status: Any = Field(default=None, description="Ignored: status is written by Corral.")
+
+
+class Migration(ApiModel):
+    api_version: str = "kubevirt.io/v1"
+    kind: str = "VirtualMachineInstanceMigration"
+    metadata: ObjectMetaOut
+    spec: MigrationSpec
+    status: MigrationStatus
+
+
+class MigrationList(ApiModel):
+    api_version: str = "kubevirt.io/v1"
+    kind: str = "VirtualMachineInstanceMigrationList"
+    metadata: ListMeta
+    items: list[Migration]
+
+
+class MigrateOptions(MigrationPolicy):
+    """Body of POST .../instances/{name}/migrate: where to and how (all optional)."""
+
+    target_node: DnsLabel | None = None
+
+
+class NotMigratable(ApiModel):
+    namespace: str
+    name: str
+    reason: str
+
+
+class DrainMigration(ApiModel):
+    namespace: str
+    name: str
+    vmi_name: str
+    phase: str | None = None
+
+
+class DrainStatus(ApiModel):
+    """A node's drain: the migrations it started and the instances it could not move."""
+
+    node: str
+    unschedulable: bool
+    migrations: list[DrainMigration] = Field(default_factory=list)
+    not_migratable: list[NotMigratable] = Field(default_factory=list)
+    remaining_instances: int = Field(description="Instances still placed on the node.")

@@ -1,0 +1,158 @@
+"""Migration use cases: refuse what cannot migrate at once, cancel, and node drains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, FieldError, Invalid, NotFound
+from app.models import InstanceRow, MigrationRow
+from app.repositories.migrations import MigrationRepository
+from app.repositories.resources import ResourceRepository, to_object
+from app.repositories.revisions import now
+from app.schemas.conditions import find_condition
+from app.schemas.migration import (
+    DRAIN_LABEL,
+    FINISHED,
+    DrainMigration,
+    DrainStatus,
+    MigrateOptions,
+    NotMigratable,
+)
+from app.services.kinds import INSTANCES, MIGRATIONS, NODES
+from app.services.resources import ResourceService
+
+
+def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | None:
+    """Why this instance cannot start a live migration now, or None."""
+    status = instance.status or {}
+    phase = status.get("phase", "Pending")
+    if instance.deleted_at is not None:
+        return "the instance is being deleted"
+    if phase != "Running" or instance.node_name is None:
+        return f"the instance is {phase}; only a Running instance live-migrates"
+    migratable = find_condition(status, "LiveMigratable") or {}
+    if migratable.get("status") == "False":
+        return f"the instance is not live-migratable: {migratable.get('reason')}"
+    busy = [m.name for m in migrations.of_instance(instance.namespace, instance.name) if _unfinished(m)]
+    if busy:
+        return f"migration {busy[0]!r} of this instance is not finished"
+    return None
+
+
+def _unfinished(row: MigrationRow) -> bool:
+    return (row.status or {}).get("phase") not in FINISHED and row.deleted_at is None
+
+
+class MigrationService(ResourceService):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, MIGRATIONS)
+        self.migrations = MigrationRepository(session)
+
+    def prepare_new(self, row: Any) -> None:
+        vmi_name, target = row.spec["vmiName"], row.spec.get("targetNode")
+        instance = ResourceRepository[InstanceRow](self.session, INSTANCES.info).get(row.namespace, vmi_name)
+        if instance is None:
+            raise Invalid(
+                f"no instance {vmi_name!r} in namespace {row.namespace!r}",
+                [FieldError("spec.vmiName", "no such instance")],
+            )
+        reason = refusal(instance, self.migrations)
+        if reason is not None:
+            raise Conflict(f"cannot migrate {vmi_name!r}: {reason}", [FieldError("spec.vmiName", reason)])
+        if target is not None:
+            if ResourceRepository[Any](self.session, NODES.info).get("", target) is None:
+                raise Invalid(f"no node {target!r}", [FieldError("spec.targetNode", "no such node")])
+            if target == instance.node_name:
+                raise Invalid(
+                    f"instance {vmi_name!r} already runs on {target!r}",
+                    [FieldError("spec.targetNode", "is the source node")],
+                )
+        row.vmi_name = vmi_name
+        row.intent = {}
+        row.status = {"phase": "Pending"}
+
+    def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+        raise Invalid("a migration's spec cannot change; delete it and create another",
+                      [FieldError("spec", "is immutable")])  # fmt: skip
+
+    def cancel(self, namespace: str, name: str) -> dict[str, Any]:
+        """Ask the worker to abort; the instance keeps running on its source node."""
+        row = self._row(namespace, name, for_update=True)
+        phase = (row.status or {}).get("phase")
+        if phase in FINISHED:
+            raise Conflict(f"migration {name!r} already {phase}", [FieldError("status.phase", str(phase))])
+        if not row.intent.get("abort"):
+            row.intent = {**row.intent, "abort": True, "abortRequestedAt": now().isoformat()}
+            self.repo.touch(row)
+            self._wake(namespace, name)
+        return to_object(MIGRATIONS.info, row)
+
+    def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> dict[str, Any]:
+        """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""
+        spec = {"vmiName": name, **options.model_dump(by_alias=True, mode="json", exclude_none=True)}
+        body = {"metadata": {"generateName": f"{name}-migration-"}, "spec": spec}
+        return self.create(namespace, body)
+
+    # -- drains --------------------------------------------------------------------------------------
+    def drain(self, node: str) -> DrainStatus:
+        """Cordon the node and start a migration for every instance on it that can move."""
+        node_row = self._node(node, for_update=True)
+        if not node_row.spec.get("unschedulable"):
+            node_row.spec = {**node_row.spec, "unschedulable": True}
+            node_row.generation += 1
+            ResourceRepository[Any](self.session, NODES.info).touch(node_row)
+        for instance in self._hosted(node):
+            if refusal(instance, self.migrations) is not None:
+                continue  # listed by drain_status, with the reason (an unfinished migration included)
+            self.create(instance.namespace, {
+                "metadata": {"generateName": f"{instance.name}-drain-", "labels": {DRAIN_LABEL: node}},
+                "spec": {"vmiName": instance.name},
+            })  # fmt: skip
+        return self.drain_status(node)
+
+    def drain_status(self, node: str) -> DrainStatus:
+        node_row = self._node(node)
+        hosted = self._hosted(node)
+        refused = [
+            NotMigratable(namespace=i.namespace, name=i.name, reason=reason)
+            for i in hosted
+            if (reason := refusal(i, self.migrations)) is not None and not self._moving(i)
+        ]
+        return DrainStatus(
+            node=node,
+            unschedulable=bool(node_row.spec.get("unschedulable")),
+            migrations=[
+                DrainMigration(
+                    namespace=m.namespace,
+                    name=m.name,
+                    vmi_name=m.vmi_name,
+                    phase=(m.status or {}).get("phase"),
+                )
+                for m in self.migrations.labelled(DRAIN_LABEL, node)
+            ],
+            not_migratable=refused,
+            remaining_instances=len(hosted),
+        )
+
+    def cancel_drain(self, node: str) -> DrainStatus:
+        """Abort the drain's unfinished migrations; the node stays unschedulable until an admin says so."""
+        for row in self.migrations.labelled(DRAIN_LABEL, node):
+            if (row.status or {}).get("phase") not in FINISHED:
+                self.cancel(row.namespace, row.name)
+        return self.drain_status(node)
+
+    def _node(self, node: str, *, for_update: bool = False) -> Any:
+        row = ResourceRepository[Any](self.session, NODES.info).get("", node, for_update=for_update)
+        if row is None:
+            raise NotFound(f"Node {node!r} not found")
+        return row
+
+    def _hosted(self, node: str) -> list[InstanceRow]:
+        return list(
+            ResourceRepository[InstanceRow](self.session, INSTANCES.info).page(None, node_name=node)[0]
+        )
+
+    def _moving(self, instance: InstanceRow) -> bool:
+        return any(_unfinished(m) for m in self.migrations.of_instance(instance.namespace, instance.name))
