@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # progress reports and abort checks while a migration runs
 WAIT_FOR_ROOM = 2.0  # a Pending migration over the per-node limit looks again after this
 SETTLE_SECONDS = 1.0  # the domain is active on both nodes for a moment at the switch-over
-ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
+ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)  # a QEMU process exists
 
 
 @dataclass
@@ -450,27 +450,20 @@ class MigrationReconciler:
     def _conclude(self, snap: Snapshot, error: HypervisorError | None, outcome: dict[str, Any]) -> Result:
         state = snap.state
         source, target, domain = str(state["sourceNode"]), str(state["targetNode"]), str(state["sourcePod"])
-        if error is None:
-            extra: dict[str, Any] = {}
-            with suppress(HypervisorError):
-                done = self._hypervisor(snap, target).job_progress(domain, completed=True)
-                if done is not None:
-                    extra = {**progress_fields(done), "downtimeMs": done.downtime_ms}
-            return self._by_location(snap, source, target, domain, extra)
+        stopped = outcome["aborted"] or outcome["timedOut"]
+        if error is None or not stopped or not _live(self._probe(snap, source, domain)[0]):
+            # Done, failed by itself, or an abort that came too late: where the guest runs decides.
+            return self._by_location(snap, source, target, domain, error=str(error or ""))
+        self._cleanup_target(snap, target, domain)
         if outcome["aborted"]:
-            self._cleanup_target(snap, target, domain)
-            self._finish(snap, "Aborted", "Aborted", "aborted on request; the instance runs on " + source,
+            self._finish(snap, "Aborted", "Aborted", f"aborted on request; the instance runs on {source}",
                          aborted=True)  # fmt: skip
             return Result()
-        if outcome["timedOut"]:
-            timeout = completion_timeout(self.defaults.overridden_by(snap.spec),
-                                         requested_memory((snap.instance or {})["spec"]))  # fmt: skip
-            message = f"did not complete within {timeout:.0f}s (completionTimeoutPerGiB x memory); aborted"
-            self._cleanup_target(snap, target, domain)
-            self._finish(snap, "Timeout", "CompletionTimeout", message)
-            return Result()
-        # libvirt says it failed; where the domain runs now is what counts.
-        return self._by_location(snap, source, target, domain, {}, error=str(error))
+        instance_memory = requested_memory((snap.instance or {})["spec"])
+        timeout = completion_timeout(self.defaults.overridden_by(snap.spec), instance_memory)
+        message = f"did not complete within {timeout:.0f}s (completionTimeoutPerGiB x memory); aborted"
+        self._finish(snap, "Timeout", "CompletionTimeout", message)
+        return Result()
 
     def _recover(self, snap: Snapshot) -> Result:
         """Running, but no pass of this worker drives it: follow a job still running, then decide."""
@@ -497,37 +490,40 @@ class MigrationReconciler:
             outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory)
             if outcome["aborted"]:
                 return self._conclude(snap, HypervisorError("aborted"), outcome)
-        return self._by_location(snap, source, target, domain, {}, error="the worker driving it stopped")
+        return self._by_location(snap, source, target, domain, error="the worker driving it stopped")
 
-    def _by_location(
-        self, snap: Snapshot, source: str, target: str, domain: str, extra: dict[str, Any], error: str = ""
-    ) -> Result:
-        """Succeeded if the domain runs on the target and not on the source; Failed if it runs on the source
-        only; both (the switch-over moment): look again shortly."""
-        on_source = self._state_on(snap, source, domain)
-        on_target = self._state_on(snap, target, domain)
-        if (
-            on_target is not None
-            and on_target.state in ACTIVE
-            and (on_source is None or on_source.state not in ACTIVE)
-        ):
+    def _by_location(self, snap: Snapshot, source: str, target: str, domain: str, error: str = "") -> Result:
+        """Decide by where the guest runs. A running (not paused) copy is the live one: libvirt resumes the
+        target only after the source has stopped, and resumes the source only when the migration failed.
+        Neither or both live (the switch-over moment, an unreachable node): look again shortly."""
+        on_source, source_problem = self._probe(snap, source, domain)
+        on_target, target_problem = self._probe(snap, target, domain)
+        if _live(on_target) and not _live(on_source):
+            extra: dict[str, Any] = {}
+            with suppress(HypervisorError):  # the figures of the finished job live on the target
+                done = self._hypervisor(snap, target).job_progress(domain, completed=True)
+                if done is not None:
+                    extra = {**progress_fields(done), "downtimeMs": done.downtime_ms}
             self._finish(snap, None, "Succeeded", f"running on {target}", moved_to=target, extra=extra)
             return Result()
-        if (
-            on_source is not None
-            and on_source.state in ACTIVE
-            and (on_target is None or on_target.state not in ACTIVE)
-        ):
+        if _live(on_source) and not _live(on_target):
             self._cleanup_target(snap, target, domain)
             self._finish(snap, None, "MigrationFailed", f"{error or 'failed'}; the instance runs on {source}")
             return Result()
-        if on_source is None and on_target is None:
-            self._finish(
-                snap, None, "MigrationFailed", f"{error or 'failed'}; the domain runs on neither node"
-            )
+        if on_source is None and on_target is None and not (source_problem or target_problem):
+            message = f"{error or 'failed'}; the domain runs on neither node"
+            self._finish(snap, None, "MigrationFailed", message)
             return Result()
-        self._update(snap, reason="SwitchingOver", message="the domain is active on both nodes")
+        problems = "; ".join(p for p in (source_problem, target_problem) if p) or "the guest is live on both"
+        self._update(snap, reason="SwitchingOver", message=problems[:500])
         return Result(requeue_after=SETTLE_SECONDS)
+
+    def _probe(self, snap: Snapshot, node: str, domain: str) -> tuple[DomainInfo | None, str]:
+        """The domain on `node` if it is ours (same uuid), and what went wrong asking."""
+        try:
+            return self._state_on(snap, node, domain), ""
+        except HypervisorError as exc:
+            return None, f"node {node}: {exc}"
 
     def _state_on(self, snap: Snapshot, node: str, domain: str) -> DomainInfo | None:
         """The domain on `node` if it is ours (same uuid); raises when the node cannot be asked."""
@@ -549,6 +545,10 @@ class MigrationReconciler:
         if node not in snap.nodes:
             raise HypervisorError(f"node {node!r} is not registered")
         return self.hypervisors.get(node, snap.nodes[node]["uri"])
+
+
+def _live(info: DomainInfo | None) -> bool:
+    return info is not None and info.state in (DomainState.RUNNING, DomainState.BLOCKED)
 
 
 def progress_fields(job: JobProgress) -> dict[str, Any]:

@@ -21,7 +21,11 @@ class MigrationPolicy(ApiModel):
     """How a migration runs. Unset fields take the cluster defaults (CORRAL_MIGRATION_* settings)."""
 
     bandwidth_mib: int | None = Field(
-        default=None, ge=0, le=1_000_000, description="Bandwidth cap in MiB/s; 0 means unlimited."
+        default=None,
+        alias="bandwidthMiB",
+        ge=0,
+        le=1_000_000,
+        description="Bandwidth cap in MiB/s; 0 means unlimited.",
     )
     max_downtime_ms: int | None = Field(
         default=None,
@@ -32,6 +36,7 @@ class MigrationPolicy(ApiModel):
     )
     completion_timeout_per_gib: int | None = Field(
         default=None,
+        alias="completionTimeoutPerGiB",
         ge=1,
         le=86_400,
         description="Seconds allowed per GiB of guest memory before the migration is aborted "
@@ -55,11 +60,11 @@ class MigrationSpec(MigrationPolicy):
 class MigrationConfiguration(ApiModel):
     """The policy in effect: the spec's overrides over the cluster defaults."""
 
-    bandwidth_mib: int
+    bandwidth_mib: int = Field(alias="bandwidthMiB")
     max_downtime_ms: int
     downtime_steps: int
-    downtime_delay_per_gib: int
-    completion_timeout_per_gib: int
+    downtime_delay_per_gib: int = Field(alias="downtimeDelayPerGiB")
+    completion_timeout_per_gib: int = Field(alias="completionTimeoutPerGiB")
     allow_auto_converge: bool
     allow_post_copy: bool
 

@@ -30,14 +30,14 @@ def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | Non
     phase = status.get("phase", "Pending")
     if instance.deleted_at is not None:
         return "the instance is being deleted"
-    if phase != "Running" or instance.node_name is None:
-        return f"the instance is {phase}; only a Running instance live-migrates"
-    migratable = find_condition(status, "LiveMigratable") or {}
-    if migratable.get("status") == "False":
-        return f"the instance is not live-migratable: {migratable.get('reason')}"
     busy = [m.name for m in migrations.of_instance(instance.namespace, instance.name) if _unfinished(m)]
     if busy:
         return f"migration {busy[0]!r} of this instance is not finished"
+    migratable = find_condition(status, "LiveMigratable") or {}
+    if migratable.get("status") == "False":
+        return f"the instance is not live-migratable: {migratable.get('reason')}"
+    if phase != "Running" or instance.node_name is None:
+        return f"the instance is {phase}; only a Running instance live-migrates"
     return None
 
 

@@ -32,6 +32,16 @@ CORRAL = str(Path(sys.executable).parent / "corral")
 INSTANCES = "/v1/namespaces/default/instances"
 
 
+def phases_in(events: list[dict[str, Any]], name: str) -> list[str]:
+    """The phases object `name` went through in a watch stream, repeats folded."""
+    seen: list[str] = []
+    for event in events:
+        phase = event["object"]["status"].get("phase")
+        if event["object"]["metadata"]["name"] == name and phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+    return seen
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,34 +55,33 @@ class Serve:
         self.events: list[dict[str, Any]] = []
         self.timed_events: list[tuple[float, dict[str, Any]]] = []  # (arrival, event)
 
-    def watch(self) -> None:
-        """Record every instance event from now on (a thread)."""
+    def watch(self, path: str = INSTANCES) -> list[dict[str, Any]]:
+        """Record every event of the collection at `path` from now on (a thread); instance events also go
+        to self.events and self.timed_events. Returns the list the events are appended to."""
         started = threading.Event()
+        events = self.events if path == INSTANCES else []
 
         def run() -> None:
             timeout = httpx.Timeout(30, read=None)
             with httpx.Client(base_url=self.url, headers=AUTH, timeout=timeout) as client:
                 try:
-                    with client.stream("GET", INSTANCES, params={"watch": "true"}) as response:
+                    with client.stream("GET", path, params={"watch": "true"}) as response:
                         started.set()
                         for line in response.iter_lines():
                             if line:
                                 event = json.loads(line)
-                                self.timed_events.append((time.monotonic(), event))
-                                self.events.append(event)
+                                if path == INSTANCES:
+                                    self.timed_events.append((time.monotonic(), event))
+                                events.append(event)
                 except httpx.HTTPError:
                     return  # the server stopped
 
         threading.Thread(target=run, daemon=True).start()
         assert started.wait(5)
+        return events
 
     def phases_seen(self, name: str) -> list[str]:
-        seen: list[str] = []
-        for event in self.events:
-            phase = event["object"]["status"].get("phase")
-            if event["object"]["metadata"]["name"] == name and phase and (not seen or seen[-1] != phase):
-                seen.append(phase)
-        return seen
+        return phases_in(self.events, name)
 
     def get(self, name: str) -> dict[str, Any]:
         return self.client.get(f"{INSTANCES}/{name}").json()

@@ -1,0 +1,212 @@
+"""Live migration on two real libvirt nodes (scripts/migration-nodes.sh: two libvirtd in their own network
+and mount namespaces, joined by a veth pair) with a real TCG guest and its qemu-guest-agent, driven through
+`corral serve` over HTTP: the seed manifest, cancel, a killed control plane, and a drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.virt.driver import DomainNotFound, DomainState
+from app.virt.libvirt_driver import connect
+from tests.conftest import conditions, wait_for
+from tests.integration.test_serve import INSTANCES, ROOT, launch, phases_in, stop
+
+MIGRATIONS = "/v1/namespaces/default/migrations"
+RIG = ROOT / "scripts" / "migration-nodes.sh"
+NODE_DIR = Path(os.environ.get("CORRAL_NODES_DIR", "/tmp/corral-nodes"))
+MERGE = {"Content-Type": "application/merge-patch+json"}
+YAML = {"Content-Type": "application/yaml"}
+
+
+def node_uri(n: int) -> str:
+    return f"qemu+unix:///system?socket={NODE_DIR}/node{n}/run/libvirt-sock"
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[None]:
+    """The two nodes, started for this module and torn down after (fails loudly if they cannot start)."""
+    subprocess.run([str(RIG), "start"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
+
+
+class Cluster:
+    """`corral serve` whose local node is node 1 of the rig, plus node-2; migration over the veth link."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        # A cluster default bandwidth keeps a migration of the idle test guest running for a few seconds,
+        # so its progress shows on the watch; the seed migration manifest stays unchanged.
+        self.settings = {"migration_bandwidth_mib": "64"}
+        self.proc, self.serve = launch(data, node_uri(1), **self.settings)
+
+    def register_nodes(self) -> None:
+        client = self.serve.client
+        patched = client.patch("/v1/nodes/local", json={"spec": {"migrationUri": "qemu+tcp://10.99.0.1/system"}},
+                               headers=MERGE)  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        node2 = {"metadata": {"name": "node-2"},
+                 "spec": {"uri": node_uri(2), "migrationUri": "qemu+tcp://10.99.0.2/system"}}  # fmt: skip
+        assert client.post("/v1/nodes", json=node2).status_code == 201
+        wait_for(lambda: client.get("/v1/nodes/node-2").json()["status"].get("phase") == "Ready",
+                 timeout=30, what="node-2 Ready")  # fmt: skip
+
+    def restart(self, kill: bool = False) -> None:
+        if kill:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        else:
+            stop(self.proc, self.serve)
+        self.proc, self.serve = launch(self.data, node_uri(1), **self.settings)
+
+    def migration(self, name: str) -> dict[str, Any]:
+        return self.serve.client.get(f"{MIGRATIONS}/{name}").json()
+
+    def wait_migration(self, name: str, phases: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (m := self.migration(name))["status"].get("phase") in phases and m,
+                        timeout=timeout, interval=0.1, what=f"migration {name} {phases}")  # fmt: skip
+
+    def wait_progress(self, name: str) -> dict[str, Any]:
+        return wait_for(lambda: (m := self.migration(name))["status"].get("migrationState", {})
+                        .get("dataProcessedBytes") and m, timeout=30, interval=0.1,
+                        what=f"progress of {name}")  # fmt: skip
+
+    def uptime(self) -> float:
+        ran = self.serve.client.post(
+            f"{INSTANCES}/test-vmi/guest/exec", json={"command": ["/bin/cat", "/proc/uptime"]}
+        )
+        assert ran.status_code == 200, ran.text
+        return float(ran.json()["stdout"].split()[0])
+
+
+def where(domain: str, uid: str) -> dict[str, str]:
+    """The domain's state on each rig node, found by asking libvirt directly."""
+    found = {}
+    for n, node in ((1, "local"), (2, "node-2")):
+        hv = connect(node_uri(n))
+        try:
+            info = hv.lookup(domain)
+            if info.uuid == uid and info.state is not DomainState.SHUTOFF:
+                found[node] = info.state.value
+        except DomainNotFound:
+            pass
+        finally:
+            hv.close()
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(rig: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    made = Cluster(tmp_path_factory.mktemp("migration") / "data")
+    try:
+        made.register_nodes()
+        seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
+        assert made.serve.client.post(INSTANCES, content=seed, headers=YAML).status_code == 201
+        made.serve.wait("test-vmi", "Running", agent=True)
+        yield made
+        made.serve.client.delete(f"{INSTANCES}/test-vmi")
+        wait_for(lambda: made.serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60,
+                 what="test-vmi deleted")  # fmt: skip
+    finally:
+        stop(made.proc, made.serve)
+
+
+def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    before = cluster.serve.get("test-vmi")
+    source = before["status"]["nodeName"]
+    uptime_before = cluster.uptime()
+    migrations = cluster.serve.watch(MIGRATIONS)
+    cluster.serve.watch()
+
+    manifest = (ROOT / "examples" / "migration.yaml").read_bytes()
+    created = client.post(MIGRATIONS, content=manifest, headers=YAML)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"]["phase"] == "Pending"  # the manifest's status block is ignored
+    done = cluster.wait_migration("test-vmi-migration", ("Succeeded", "Failed"))
+    state = done["status"]["migrationState"]
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    target = state["targetNode"]
+    assert state["sourceNode"] == source and target != source and state["completed"] is True
+    assert state["sourcePod"] == state["targetPod"] == before["status"]["domainName"]
+    assert state["downtimeMs"] >= 0 and state["dataTotalBytes"] > 0 and state["migrationConfiguration"]
+
+    assert phases_in(migrations, "test-vmi-migration") == [
+        "Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running", "Succeeded",
+    ]  # fmt: skip
+    running = [e["object"]["status"]["migrationState"] for e in migrations
+               if e["object"]["status"].get("phase") == "Running"]  # fmt: skip
+    assert any(s.get("dataProcessedBytes") and s.get("dataRemainingBytes") is not None for s in running)
+    assert cluster.serve.phases_seen("test-vmi")[-3:] == ["Running", "Migrating", "Running"]
+
+    after = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert after["status"]["nodeName"] == target
+    assert where(after["status"]["domainName"], after["metadata"]["uid"]) == {target: "Running"}
+    assert cluster.uptime() >= uptime_before  # the same boot: it was not restarted
+    assert conditions(after)["LiveMigratable"] == "True"
+
+
+def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    source = cluster.serve.get("test-vmi")["status"]["nodeName"]
+    created = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 4})
+    assert created.status_code == 201, created.text
+    name = created.json()["metadata"]["name"]
+    assert cluster.wait_progress(name)["status"]["phase"] == "Running"
+    assert cluster.serve.get("test-vmi")["status"]["phase"] == "Migrating"
+    again = client.post(f"{INSTANCES}/test-vmi/migrate")
+    assert again.status_code == 409 and name in again.json()["detail"]
+
+    assert client.post(f"{MIGRATIONS}/{name}/cancel").status_code == 202
+    failed = cluster.wait_migration(name, ("Succeeded", "Failed"))
+    state = failed["status"]["migrationState"]
+    assert failed["status"]["phase"] == "Failed" and failed["status"]["reason"] == "Aborted"
+    assert state["abortRequested"] is True and state["abortStatus"] == "Succeeded" and state["failed"]
+    back = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert back["status"]["nodeName"] == source
+    assert where(back["status"]["domainName"], back["metadata"]["uid"]) == {source: "Running"}
+    assert cluster.uptime() > 0  # the agent answers on the source
+    assert client.post(f"{MIGRATIONS}/{name}/cancel").status_code == 409  # already finished
+
+
+def test_killed_control_plane_converges_to_one_node(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    created = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 8})
+    name = created.json()["metadata"]["name"]
+    cluster.wait_progress(name)
+    cluster.restart(kill=True)  # the migration job goes on in libvirt; nobody watches it for a while
+
+    done = cluster.wait_migration(name, ("Succeeded", "Failed"))
+    instance = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    node = instance["status"]["nodeName"]
+    assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {node: "Running"}
+    expected = done["status"]["migrationState"]["targetNode" if done["status"]["phase"] == "Succeeded"
+                                                else "sourceNode"]  # fmt: skip
+    assert node == expected, done["status"]
+
+
+def test_drain_empties_the_node(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    node = cluster.serve.get("test-vmi")["status"]["nodeName"]
+    drained = client.post(f"/v1/nodes/{node}/drain")
+    assert drained.status_code == 202, drained.text
+    body = drained.json()
+    assert body["unschedulable"] is True and [m["vmiName"] for m in body["migrations"]] == ["test-vmi"]
+    wait_for(lambda: client.get(f"/v1/nodes/{node}/drain").json()["remainingInstances"] == 0, timeout=60,
+             interval=0.2, what=f"{node} drained")  # fmt: skip
+    status = client.get(f"/v1/nodes/{node}/drain").json()
+    assert [m["phase"] for m in status["migrations"]] == ["Succeeded"] and status["notMigratable"] == []
+    moved = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert moved["status"]["nodeName"] != node
+    assert client.patch(
+        f"/v1/nodes/{node}", json={"spec": {"unschedulable": False}}, headers=MERGE
+    ).is_success
