@@ -1,0 +1,139 @@
+"""Benchmark: live migration through Corral against `virsh migrate --live --p2p` between the same two nodes.
+
+    .venv/bin/python -m bench.migration [--runs 7]      (as root: it starts scripts/migration-nodes.sh)
+
+Same run, same idle guest: Corral migrates the seed instance (POST .../migrate until the watch shows the
+migration Succeeded); raw is the wall time of `virsh migrate --live --p2p --persistent --undefinesource` of
+a twin domain (the instance's own XML under another name and uuid, on its own overlay), run alternately
+with Corral's, back and forth between the nodes. Downtime is libvirt's measurement of each completed job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from bench.common import WatchRecorder, corral_serve, open_libvirt, phase, ping_until_answered, save, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+RIG = ROOT / "scripts" / "migration-nodes.sh"
+INSTANCES = "/v1/namespaces/default/instances"
+MIGRATIONS = "/v1/namespaces/default/migrations"
+NODES = {"local": 1, "node-2": 2}
+
+
+def uri(n: int) -> str:
+    return f"qemu+unix:///system?socket=/tmp/corral-nodes/node{n}/run/libvirt-sock"
+
+
+def p2p(n: int) -> str:
+    return f"qemu+tcp://10.99.0.{n}/system"
+
+
+def twin_of(xml: str, name: str, overlay: Path) -> str:
+    """The instance's domain XML under another name and uuid, on its own copy-on-write overlay."""
+    root = ET.fromstring(xml)
+    root.find("name").text = name  # type: ignore[union-attr]
+    root.find("uuid").text = str(uuid.uuid4())  # type: ignore[union-attr]
+    for source in root.iterfind("devices/disk/source"):
+        backing = source.get("file")
+        if backing:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                            _backing_of(backing), str(overlay)], check=True)  # fmt: skip
+            source.set("file", str(overlay))
+    for serial in root.iterfind("devices/serial/log"):
+        serial.set("file", f"/var/log/libvirt/qemu/{name}-console.log")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _backing_of(path: str) -> str:
+    info = subprocess.run(["qemu-img", "info", "-U", path], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"^backing file: (\S+)", info, re.M)
+    return found.group(1) if found else path
+
+
+def virsh_migrate(name: str, source: int, target: int) -> tuple[float, float]:
+    started = time.monotonic()
+    subprocess.run(["virsh", "-c", uri(source), "migrate", "--live", "--p2p", "--persistent",
+                    "--undefinesource", name, p2p(target)], check=True, capture_output=True)  # fmt: skip
+    total = time.monotonic() - started
+    info = subprocess.run(["virsh", "-c", uri(target), "domjobinfo", "--completed", name],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    downtime = re.search(r"Total downtime:\s+(\d+)\s*ms", info)
+    return total, float(downtime.group(1)) if downtime else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    subprocess.run([str(RIG), "start"], check=True, capture_output=True)
+    corral_total: list[float] = []
+    corral_downtime: list[float] = []
+    raw_total: list[float] = []
+    raw_downtime: list[float] = []
+    twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
+    overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
+    try:
+        with corral_serve(CORRAL_LIBVIRT_URI=uri(1)) as client:
+            merge = {"Content-Type": "application/merge-patch+json"}
+            client.patch("/v1/nodes/local", json={"spec": {"migrationUri": p2p(1)}}, headers=merge)
+            client.post("/v1/nodes", json={"metadata": {"name": "node-2"},
+                                           "spec": {"uri": uri(2), "migrationUri": p2p(2)}})  # fmt: skip
+            seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
+            client.post(INSTANCES, content=seed, headers={"Content-Type": "application/yaml"})
+            watch = WatchRecorder(client, MIGRATIONS)
+            deadline = time.monotonic() + 120
+            while client.get(f"{INSTANCES}/test-vmi").json()["status"].get("phase") != "Running":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("test-vmi did not start")
+                time.sleep(0.1)
+            instance = client.get(f"{INSTANCES}/test-vmi").json()
+            node = NODES[instance["status"]["nodeName"]]
+            conns = {n: open_libvirt(uri(n)) for n in (1, 2)}
+            xml = conns[node].lookupByName(instance["status"]["domainName"]).XMLDesc(0)
+            twin_dom = conns[1].defineXML(twin_of(xml, twin, overlay))
+            twin_dom.create()
+            ping_until_answered(twin_dom)
+            twin_node = 1
+            time.sleep(3)  # both guests settle into idle
+            for _ in range(args.runs):
+                total, downtime = virsh_migrate(twin, twin_node, 3 - twin_node)
+                twin_node = 3 - twin_node
+                raw_total.append(total)
+                raw_downtime.append(downtime)
+
+                started = time.monotonic()
+                created = client.post(f"{INSTANCES}/test-vmi/migrate").json()
+                name = created["metadata"]["name"]
+                done_at = watch.wait(name, phase("Succeeded"), after=started)
+                corral_total.append(done_at - started)
+                state = client.get(f"{MIGRATIONS}/{name}").json()["status"]["migrationState"]
+                corral_downtime.append(float(state["downtimeMs"]))
+                time.sleep(1)
+            watch.close()
+            conns[twin_node].lookupByName(twin).destroy()
+            conns[twin_node].lookupByName(twin).undefine()
+    finally:
+        overlay.unlink(missing_ok=True)
+        subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
+    result: dict[str, Any] = {
+        "corral_total_s": summary(corral_total),
+        "virsh_total_s": summary(raw_total),
+        "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],
+        "corral_downtime_ms": summary(corral_downtime),
+        "virsh_downtime_ms": summary(raw_downtime),
+    }
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    print("saved", save("migration", result))
+
+
+if __name__ == "__main__":
+    main()

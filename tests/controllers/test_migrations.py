@@ -1,0 +1,169 @@
+"""Migration control plane on libvirt's test driver: refusals, scheduling, cancel, failure handling, drains.
+
+The test driver cannot migrate a domain, so a migration that reaches libvirt fails there: that is the
+failure path (the instance stays on its source, the row says why). Real migrations run in
+tests/integration/test_migration_qemu.py on two real nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
+from app.db import Database
+from app.schemas.migration import MigrationSpec
+from tests.conftest import ADMIN_TOKEN, add_node, bearer, make_token, wait_for
+from tests.controllers.test_instances import BASE, instance, wait_phase
+
+MIGRATIONS = "/v1/namespaces/default/migrations"
+PLAIN_NODE = Path(__file__).resolve().parents[1] / "data" / "plain-node.xml"
+MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "migration.yaml"
+
+
+@pytest.fixture
+def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
+        add_node(client, "td", "test:///default", {"driver": "test"})
+        yield client
+
+
+@pytest.fixture
+def db(pg: Database) -> Database:
+    return pg
+
+
+def running(api: httpx.Client, name: str, **spec: Any) -> dict[str, Any]:
+    assert api.post(BASE, json=instance(name, **spec)).status_code == 201
+    return wait_phase(api, name, "Running")
+
+
+def migration(name: str, vmi: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"vmiName": vmi, **spec}}
+
+
+def finished(api: httpx.Client, name: str) -> dict[str, Any]:
+    return wait_for(lambda: (m := api.get(f"{MIGRATIONS}/{name}").json())["status"].get("phase")
+                    in ("Succeeded", "Failed") and m, timeout=20, what=f"{name} finished")  # fmt: skip
+
+
+def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
+    missing = api.post(MIGRATIONS, json=migration("m0", "nope"))
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "spec.vmiName"
+    assert api.post(BASE, json=instance("halted", run_strategy="Halted")).status_code == 201
+    wait_phase(api, "halted", "Scheduled")
+    stopped = api.post(f"{BASE}/halted/migrate")
+    assert stopped.status_code == 409, stopped.text
+    assert stopped.headers["content-type"].startswith("application/problem+json")
+    assert "Scheduled; only a Running instance live-migrates" in stopped.json()["detail"]
+    running(api, "vm")
+    unknown = api.post(MIGRATIONS, json=migration("m1", "vm", targetNode="elsewhere"))
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "spec.targetNode"
+    same = api.post(MIGRATIONS, json=migration("m2", "vm", targetNode="td"))
+    assert same.status_code == 422 and "is the source node" in same.text
+    bad = api.post(MIGRATIONS, json=migration("m3", "vm", bandwidthMiB=-1, maxDowntimeMs=0))
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json()["errors"]} == {"spec.bandwidthMiB", "spec.maxDowntimeMs"}
+    assert api.get(MIGRATIONS).json()["items"] == []  # nothing half-written
+
+
+def test_seed_manifest_with_no_other_node_fails_unschedulable(api: httpx.Client) -> None:
+    running(api, "test-vmi")
+    created = api.post(
+        MIGRATIONS, content=MANIFEST.read_bytes(), headers={"Content-Type": "application/yaml"}
+    )
+    assert created.status_code == 201, created.text
+    done = finished(api, "test-vmi-migration")
+    assert done["status"]["phase"] == "Failed" and done["status"]["reason"] == "Unschedulable"
+    assert "td: is the source node" in done["status"]["migrationState"]["failureReason"]
+    again = api.patch(f"{MIGRATIONS}/test-vmi-migration", json={"spec": {"targetNode": "x"}},
+                      headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+    assert again.status_code == 422 and "immutable" in again.text
+    assert wait_phase(api, "test-vmi", "Running")["status"]["nodeName"] == "td"
+
+
+def test_a_target_without_shared_storage_is_refused_and_the_instance_stays(api: httpx.Client) -> None:
+    # Each test-driver host keeps its storage pools in memory: the target cannot see the instance's overlay.
+    add_node(api, "plain", f"test://{PLAIN_NODE}", {"driver": "test"})
+    vm = running(api, "vm")
+    source = vm["status"]["nodeName"]
+    target = "plain" if source == "td" else "td"
+    created = api.post(f"{BASE}/vm/migrate", json={"targetNode": target})
+    assert created.status_code == 201, created.text
+    assert created.headers["location"].startswith(f"{MIGRATIONS}/vm-migration-")
+    done = finished(api, created.json()["metadata"]["name"])
+    status = done["status"]
+    assert status["phase"] == "Failed" and status["reason"] == "TargetStorageMissing", status
+    assert f"node {target} does not see" in status["migrationState"]["failureReason"]
+    assert "storage shared by both nodes" in status["message"]
+    phases = [t["phase"] for t in status["phaseTransitionTimestamps"]]
+    assert phases == ["Scheduling", "Scheduled", "PreparingTarget", "Failed"]
+    after = wait_phase(api, "vm", "Running")
+    assert after["status"]["nodeName"] == source and after["metadata"]["uid"] == vm["metadata"]["uid"]
+    # The instance is free again: a second migration is accepted.
+    assert api.post(f"{BASE}/vm/migrate", json={"targetNode": target}).status_code == 201
+
+
+def test_cancel_and_delete(api: httpx.Client) -> None:
+    running(api, "vm")
+    # Cancel of a migration that cannot be placed yet (no other node): it ends Failed either way; a second
+    # cancel of a finished one is a conflict.
+    created = api.post(MIGRATIONS, json=migration("m", "vm")).json()
+    assert created["status"]["phase"] == "Pending"
+    api.post(f"{MIGRATIONS}/m/cancel")
+    done = finished(api, "m")
+    assert done["status"]["phase"] == "Failed"
+    assert api.post(f"{MIGRATIONS}/m/cancel").status_code == 409
+    assert api.delete(f"{MIGRATIONS}/m").status_code == 202
+    wait_for(lambda: api.get(f"{MIGRATIONS}/m").status_code == 404, timeout=10, what="m removed")
+
+
+def test_drain_lists_what_cannot_move_and_cordons(api: httpx.Client) -> None:
+    add_node(api, "plain", f"test://{PLAIN_NODE}")
+    running(api, "a", nodeSelector={"driver": "test"})
+    assert api.post(
+        BASE, json=instance("b", run_strategy="Halted", nodeSelector={"driver": "test"})
+    ).is_success
+    wait_phase(api, "b", "Scheduled")
+    drained = api.post("/v1/nodes/td/drain")
+    assert drained.status_code == 202, drained.text
+    body = drained.json()
+    assert body["unschedulable"] is True and body["node"] == "td"
+    assert [m["vmiName"] for m in body["migrations"]] == ["a"]
+    reason = "the instance is Scheduled; only a Running instance live-migrates"
+    assert body["notMigratable"] == [{"namespace": "default", "name": "b", "reason": reason}]
+    assert api.get("/v1/nodes/td").json()["spec"]["unschedulable"] is True
+    # New instances avoid the cordoned node.
+    assert api.post(BASE, json=instance("c", nodeSelector={"driver": "test"})).status_code == 201
+    assert "td: unschedulable" in wait_phase(api, "c", "Failed", "Unschedulable")["status"]["message"]
+    wait_for(lambda: api.get("/v1/nodes/td/drain").json()["migrations"][0]["phase"] == "Failed", timeout=20,
+             what="the test driver's migration fails")  # fmt: skip
+    assert api.delete("/v1/nodes/td/drain").status_code == 200
+    assert api.post("/v1/nodes/nope/drain").status_code == 404
+
+
+def test_drain_and_migrations_need_the_right_roles(api: httpx.Client) -> None:
+    running(api, "vm")
+    token = make_token(api, "ops", [{"namespace": "default", "role": "viewer"}])
+    with httpx.Client(base_url=str(api.base_url), headers=bearer(token)) as viewer:
+        assert viewer.post(f"{BASE}/vm/migrate").status_code == 403
+        assert viewer.post("/v1/nodes/td/drain").status_code == 403
+        assert viewer.get(MIGRATIONS).status_code == 200
+
+
+def test_policy_ramp_and_timeout() -> None:
+    defaults = Policy(max_downtime_ms=500, downtime_steps=10, downtime_delay_per_gib=75)
+    ramp = downtime_ramp(defaults, 2 * GIB)
+    assert ramp[0] == (0.0, 50) and ramp[-1] == (1500.0, 500) and len(ramp) == 11
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(ramp))
+    assert completion_timeout(defaults, GIB // 2) == 75.0
+    spec = MigrationSpec.model_validate({"vmiName": "x", "maxDowntimeMs": 100, "allowPostCopy": True})
+    effective = defaults.overridden_by(spec)
+    assert effective.max_downtime_ms == 100 and effective.allow_post_copy and effective.bandwidth_mib == 0
+    shown = effective.configuration().model_dump(by_alias=True)
+    assert shown["maxDowntimeMs"] == 100 and shown["completionTimeoutPerGiB"] == 150
