@@ -13,11 +13,12 @@ from prometheus_client import Histogram
 from pydantic import BaseModel
 
 from app import __version__
-from app.api import guest, instances, migrations, operations, pools, problems, system
+from app.api import devices, guest, instances, migrations, operations, pools, problems, system
 from app.api.resources import resource_router
 from app.db import Database
 from app.schemas.auth import TokenRequest
 from app.schemas.common import WatchEvent
+from app.schemas.devices import PermittedHostDevices
 from app.schemas.instance import StopOptions
 from app.schemas.migration import MigrateOptions
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
@@ -50,6 +51,7 @@ def create_app(db: Database) -> FastAPI:
     app.include_router(instances.router)
     app.include_router(pools.router)
     app.include_router(migrations.router)
+    app.include_router(devices.router)
     app.include_router(guest.router)
     app.include_router(operations.router)
 
@@ -71,7 +73,14 @@ def create_app(db: Database) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             # Bodies are parsed by Corral (JSON or YAML), so FastAPI does not see their models: add them.
             parsed_bodies: list[type[BaseModel]] = [k.body_model for k in KINDS.values()]
-            parsed_bodies += [TokenRequest, WatchEvent, StopOptions, ClaimRequest, MigrateOptions]
+            parsed_bodies += [
+                TokenRequest,
+                WatchEvent,
+                StopOptions,
+                ClaimRequest,
+                MigrateOptions,
+                PermittedHostDevices,
+            ]
             parsed_bodies += [ExecRequest, FileReadRequest, FileWriteRequest]
             for model in parsed_bodies:
                 model_schema = model.model_json_schema(

@@ -36,6 +36,7 @@ TABLES = (
     "instances",
     "pools",
     "migrations",
+    "host_devices",
     "resource_events",
     "work_items",
     "settings",

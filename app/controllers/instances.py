@@ -19,15 +19,26 @@ from sqlalchemy.orm import Session
 from app.controllers.base import Result
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
 from app.controllers.operations import failure, run_operation
-from app.controllers.scheduling import MIB, NodeView, Request, choose, node_view, unschedulable_message
+from app.controllers.scheduling import (
+    MIB,
+    DeviceSlot,
+    NodeView,
+    Request,
+    choose,
+    node_view,
+    pick_devices,
+    unschedulable_message,
+)
 from app.db import OPERATIONS_CHANNEL, Database, signal
 from app.repositories import operations, workqueue
+from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
 from app.schemas.conditions import find_condition, set_condition
-from app.schemas.instance import InstanceSpec, requested_devices, requested_memory, requested_vcpus
+from app.schemas.devices import PermittedHostDevices, device_needs
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED
 from app.schemas.operations import audit_view
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
@@ -79,9 +90,8 @@ class Snapshot:
     deleting: bool
     node: dict[str, Any] | None = None  # {"uri", "virtType"} of the placed node, when it still exists
     guest: dict[str, Any] = field(default_factory=dict)  # the guest agent's last report
-    migration: dict[str, Any] | None = (
-        None  # the unfinished migration holding the instance: {uid, name, target}
-    )
+    migration: dict[str, Any] | None = None  # the unfinished migration holding it: {uid, name, target}
+    pci_devices: tuple[str, ...] = ()  # PCI addresses of the host devices it holds
 
     @property
     def domain(self) -> str:
@@ -227,6 +237,8 @@ class InstanceReconciler:
                 row.deleted_at is not None,
                 guest=dict(row.guest or {}),
             )
+            held = DeviceRepository(session).held_by(row.uid)
+            snap.pci_devices = tuple(str(d.facts.get("address")) for d in held if d.capability == "pci")
             lock = (row.progress or {}).get("migration")
             if lock:
                 migration = ResourceRepository[Any](session, MIGRATIONS.info).get_by_uid(lock["uid"])
@@ -275,8 +287,10 @@ class InstanceReconciler:
 
     # -- placement -----------------------------------------------------------------------------------
     def _schedule(self, snap: Snapshot) -> Snapshot:
-        request = Request(requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector,
-                          requested_devices(snap.spec))  # fmt: skip
+        needs = device_needs(snap.spec)
+        request = Request(
+            requested_vcpus(snap.spec), requested_memory(snap.spec), snap.spec.node_selector, needs
+        )
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
             node_rows, views = cluster_views(session, snap.uid)
@@ -288,6 +302,13 @@ class InstanceReconciler:
                 failed = Observed("Failed", "Unschedulable", unschedulable_message(len(views), reasons))
                 self._apply(instances, row, snap, Step(failed))
                 return snap
+            # Devices are taken in the same transaction as the node (whose rows are locked): never twice.
+            picked = set(pick_devices(chosen.devices, needs) if needs else [])
+            ledger = DeviceRepository(session)
+            held = [d for d in ledger.on_node(chosen.name, for_update=True) if d.name in picked]
+            ledger.hold(held, snap.uid, f"{snap.namespace}/{snap.name}")
+            if held:
+                workqueue.enqueue(session, NODES.work_key("", chosen.name))  # its allocated counts changed
             row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
             self._apply(instances, row, snap, Step(Observed("Scheduling", "Scheduled")))
             placed = next(n for n in node_rows if n.name == chosen.name)
@@ -295,6 +316,7 @@ class InstanceReconciler:
             snap,
             node_name=placed.name,
             node={"uri": placed.spec["uri"], "virtType": (placed.status or {}).get("virtType")},
+            pci_devices=tuple(str(d.facts.get("address")) for d in held if d.capability == "pci"),
         )
 
     # -- convergence ---------------------------------------------------------------------------------
@@ -436,8 +458,7 @@ class InstanceReconciler:
             agent_reason = "AgentNotConnected" if running else "DomainNotRunning"
         if agent == "True":  # the next report is due in a minute
             requeue = min(requeue or GUEST_REFRESH, GUEST_REFRESH)
-        devices = snap.spec.domain.devices
-        passthrough = bool(devices.gpus or devices.host_devices)
+        passthrough = bool(device_needs(snap.spec))
         observed = Observed(
             phase,
             reason,
@@ -509,6 +530,9 @@ class InstanceReconciler:
             row = repo.get(snap.namespace, snap.name, for_update=True)
             if row is not None and row.uid == snap.uid:
                 wake_pool(session, row)
+                if DeviceRepository(session).release(row.uid):
+                    wake_unschedulable(session)  # a freed device may be what one of them waits for
+                    workqueue.enqueue(session, NODES.work_key("", str(row.node_name)))
                 repo.remove(row)
         return Result()
 
@@ -603,6 +627,7 @@ class InstanceReconciler:
                 else f"/var/log/libvirt/qemu/{snap.domain}-console.log",
                 metadata={"namespace": snap.namespace, "name": snap.name, "uid": snap.uid},
                 cpu_topology=topology,
+                pci_devices=snap.pci_devices,
             )
             try:
                 info = hv.define(build_domain_xml(config))
@@ -617,6 +642,7 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[N
     and migration targets), so two passes cannot both take the last room. A migrating instance holds room
     on its source and its target."""
     node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
+    rules, ledger = permitted(session), DeviceRepository(session)
     used: dict[str, tuple[int, int]] = {}
     for other in InstanceRepository(session).placed():
         if other.uid == exclude_uid or other.node_name is None:
@@ -627,11 +653,33 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[N
             cpu, mem = used.get(node, (0, 0))
             used[node] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
     views = [
-        node_view(n.name, n.labels or {}, n.spec, n.status or {}, *used.get(n.name, (0, 0)))
+        node_view(
+            n.name,
+            n.labels or {},
+            n.spec,
+            n.status or {},
+            *used.get(n.name, (0, 0)),
+            devices=tuple(device_slot(d, rules) for d in ledger.on_node(n.name)),
+        )
         for n in node_rows
         if n.deleted_at is None
     ]
     return node_rows, views
+
+
+def device_slot(row: Any, rules: PermittedHostDevices) -> DeviceSlot:
+    facts = row.facts or {}
+    resource = (
+        rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
+    )
+    return DeviceSlot(row.name, row.capability, resource, row.holder, facts.get("iommuGroup"),
+                      facts.get("class"), row.present)  # fmt: skip
+
+
+def wake_unschedulable(session: Session) -> None:
+    for other in InstanceRepository(session).page(None)[0]:
+        if (other.status or {}).get("reason") == "Unschedulable" and other.node_name is None:
+            workqueue.enqueue(session, INSTANCES.work_key(other.namespace, other.name))
 
 
 def domain_name(namespace: str, name: str, uid: str, progress: dict[str, Any]) -> str:

@@ -9,13 +9,16 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
+from app.controllers.instances import wake_unschedulable
 from app.db import Database
+from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.conditions import set_condition
+from app.schemas.devices import PermittedHostDevices
 from app.schemas.node import NodeSpec, NodeStatus
 from app.services.kinds import NODES
-from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool
+from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool, NodeDevice
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +43,29 @@ def decide_virt_type(host: HostInfo, requested: str | None) -> tuple[str, str]:
 
 
 def host_status(
-    host: HostInfo, virt_type: str, reason: str, generation: int, previous: dict[str, Any], cpu_ratio: int = 1
+    host: HostInfo,
+    virt_type: str,
+    reason: str,
+    generation: int,
+    previous: dict[str, Any],
+    cpu_ratio: int = 1,
+    devices: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit)."""
+    """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit).
+    Permitted host devices count per resourceName ({name: (capacity, allocated)})."""
     at = now()
     status: dict[str, Any] = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
     set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
     memory = f"{host.memory_bytes // (1024 * 1024)}Mi"
-    resources = {"cpu": str(host.cpus), "memory": memory}
+    extended = {name: str(capacity) for name, (capacity, _) in sorted((devices or {}).items())}
+    resources = {"cpu": str(host.cpus), "memory": memory, **extended}
     return NodeStatus.model_validate({
         **status,
         "observedGeneration": generation,
         "phase": "Ready",
         "capacity": resources,
         "allocatable": {**resources, "cpu": str(host.cpus * cpu_ratio)},
+        "allocated": {name: str(held) for name, (_, held) in sorted((devices or {}).items())},
         "nodeInfo": {
             "hostname": host.hostname, "arch": host.arch, "cpuModel": host.cpu_model,
             "hostUuid": host.host_uuid, "hypervisorType": host.hypervisor_type,
@@ -63,6 +75,39 @@ def host_status(
         "virtTypeReason": reason,
         "lastHeartbeatTime": at,
     }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
+
+
+def device_facts(device: NodeDevice) -> dict[str, Any]:
+    """What the ledger keeps of a device (HostDevice status field names)."""
+    facts: dict[str, Any] = {
+        "parent": device.parent, "driver": device.driver, "address": device.address,
+        "vendorId": device.vendor_id, "productId": device.product_id, "vendorName": device.vendor_name,
+        "productName": device.product_name, "class": device.device_class, "iommuGroup": device.iommu_group,
+        "iommuGroupMembers": list(device.iommu_members), "numaNode": device.numa_node,
+        "mdevTypes": [{"id": t.id, "name": t.name, "availableInstances": t.available}
+                      for t in device.mdev_types],
+    }  # fmt: skip
+    return {k: v for k, v in facts.items() if v not in (None, [])}
+
+
+def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, tuple[int, int]]:
+    """Per permitted resourceName: how many devices the node has (PCI devices, and mediated-device instances
+    its GPUs can still create) and how many instances hold."""
+    counts: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        facts = row.facts or {}
+        if row.capability != "pci" or not row.present:
+            continue
+        pci = rules.pci_resource(facts.get("vendorId"), facts.get("productId"))
+        if pci is not None:
+            capacity, held = counts.get(pci, (0, 0))
+            counts[pci] = (capacity + 1, held + (row.holder is not None))
+        for mdev in facts.get("mdevTypes", []):
+            resource = rules.mdev_resource(mdev["id"], mdev["name"])
+            if resource is not None:
+                capacity, held = counts.get(resource, (0, 0))
+                counts[resource] = (capacity + int(mdev["availableInstances"]), held)
+    return counts
 
 
 def _same_but_heartbeat(old: dict[str, Any], new: dict[str, Any], min_age: float) -> bool:
@@ -107,16 +152,27 @@ class NodeReconciler:
             generation, previous = row.generation, dict(row.status)
 
         try:
-            host = self.hypervisors.get(name, spec.uri).host_info()
+            hypervisor = self.hypervisors.get(name, spec.uri)
+            host = hypervisor.host_info()
+            inventory = hypervisor.node_devices()
         except HypervisorError as exc:
             self.hypervisors.forget(name)
             self._write(namespace, name, self._unreachable(previous, generation, str(exc)))
             return Result(requeue_after=self.heartbeat)
         virt_type, reason = decide_virt_type(host, spec.virt_type)
-        self._write(
-            namespace, name, host_status(host, virt_type, reason, generation, previous, self.cpu_ratio)
-        )
+        devices = self._record_devices(name, inventory)
+        status = host_status(host, virt_type, reason, generation, previous, self.cpu_ratio, devices)
+        self._write(namespace, name, status)
         return Result(requeue_after=self.heartbeat)
+
+    def _record_devices(self, node: str, inventory: list[NodeDevice]) -> dict[str, tuple[int, int]]:
+        """Refresh the node's rows in the device ledger; (capacity, allocated) per permitted resourceName."""
+        with self.db.transaction() as session:
+            ledger = DeviceRepository(session)
+            reported = {d.name: (d.capability, device_facts(d)) for d in inventory}
+            if ledger.replace_inventory(node, reported, now()):
+                wake_unschedulable(session)  # a new device may be what an instance waits for
+            return device_resources(ledger.on_node(node), permitted(session))
 
     @staticmethod
     def _unreachable(previous: dict[str, Any], generation: int, message: str) -> dict[str, Any]:

@@ -6,6 +6,23 @@ from dataclasses import dataclass, field
 
 from app.schemas.common import parse_quantity
 from app.schemas.conditions import condition_true
+from app.schemas.devices import DeviceNeeds
+
+PCI_BRIDGE_CLASS = "0x0604"  # bridges share IOMMU groups with endpoints but are never passed through
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """A node device as placement sees it."""
+
+    name: str
+    capability: str
+    resource_name: str | None  # the permittedHostDevices rule it falls under
+    holder: str | None  # namespace/name of the instance holding it
+    iommu_group: int | None = None
+    device_class: str | None = None
+    present: bool = True
+
 
 MIB = 1024 * 1024
 
@@ -20,6 +37,7 @@ class NodeView:
     memory: int  # allocatable bytes
     used_cpu: int = 0
     used_memory: int = 0
+    devices: tuple[DeviceSlot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -27,9 +45,7 @@ class Request:
     vcpus: int
     memory: int
     node_selector: dict[str, str] = field(default_factory=dict)
-    # Host devices (gpus/hostDevices deviceNames and extended resources such as nvidia.com/gpu): placement
-    # needs a node whose device inventory offers them; no node has an inventory yet, so none qualifies.
-    devices: tuple[str, ...] = ()
+    devices: DeviceNeeds = field(default_factory=DeviceNeeds)
 
 
 def node_view(
@@ -39,6 +55,7 @@ def node_view(
     status: dict[str, object],
     used_cpu: int,
     used_memory: int,
+    devices: tuple[DeviceSlot, ...] = (),
 ) -> NodeView:
     allocatable = status.get("allocatable") or {}
     assert isinstance(allocatable, dict)
@@ -51,6 +68,7 @@ def node_view(
         memory=int(parse_quantity(str(allocatable.get("memory", "0")))),
         used_cpu=used_cpu,
         used_memory=used_memory,
+        devices=devices,
     )
 
 
@@ -63,8 +81,9 @@ def why_not(node: NodeView, request: Request) -> str | None:
     mismatched = [k for k, v in request.node_selector.items() if node.labels.get(k) != v]
     if mismatched:
         return f"nodeSelector {', '.join(sorted(mismatched))} does not match"
-    if request.devices:
-        return f"offers no host device {', '.join(request.devices)}"
+    picked = pick_devices(node.devices, request.devices)
+    if isinstance(picked, str):
+        return picked
     if node.cpu - node.used_cpu < request.vcpus:
         return f"insufficient cpu (requested {request.vcpus}, free {node.cpu - node.used_cpu})"
     free = node.memory - node.used_memory
@@ -87,3 +106,38 @@ def unschedulable_message(total: int, reasons: dict[str, str]) -> str:
         return "0/0 nodes: no node is registered"
     detail = "; ".join(f"{name}: {reason}" for name, reason in sorted(reasons.items()))
     return f"0/{total} nodes can run it: {detail}"
+
+
+def pick_devices(slots: tuple[DeviceSlot, ...], needs: DeviceNeeds) -> list[str] | str:
+    """The node devices to assign for `needs` (named ones, any free ones per resourceName, and the rest of
+    each chosen device's IOMMU group, which VFIO hands over as a whole), or why the node cannot."""
+    by_name = {s.name: s for s in slots}
+    chosen: list[DeviceSlot] = []
+    for name in needs.named:
+        slot = by_name.get(name)
+        if slot is None or not slot.present:
+            return f"has no device {name}"
+        if slot.capability != "pci":
+            return f"{name} is a {slot.capability} device, not PCI"
+        if slot.resource_name is None:
+            return f"{name} is not permitted by permittedHostDevices"
+        if slot.holder is not None:
+            return f"{name} is held by {slot.holder}"
+        chosen.append(slot)
+    for resource, count in needs.counts:
+        named_here = sum(1 for s in chosen if s.resource_name == resource)
+        matching = [s for s in slots if s.resource_name == resource and s.present and s.capability == "pci"]
+        free = [s for s in matching if s.holder is None and s not in chosen]
+        wanted = count - named_here
+        if len(free) < wanted:
+            return f"{resource}: {len(free)} free of {len(matching)}, {wanted} more needed"
+        chosen += free[: max(wanted, 0)]
+    groups = {s.iommu_group for s in chosen if s.iommu_group is not None}
+    for slot in slots:
+        if slot.iommu_group in groups and slot not in chosen and slot.capability == "pci":
+            if (slot.device_class or "").startswith(PCI_BRIDGE_CLASS):
+                continue
+            if slot.holder is not None:
+                return f"IOMMU group {slot.iommu_group}: {slot.name} is held by {slot.holder}"
+            chosen.append(slot)
+    return [s.name for s in chosen]

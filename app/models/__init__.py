@@ -2,6 +2,7 @@
 
 from app.models.auth import GrantRow, TokenRow
 from app.models.base import Base, ResourceRow
+from app.models.devices import HostDeviceRow
 from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
 from app.models.operations import OperationRow
@@ -13,6 +14,7 @@ __all__ = [
     "Base",
     "EventRow",
     "GrantRow",
+    "HostDeviceRow",
     "IdempotencyRow",
     "InstanceRow",
     "MigrationRow",

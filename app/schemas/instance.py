@@ -185,14 +185,6 @@ def requested_vcpus(spec: InstanceSpec) -> int:
     return max(1, math.ceil(parse_quantity(request))) if request else 1
 
 
-def requested_devices(spec: InstanceSpec) -> tuple[str, ...]:
-    """Host devices asked for: gpus/hostDevices by name, and extended resources (e.g. nvidia.com/gpu)."""
-    devices = spec.domain.devices
-    named = [d.device_name for d in (*devices.gpus, *devices.host_devices)]
-    extended = [k for k in spec.domain.resources.requests if k not in ("cpu", "memory")]
-    return tuple(dict.fromkeys([*named, *extended]))
-
-
 def requested_memory(spec: InstanceSpec) -> int:
     """Guest memory in bytes: memory.guest, else the memory request, else 512 MiB."""
     guest = spec.domain.memory.guest if spec.domain.memory else None

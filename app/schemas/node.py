@@ -64,6 +64,9 @@ class NodeStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     capacity: dict[str, str] = Field(default_factory=dict)
     allocatable: dict[str, str] = Field(default_factory=dict)
+    allocated: dict[str, str] = Field(
+        default_factory=dict, description="Host devices held by instances, per resourceName."
+    )
     node_info: NodeInfo | None = None
     virt_type: VirtType | None = None
     virt_type_reason: str | None = None

@@ -13,8 +13,9 @@ from app.errors import BadRequest, Conflict, FieldError
 from app.repositories import idempotency
 from app.repositories.resources import to_object
 from app.repositories.revisions import now
-from app.schemas.instance import StopOptions
+from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
+from app.services.devices import DeviceService
 from app.services.kinds import INSTANCES
 from app.services.resources import ResourceService
 from app.services.validation import invalid
@@ -40,11 +41,13 @@ class InstanceService(ResourceService):
         super().__init__(session, INSTANCES)
 
     def prepare_new(self, row: Any) -> None:
+        DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
         power = "Running" if row.spec.get("runStrategy", "Always") in RUN_AT_CREATE else "Stopped"
         row.intent = {"power": power, "restart": 0, "softReboot": 0}
         row.progress = {}
 
     def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+        DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
         strategy = row.spec.get("runStrategy")
         if strategy == old_spec.get("runStrategy"):
             return

@@ -47,6 +47,8 @@ class DomainConfig:
     console_log: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # owner facts: namespace, name, uid
     cpu_topology: tuple[int, int, int] | None = None  # sockets, cores, threads
+    pci_devices: tuple[str, ...] = ()  # host PCI addresses (0000:3b:00.0) passed through with VFIO
+    mdev_devices: tuple[str, ...] = ()  # UUIDs of mediated devices (vGPU slices) passed through
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -127,6 +129,16 @@ def build_domain_xml(config: DomainConfig) -> str:
     if config.guest_agent:
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+    for address in config.pci_devices:
+        # managed: libvirt binds the device to vfio-pci at start and gives it back to its driver at stop.
+        hostdev = _sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
+        pci_domain, bus, slot_function = address.split(":")
+        slot, function = slot_function.split(".")
+        _sub(_sub(hostdev, "source"), "address", domain=f"0x{pci_domain}", bus=f"0x{bus}", slot=f"0x{slot}",
+             function=f"0x{function}")  # fmt: skip
+    for mdev_uuid in config.mdev_devices:
+        hostdev = _sub(devices, "hostdev", mode="subsystem", type="mdev", model="vfio-pci")
+        _sub(_sub(hostdev, "source"), "address", uuid=mdev_uuid)
     if config.virt_type != "test":
         _sub(devices, "memballoon", model="virtio")
         video = _sub(devices, "video")

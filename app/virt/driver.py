@@ -93,6 +93,33 @@ class HostInfo:
 
 
 @dataclass(frozen=True)
+class MdevType:
+    id: str  # e.g. nvidia-222
+    name: str  # e.g. GRID T4-1B
+    available: int  # instances that can still be created
+
+
+@dataclass(frozen=True)
+class NodeDevice:
+    """A device from libvirt's node-device API; the PCI fields are set for capability "pci" only."""
+
+    name: str  # libvirt's, e.g. pci_0000_3b_00_0
+    capability: str  # pci, usb_device, net, system, ...
+    parent: str | None = None
+    driver: str | None = None
+    address: str | None = None  # PCI address, e.g. 0000:3b:00.0
+    vendor_id: str | None = None  # four hex digits, e.g. 10de
+    product_id: str | None = None
+    vendor_name: str | None = None
+    product_name: str | None = None
+    device_class: str | None = None  # e.g. 0x030200
+    iommu_group: int | None = None
+    iommu_members: tuple[str, ...] = ()  # PCI addresses in the same IOMMU group, this one included
+    numa_node: int | None = None
+    mdev_types: tuple[MdevType, ...] = ()
+
+
+@dataclass(frozen=True)
 class MigrationOptions:
     bandwidth_mib: int = 0  # 0: unlimited
     auto_converge: bool = False
@@ -206,6 +233,10 @@ class Hypervisor(Protocol):
         ...
 
     def volume_path(self, pool: str, volume: str) -> str | None: ...
+
+    def node_devices(self) -> list[NodeDevice]:
+        """Every device libvirt's node-device API reports on this host."""
+        ...
 
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
         """Live-migrate peer to peer (this node's libvirtd dials `destination_uri`), persistent on the

@@ -40,6 +40,7 @@ from app.virt.driver import (
     InvalidOperation,
     JobProgress,
     MigrationOptions,
+    NodeDevice,
     ShutdownMode,
 )
 from app.virt.guest import (
@@ -48,6 +49,7 @@ from app.virt.guest import (
     parse_agent_info,
     parse_guest_info,
 )
+from app.virt.nodedev import parse_node_device
 
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
@@ -522,6 +524,16 @@ class LibvirtHypervisor:
     def volume_path(self, pool: str, volume: str) -> str | None:
         found = self._volume(pool, volume)
         return None if found is None else str(self._call(found.path))
+
+    # -- host devices --------------------------------------------------------------------------------
+    def node_devices(self) -> list[NodeDevice]:
+        found: list[NodeDevice] = []
+        for device in self._call(lambda: self._conn.listAllDevices(0)):
+            with self._errors():
+                parsed = parse_node_device(device.XMLDesc(0))
+            if parsed is not None:
+                found.append(parsed)
+        return sorted(found, key=lambda d: d.name)
 
     # -- migration -----------------------------------------------------------------------------------
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:

@@ -27,6 +27,12 @@ CASES = {
                               DiskConfig("/v/seed.raw", "vdb", format="raw", readonly=True)),
         cpu_topology=(1, 4, 1), guest_agent=True,
     ),
+    "kvm-passthrough": DomainConfig(
+        name="train-0", uuid="7b1d3e5f-2222-4333-8444-a55566667777", virt_type="kvm", vcpus=8,
+        memory_mib=16384, machine="q35", disks=(DiskConfig("/v/train-0.qcow2", "vda"),),
+        pci_devices=("0000:3b:00.0", "0000:01:00.0"),
+        mdev_devices=("4b20d080-1b54-4048-85b3-a6a62d165c01",),
+    ),
 }  # fmt: skip
 
 

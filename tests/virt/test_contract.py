@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,21 @@ def guest_agent_round_trip(hv: Hypervisor, config: DomainConfig, tmp_path: Path)
     next_event(received, config.uuid, EventKind.LIFECYCLE, "Stopped", timeout=30)
     assert hv.lookup(config.name).reason == "shutdown"
     assert "corral-init" in (tmp_path / "console.log").read_text(errors="replace")
+
+
+def test_node_devices_and_passthrough_on_a_host_without_an_iommu(
+    hypervisor: Hypervisor, cleanup: list[str], tmp_path: Path
+) -> None:
+    """Both drivers report the host's PCI devices; a hostdev domain defines on both, and the real QEMU
+    driver refuses to start it on a host without an IOMMU (these machines): the error a user sees there."""
+    pci = [d for d in hypervisor.node_devices() if d.capability == "pci"]
+    if hypervisor.uri.startswith("qemu"):
+        assert pci and all(d.address and d.vendor_id and d.product_id for d in pci)
+        assert all(d.iommu_group is None for d in pci)  # no /sys/kernel/iommu_groups here
+    config = replace(guest_config(hypervisor, tmp_path), pci_devices=(pci[0].address or "",) if pci else ())
+    cleanup.append(config.name)
+    hypervisor.define(build_domain_xml(config))
+    if hypervisor.uri.startswith("qemu"):
+        with pytest.raises(InvalidDomainConfig, match="passthrough"):
+            hypervisor.start(config.name)
+        assert hypervisor.lookup(config.name).state is DomainState.SHUTOFF

@@ -1,0 +1,89 @@
+"""The host-device ledger: inventory rows per node and who holds what."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import HostDeviceRow
+from app.repositories.settings import get_setting, set_setting
+from app.schemas.devices import PERMITTED_SETTING, PermittedHostDevices
+
+
+def permitted(session: Session) -> PermittedHostDevices:
+    stored = get_setting(session, PERMITTED_SETTING)
+    return PermittedHostDevices() if stored is None else PermittedHostDevices.model_validate_json(stored)
+
+
+def set_permitted(session: Session, rules: PermittedHostDevices) -> None:
+    set_setting(session, PERMITTED_SETTING, rules.model_dump_json(by_alias=True))
+
+
+class DeviceRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def on_node(self, node: str, *, for_update: bool = False) -> list[HostDeviceRow]:
+        query = select(HostDeviceRow).where(HostDeviceRow.node == node).order_by(HostDeviceRow.name)
+        return list(self.session.scalars(query.with_for_update() if for_update else query))
+
+    def find(
+        self, *, node: str | None = None, holder: str | None = None, name: str | None = None
+    ) -> list[HostDeviceRow]:
+        query = select(HostDeviceRow).order_by(HostDeviceRow.node, HostDeviceRow.name)
+        if node is not None:
+            query = query.where(HostDeviceRow.node == node)
+        if holder is not None:
+            query = query.where(HostDeviceRow.holder == holder)
+        if name is not None:
+            query = query.where(HostDeviceRow.name == name)
+        return list(self.session.scalars(query))
+
+    def held_by(self, holder_uid: str) -> list[HostDeviceRow]:
+        query = (
+            select(HostDeviceRow).where(HostDeviceRow.holder_uid == holder_uid).order_by(HostDeviceRow.name)
+        )
+        return list(self.session.scalars(query))
+
+    def replace_inventory(
+        self, node: str, reported: dict[str, tuple[str, dict[str, Any]]], at: datetime
+    ) -> bool:
+        """Make the node's rows match what it reports ({name: (capability, facts)}); a device that vanished
+        is deleted, or kept as not present while an instance holds it. True if anything changed."""
+        changed = False
+        rows = {row.name: row for row in self.on_node(node, for_update=True)}
+        for name, (capability, facts) in reported.items():
+            row = rows.pop(name, None)
+            if row is None:
+                self.session.add(HostDeviceRow(node=node, name=name, capability=capability, facts=facts,
+                                               present=True, observed_at=at, mdevs=[]))  # fmt: skip
+                changed = True
+            elif row.facts != facts or row.capability != capability or not row.present:
+                row.capability, row.facts, row.present, row.observed_at = capability, facts, True, at
+                changed = True
+        for row in rows.values():
+            if row.holder_uid is None:
+                self.session.delete(row)
+                changed = True
+            elif row.present:
+                row.present = False
+                changed = True
+        self.session.flush()
+        return changed
+
+    def hold(self, rows: list[HostDeviceRow], holder_uid: str, holder: str) -> None:
+        for row in rows:
+            row.holder_uid, row.holder = holder_uid, holder
+        self.session.flush()
+
+    def release(self, holder_uid: str) -> list[HostDeviceRow]:
+        freed = self.held_by(holder_uid)
+        for row in freed:
+            row.holder_uid, row.holder = None, None
+            if not row.present:
+                self.session.delete(row)
+        self.session.flush()
+        return freed
