@@ -8,6 +8,7 @@ next step, and writes status. Side effects use deterministic names (domain `<ns>
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -22,7 +23,9 @@ from app.controllers.operations import failure, run_operation
 from app.controllers.scheduling import (
     MIB,
     DeviceSlot,
+    MdevSlot,
     NodeView,
+    Picked,
     Request,
     choose,
     node_view,
@@ -92,6 +95,7 @@ class Snapshot:
     guest: dict[str, Any] = field(default_factory=dict)  # the guest agent's last report
     migration: dict[str, Any] | None = None  # the unfinished migration holding it: {uid, name, target}
     pci_devices: tuple[str, ...] = ()  # PCI addresses of the host devices it holds
+    mdevs: tuple[tuple[str, str, str], ...] = ()  # its mediated devices: (parent, type, uuid)
 
     @property
     def domain(self) -> str:
@@ -237,8 +241,10 @@ class InstanceReconciler:
                 row.deleted_at is not None,
                 guest=dict(row.guest or {}),
             )
-            held = DeviceRepository(session).held_by(row.uid)
-            snap.pci_devices = tuple(str(d.facts.get("address")) for d in held if d.capability == "pci")
+            ledger = DeviceRepository(session)
+            snap.pci_devices = tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid))
+            if row.node_name is not None:
+                snap.mdevs = tuple(ledger.mdevs_of(row.uid, row.node_name))
             lock = (row.progress or {}).get("migration")
             if lock:
                 migration = ResourceRepository[Any](session, MIGRATIONS.info).get_by_uid(lock["uid"])
@@ -303,21 +309,26 @@ class InstanceReconciler:
                 self._apply(instances, row, snap, Step(failed))
                 return snap
             # Devices are taken in the same transaction as the node (whose rows are locked): never twice.
-            picked = set(pick_devices(chosen.devices, needs) if needs else [])
-            ledger = DeviceRepository(session)
-            held = [d for d in ledger.on_node(chosen.name, for_update=True) if d.name in picked]
-            ledger.hold(held, snap.uid, f"{snap.namespace}/{snap.name}")
-            if held:
+            picked = pick_devices(chosen.devices, needs, chosen.mdevs) if needs else Picked([], [])
+            assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
+            ledger, holder = DeviceRepository(session), f"{snap.namespace}/{snap.name}"
+            rows = {d.name: d for d in ledger.on_node(chosen.name, for_update=True)}
+            held = [rows[name] for name in picked.pci]
+            ledger.hold(held, snap.uid, holder)
+            for parent, type_id in picked.mdevs:
+                ledger.carve(rows[parent], type_id, str(uuid.uuid4()), snap.uid, holder)
+            if held or picked.mdevs:
                 workqueue.enqueue(session, NODES.work_key("", chosen.name))  # its allocated counts changed
             row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
             self._apply(instances, row, snap, Step(Observed("Scheduling", "Scheduled")))
             placed = next(n for n in node_rows if n.name == chosen.name)
-        return replace(
-            snap,
-            node_name=placed.name,
-            node={"uri": placed.spec["uri"], "virtType": (placed.status or {}).get("virtType")},
-            pci_devices=tuple(str(d.facts.get("address")) for d in held if d.capability == "pci"),
-        )
+            return replace(
+                snap,
+                node_name=placed.name,
+                node={"uri": placed.spec["uri"], "virtType": (placed.status or {}).get("virtType")},
+                pci_devices=tuple(str(d.facts.get("address")) for d in held),
+                mdevs=tuple(ledger.mdevs_of(snap.uid, chosen.name)),
+            )
 
     # -- convergence ---------------------------------------------------------------------------------
     def _converge(self, snap: Snapshot, hv: Hypervisor) -> Step:
@@ -407,6 +418,9 @@ class InstanceReconciler:
                 self._write(
                     snap, Step(Observed("Starting", "Starting"), progress=dict(progress), intent=intent)
                 )
+                if not is_test_driver(snap):  # mediated devices are transient on the host: make them now
+                    for parent, type_id, mdev_uuid in snap.mdevs:
+                        hv.create_mdev(parent, type_id, mdev_uuid)
                 self._call_idempotent(hv.start, snap.domain)
                 progress.update(
                     running=True,
@@ -451,7 +465,7 @@ class InstanceReconciler:
             if state.get("failedRun"):
                 phase = "Failed"
         running = info.state is DomainState.RUNNING
-        if running and str((snap.node or {}).get("uri", "")).startswith("test:"):
+        if running and is_test_driver(snap):
             agent, agent_reason = "Unknown", "NoGuestAgentOnTestDriver"  # its domains run no guest
         else:
             agent = "True" if running and hv.agent_connected(snap.domain) else "False"
@@ -520,6 +534,9 @@ class InstanceReconciler:
                         hv.undefine(snap.domain)
                 for volume in volume_names(snap):
                     hv.delete_volume(POOL, f"{snap.uid}-{volume}.qcow2")
+                if not is_test_driver(snap):
+                    for _, _, mdev_uuid in snap.mdevs:
+                        hv.remove_mdev(mdev_uuid)
             except HypervisorUnavailable as exc:
                 self.hypervisors.forget(snap.node_name)
                 step = Step(Observed("Terminating", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
@@ -604,9 +621,8 @@ class InstanceReconciler:
                 cmdline = boot_image.cmdline.replace("{hostname}", spec.hostname or snap.name)
                 initrd = str(boot_image.initrd) if boot_image.initrd else None
                 kernel = KernelBoot(str(boot_image.kernel), initrd, cmdline)
-            node = snap.node or {}
-            test_driver = str(node.get("uri", "")).startswith("test:")
-            virt_type = "test" if test_driver else str(node.get("virtType") or "qemu")
+            test_driver = is_test_driver(snap)
+            virt_type = "test" if test_driver else str((snap.node or {}).get("virtType") or "qemu")
             cpu = spec.domain.cpu
             topology = None
             if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
@@ -628,6 +644,7 @@ class InstanceReconciler:
                 metadata={"namespace": snap.namespace, "name": snap.name, "uid": snap.uid},
                 cpu_topology=topology,
                 pci_devices=snap.pci_devices,
+                mdev_devices=tuple(mdev_uuid for _, _, mdev_uuid in snap.mdevs),
             )
             try:
                 info = hv.define(build_domain_xml(config))
@@ -643,6 +660,7 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[N
     on its source and its target."""
     node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
     rules, ledger = permitted(session), DeviceRepository(session)
+    devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows}
     used: dict[str, tuple[int, int]] = {}
     for other in InstanceRepository(session).placed():
         if other.uid == exclude_uid or other.node_name is None:
@@ -659,12 +677,40 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[N
             n.spec,
             n.status or {},
             *used.get(n.name, (0, 0)),
-            devices=tuple(device_slot(d, rules) for d in ledger.on_node(n.name)),
+            devices=tuple(device_slot(d, rules) for d in devices_by_node.get(n.name, [])),
+            mdevs=tuple(mdev_slots(devices_by_node.get(n.name, []), rules)),
         )
         for n in node_rows
         if n.deleted_at is None
     ]
     return node_rows, views
+
+
+def is_test_driver(snap: Snapshot) -> bool:
+    """libvirt's test driver runs no guests and creates no mediated devices."""
+    return str((snap.node or {}).get("uri", "")).startswith("test:")
+
+
+def mdev_slots(rows: list[Any], rules: PermittedHostDevices) -> list[MdevSlot]:
+    """Room per permitted mediated-device type and parent. libvirt's availableInstances already counts the
+    mdevs created on the host; ones allocated here but not yet created (the instance never started since)
+    are subtracted."""
+    created = {(r.facts or {}).get("mdevUuid") for r in rows if r.capability == "mdev"}
+    slots = []
+    for row in rows:
+        if row.capability != "pci" or not row.present:
+            continue
+        for mdev_type in (row.facts or {}).get("mdevTypes", []):
+            resource = rules.mdev_resource(mdev_type["id"], mdev_type["name"])
+            if resource is None:
+                continue
+            ours = [m for m in row.mdevs or [] if m["type"] == mdev_type["id"]]
+            pending = sum(1 for m in ours if m["uuid"] not in created)
+            free = max(0, int(mdev_type["availableInstances"]) - pending)
+            slots.append(
+                MdevSlot(row.name, mdev_type["id"], resource, free, len(ours), row.holder is not None)
+            )
+    return slots
 
 
 def device_slot(row: Any, rules: PermittedHostDevices) -> DeviceSlot:
@@ -673,7 +719,7 @@ def device_slot(row: Any, rules: PermittedHostDevices) -> DeviceSlot:
         rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
     )
     return DeviceSlot(row.name, row.capability, resource, row.holder, facts.get("iommuGroup"),
-                      facts.get("class"), row.present)  # fmt: skip
+                      facts.get("class"), row.present, bool(row.mdevs))  # fmt: skip
 
 
 def wake_unschedulable(session: Session) -> None:

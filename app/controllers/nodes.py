@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
-from app.controllers.instances import wake_unschedulable
+from app.controllers.instances import mdev_slots, wake_unschedulable
 from app.db import Database
 from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.resources import ResourceRepository
@@ -87,6 +87,9 @@ def device_facts(device: NodeDevice) -> dict[str, Any]:
         "mdevTypes": [{"id": t.id, "name": t.name, "availableInstances": t.available}
                       for t in device.mdev_types],
     }  # fmt: skip
+    if device.capability == "mdev":  # a created mediated device: its type and UUID
+        facts.update(mdevTypes=None, mdevType=device.mdev_types[0].id if device.mdev_types else None,
+                     mdevUuid=device.mdev_uuid)  # fmt: skip
     return {k: v for k, v in facts.items() if v not in (None, [])}
 
 
@@ -102,11 +105,9 @@ def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, 
         if pci is not None:
             capacity, held = counts.get(pci, (0, 0))
             counts[pci] = (capacity + 1, held + (row.holder is not None))
-        for mdev in facts.get("mdevTypes", []):
-            resource = rules.mdev_resource(mdev["id"], mdev["name"])
-            if resource is not None:
-                capacity, held = counts.get(resource, (0, 0))
-                counts[resource] = (capacity + int(mdev["availableInstances"]), held)
+    for slot in mdev_slots(rows, rules):
+        capacity, held = counts.get(slot.resource_name, (0, 0))
+        counts[slot.resource_name] = (capacity + slot.free + slot.held, held + slot.held)
     return counts
 
 

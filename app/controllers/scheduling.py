@@ -22,6 +22,25 @@ class DeviceSlot:
     iommu_group: int | None = None
     device_class: str | None = None
     present: bool = True
+    carved: bool = False  # mediated devices of instances live on it: it cannot pass through whole
+
+
+@dataclass(frozen=True)
+class MdevSlot:
+    """Room for mediated devices of one type on one parent device."""
+
+    parent: str
+    type_id: str
+    resource_name: str
+    free: int
+    held: int = 0
+    parent_held: bool = False  # the parent itself passes through whole to an instance
+
+
+@dataclass(frozen=True)
+class Picked:
+    pci: list[str]
+    mdevs: list[tuple[str, str]]  # (parent, type id)
 
 
 MIB = 1024 * 1024
@@ -38,6 +57,7 @@ class NodeView:
     used_cpu: int = 0
     used_memory: int = 0
     devices: tuple[DeviceSlot, ...] = ()
+    mdevs: tuple[MdevSlot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,7 @@ def node_view(
     used_cpu: int,
     used_memory: int,
     devices: tuple[DeviceSlot, ...] = (),
+    mdevs: tuple[MdevSlot, ...] = (),
 ) -> NodeView:
     allocatable = status.get("allocatable") or {}
     assert isinstance(allocatable, dict)
@@ -69,6 +90,7 @@ def node_view(
         used_cpu=used_cpu,
         used_memory=used_memory,
         devices=devices,
+        mdevs=mdevs,
     )
 
 
@@ -81,7 +103,7 @@ def why_not(node: NodeView, request: Request) -> str | None:
     mismatched = [k for k, v in request.node_selector.items() if node.labels.get(k) != v]
     if mismatched:
         return f"nodeSelector {', '.join(sorted(mismatched))} does not match"
-    picked = pick_devices(node.devices, request.devices)
+    picked = pick_devices(node.devices, request.devices, node.mdevs)
     if isinstance(picked, str):
         return picked
     if node.cpu - node.used_cpu < request.vcpus:
@@ -108,9 +130,12 @@ def unschedulable_message(total: int, reasons: dict[str, str]) -> str:
     return f"0/{total} nodes can run it: {detail}"
 
 
-def pick_devices(slots: tuple[DeviceSlot, ...], needs: DeviceNeeds) -> list[str] | str:
-    """The node devices to assign for `needs` (named ones, any free ones per resourceName, and the rest of
-    each chosen device's IOMMU group, which VFIO hands over as a whole), or why the node cannot."""
+def pick_devices(
+    slots: tuple[DeviceSlot, ...], needs: DeviceNeeds, mdevs: tuple[MdevSlot, ...] = ()
+) -> Picked | str:
+    """The node devices to assign for `needs` (named ones, any free ones per resourceName, the rest of each
+    chosen device's IOMMU group, which VFIO hands over as a whole, and mediated devices to create), or why
+    the node cannot."""
     by_name = {s.name: s for s in slots}
     chosen: list[DeviceSlot] = []
     for name in needs.named:
@@ -121,23 +146,36 @@ def pick_devices(slots: tuple[DeviceSlot, ...], needs: DeviceNeeds) -> list[str]
             return f"{name} is a {slot.capability} device, not PCI"
         if slot.resource_name is None:
             return f"{name} is not permitted by permittedHostDevices"
-        if slot.holder is not None:
-            return f"{name} is held by {slot.holder}"
+        if slot.holder is not None or slot.carved:
+            return f"{name} is held by {slot.holder or 'mediated devices of instances'}"
         chosen.append(slot)
+    carve: list[tuple[str, str]] = []
     for resource, count in needs.counts:
+        if any(m.resource_name == resource for m in mdevs):
+            room = [m for m in mdevs if m.resource_name == resource and not m.parent_held
+                    and m.parent not in {c.name for c in chosen}]  # fmt: skip
+            free = sum(m.free for m in room)
+            if free < count:
+                return f"{resource}: {free} mediated devices free, {count} needed"
+            needed = count
+            for m in room:
+                take = min(m.free, needed)
+                carve += [(m.parent, m.type_id)] * take
+                needed -= take
+            continue
         named_here = sum(1 for s in chosen if s.resource_name == resource)
         matching = [s for s in slots if s.resource_name == resource and s.present and s.capability == "pci"]
-        free = [s for s in matching if s.holder is None and s not in chosen]
+        free_slots = [s for s in matching if s.holder is None and not s.carved and s not in chosen]
         wanted = count - named_here
-        if len(free) < wanted:
-            return f"{resource}: {len(free)} free of {len(matching)}, {wanted} more needed"
-        chosen += free[: max(wanted, 0)]
+        if len(free_slots) < wanted:
+            return f"{resource}: {len(free_slots)} free of {len(matching)}, {wanted} more needed"
+        chosen += free_slots[: max(wanted, 0)]
     groups = {s.iommu_group for s in chosen if s.iommu_group is not None}
     for slot in slots:
         if slot.iommu_group in groups and slot not in chosen and slot.capability == "pci":
             if (slot.device_class or "").startswith(PCI_BRIDGE_CLASS):
                 continue
-            if slot.holder is not None:
-                return f"IOMMU group {slot.iommu_group}: {slot.name} is held by {slot.holder}"
+            if slot.holder is not None or slot.carved:
+                return f"IOMMU group {slot.iommu_group}: {slot.name} is held by {slot.holder or 'mdevs'}"
             chosen.append(slot)
-    return [s.name for s in chosen]
+    return Picked([s.name for s in chosen], carve)

@@ -33,14 +33,16 @@ class DeviceRepository:
     def find(
         self, *, node: str | None = None, holder: str | None = None, name: str | None = None
     ) -> list[HostDeviceRow]:
+        """Devices, filtered; `holder` (namespace/name) matches whole devices and parents of its mdevs."""
         query = select(HostDeviceRow).order_by(HostDeviceRow.node, HostDeviceRow.name)
         if node is not None:
             query = query.where(HostDeviceRow.node == node)
-        if holder is not None:
-            query = query.where(HostDeviceRow.holder == holder)
         if name is not None:
             query = query.where(HostDeviceRow.name == name)
-        return list(self.session.scalars(query))
+        rows = list(self.session.scalars(query))
+        if holder is None:
+            return rows
+        return [r for r in rows if r.holder == holder or any(m["holder"] == holder for m in r.mdevs or [])]
 
     def held_by(self, holder_uid: str) -> list[HostDeviceRow]:
         query = (
@@ -65,7 +67,7 @@ class DeviceRepository:
                 row.capability, row.facts, row.present, row.observed_at = capability, facts, True, at
                 changed = True
         for row in rows.values():
-            if row.holder_uid is None:
+            if row.holder_uid is None and not row.mdevs:
                 self.session.delete(row)
                 changed = True
             elif row.present:
@@ -79,11 +81,27 @@ class DeviceRepository:
             row.holder_uid, row.holder = holder_uid, holder
         self.session.flush()
 
-    def release(self, holder_uid: str) -> list[HostDeviceRow]:
-        freed = self.held_by(holder_uid)
-        for row in freed:
-            row.holder_uid, row.holder = None, None
-            if not row.present:
-                self.session.delete(row)
+    def carve(self, parent: HostDeviceRow, type_id: str, uuid: str, holder_uid: str, holder: str) -> None:
+        """Record a mediated device of `type_id` on `parent` for the holder (created on the host at start)."""
+        parent.mdevs = [*(parent.mdevs or []), {"uuid": uuid, "type": type_id, "holderUid": holder_uid,
+                                                "holder": holder}]  # fmt: skip
+        self.session.flush()
+
+    def mdevs_of(self, holder_uid: str, node: str) -> list[tuple[str, str, str]]:
+        """(parent, type, uuid) of the mediated devices the holder has on the node."""
+        return [(row.name, m["type"], m["uuid"]) for row in self.on_node(node) for m in row.mdevs or []
+                if m["holderUid"] == holder_uid]  # fmt: skip
+
+    def release(self, holder_uid: str) -> bool:
+        """Free everything the holder has (whole devices and mediated devices); True if it had anything."""
+        freed = False
+        for row in self.session.scalars(select(HostDeviceRow)):
+            kept = [m for m in row.mdevs or [] if m["holderUid"] != holder_uid]
+            if len(kept) != len(row.mdevs or []):
+                row.mdevs, freed = kept, True
+            if row.holder_uid == holder_uid:
+                row.holder_uid, row.holder, freed = None, None, True
+                if not row.present:
+                    self.session.delete(row)
         self.session.flush()
         return freed

@@ -31,7 +31,7 @@ def device_view(row: HostDeviceRow, rules: PermittedHostDevices) -> dict[str, An
     status = {
         **facts, "capability": row.capability, "present": row.present, "mdevTypes": mdev_types,
         "resourceName": resource, "holder": row.holder, "holderUid": row.holder_uid,
-        "observedAt": row.observed_at,
+        "mediatedDevices": list(row.mdevs or []), "observedAt": row.observed_at,
     }  # fmt: skip
     return HostDevice.model_validate({
         "metadata": {"name": f"{row.node}.{row.name}", "labels": {"corral.dev/node": row.node}},

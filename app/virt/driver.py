@@ -117,6 +117,7 @@ class NodeDevice:
     iommu_members: tuple[str, ...] = ()  # PCI addresses in the same IOMMU group, this one included
     numa_node: int | None = None
     mdev_types: tuple[MdevType, ...] = ()
+    mdev_uuid: str | None = None  # capability "mdev": the mediated device's UUID (its type is mdev_types[0])
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,14 @@ class Hypervisor(Protocol):
 
     def node_devices(self) -> list[NodeDevice]:
         """Every device libvirt's node-device API reports on this host."""
+        ...
+
+    def create_mdev(self, parent: str, type_id: str, uuid: str) -> None:
+        """Create the mediated device (a vGPU slice) `uuid` of `type_id` on `parent`, unless it exists."""
+        ...
+
+    def remove_mdev(self, uuid: str) -> None:
+        """Remove the mediated device `uuid` if it exists."""
         ...
 
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:

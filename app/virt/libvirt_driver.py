@@ -535,6 +535,25 @@ class LibvirtHypervisor:
                 found.append(parsed)
         return sorted(found, key=lambda d: d.name)
 
+    def create_mdev(self, parent: str, type_id: str, uuid: str) -> None:
+        if any(d.mdev_uuid == uuid for d in self.node_devices()):
+            return
+        xml = ET.Element("device")
+        ET.SubElement(xml, "parent").text = parent
+        capability = ET.SubElement(xml, "capability", {"type": "mdev"})
+        ET.SubElement(capability, "type", {"id": type_id})
+        ET.SubElement(capability, "uuid").text = uuid
+        self._call(lambda: self._conn.nodeDeviceCreateXML(ET.tostring(xml, encoding="unicode"), 0))
+
+    def remove_mdev(self, uuid: str) -> None:
+        for device in self._call(
+            lambda: self._conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV)
+        ):
+            with self._errors():
+                parsed = parse_node_device(device.XMLDesc(0))
+                if parsed is not None and parsed.mdev_uuid == uuid:
+                    device.destroy()
+
     # -- migration -----------------------------------------------------------------------------------
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST

@@ -58,6 +58,12 @@ def parse_node_device(xml: str) -> NodeDevice | None:
     kind = capability.get("type", "unknown")[:32]
     common = {"name": name, "capability": kind, "parent": _text(root.find("parent")),
               "driver": _text(root.find("driver/name"))}  # fmt: skip
+    if kind == "mdev":
+        type_element = capability.find("type")
+        type_id = (type_element.get("id", "") if type_element is not None else "")[:_TEXT_LIMIT]
+        uuid = _text(capability.find("uuid"))
+        mdev_type = (MdevType(id=type_id, name=type_id, available=0),) if type_id else ()
+        return NodeDevice(**common, mdev_types=mdev_type, mdev_uuid=uuid)  # type: ignore[arg-type]
     if kind != "pci":
         return NodeDevice(**common)  # type: ignore[arg-type]
     fields = [_int(_text(capability.find(k))) for k in ("domain", "bus", "slot", "function")]

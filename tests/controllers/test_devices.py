@@ -256,3 +256,37 @@ def test_bad_device_requests_are_refused(
     assert refused.json()["errors"] == [{"field": field, "message": refused.json()["errors"][0]["message"]}]
     assert message in refused.json()["detail"]
     assert api.get(f"{BASE}/bad").status_code == 404
+
+
+def test_mediated_devices_are_carved_from_a_vgpu_parent(api: httpx.Client, worker: Any) -> None:
+    rules = {**RULES, "mediatedDevices": [
+        {"mdevNameSelector": "GRID T4-1B", "resourceName": "nvidia.com/GRID_T4-1B"},
+        {"mdevNameSelector": "nvidia-230", "resourceName": "nvidia.com/GRID_T4-16Q"},
+    ]}  # fmt: skip
+    permit(api, rules)
+    assert api.get("/v1/nodes/gpu").json()["status"]["capacity"]["nvidia.com/GRID_T4-16Q"] == "1"
+    vgpu = instance("vgpu")
+    vgpu["spec"]["domain"]["resources"]["requests"]["nvidia.com/GRID_T4-1B"] = "2"
+    vgpu["spec"]["domain"]["devices"] = {"gpus": [{"name": "slice", "deviceName": "nvidia.com/GRID_T4-16Q"}]}
+    assert api.post(BASE, json=vgpu).status_code == 201
+    running = wait_phase(api, "vgpu", "Running")
+    domain = worker.connections.get("gpu", NODE_URI).domain_xml(running["status"]["domainName"])
+    uuids = [
+        a.get("uuid") for a in ET.fromstring(domain).iterfind("devices/hostdev[@type='mdev']/source/address")
+    ]
+    parent = api.get("/v1/devices", params={"holder": "default/vgpu"}).json()["items"]
+    assert [p["spec"]["deviceName"] for p in parent] == ["pci_0000_af_00_0"]
+    carved = parent[0]["status"]["mediatedDevices"]
+    assert sorted(m["type"] for m in carved) == ["nvidia-222", "nvidia-222", "nvidia-230"]
+    assert sorted(uuids) == sorted(m["uuid"] for m in carved) and len(set(uuids)) == 3
+    allocated = lambda: api.get("/v1/nodes/gpu").json()["status"]["allocated"]  # noqa: E731
+    wait_for(lambda: allocated().get("nvidia.com/GRID_T4-1B") == "2", timeout=5, what="two T4-1B slices")
+
+    other = instance("other")
+    other["spec"]["domain"]["resources"]["requests"]["nvidia.com/GRID_T4-16Q"] = "1"
+    assert api.post(BASE, json=other).status_code == 201
+    message = wait_phase(api, "other", "Failed", "Unschedulable")["status"]["message"]
+    assert "nvidia.com/GRID_T4-16Q: 0 mediated devices free, 1 needed" in message
+    assert api.delete(f"{BASE}/vgpu").status_code == 202
+    wait_phase(api, "other", "Running", timeout=20)
+    assert api.get("/v1/devices", params={"holder": "default/vgpu"}).json()["items"] == []

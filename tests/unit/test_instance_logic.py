@@ -10,8 +10,19 @@ import pytest
 
 from app.controllers.instance_status import phase_of
 from app.controllers.instances import crash_backoff
-from app.controllers.scheduling import NodeView, Request, choose, unschedulable_message, why_not
-from app.schemas.instance import InstancePhase
+from app.controllers.scheduling import (
+    DeviceSlot,
+    MdevSlot,
+    NodeView,
+    Picked,
+    Request,
+    choose,
+    pick_devices,
+    unschedulable_message,
+    why_not,
+)
+from app.schemas.devices import DeviceNeeds, device_needs
+from app.schemas.instance import InstancePhase, InstanceSpec
 from app.schemas.phases import PHASES, Action, legal_actions, phase_table_markdown
 from app.virt import images
 from app.virt.driver import DomainInfo, DomainState
@@ -94,10 +105,8 @@ def test_placement_prefers_room_and_explains_refusals() -> None:
         "cordoned": "unschedulable",
     }
     assert why_not(node("x"), Request(1, GIB)) is None
-    assert (
-        why_not(node("x"), Request(1, GIB, devices=("nvidia.com/gpu",)))
-        == "offers no host device nvidia.com/gpu"
-    )
+    gpu = DeviceNeeds(counts=(("nvidia.com/gpu", 1),))
+    assert why_not(node("x"), Request(1, GIB, devices=gpu)) == "nvidia.com/gpu: 0 free of 0, 1 more needed"
     none, why = choose(nodes[:2], request)
     assert none is None and unschedulable_message(2, why).startswith("0/2 nodes can run it: busy-cpu: insuff")
     assert unschedulable_message(0, {}) == "0/0 nodes: no node is registered"
@@ -132,3 +141,49 @@ def test_image_catalog(tmp_path: Path) -> None:
     for missing in ("ubuntu:24.04", "nosuch", "../etc", "escape", "UPPER"):
         with pytest.raises(images.ImageNotFound):
             images.resolve(tmp_path, missing)
+
+
+SLOTS = (
+    DeviceSlot("gpu-a", "pci", "nvidia.com/gpu", None, iommu_group=1, device_class="0x030200"),
+    DeviceSlot("gpu-b", "pci", "nvidia.com/gpu", None, iommu_group=2, device_class="0x030200"),
+    DeviceSlot("gpu-b-audio", "pci", None, None, iommu_group=2, device_class="0x040300"),
+    DeviceSlot("bridge", "pci", None, None, iommu_group=3, device_class="0x060400"),
+    DeviceSlot("fpga", "pci", "xilinx.com/fpga", None, iommu_group=3, device_class="0x120000"),
+    DeviceSlot("nic", "pci", None, None, iommu_group=4),
+    DeviceSlot("usb", "usb_device", None, None),
+    DeviceSlot("t4", "pci", None, None, iommu_group=5),
+)
+T4 = (MdevSlot("t4", "nvidia-222", "nvidia.com/T4-1B", free=2),)
+
+
+def test_device_picks() -> None:
+    def pick(
+        named: tuple[str, ...] = (), slots: tuple[DeviceSlot, ...] = SLOTS, **counts: int
+    ) -> Picked | str:
+        wanted = tuple((k.replace("_", "/", 1).replace("_", "."), v) for k, v in counts.items())
+        return pick_devices(slots, DeviceNeeds(named, wanted), T4)
+
+    assert pick(("fpga",)) == Picked(["fpga"], [])  # the bridge in its group stays behind
+    assert pick(**{"nvidia.com/gpu": 2}) == Picked(["gpu-a", "gpu-b", "gpu-b-audio"], [])  # the whole group
+    assert pick(("nope",)) == "has no device nope"
+    assert pick(("usb",)) == "usb is a usb_device device, not PCI"
+    assert pick(("nic",)) == "nic is not permitted by permittedHostDevices"
+    held = tuple(
+        s if s.name != "gpu-b-audio" else DeviceSlot("gpu-b-audio", "pci", None, "ns/x", 2) for s in SLOTS
+    )
+    assert pick(slots=held, **{"nvidia.com/gpu": 2}) == "IOMMU group 2: gpu-b-audio is held by ns/x"
+    assert pick(**{"nvidia.com/gpu": 3}) == "nvidia.com/gpu: 2 free of 2, 3 more needed"
+    assert pick(**{"nvidia.com/T4-1B": 2}) == Picked([], [("t4", "nvidia-222"), ("t4", "nvidia-222")])
+    assert pick(**{"nvidia.com/T4-1B": 3}) == "nvidia.com/T4-1B: 2 mediated devices free, 3 needed"
+
+
+def test_device_needs_counts_entries_and_requests_once() -> None:
+    spec = InstanceSpec.model_validate({"domain": {
+        "devices": {"gpus": [{"name": "g", "deviceName": "nvidia.com/gpu"}],
+                    "hostDevices": [{"name": "f", "deviceName": "pci_0000_01_00_0"}]},
+        "resources": {"requests": {"memory": "1Gi", "nvidia.com/gpu": "1", "example.com/nic": "2"}},
+    }})  # fmt: skip
+    assert device_needs(spec) == DeviceNeeds(
+        ("pci_0000_01_00_0",), (("example.com/nic", 2), ("nvidia.com/gpu", 1))
+    )
+    assert not device_needs(InstanceSpec())
