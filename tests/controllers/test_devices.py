@@ -36,11 +36,6 @@ HOSTDEV = "spec.domain.devices.hostDevices[0].deviceName"
 
 
 @pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
-
-
-@pytest.fixture
 def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
         add_node(client, "gpu", NODE_URI, {"driver": "test"})

@@ -6,39 +6,15 @@ domains can be stopped out of band (a guest shutdown, a crash) from this process
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from app.db import Database
 from app.virt.driver import DomainNotFound, DomainState, Hypervisor, ShutdownMode
-from app.virt.libvirt_driver import connect
 from tests.conftest import add_node, conditions, wait_for
 
 BASE = "/v1/namespaces/default/instances"
-
-
-@pytest.fixture
-def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
-    from tests.conftest import ADMIN_TOKEN, bearer
-
-    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
-        add_node(client, "td", "test:///default", {"driver": "test"})
-        yield client
-
-
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
-
-
-@pytest.fixture
-def hv() -> Iterator[Hypervisor]:
-    conn = connect("test:///default")
-    yield conn
-    conn.close()
 
 
 def instance(name: str, run_strategy: str = "Always", memory: str = "256Mi", **spec: Any) -> dict[str, Any]:

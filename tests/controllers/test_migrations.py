@@ -8,34 +8,19 @@ tests/integration/test_migration_qemu.py on two real nodes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
-from app.db import Database
 from app.schemas.migration import MigrationSpec
-from tests.conftest import ADMIN_TOKEN, add_node, bearer, make_token, wait_for
+from tests.conftest import add_node, bearer, make_token, wait_for
 from tests.controllers.test_instances import BASE, instance, wait_phase
 
 MIGRATIONS = "/v1/namespaces/default/migrations"
 PLAIN_NODE = Path(__file__).resolve().parents[1] / "data" / "plain-node.xml"
 MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "migration.yaml"
-
-
-@pytest.fixture
-def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
-        add_node(client, "td", "test:///default", {"driver": "test"})
-        yield client
-
-
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
 
 
 def running(api: httpx.Client, name: str, **spec: Any) -> dict[str, Any]:

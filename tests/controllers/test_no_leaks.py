@@ -3,7 +3,6 @@ definition, and deterministic names let the next pass (or the deletion) find wha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,13 +34,6 @@ class Faulty:
 
             return boom
         return getattr(self.real, name)
-
-
-@pytest.fixture
-def hv() -> Iterator[Hypervisor]:
-    conn = connect("test:///default")
-    yield conn
-    conn.close()
 
 
 def setup(pg: Database, name: str) -> str:

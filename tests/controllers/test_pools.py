@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from app.db import Database
-from tests.conftest import ADMIN_TOKEN, add_node, bearer, conditions, wait_for
+from tests.conftest import ADMIN_TOKEN, bearer, conditions, wait_for
 
 POOLS = "/v1/namespaces/default/pools"
 INSTANCES = "/v1/namespaces/default/instances"
 MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
-
-
-@pytest.fixture
-def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
-        add_node(client, "td", "test:///default")
-        yield client
 
 
 def pool(name: str, size: int, min_available: int = 0, **extra: Any) -> dict[str, Any]:
