@@ -547,7 +547,7 @@ class InstanceReconciler:
             row = repo.get(snap.namespace, snap.name, for_update=True)
             if row is not None and row.uid == snap.uid:
                 wake_pool(session, row)
-                if DeviceRepository(session).release(row.uid):
+                if (snap.pci_devices or snap.mdevs) and DeviceRepository(session).release(row.uid):
                     wake_unschedulable(session)  # a freed device may be what one of them waits for
                     workqueue.enqueue(session, NODES.work_key("", str(row.node_name)))
                 repo.remove(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.services.kinds import NODES
 from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool, NodeDevice
 
 log = logging.getLogger(__name__)
+INVENTORY_SECONDS = 60.0
 
 
 def decide_virt_type(host: HostInfo, requested: str | None) -> tuple[str, str]:
@@ -138,6 +140,7 @@ class NodeReconciler:
         self.hypervisors = hypervisors
         self.heartbeat = heartbeat_seconds
         self.cpu_ratio = cpu_allocation_ratio
+        self._inventoried: dict[str, float] = {}  # node -> monotonic time of its last device inventory
 
     def reconcile(self, namespace: str, name: str) -> Result:
         with self.db.transaction() as session:
@@ -155,9 +158,12 @@ class NodeReconciler:
         try:
             hypervisor = self.hypervisors.get(name, spec.uri)
             host = hypervisor.host_info()
-            inventory = hypervisor.node_devices()
+            # Devices change rarely and a host has hundreds: inventory once a minute, not every heartbeat.
+            due = time.monotonic() - self._inventoried.get(name, -INVENTORY_SECONDS) >= INVENTORY_SECONDS
+            inventory = hypervisor.node_devices() if due else None
         except HypervisorError as exc:
             self.hypervisors.forget(name)
+            self._inventoried.pop(name, None)
             self._write(namespace, name, self._unreachable(previous, generation, str(exc)))
             return Result(requeue_after=self.heartbeat)
         virt_type, reason = decide_virt_type(host, spec.virt_type)
@@ -166,14 +172,19 @@ class NodeReconciler:
         self._write(namespace, name, status)
         return Result(requeue_after=self.heartbeat)
 
-    def _record_devices(self, node: str, inventory: list[NodeDevice]) -> dict[str, tuple[int, int]]:
-        """Refresh the node's rows in the device ledger; (capacity, allocated) per permitted resourceName."""
+    def _record_devices(self, node: str, inventory: list[NodeDevice] | None) -> dict[str, tuple[int, int]]:
+        """Refresh the node's rows in the device ledger (given an inventory); (capacity, allocated) per
+        permitted resourceName."""
         with self.db.transaction() as session:
             ledger = DeviceRepository(session)
-            reported = {d.name: (d.capability, device_facts(d)) for d in inventory}
-            if ledger.replace_inventory(node, reported, now()):
-                wake_unschedulable(session)  # a new device may be what an instance waits for
-            return device_resources(ledger.on_node(node), permitted(session))
+            if inventory is not None:
+                reported = {d.name: (d.capability, device_facts(d)) for d in inventory}
+                if ledger.replace_inventory(node, reported, now()):
+                    wake_unschedulable(session)  # a new device may be what an instance waits for
+            resources = device_resources(ledger.on_node(node), permitted(session))
+        if inventory is not None:
+            self._inventoried[node] = time.monotonic()
+        return resources
 
     @staticmethod
     def _unreachable(previous: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
