@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # progress reports and abort checks while a migration runs
 WAIT_FOR_ROOM = 2.0  # a Pending migration over the per-node limit looks again after this
 SETTLE_SECONDS = 1.0  # the domain is active on both nodes for a moment at the switch-over
+KEEP_FINISHED = 5  # finished migrations kept per instance (KubeVirt keeps five too)
 ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)  # a QEMU process exists
 
 
@@ -237,6 +238,15 @@ class MigrationReconciler:
                      message=message, state=state,
                      also=lambda session: self._hold(session, snap, None, moved_to))  # fmt: skip
         log.info("migration %s/%s: %s (%s)", snap.namespace, snap.name, reason, message)
+        with self.db.transaction() as session:  # KubeVirt's garbage collection: the newest few stay
+            repo = MigrationRepository(session)
+            done = [
+                m
+                for m in repo.of_instance(snap.namespace, snap.spec.vmi_name)
+                if m.status.get("phase") in FINISHED
+            ]
+            for old in done[:-KEEP_FINISHED]:
+                repo.remove(old)
 
     def _remove(self, snap: Snapshot) -> None:
         with self.db.transaction() as session:

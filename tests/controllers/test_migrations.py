@@ -152,3 +152,12 @@ def test_policy_ramp_and_timeout() -> None:
     assert effective.max_downtime_ms == 100 and effective.allow_post_copy and effective.bandwidth_mib == 0
     shown = effective.configuration().model_dump(by_alias=True)
     assert shown["maxDowntimeMs"] == 100 and shown["completionTimeoutPerGiB"] == 150
+
+
+def test_finished_migrations_are_collected_beyond_five_per_instance(api: httpx.Client) -> None:
+    running(api, "vm")
+    for index in range(7):
+        assert api.post(MIGRATIONS, json=migration(f"m{index}", "vm")).status_code == 201
+        finished(api, f"m{index}")  # Unschedulable: there is no other node
+    names = [m["metadata"]["name"] for m in api.get(MIGRATIONS).json()["items"]]
+    assert names == ["m2", "m3", "m4", "m5", "m6"]
