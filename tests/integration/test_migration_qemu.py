@@ -177,6 +177,15 @@ def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
     assert cluster.uptime() > 0  # the agent answers on the source
     assert client.post(f"{MIGRATIONS}/{name}/cancel").status_code == 409  # already finished
 
+    # DELETE aborts too, and the row goes once the guest is back on the source.
+    doomed = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 4}).json()["metadata"]["name"]
+    cluster.wait_progress(doomed)
+    assert client.delete(f"{MIGRATIONS}/{doomed}").status_code == 202
+    wait_for(lambda: client.get(f"{MIGRATIONS}/{doomed}").status_code == 404, timeout=30,
+             what="the deleted migration removed")  # fmt: skip
+    back = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert where(back["status"]["domainName"], back["metadata"]["uid"]) == {source: "Running"}
+
 
 def test_killed_control_plane_converges_to_one_node(cluster: Cluster) -> None:
     client = cluster.serve.client
