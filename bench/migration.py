@@ -72,6 +72,12 @@ def virsh_migrate(name: str, source: int, target: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--bandwidth",
+        type=int,
+        default=0,
+        help="Corral's cluster bandwidth cap, MiB/s (CORRAL_MIGRATION_BANDWIDTH_MIB); virsh runs uncapped",
+    )
     args = parser.parse_args()
     subprocess.run([str(RIG), "start"], check=True, capture_output=True)
     corral_total: list[float] = []
@@ -81,7 +87,9 @@ def main() -> None:
     twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
-        with corral_serve(CORRAL_LIBVIRT_URI=uri(1)) as client:
+        with corral_serve(
+            CORRAL_LIBVIRT_URI=uri(1), CORRAL_MIGRATION_BANDWIDTH_MIB=str(args.bandwidth)
+        ) as client:
             merge = {"Content-Type": "application/merge-patch+json"}
             client.patch("/v1/nodes/local", json={"spec": {"migrationUri": p2p(1)}}, headers=merge)
             client.post("/v1/nodes", json={"metadata": {"name": "node-2"},
@@ -124,6 +132,7 @@ def main() -> None:
         overlay.unlink(missing_ok=True)
         subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
     result: dict[str, Any] = {
+        "corral_bandwidth_mib": args.bandwidth,
         "corral_total_s": summary(corral_total),
         "virsh_total_s": summary(raw_total),
         "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],
