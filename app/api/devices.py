@@ -23,13 +23,14 @@ RULES = "/v1/config/permittedHostDevices"
     response_model_exclude_none=True,
     responses=PROBLEMS,
     summary="Every node's devices, with the permitted resourceName and the holder (the ledger)",
-    description="Filters: `node`, `holder` (namespace/name of an instance), `resourceName`, `free`.",
+    description="Filters: `node`, `holder` (an instance: namespace/name, name or uid), `resourceName`, "
+    "`free`.",
 )
 async def list_devices(
     db: DB,
     caller: Caller,
     node: Annotated[str | None, Query(max_length=63)] = None,
-    holder: Annotated[str | None, Query(max_length=127, description="namespace/name")] = None,
+    holder: Annotated[str | None, Query(max_length=127, description="namespace/name, name or uid")] = None,
     resource_name: Annotated[str | None, Query(alias="resourceName", max_length=253)] = None,
     free: bool | None = None,
 ) -> Any:

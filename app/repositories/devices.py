@@ -33,7 +33,8 @@ class DeviceRepository:
     def find(
         self, *, node: str | None = None, holder: str | None = None, name: str | None = None
     ) -> list[HostDeviceRow]:
-        """Devices, filtered; `holder` (namespace/name) matches whole devices and parents of its mdevs."""
+        """Devices, filtered; `holder` (namespace/name, a bare name in any namespace, or an instance uid)
+        matches whole devices and the parents of its mdevs."""
         query = select(HostDeviceRow).order_by(HostDeviceRow.node, HostDeviceRow.name)
         if node is not None:
             query = query.where(HostDeviceRow.node == node)
@@ -42,7 +43,14 @@ class DeviceRepository:
         rows = list(self.session.scalars(query))
         if holder is None:
             return rows
-        return [r for r in rows if r.holder == holder or any(m["holder"] == holder for m in r.mdevs or [])]
+
+        def held(name: str | None, uid: str | None) -> bool:
+            return holder in (name, uid) or ("/" not in holder and (name or "").split("/", 1)[-1] == holder)
+
+        def carved(row: HostDeviceRow) -> bool:
+            return any(held(m["holder"], m["holderUid"]) for m in row.mdevs or [])
+
+        return [r for r in rows if held(r.holder, r.holder_uid) or carved(r)]
 
     def held_by(self, holder_uid: str) -> list[HostDeviceRow]:
         query = (

@@ -139,6 +139,8 @@ def test_seed_manifest_gets_both_hostdevs(api: httpx.Client, worker: Any, tmp_pa
     held = api.get("/v1/devices", params={"holder": "default/test-vmi"}).json()["items"]
     assert sorted(d["spec"]["deviceName"] for d in held) == ["pci_0000_01_00_0", "pci_0000_3b_00_0"]
     assert all(d["status"]["holderUid"] == running["metadata"]["uid"] for d in held)
+    for other_spelling in ("test-vmi", running["metadata"]["uid"]):
+        assert api.get("/v1/devices", params={"holder": other_spelling}).json()["items"] == held
     wait_for(lambda: api.get("/v1/nodes/gpu").json()["status"]["allocated"]["nvidia.com/gpu"] == "1",
              timeout=5, what="the node counts the GPU as allocated")  # fmt: skip
 
