@@ -174,28 +174,41 @@ class MigrationReconciler:
     ) -> bool:
         """Write phase and migrationState changes (and `also`, in the same transaction); False: row gone."""
         with self.db.transaction() as session:
-            repo = MigrationRepository(session)
-            row = repo.get(snap.namespace, snap.name, for_update=True)
-            if row is None or row.uid != snap.uid:
-                return False
-            status = dict(row.status or {})
-            if phase is not None and phase != status.get("phase"):
-                stamps = list(status.get("phaseTransitionTimestamps", []))
-                stamps.append({"phase": phase, "phaseTransitionTimestamp": _stamp()})
-                status.update(phase=phase, phaseTransitionTimestamps=stamps)
-            if reason is not None:
-                status["reason"] = reason
-            if message is not None:
-                status["message"] = message[:1000]
-            if state:
-                status["migrationState"] = {**(status.get("migrationState") or {}), **state}
-            if also is not None:
+            written = self._write_status(session, snap, phase, reason=reason, message=message, state=state)
+            if written and also is not None:
                 also(session)
-            if status != row.status:
-                row.status = status
-                repo.touch(row)
-            snap.status = status
-            return True
+            return written
+
+    @staticmethod
+    def _write_status(
+        session: Session,
+        snap: Snapshot,
+        phase: str | None = None,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> bool:
+        repo = MigrationRepository(session)
+        row = repo.get(snap.namespace, snap.name, for_update=True)
+        if row is None or row.uid != snap.uid:
+            return False
+        status = dict(row.status or {})
+        if phase is not None and phase != status.get("phase"):
+            stamps = list(status.get("phaseTransitionTimestamps", []))
+            stamps.append({"phase": phase, "phaseTransitionTimestamp": _stamp()})
+            status.update(phase=phase, phaseTransitionTimestamps=stamps)
+        if reason is not None:
+            status["reason"] = reason
+        if message is not None:
+            status["message"] = message[:1000]
+        if state:
+            status["migrationState"] = {**(status.get("migrationState") or {}), **state}
+        if status != row.status:
+            row.status = status
+            repo.touch(row)
+        snap.status = status
+        return True
 
     @staticmethod
     def _hold(session: Session, snap: Snapshot, target: str | None, moved_to: str | None = None) -> None:
@@ -322,31 +335,15 @@ class MigrationReconciler:
                     "targetPod": instance["domain"], "completed": False, "failed": False,
                     "migrationConfiguration": policy.model_dump(by_alias=True, mode="json"),
                 }  # fmt: skip
-                self._update_in(session, snap, "Scheduled", "Scheduled", f"target node {chosen.name}", state)
-                self._hold(session, snap, chosen.name)
+                message = f"target node {chosen.name}"
+                if self._write_status(
+                    session, snap, "Scheduled", reason="Scheduled", message=message, state=state
+                ):
+                    self._hold(session, snap, chosen.name)  # placement commits with the reservation
         if chosen_name is None:
             self._finish(snap, "Unschedulable", "Unschedulable", unschedulable_message(len(views), reasons))
             return False
         return True
-
-    def _update_in(
-        self, session: Session, snap: Snapshot, phase: str, reason: str, message: str, state: dict[str, Any]
-    ) -> None:
-        """_update inside a caller's transaction (placement must commit with the reservation)."""
-        repo = MigrationRepository(session)
-        row = repo.get(snap.namespace, snap.name, for_update=True)
-        if row is None or row.uid != snap.uid:
-            return
-        status = dict(row.status or {})
-        stamps = [
-            *status.get("phaseTransitionTimestamps", []),
-            {"phase": phase, "phaseTransitionTimestamp": _stamp()},
-        ]
-        status.update(phase=phase, reason=reason, message=message, phaseTransitionTimestamps=stamps,
-                      migrationState={**(status.get("migrationState") or {}), **state})  # fmt: skip
-        row.status = status
-        repo.touch(row)
-        snap.status = status
 
     def _prepare_target(self, snap: Snapshot, target: str) -> bool:
         """PreparingTarget -> TargetReady: the target's volume pool sees the instance's volumes (shared
