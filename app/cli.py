@@ -207,9 +207,11 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(f"{'NAME':<32} {'PHASE':<12} {'NODE':<16} AGE")
         for item in items:
             status = item.get("status") or {}
+            # A migration's node is where it goes.
+            node = status.get("nodeName") or (status.get("migrationState") or {}).get("targetNode") or ""
             print(
                 f"{item['metadata']['name']:<32} {status.get('phase', ''):<12} "
-                f"{status.get('nodeName', ''):<16} {item['metadata']['creationTimestamp']}"
+                f"{node:<16} {item['metadata']['creationTimestamp']}"
             )
     return 0
 
