@@ -3,7 +3,8 @@
 # Each node is its own libvirtd in its own network namespace (veth 10.99.0.1 <-> 10.99.0.2) and its own
 # mount namespace (private /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt
 # bound from $DIR/nodeN), with its own host UUID. /var/lib/corral stays shared: the two nodes see the same
-# image catalog and instance volumes, like hosts on shared storage (said to libvirt by shared_filesystems).
+# image catalog and instance volumes, like hosts on shared storage. libvirt cannot tell that this local
+# ext4 is shared; Corral checks that the target sees the volumes and says so (VIR_MIGRATE_UNSAFE).
 #   management: qemu+unix:///system?socket=$DIR/nodeN/run/libvirt-sock (reachable from the host)
 #   migration:  qemu+tcp://10.99.0.N/system (what the source libvirtd dials, peer to peer)
 # usage: migration-nodes.sh start|stop|status
@@ -44,7 +45,6 @@ cgroup_controllers = [ ]
 migration_address = "$ip"
 migration_host = "$ip"
 security_driver = "none"
-shared_filesystems = [ "/var/lib/corral/instances" ]
 EOF
   ip netns exec "corralmig$n" unshare --mount --propagation private sh -ec "
     mount --bind $d/etc /etc/libvirt

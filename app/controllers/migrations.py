@@ -387,7 +387,9 @@ class MigrationReconciler:
         except (HypervisorError, KeyError) as exc:
             self._finish(snap, None, "SourceNotReady", f"node {source}: {exc}"[:500])
             return Result()
-        options = MigrationOptions(policy.bandwidth_mib, policy.allow_auto_converge, policy.allow_post_copy)
+        # PreparingTarget saw the instance's volumes on the target (cache='none' disks): shared storage.
+        options = MigrationOptions(policy.bandwidth_mib, policy.allow_auto_converge, policy.allow_post_copy,
+                                   storage_verified_shared=True)  # fmt: skip
         started = {"startTimestamp": _stamp(), "mode": "PreCopy", "currentMaxDowntimeMs": ramp[0][1]}
         if not self._update(
             snap, "Running", reason="Migrating", message=f"{source} -> {target}", state=started

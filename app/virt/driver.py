@@ -125,6 +125,9 @@ class MigrationOptions:
     bandwidth_mib: int = 0  # 0: unlimited
     auto_converge: bool = False
     post_copy: bool = False  # allow a later switch to post-copy (start_post_copy)
+    # The caller checked that the target sees the very volumes the domain uses: skip libvirt's own guess,
+    # which knows only NFS-like and cluster filesystems and qemu.conf's shared_filesystems.
+    storage_verified_shared: bool = False
 
 
 @dataclass(frozen=True)

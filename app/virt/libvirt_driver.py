@@ -562,6 +562,8 @@ class LibvirtHypervisor:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if options.post_copy:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        if options.storage_verified_shared:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
         params: dict[str, Any] = {}
         if options.bandwidth_mib:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
