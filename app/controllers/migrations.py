@@ -224,7 +224,9 @@ class MigrationReconciler:
             progress["migration"] = None
         if progress != row.progress or moved_to is not None:
             row.progress = progress
-            row.node_name = moved_to or row.node_name
+            if moved_to is not None:  # the database names the new node in the same commit as the outcome
+                row.node_name = moved_to
+                row.status = {**(row.status or {}), "nodeName": moved_to}
             repo.touch(row)
         workqueue.enqueue(session, INSTANCES.work_key(row.namespace, row.name))
 
