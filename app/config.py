@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     migrations_per_node: int = Field(
         default=2, ge=1, le=64, description="Migrations in flight at once per node (in or out)."
     )
+    device_inventory_seconds: float = Field(
+        default=60.0, gt=0, description="How often each node's devices are listed again."
+    )
     lease_seconds: float = Field(default=30.0, gt=1)
     event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
 

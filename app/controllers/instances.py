@@ -718,7 +718,8 @@ def device_slot(row: Any, rules: PermittedHostDevices) -> DeviceSlot:
     resource = (
         rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
     )
-    return DeviceSlot(row.name, row.capability, resource, row.holder, facts.get("iommuGroup"),
+    holder = row.holder or (f"domain {facts['usedBy']}" if facts.get("usedBy") else None)
+    return DeviceSlot(row.name, row.capability, resource, holder, facts.get("iommuGroup"),
                       facts.get("class"), row.present, bool(row.mdevs))  # fmt: skip
 
 

@@ -22,7 +22,6 @@ from app.services.kinds import NODES
 from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool, NodeDevice
 
 log = logging.getLogger(__name__)
-INVENTORY_SECONDS = 60.0
 
 
 def decide_virt_type(host: HostInfo, requested: str | None) -> tuple[str, str]:
@@ -79,8 +78,9 @@ def host_status(
     }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
 
 
-def device_facts(device: NodeDevice) -> dict[str, Any]:
-    """What the ledger keeps of a device (HostDevice status field names)."""
+def device_facts(device: NodeDevice, in_use: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the ledger keeps of a device (HostDevice status field names); `usedBy` names a running domain
+    Corral did not make that holds it (placement never offers such a device)."""
     facts: dict[str, Any] = {
         "parent": device.parent, "driver": device.driver, "address": device.address,
         "vendorId": device.vendor_id, "productId": device.product_id, "vendorName": device.vendor_name,
@@ -88,6 +88,7 @@ def device_facts(device: NodeDevice) -> dict[str, Any]:
         "iommuGroupMembers": list(device.iommu_members), "numaNode": device.numa_node,
         "mdevTypes": [{"id": t.id, "name": t.name, "availableInstances": t.available}
                       for t in device.mdev_types],
+        "usedBy": (in_use or {}).get(device.address or ""),
     }  # fmt: skip
     if device.capability == "mdev":  # a created mediated device: its type and UUID
         facts.update(mdevTypes=None, mdevType=device.mdev_types[0].id if device.mdev_types else None,
@@ -106,7 +107,7 @@ def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, 
         pci = rules.pci_resource(facts.get("vendorId"), facts.get("productId"))
         if pci is not None:
             capacity, held = counts.get(pci, (0, 0))
-            counts[pci] = (capacity + 1, held + (row.holder is not None))
+            counts[pci] = (capacity + 1, held + (row.holder is not None or "usedBy" in facts))
     for slot in mdev_slots(rows, rules):
         capacity, held = counts.get(slot.resource_name, (0, 0))
         counts[slot.resource_name] = (capacity + slot.free + slot.held, held + slot.held)
@@ -135,11 +136,13 @@ class NodeReconciler:
         hypervisors: HypervisorPool,
         heartbeat_seconds: float,
         cpu_allocation_ratio: int = 10,
+        inventory_seconds: float = 60.0,
     ) -> None:
         self.db = db
         self.hypervisors = hypervisors
         self.heartbeat = heartbeat_seconds
         self.cpu_ratio = cpu_allocation_ratio
+        self.inventory_seconds = inventory_seconds
         self._inventoried: dict[str, float] = {}  # node -> monotonic time of its last device inventory
 
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -158,9 +161,10 @@ class NodeReconciler:
         try:
             hypervisor = self.hypervisors.get(name, spec.uri)
             host = hypervisor.host_info()
-            # Devices change rarely and a host has hundreds: inventory once a minute, not every heartbeat.
-            due = time.monotonic() - self._inventoried.get(name, -INVENTORY_SECONDS) >= INVENTORY_SECONDS
-            inventory = hypervisor.node_devices() if due else None
+            # Devices change rarely and a host has hundreds: inventory every minute or so, not every beat.
+            last = self._inventoried.get(name)
+            due = last is None or time.monotonic() - last >= self.inventory_seconds
+            inventory = (hypervisor.node_devices(), hypervisor.pci_devices_in_use()) if due else None
         except HypervisorError as exc:
             self.hypervisors.forget(name)
             self._inventoried.pop(name, None)
@@ -172,13 +176,16 @@ class NodeReconciler:
         self._write(namespace, name, status)
         return Result(requeue_after=self.heartbeat)
 
-    def _record_devices(self, node: str, inventory: list[NodeDevice] | None) -> dict[str, tuple[int, int]]:
-        """Refresh the node's rows in the device ledger (given an inventory); (capacity, allocated) per
-        permitted resourceName."""
+    def _record_devices(
+        self, node: str, inventory: tuple[list[NodeDevice], dict[str, str]] | None
+    ) -> dict[str, tuple[int, int]]:
+        """Refresh the node's rows in the device ledger (given an inventory: the devices, and which PCI
+        addresses domains Corral did not make use); (capacity, allocated) per permitted resourceName."""
         with self.db.transaction() as session:
             ledger = DeviceRepository(session)
             if inventory is not None:
-                reported = {d.name: (d.capability, device_facts(d)) for d in inventory}
+                devices, in_use = inventory
+                reported = {d.name: (d.capability, device_facts(d, in_use)) for d in devices}
                 if ledger.replace_inventory(node, reported, now()):
                     wake_unschedulable(session)  # a new device may be what an instance waits for
             resources = device_resources(ledger.on_node(node), permitted(session))

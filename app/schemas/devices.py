@@ -102,6 +102,9 @@ class HostDeviceStatus(ApiModel):
         default=None, description="Set when a permittedHostDevices rule matches."
     )
     holder: str | None = Field(default=None, description="namespace/name of the instance holding it.")
+    used_by: str | None = Field(
+        default=None, description="A running domain Corral did not make that passes it through."
+    )
     holder_uid: str | None = None
     mediated_devices: list[dict[str, Any]] = Field(
         default_factory=list, description="mdevs held by instances."

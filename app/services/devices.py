@@ -60,7 +60,7 @@ class DeviceService:
         if resource_name is not None:
             items = [i for i in items if i["status"].get("resourceName") == resource_name]
         if free is not None:
-            items = [i for i in items if ("holder" not in i["status"]) == free]
+            items = [i for i in items if bool({"holder", "usedBy"} & i["status"].keys()) != free]
         meta = {"resourceVersion": str(current_revision(self.session))}
         return {"apiVersion": "corral.dev/v1", "kind": "HostDeviceList", "metadata": meta, "items": items}
 

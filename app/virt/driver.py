@@ -242,6 +242,10 @@ class Hypervisor(Protocol):
         """Every device libvirt's node-device API reports on this host."""
         ...
 
+    def pci_devices_in_use(self) -> dict[str, str]:
+        """PCI address -> name of a running domain Corral did not make that passes the device through."""
+        ...
+
     def create_mdev(self, parent: str, type_id: str, uuid: str) -> None:
         """Create the mediated device (a vGPU slice) `uuid` of `type_id` on `parent`, unless it exists."""
         ...

@@ -49,7 +49,7 @@ from app.virt.guest import (
     parse_agent_info,
     parse_guest_info,
 )
-from app.virt.nodedev import parse_node_device
+from app.virt.nodedev import foreign_pci_hostdevs, parse_node_device
 
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
@@ -534,6 +534,16 @@ class LibvirtHypervisor:
             if parsed is not None:
                 found.append(parsed)
         return sorted(found, key=lambda d: d.name)
+
+    def pci_devices_in_use(self) -> dict[str, str]:
+        used: dict[str, str] = {}
+        for dom in self._call(lambda: self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)):
+            try:
+                with self._errors():
+                    used.update((address, dom.name()) for address in foreign_pci_hostdevs(dom.XMLDesc(0)))
+            except DomainNotFound:
+                continue  # gone between the listing and the look
+        return used
 
     def create_mdev(self, parent: str, type_id: str, uuid: str) -> None:
         if any(d.mdev_uuid == uuid for d in self.node_devices()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from app.virt.domain_xml import METADATA_NS
 from app.virt.driver import MdevType, NodeDevice
 
 _HEX_ID = re.compile(r"^0x([0-9a-fA-F]{4})$")
@@ -98,3 +99,14 @@ def parse_node_device(xml: str) -> NodeDevice | None:
         numa_node=_int(numa.get("node")) if numa is not None else None,
         mdev_types=mdev_types,
     )
+
+
+def foreign_pci_hostdevs(domain_xml: str) -> list[str]:
+    """PCI addresses a domain passes through, unless Corral made the domain (its ledger knows those)."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError:
+        return []
+    if root.find(f"metadata/{{{METADATA_NS}}}instance") is not None:
+        return []
+    return [a for e in root.iterfind("devices/hostdev[@type='pci']/source/address") if (a := _address_of(e))]

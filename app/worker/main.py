@@ -80,7 +80,13 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
     connections = NodeConnections(connect, bridge)
     reconcilers += [
-        NodeReconciler(db, connections, settings.heartbeat_seconds, settings.cpu_allocation_ratio),
+        NodeReconciler(
+            db,
+            connections,
+            settings.heartbeat_seconds,
+            settings.cpu_allocation_ratio,
+            settings.device_inventory_seconds,
+        ),
         InstanceReconciler(db, connections, settings.image_dir),
         PoolReconciler(db, settings.pool_burst),
         MigrationReconciler(db, connections, migration_defaults(settings), settings.migrations_per_node),

@@ -287,3 +287,33 @@ def test_mediated_devices_are_carved_from_a_vgpu_parent(api: httpx.Client, worke
     assert api.delete(f"{BASE}/vgpu").status_code == 202
     wait_phase(api, "other", "Running", timeout=20)
     assert api.get("/v1/devices", params={"holder": "default/vgpu"}).json()["items"] == []
+
+
+def test_a_device_a_foreign_domain_uses_is_never_offered(api: httpx.Client, worker: Any) -> None:
+    """A running domain Corral did not make (another tool's VM) holds 0000:3b:00.0: the inventory says so and
+    placement skips it; libvirt's test driver would happily start a second domain on the same device."""
+    permit(api)
+    hv = worker.connections.get("gpu", NODE_URI)
+    foreign = ("<domain type='test'><name>other-tool-vm</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+               "<os><type>hvm</type></os><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+               "<address domain='0x0000' bus='0x3b' slot='0x00' function='0x0'/></source></hostdev></devices>"
+               "</domain>")  # fmt: skip
+    hv.define(foreign)
+    hv.start("other-tool-vm")
+    try:
+        device = "/v1/nodes/gpu/devices/pci_0000_3b_00_0"
+        wait_for(lambda: api.get(device).json()["status"].get("usedBy") == "other-tool-vm", timeout=15,
+                 what="the foreign domain seen in the inventory")  # fmt: skip
+        free = api.get("/v1/devices", params={"resourceName": "nvidia.com/gpu", "free": "true"}).json()[
+            "items"
+        ]
+        assert [d["spec"]["deviceName"] for d in free] == ["pci_0000_5e_00_0"]
+        assert api.post(BASE, json=gpu_vmi("takes-the-other")).status_code == 201
+        wait_phase(api, "takes-the-other", "Running")
+        assert hostdevs(worker, api, "takes-the-other") == ["0000:5e:00.0", "0000:5e:00.1"]
+        assert api.post(BASE, json=gpu_vmi("none-left")).status_code == 201
+        message = wait_phase(api, "none-left", "Failed", "Unschedulable")["status"]["message"]
+        assert "nvidia.com/gpu: 0 free of 2" in message
+    finally:
+        hv.destroy("other-tool-vm")
+        hv.undefine("other-tool-vm")
