@@ -379,8 +379,7 @@ class MigrationReconciler:
         assert instance is not None
         state = snap.state
         source, target, domain = str(state["sourceNode"]), str(state["targetNode"]), str(instance["domain"])
-        policy = self.defaults.overridden_by(snap.spec)
-        memory = requested_memory(instance["spec"])
+        policy, memory = self._policy(snap)
         ramp = downtime_ramp(policy, memory)
         try:
             source_hv = self._hypervisor(snap, source)
@@ -470,8 +469,7 @@ class MigrationReconciler:
             self._finish(snap, "Aborted", "Aborted", f"aborted on request; the instance runs on {source}",
                          aborted=True)  # fmt: skip
             return Result()
-        instance_memory = requested_memory((snap.instance or {})["spec"])
-        timeout = completion_timeout(self.defaults.overridden_by(snap.spec), instance_memory)
+        timeout = completion_timeout(*self._policy(snap))
         message = f"did not complete within {timeout:.0f}s (completionTimeoutPerGiB x memory); aborted"
         self._finish(snap, "Timeout", "CompletionTimeout", message)
         return Result()
@@ -494,9 +492,7 @@ class MigrationReconciler:
             return job is not None and job.active
 
         if job_running():
-            instance = snap.instance or {}
-            policy = self.defaults.overridden_by(snap.spec)
-            memory = requested_memory(instance["spec"]) if instance else 0
+            policy, memory = self._policy(snap)
             ramp = downtime_ramp(policy, memory)
             outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory)
             if outcome["aborted"]:
@@ -551,6 +547,11 @@ class MigrationReconciler:
             info = self._state_on(snap, target, domain)
             if info is not None and info.state not in ACTIVE:
                 self._hypervisor(snap, target).undefine(domain)
+
+    def _policy(self, snap: Snapshot) -> tuple[Policy, int]:
+        """The policy in effect and the guest memory its ramp and timeout scale with."""
+        instance = snap.instance
+        return self.defaults.overridden_by(snap.spec), requested_memory(instance["spec"]) if instance else 0
 
     def _hypervisor(self, snap: Snapshot, node: str) -> Hypervisor:
         if node not in snap.nodes:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
-from app.controllers.instances import mdev_slots, wake_unschedulable
+from app.controllers.instances import device_slot, mdev_slots, wake_unschedulable
 from app.db import Database
 from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.resources import ResourceRepository
@@ -100,14 +100,10 @@ def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, 
     """Per permitted resourceName: how many devices the node has (PCI devices, and mediated-device instances
     its GPUs can still create) and how many instances hold."""
     counts: dict[str, tuple[int, int]] = {}
-    for row in rows:
-        facts = row.facts or {}
-        if row.capability != "pci" or not row.present:
-            continue
-        pci = rules.pci_resource(facts.get("vendorId"), facts.get("productId"))
-        if pci is not None:
-            capacity, held = counts.get(pci, (0, 0))
-            counts[pci] = (capacity + 1, held + (row.holder is not None or "usedBy" in facts))
+    for device in (device_slot(row, rules) for row in rows):
+        if device.resource_name is not None and device.present:  # placement's view: permitted, taken or not
+            capacity, held = counts.get(device.resource_name, (0, 0))
+            counts[device.resource_name] = (capacity + 1, held + (device.holder is not None))
     for slot in mdev_slots(rows, rules):
         capacity, held = counts.get(slot.resource_name, (0, 0))
         counts[slot.resource_name] = (capacity + slot.free + slot.held, held + slot.held)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, FieldError, Invalid, NotFound
-from app.models import InstanceRow, MigrationRow
+from app.models import InstanceRow
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository, to_object
 from app.repositories.revisions import now
@@ -30,9 +30,9 @@ def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | Non
     phase = status.get("phase", "Pending")
     if instance.deleted_at is not None:
         return "the instance is being deleted"
-    busy = [m.name for m in migrations.of_instance(instance.namespace, instance.name) if _unfinished(m)]
-    if busy:
-        return f"migration {busy[0]!r} of this instance is not finished"
+    busy = unfinished_migration(instance, migrations)
+    if busy is not None:
+        return f"migration {busy!r} of this instance is not finished"
     migratable = find_condition(status, "LiveMigratable") or {}
     if migratable.get("status") == "False":
         return f"the instance is not live-migratable: {migratable.get('reason')}"
@@ -41,8 +41,12 @@ def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | Non
     return None
 
 
-def _unfinished(row: MigrationRow) -> bool:
-    return (row.status or {}).get("phase") not in FINISHED and row.deleted_at is None
+def unfinished_migration(instance: InstanceRow, migrations: MigrationRepository) -> str | None:
+    """The name of the instance's migration that has not finished (nor is being deleted), if any."""
+    rows = migrations.of_instance(instance.namespace, instance.name)
+    return next(
+        (m.name for m in rows if m.status.get("phase") not in FINISHED and m.deleted_at is None), None
+    )
 
 
 class MigrationService(ResourceService):
@@ -118,7 +122,8 @@ class MigrationService(ResourceService):
         refused = [
             NotMigratable(namespace=i.namespace, name=i.name, reason=reason)
             for i in hosted
-            if (reason := refusal(i, self.migrations)) is not None and not self._moving(i)
+            if (reason := refusal(i, self.migrations)) is not None
+            and unfinished_migration(i, self.migrations) is None
         ]
         return DrainStatus(
             node=node,
@@ -153,6 +158,3 @@ class MigrationService(ResourceService):
         return list(
             ResourceRepository[InstanceRow](self.session, INSTANCES.info).page(None, node_name=node)[0]
         )
-
-    def _moving(self, instance: InstanceRow) -> bool:
-        return any(_unfinished(m) for m in self.migrations.of_instance(instance.namespace, instance.name))
