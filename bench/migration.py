@@ -82,6 +82,10 @@ def main() -> None:
         default=0,
         help="Corral's cluster bandwidth cap, MiB/s (CORRAL_MIGRATION_BANDWIDTH_MIB); virsh runs uncapped",
     )
+    parser.add_argument(
+        "--pacing", type=int, default=64, help="CORRAL_MIGRATION_SWITCHOVER_PACING_MIB (0: off)"
+    )
+    parser.add_argument("--tail", type=int, default=32, help="CORRAL_MIGRATION_SWITCHOVER_TAIL_MIB")
     args = parser.parse_args()
     subprocess.run([str(RIG), "start"], check=True, capture_output=True)
     corral_total: list[float] = []
@@ -92,7 +96,10 @@ def main() -> None:
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
         with corral_serve(
-            CORRAL_LIBVIRT_URI=uri(1), CORRAL_MIGRATION_BANDWIDTH_MIB=str(args.bandwidth)
+            CORRAL_LIBVIRT_URI=uri(1),
+            CORRAL_MIGRATION_BANDWIDTH_MIB=str(args.bandwidth),
+            CORRAL_MIGRATION_SWITCHOVER_PACING_MIB=str(args.pacing),
+            CORRAL_MIGRATION_SWITCHOVER_TAIL_MIB=str(args.tail),
         ) as client:
             merge = {"Content-Type": "application/merge-patch+json"}
             client.patch("/v1/nodes/local", json={"spec": {"migrationUri": p2p(1)}}, headers=merge)
@@ -137,6 +144,8 @@ def main() -> None:
         subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
     result: dict[str, Any] = {
         "corral_bandwidth_mib": args.bandwidth,
+        "corral_switchover_pacing_mib": args.pacing,
+        "corral_switchover_tail_mib": args.tail,
         "corral_total_s": summary(corral_total),
         "virsh_total_s": summary(raw_total),
         "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],

@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
 from app.controllers.instances import POOL, cluster_views, domain_name
-from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
+from app.controllers.migration_policy import (
+    FirstPassPacer,
+    PaceAction,
+    Policy,
+    completion_timeout,
+    downtime_ramp,
+)
 from app.controllers.scheduling import Request, choose, unschedulable_message
 from app.db import Database
 from app.repositories import workqueue
@@ -406,8 +412,12 @@ class MigrationReconciler:
 
         thread = threading.Thread(target=migrate, name=f"migrate-{domain}", daemon=True)
         thread.start()
+        pacer = threading.Thread(target=pace_first_pass, args=(source_hv, domain, thread.is_alive, policy),
+                                 name=f"pace-{domain}", daemon=True)  # fmt: skip
+        pacer.start()
         outcome = self._monitor(snap, source_hv, domain, thread.is_alive, policy, ramp, memory)
         thread.join()
+        pacer.join()
         return self._conclude(snap, failure[0] if failure else None, outcome)
 
     def _monitor(
@@ -557,6 +567,31 @@ class MigrationReconciler:
         if node not in snap.nodes:
             raise HypervisorError(f"node {node!r} is not registered")
         return self.hypervisors.get(node, snap.nodes[node]["uri"])
+
+
+def pace_first_pass(hv: Hypervisor, domain: str, running: Callable[[], bool], policy: Policy) -> None:
+    """Sample the job while the first pass runs and slow its last part (FirstPassPacer says why)."""
+    pacer = FirstPassPacer(policy.switchover_pacing_mib, policy.switchover_tail_mib, policy.bandwidth_mib)
+    own_speed: int | None = None
+    try:
+        while running():
+            job = hv.job_progress(domain)
+            if job is None or not job.active or job.iteration is None or job.memory_remaining is None:
+                action, wait = None, 0.01  # the job has not reported yet
+            else:
+                action, wait = pacer.observe(time.monotonic(), job.iteration, job.memory_remaining)
+            if action is PaceAction.PACE:
+                own_speed = hv.max_speed(domain)
+                hv.set_max_speed(domain, policy.switchover_pacing_mib)
+            if action in (PaceAction.RESTORE, PaceAction.DONE):
+                break
+            time.sleep(wait)
+    except HypervisorError:
+        pass  # the job ended, or the node is unreachable (the monitor reports that)
+    if own_speed is not None:
+        # libvirt keeps the cap for the domain's next migration when this one ended (or was aborted) paced.
+        with suppress(HypervisorError):
+            hv.set_max_speed(domain, own_speed)
 
 
 def _live(info: DomainInfo | None) -> bool:

@@ -67,6 +67,13 @@ class MigrationConfiguration(ApiModel):
     completion_timeout_per_gib: int = Field(alias="completionTimeoutPerGiB")
     allow_auto_converge: bool
     allow_post_copy: bool
+    switchover_pacing_mib: int = Field(  # 0 for migrations recorded before pacing existed
+        default=0,
+        alias="switchoverPacingMiB",
+        description="MiB/s for the last switchoverTailMiB of the first memory pass, so that data still "
+        "queued for the target does not lengthen the pause; 0: off.",
+    )
+    switchover_tail_mib: int = Field(default=0, alias="switchoverTailMiB")
 
 
 class MigrationState(ApiModel):

@@ -139,6 +139,7 @@ class JobProgress:
     data_total: int | None = None
     data_processed: int | None = None
     data_remaining: int | None = None
+    memory_remaining: int | None = None
     memory_dirty_rate: int | None = None  # bytes per second
     memory_bps: int | None = None
     iteration: int | None = None
@@ -266,6 +267,12 @@ class Hypervisor(Protocol):
     def abort_job(self, name: str) -> None: ...
 
     def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
+
+    def max_speed(self, name: str) -> int:
+        """The running migration's bandwidth cap, MiB/s."""
+        ...
+
+    def set_max_speed(self, name: str, mib_per_second: int) -> None: ...
 
     def start_post_copy(self, name: str) -> None: ...
 

@@ -592,6 +592,7 @@ class LibvirtHypervisor:
             data_total=stats.get("data_total"),
             data_processed=stats.get("data_processed"),
             data_remaining=stats.get("data_remaining"),
+            memory_remaining=stats.get("memory_remaining"),
             memory_dirty_rate=stats.get("memory_dirty_rate"),
             memory_bps=stats.get("memory_bps"),
             iteration=stats.get("memory_iteration"),
@@ -605,6 +606,14 @@ class LibvirtHypervisor:
     def set_max_downtime(self, name: str, milliseconds: int) -> None:
         dom = self._domain(name)
         self._call(lambda: dom.migrateSetMaxDowntime(milliseconds, 0))
+
+    def max_speed(self, name: str) -> int:
+        dom = self._domain(name)
+        return int(self._call(lambda: dom.migrateGetMaxSpeed(0)))
+
+    def set_max_speed(self, name: str, mib_per_second: int) -> None:
+        dom = self._domain(name)
+        self._call(lambda: dom.migrateSetMaxSpeed(mib_per_second, 0))
 
     def start_post_copy(self, name: str) -> None:
         dom = self._domain(name)
