@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     migration_allow_auto_converge: bool = False
     migration_allow_post_copy: bool = False
     migration_switchover_pacing_mib: int = Field(
-        default=64, ge=0, description="MiB/s for the end of the first pass over guest memory; 0: off."
+        default=0, ge=0, description="MiB/s for the end of the first pass over guest memory; 0: off."
     )
     migration_switchover_tail_mib: int = Field(
         default=32, ge=0, description="How much of the first pass ends at the pacing rate."

@@ -83,7 +83,7 @@ def main() -> None:
         help="Corral's cluster bandwidth cap, MiB/s (CORRAL_MIGRATION_BANDWIDTH_MIB); virsh runs uncapped",
     )
     parser.add_argument(
-        "--pacing", type=int, default=64, help="CORRAL_MIGRATION_SWITCHOVER_PACING_MIB (0: off)"
+        "--pacing", type=int, default=0, help="CORRAL_MIGRATION_SWITCHOVER_PACING_MIB (0: off)"
     )
     parser.add_argument("--tail", type=int, default=32, help="CORRAL_MIGRATION_SWITCHOVER_TAIL_MIB")
     args = parser.parse_args()
@@ -92,6 +92,7 @@ def main() -> None:
     corral_downtime: list[float] = []
     raw_total: list[float] = []
     raw_downtime: list[float] = []
+    corral_paced: list[bool] = []  # whether Corral paced each migration's first pass
     twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
@@ -135,6 +136,7 @@ def main() -> None:
                 corral_total.append(done_at - started)
                 state = client.get(f"{MIGRATIONS}/{name}").json()["status"]["migrationState"]
                 corral_downtime.append(float(state["downtimeMs"]))
+                corral_paced.append("pacedFromRemainingBytes" in state)
                 time.sleep(1)
             watch.close()
             conns[twin_node].lookupByName(twin).destroy()
@@ -150,6 +152,14 @@ def main() -> None:
         "virsh_total_s": summary(raw_total),
         "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],
         "corral_downtime_ms": summary(corral_downtime),
+        "corral_paced_runs": sum(corral_paced),
+        "runs": {
+            "corral_downtime_ms": corral_downtime,
+            "corral_paced": corral_paced,
+            "corral_total_s": corral_total,
+            "virsh_downtime_ms": raw_downtime,
+            "virsh_total_s": raw_total,
+        },
         "virsh_downtime_ms": summary(raw_downtime),
     }
     for key, value in result.items():

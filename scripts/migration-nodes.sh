@@ -53,8 +53,8 @@ EOF
     mount --bind $d/log /var/log/libvirt
     mkdir -p /var/cache/libvirt && mount --bind $d/cache /var/cache/libvirt
     mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu
-    exec libvirtd -d --listen -p $d/libvirtd.pid
-  "
+    exec tini -s -- libvirtd --listen -p $d/libvirtd.pid
+  " </dev/null >>"$d/log/libvirtd.out" 2>&1 &  # tini: see setup-host.sh
   for _ in $(seq 1 100); do
     virsh -c "qemu+unix:///system?socket=$(sock "$n")" version >/dev/null 2>&1 && return 0
     sleep 0.1

@@ -23,7 +23,7 @@ SRC
 fi
 need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
-for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs; do
+for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -36,7 +36,7 @@ if [ "$need_install" = 1 ]; then
     libvirt-daemon/$B libvirt-daemon-log/$B libvirt-daemon-driver-qemu/$B libvirt-daemon-driver-nodedev/$B \
     libvirt-daemon-driver-storage/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
-    busybox-static ca-certificates >/dev/null
+    busybox-static ca-certificates tini >/dev/null
 fi
 
 # QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.
@@ -46,7 +46,13 @@ mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 running /run/virtlogd.pid || { log "starting virtlogd"; virtlogd -d; }
-running /run/libvirtd.pid || { log "starting libvirtd"; libvirtd -d; }
+# libvirt waits for a stopped QEMU's PID to vanish. QEMU is daemonized, so PID 1 reaps it, and PID 1 on
+# these machines reaps orphans only every second or two (systemd does at once): every stop took that long.
+# libvirtd in the foreground under a subreaper (tini -s) gets its QEMUs reaped at once.
+running /run/libvirtd.pid || {
+  log "starting libvirtd"
+  setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
+}
 for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
 [ -S /run/libvirt/libvirt-sock ] || die "libvirtd did not create /run/libvirt/libvirt-sock"
 # The first connection probes QEMU's capabilities (~12 s); doing it here keeps it out of the tests.

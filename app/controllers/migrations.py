@@ -391,6 +391,7 @@ class MigrationReconciler:
             source_hv = self._hypervisor(snap, source)
             destination = snap.nodes[target]["migrationUri"] or snap.nodes[target]["uri"]
             source_hv.set_max_downtime(domain, ramp[0][1])
+            source_hv.set_max_speed(domain, policy.bandwidth_mib)  # also clears a cap left by an earlier one
         except (HypervisorError, KeyError) as exc:
             self._finish(snap, None, "SourceNotReady", f"node {source}: {exc}"[:500])
             return Result()
@@ -412,12 +413,15 @@ class MigrationReconciler:
 
         thread = threading.Thread(target=migrate, name=f"migrate-{domain}", daemon=True)
         thread.start()
-        pacer = threading.Thread(target=pace_first_pass, args=(source_hv, domain, thread.is_alive, policy),
-                                 name=f"pace-{domain}", daemon=True)  # fmt: skip
+        paced: dict[str, Any] = {}  # what the pacer did, for migrationState
+        pace_args = (source_hv, domain, thread.is_alive, policy, paced)
+        pacer = threading.Thread(target=pace_first_pass, args=pace_args, name=f"pace-{domain}", daemon=True)
         pacer.start()
-        outcome = self._monitor(snap, source_hv, domain, thread.is_alive, policy, ramp, memory)
+        outcome = self._monitor(snap, source_hv, domain, thread.is_alive, policy, ramp, memory, paced)
         thread.join()
         pacer.join()
+        if paced:
+            self._update(snap, state=paced)
         return self._conclude(snap, failure[0] if failure else None, outcome)
 
     def _monitor(
@@ -429,6 +433,7 @@ class MigrationReconciler:
         policy: Policy,
         ramp: list[tuple[float, int]],
         memory: int,
+        paced: dict[str, Any],
     ) -> dict[str, Any]:
         """Report progress, step the downtime ramp, enforce the completion timeout and honour aborts."""
         began = time.monotonic()
@@ -463,6 +468,7 @@ class MigrationReconciler:
                 job = None
             if job is not None and job.active:
                 state.update(progress_fields(job))
+            state.update(paced)
             if state:
                 self._update(snap, state=state)
         return outcome
@@ -504,7 +510,9 @@ class MigrationReconciler:
         if job_running():
             policy, memory = self._policy(snap)
             ramp = downtime_ramp(policy, memory)
-            outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory)
+            with suppress(HypervisorError):  # the worker may have died pacing the first pass
+                source_hv.set_max_speed(domain, policy.bandwidth_mib)
+            outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory, {})
             if outcome["aborted"]:
                 return self._conclude(snap, HypervisorError("aborted"), outcome)
         return self._by_location(snap, source, target, domain, error="the worker driving it stopped")
@@ -569,29 +577,31 @@ class MigrationReconciler:
         return self.hypervisors.get(node, snap.nodes[node]["uri"])
 
 
-def pace_first_pass(hv: Hypervisor, domain: str, running: Callable[[], bool], policy: Policy) -> None:
+def pace_first_pass(
+    hv: Hypervisor, domain: str, running: Callable[[], bool], policy: Policy, paced: dict[str, Any]
+) -> None:
     """Sample the job while the first pass runs and slow its last part (FirstPassPacer says why)."""
     pacer = FirstPassPacer(policy.switchover_pacing_mib, policy.switchover_tail_mib, policy.bandwidth_mib)
-    own_speed: int | None = None
     try:
         while running():
             job = hv.job_progress(domain)
-            if job is None or not job.active or job.iteration is None or job.memory_remaining is None:
-                action, wait = None, 0.01  # the job has not reported yet
-            else:
-                action, wait = pacer.observe(time.monotonic(), job.iteration, job.memory_remaining)
+            iteration, remaining = (
+                (job.iteration, job.memory_remaining) if job and job.active else (None, None)
+            )
+            action, wait = None, 0.01  # until the job reports its first pass
+            if iteration is not None and remaining is not None:
+                action, wait = pacer.observe(iteration, remaining)
             if action is PaceAction.PACE:
-                own_speed = hv.max_speed(domain)
                 hv.set_max_speed(domain, policy.switchover_pacing_mib)
+                paced["pacedFromRemainingBytes"] = remaining
             if action in (PaceAction.RESTORE, PaceAction.DONE):
                 break
             time.sleep(wait)
     except HypervisorError:
         pass  # the job ended, or the node is unreachable (the monitor reports that)
-    if own_speed is not None:
-        # libvirt keeps the cap for the domain's next migration when this one ended (or was aborted) paced.
+    if pacer.paced:  # a second pass (a busy guest), or an abort: the migration's own cap again
         with suppress(HypervisorError):
-            hv.set_max_speed(domain, own_speed)
+            hv.set_max_speed(domain, policy.bandwidth_mib)
 
 
 def _live(info: DomainInfo | None) -> bool:

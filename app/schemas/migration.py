@@ -98,6 +98,11 @@ class MigrationState(ApiModel):
     elapsed_ms: int | None = None
     current_max_downtime_ms: int | None = Field(default=None, description="Where the downtime ramp is now.")
     downtime_ms: int | None = Field(default=None, description="The guest's measured pause at switch-over.")
+    paced_from_remaining_bytes: int | None = Field(
+        default=None,
+        description="Guest memory the first pass still had to send when Corral began pacing it "
+        "(switchoverPacingMiB); unset when it did not.",
+    )
     migration_configuration: MigrationConfiguration | None = None
 
 

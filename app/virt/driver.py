@@ -268,11 +268,9 @@ class Hypervisor(Protocol):
 
     def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
 
-    def max_speed(self, name: str) -> int:
-        """The running migration's bandwidth cap, MiB/s."""
+    def set_max_speed(self, name: str, mib_per_second: int) -> None:
+        """The domain's migration bandwidth cap, MiB/s (0: unlimited), now and for its next migration."""
         ...
-
-    def set_max_speed(self, name: str, mib_per_second: int) -> None: ...
 
     def start_post_copy(self, name: str) -> None: ...
 

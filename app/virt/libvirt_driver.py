@@ -54,6 +54,7 @@ from app.virt.nodedev import foreign_pci_hostdevs, parse_node_device
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
+UNLIMITED_MIGRATION_MIB = 2**63 // 2**20 - 1  # libvirt's own "no limit", the largest cap it accepts
 T = TypeVar("T")
 
 _loop_lock = threading.Lock()
@@ -607,13 +608,9 @@ class LibvirtHypervisor:
         dom = self._domain(name)
         self._call(lambda: dom.migrateSetMaxDowntime(milliseconds, 0))
 
-    def max_speed(self, name: str) -> int:
-        dom = self._domain(name)
-        return int(self._call(lambda: dom.migrateGetMaxSpeed(0)))
-
     def set_max_speed(self, name: str, mib_per_second: int) -> None:
         dom = self._domain(name)
-        self._call(lambda: dom.migrateSetMaxSpeed(mib_per_second, 0))
+        self._call(lambda: dom.migrateSetMaxSpeed(mib_per_second or UNLIMITED_MIGRATION_MIB, 0))
 
     def start_post_copy(self, name: str) -> None:
         dom = self._domain(name)
