@@ -45,12 +45,6 @@ class Settings(BaseSettings):
     migration_completion_timeout_per_gib: int = Field(default=150, ge=1)
     migration_allow_auto_converge: bool = False
     migration_allow_post_copy: bool = False
-    migration_switchover_pacing_mib: int = Field(
-        default=0, ge=0, description="MiB/s for the end of the first pass over guest memory; 0: off."
-    )
-    migration_switchover_tail_mib: int = Field(
-        default=32, ge=0, description="How much of the first pass ends at the pacing rate."
-    )
     migrations_per_node: int = Field(
         default=2, ge=1, le=64, description="Migrations in flight at once per node (in or out)."
     )

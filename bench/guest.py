@@ -72,7 +72,11 @@ def main() -> None:
             lost = watch.wait("g", lambda obj: not agent_connected(obj), before) if boot else before
             shown = watch.wait("g", agent_connected, lost)
             with lock:
-                lock.wait_for(lambda t=before: any(c > t for c in connected), timeout=60)
+
+                def connected_since(t: float = before) -> bool:
+                    return any(c > t for c in connected)
+
+                lock.wait_for(connected_since, timeout=60)
                 event = min(c for c in connected if c > before)
             latency.append(shown - event)
             print(f"boot {boot}: AgentConnected on the watch {1000 * (shown - event):.1f} ms after libvirt")

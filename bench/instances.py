@@ -119,7 +119,11 @@ def watch_latency(client: Any, watch: WatchRecorder, conn: Any, toggles: int) ->
             before = time.monotonic()
             (domain.suspend if pause else domain.resume)()
             with lock:
-                lock.wait_for(lambda ev=event, t=before: seen.get(ev, 0) >= t, timeout=10)
+
+                def seen_since(ev: int = event, t: float = before) -> bool:
+                    return seen.get(ev, 0) >= t
+
+                lock.wait_for(seen_since, timeout=10)
                 libvirt_time = seen[event]
             arrived = watch.wait("latency", phase("Paused" if pause else "Running"), before)
             samples.append(arrived - libvirt_time)

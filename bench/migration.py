@@ -82,25 +82,18 @@ def main() -> None:
         default=0,
         help="Corral's cluster bandwidth cap, MiB/s (CORRAL_MIGRATION_BANDWIDTH_MIB); virsh runs uncapped",
     )
-    parser.add_argument(
-        "--pacing", type=int, default=0, help="CORRAL_MIGRATION_SWITCHOVER_PACING_MIB (0: off)"
-    )
-    parser.add_argument("--tail", type=int, default=32, help="CORRAL_MIGRATION_SWITCHOVER_TAIL_MIB")
     args = parser.parse_args()
     subprocess.run([str(RIG), "start"], check=True, capture_output=True)
     corral_total: list[float] = []
     corral_downtime: list[float] = []
     raw_total: list[float] = []
     raw_downtime: list[float] = []
-    corral_paced: list[bool] = []  # whether Corral paced each migration's first pass
     twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
         with corral_serve(
             CORRAL_LIBVIRT_URI=uri(1),
             CORRAL_MIGRATION_BANDWIDTH_MIB=str(args.bandwidth),
-            CORRAL_MIGRATION_SWITCHOVER_PACING_MIB=str(args.pacing),
-            CORRAL_MIGRATION_SWITCHOVER_TAIL_MIB=str(args.tail),
         ) as client:
             merge = {"Content-Type": "application/merge-patch+json"}
             client.patch("/v1/nodes/local", json={"spec": {"migrationUri": p2p(1)}}, headers=merge)
@@ -136,7 +129,6 @@ def main() -> None:
                 corral_total.append(done_at - started)
                 state = client.get(f"{MIGRATIONS}/{name}").json()["status"]["migrationState"]
                 corral_downtime.append(float(state["downtimeMs"]))
-                corral_paced.append("pacedFromRemainingBytes" in state)
                 time.sleep(1)
             watch.close()
             conns[twin_node].lookupByName(twin).destroy()
@@ -146,16 +138,12 @@ def main() -> None:
         subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
     result: dict[str, Any] = {
         "corral_bandwidth_mib": args.bandwidth,
-        "corral_switchover_pacing_mib": args.pacing,
-        "corral_switchover_tail_mib": args.tail,
         "corral_total_s": summary(corral_total),
         "virsh_total_s": summary(raw_total),
         "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],
         "corral_downtime_ms": summary(corral_downtime),
-        "corral_paced_runs": sum(corral_paced),
         "runs": {
             "corral_downtime_ms": corral_downtime,
-            "corral_paced": corral_paced,
             "corral_total_s": corral_total,
             "virsh_downtime_ms": raw_downtime,
             "virsh_total_s": raw_total,

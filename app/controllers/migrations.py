@@ -22,13 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
 from app.controllers.instances import POOL, cluster_views, domain_name
-from app.controllers.migration_policy import (
-    FirstPassPacer,
-    PaceAction,
-    Policy,
-    completion_timeout,
-    downtime_ramp,
-)
+from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
 from app.controllers.scheduling import Request, choose, unschedulable_message
 from app.db import Database
 from app.repositories import workqueue
@@ -391,7 +385,6 @@ class MigrationReconciler:
             source_hv = self._hypervisor(snap, source)
             destination = snap.nodes[target]["migrationUri"] or snap.nodes[target]["uri"]
             source_hv.set_max_downtime(domain, ramp[0][1])
-            source_hv.set_max_speed(domain, policy.bandwidth_mib)  # also clears a cap left by an earlier one
         except (HypervisorError, KeyError) as exc:
             self._finish(snap, None, "SourceNotReady", f"node {source}: {exc}"[:500])
             return Result()
@@ -413,15 +406,8 @@ class MigrationReconciler:
 
         thread = threading.Thread(target=migrate, name=f"migrate-{domain}", daemon=True)
         thread.start()
-        paced: dict[str, Any] = {}  # what the pacer did, for migrationState
-        pace_args = (source_hv, domain, thread.is_alive, policy, paced)
-        pacer = threading.Thread(target=pace_first_pass, args=pace_args, name=f"pace-{domain}", daemon=True)
-        pacer.start()
-        outcome = self._monitor(snap, source_hv, domain, thread.is_alive, policy, ramp, memory, paced)
+        outcome = self._monitor(snap, source_hv, domain, _joined(thread), policy, ramp, memory)
         thread.join()
-        pacer.join()
-        if paced:
-            self._update(snap, state=paced)
         return self._conclude(snap, failure[0] if failure else None, outcome)
 
     def _monitor(
@@ -429,20 +415,16 @@ class MigrationReconciler:
         snap: Snapshot,
         source_hv: Hypervisor,
         domain: str,
-        running: Callable[[], bool],
+        ended: Callable[[float], bool],
         policy: Policy,
         ramp: list[tuple[float, int]],
         memory: int,
-        paced: dict[str, Any],
     ) -> dict[str, Any]:
         """Report progress, step the downtime ramp, enforce the completion timeout and honour aborts."""
         began = time.monotonic()
         timeout = completion_timeout(policy, memory)
         step, outcome = 0, {"aborted": False, "timedOut": False}
-        while running():
-            time.sleep(POLL_SECONDS)
-            if not running():
-                break
+        while not ended(POLL_SECONDS):
             elapsed = time.monotonic() - began
             fresh = self._read(snap.namespace, snap.name)
             state: dict[str, Any] = {}
@@ -468,7 +450,6 @@ class MigrationReconciler:
                 job = None
             if job is not None and job.active:
                 state.update(progress_fields(job))
-            state.update(paced)
             if state:
                 self._update(snap, state=state)
         return outcome
@@ -507,12 +488,14 @@ class MigrationReconciler:
                 return False
             return job is not None and job.active
 
+        def job_ended(timeout: float) -> bool:
+            time.sleep(timeout)  # no thread of ours to wait for: look at libvirt's job again
+            return not job_running()
+
         if job_running():
             policy, memory = self._policy(snap)
             ramp = downtime_ramp(policy, memory)
-            with suppress(HypervisorError):  # the worker may have died pacing the first pass
-                source_hv.set_max_speed(domain, policy.bandwidth_mib)
-            outcome = self._monitor(snap, source_hv, domain, job_running, policy, ramp, memory, {})
+            outcome = self._monitor(snap, source_hv, domain, job_ended, policy, ramp, memory)
             if outcome["aborted"]:
                 return self._conclude(snap, HypervisorError("aborted"), outcome)
         return self._by_location(snap, source, target, domain, error="the worker driving it stopped")
@@ -577,31 +560,14 @@ class MigrationReconciler:
         return self.hypervisors.get(node, snap.nodes[node]["uri"])
 
 
-def pace_first_pass(
-    hv: Hypervisor, domain: str, running: Callable[[], bool], policy: Policy, paced: dict[str, Any]
-) -> None:
-    """Sample the job while the first pass runs and slow its last part (FirstPassPacer says why)."""
-    pacer = FirstPassPacer(policy.switchover_pacing_mib, policy.switchover_tail_mib, policy.bandwidth_mib)
-    try:
-        while running():
-            job = hv.job_progress(domain)
-            iteration, remaining = (
-                (job.iteration, job.memory_remaining) if job and job.active else (None, None)
-            )
-            action, wait = None, 0.01  # until the job reports its first pass
-            if iteration is not None and remaining is not None:
-                action, wait = pacer.observe(iteration, remaining)
-            if action is PaceAction.PACE:
-                hv.set_max_speed(domain, policy.switchover_pacing_mib)
-                paced["pacedFromRemainingBytes"] = remaining
-            if action in (PaceAction.RESTORE, PaceAction.DONE):
-                break
-            time.sleep(wait)
-    except HypervisorError:
-        pass  # the job ended, or the node is unreachable (the monitor reports that)
-    if pacer.paced:  # a second pass (a busy guest), or an abort: the migration's own cap again
-        with suppress(HypervisorError):
-            hv.set_max_speed(domain, policy.bandwidth_mib)
+def _joined(thread: threading.Thread) -> Callable[[float], bool]:
+    """Wait up to `timeout` seconds for the thread to end, and say whether it has: its end is seen at once."""
+
+    def ended(timeout: float) -> bool:
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    return ended
 
 
 def _live(info: DomainInfo | None) -> bool:

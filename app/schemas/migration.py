@@ -67,13 +67,6 @@ class MigrationConfiguration(ApiModel):
     completion_timeout_per_gib: int = Field(alias="completionTimeoutPerGiB")
     allow_auto_converge: bool
     allow_post_copy: bool
-    switchover_pacing_mib: int = Field(  # 0 for migrations recorded before pacing existed
-        default=0,
-        alias="switchoverPacingMiB",
-        description="MiB/s for the last switchoverTailMiB of the first memory pass, so that data still "
-        "queued for the target does not lengthen the pause; 0: off.",
-    )
-    switchover_tail_mib: int = Field(default=0, alias="switchoverTailMiB")
 
 
 class MigrationState(ApiModel):
@@ -98,11 +91,6 @@ class MigrationState(ApiModel):
     elapsed_ms: int | None = None
     current_max_downtime_ms: int | None = Field(default=None, description="Where the downtime ramp is now.")
     downtime_ms: int | None = Field(default=None, description="The guest's measured pause at switch-over.")
-    paced_from_remaining_bytes: int | None = Field(
-        default=None,
-        description="Guest memory the first pass still had to send when Corral began pacing it "
-        "(switchoverPacingMiB); unset when it did not.",
-    )
     migration_configuration: MigrationConfiguration | None = None
 
 

@@ -139,7 +139,6 @@ class JobProgress:
     data_total: int | None = None
     data_processed: int | None = None
     data_remaining: int | None = None
-    memory_remaining: int | None = None
     memory_dirty_rate: int | None = None  # bytes per second
     memory_bps: int | None = None
     iteration: int | None = None
@@ -267,10 +266,6 @@ class Hypervisor(Protocol):
     def abort_job(self, name: str) -> None: ...
 
     def set_max_downtime(self, name: str, milliseconds: int) -> None: ...
-
-    def set_max_speed(self, name: str, mib_per_second: int) -> None:
-        """The domain's migration bandwidth cap, MiB/s (0: unlimited), now and for its next migration."""
-        ...
 
     def start_post_copy(self, name: str) -> None: ...
 

@@ -54,7 +54,6 @@ from app.virt.nodedev import foreign_pci_hostdevs, parse_node_device
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
-UNLIMITED_MIGRATION_MIB = 2**63 // 2**20 - 1  # libvirt's own "no limit", the largest cap it accepts
 T = TypeVar("T")
 
 _loop_lock = threading.Lock()
@@ -593,7 +592,6 @@ class LibvirtHypervisor:
             data_total=stats.get("data_total"),
             data_processed=stats.get("data_processed"),
             data_remaining=stats.get("data_remaining"),
-            memory_remaining=stats.get("memory_remaining"),
             memory_dirty_rate=stats.get("memory_dirty_rate"),
             memory_bps=stats.get("memory_bps"),
             iteration=stats.get("memory_iteration"),
@@ -607,10 +605,6 @@ class LibvirtHypervisor:
     def set_max_downtime(self, name: str, milliseconds: int) -> None:
         dom = self._domain(name)
         self._call(lambda: dom.migrateSetMaxDowntime(milliseconds, 0))
-
-    def set_max_speed(self, name: str, mib_per_second: int) -> None:
-        dom = self._domain(name)
-        self._call(lambda: dom.migrateSetMaxSpeed(mib_per_second or UNLIMITED_MIGRATION_MIB, 0))
 
     def start_post_copy(self, name: str) -> None:
         dom = self._domain(name)

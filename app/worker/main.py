@@ -72,8 +72,6 @@ def migration_defaults(settings: Settings) -> Policy:
         completion_timeout_per_gib=settings.migration_completion_timeout_per_gib,
         allow_auto_converge=settings.migration_allow_auto_converge,
         allow_post_copy=settings.migration_allow_post_copy,
-        switchover_pacing_mib=settings.migration_switchover_pacing_mib,
-        switchover_tail_mib=settings.migration_switchover_tail_mib,
     )
 
 

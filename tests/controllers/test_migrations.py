@@ -13,15 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.controllers.migration_policy import (
-    GIB,
-    MIB,
-    FirstPassPacer,
-    PaceAction,
-    Policy,
-    completion_timeout,
-    downtime_ramp,
-)
+from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
 from app.schemas.migration import MigrationSpec
 from tests.conftest import add_node, bearer, make_token, wait_for
 from tests.controllers.test_instances import BASE, instance, wait_phase
@@ -160,22 +152,6 @@ def test_policy_ramp_and_timeout() -> None:
     assert effective.max_downtime_ms == 100 and effective.allow_post_copy and effective.bandwidth_mib == 0
     shown = effective.configuration().model_dump(by_alias=True)
     assert shown["maxDowntimeMs"] == 100 and shown["completionTimeoutPerGiB"] == 150
-    assert shown["switchoverPacingMiB"] == 0 and shown["switchoverTailMiB"] == 32
-
-
-def test_first_pass_pacing_slows_only_the_tail_and_gives_the_rate_back() -> None:
-    pacer = FirstPassPacer(pace_mib=64, tail_mib=32)
-    assert pacer.observe(0, 0) == (None, 0.005)  # setting up: no pass yet
-    assert pacer.observe(1, GIB) == (None, 0.005)
-    assert pacer.observe(1, 30 * MIB) == (PaceAction.PACE, 0.1)
-    assert pacer.observe(1, 20 * MIB) == (None, 0.1)  # stays paced until the first pass ends
-    assert pacer.observe(2, 5 * MIB)[0] is PaceAction.RESTORE
-    # A first pass that ended between two samples was never paced: nothing to give back.
-    assert FirstPassPacer(pace_mib=64, tail_mib=32).observe(2, 0)[0] is PaceAction.DONE
-    # Off, or a migration capped at or below the pacing rate anyway: nothing to do.
-    assert FirstPassPacer(pace_mib=0, tail_mib=32).observe(1, GIB)[0] is PaceAction.DONE
-    assert FirstPassPacer(pace_mib=64, tail_mib=32, bandwidth_mib=50).observe(1, GIB)[0] is PaceAction.DONE
-    assert FirstPassPacer(pace_mib=64, tail_mib=32, bandwidth_mib=500).wanted
 
 
 def test_finished_migrations_are_collected_beyond_five_per_instance(api: httpx.Client) -> None:

@@ -45,10 +45,8 @@ class Cluster:
     def __init__(self, data: Path) -> None:
         self.data = data
         # A cluster default bandwidth keeps a migration of the idle test guest running for a few seconds,
-        # so its progress shows on the watch; the seed migration manifest stays unchanged. Pacing is on,
-        # below that bandwidth, so that its sampling and its cap are proven against QEMU.
-        self.settings = {"migration_bandwidth_mib": "64", "migration_switchover_pacing_mib": "32",
-                         "migration_switchover_tail_mib": "16"}  # fmt: skip
+        # so its progress shows on the watch; the seed migration manifest stays unchanged.
+        self.settings = {"migration_bandwidth_mib": "64"}
         self.proc, self.serve = launch(data, node_uri(1), **self.settings)
 
     def register_nodes(self) -> None:
@@ -140,9 +138,7 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
     target = state["targetNode"]
     assert state["sourceNode"] == source and target != source and state["completed"] is True
     assert state["sourcePod"] == state["targetPod"] == before["status"]["domainName"]
-    assert state["downtimeMs"] >= 0 and state["dataTotalBytes"] > 0
-    assert state["migrationConfiguration"]["switchoverPacingMiB"] == 32
-    assert 0 < state["pacedFromRemainingBytes"] <= 16 * 2**20, state  # the first pass's tail was paced
+    assert state["downtimeMs"] >= 0 and state["dataTotalBytes"] > 0 and state["migrationConfiguration"]
 
     assert phases_in(migrations, "test-vmi-migration") == [
         "Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running", "Succeeded",
