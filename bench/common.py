@@ -65,13 +65,20 @@ def corral_serve(**env_extra: str) -> Iterator[httpx.Client]:
             proc.kill()
 
 
+_event_loop = threading.Lock()
+_event_loop_started: list[bool] = []
+
+
 def open_libvirt(uri: str = "qemu:///system") -> Any:
     """A libvirt connection with events delivered (the benchmarks watch libvirt beside Corral)."""
-    libvirt.virEventRegisterDefaultImpl()
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    threading.Thread(
-        target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
-    ).start()
+    with _event_loop:  # one event loop for every connection of the process
+        if not _event_loop_started:
+            libvirt.virEventRegisterDefaultImpl()
+            libvirt.registerErrorHandler(lambda *_: None, None)
+            threading.Thread(
+                target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True
+            ).start()
+            _event_loop_started.append(True)
     return libvirt.open(uri)
 
 

@@ -1,12 +1,13 @@
 """Benchmark: live migration through Corral against `virsh migrate --live --p2p` between the same two nodes.
 
-    .venv/bin/python -m bench.migration [--runs 7]      (as root: it starts scripts/migration-nodes.sh)
+    .venv/bin/python -m bench.migration [--runs 11]      (as root: it starts scripts/migration-nodes.sh)
 
 Same run, same idle guest: Corral migrates the seed instance (POST .../migrate until the watch shows the
 migration Succeeded); raw is the wall time of `virsh migrate --live --p2p --persistent --undefinesource
 --unsafe` of a twin domain (the instance's own XML under another name and uuid, on its own overlay), run
-alternately with Corral's, back and forth between the nodes. Downtime is libvirt's measurement of each
-completed job.
+alternately with Corral's, back and forth between the nodes. The pause is measured three ways for both: from
+libvirt's suspended (migrated) event on the source to its resumed event on the target as they reach this
+benchmark; libvirt's own downtime figure of the completed job; and, for Corral, its reported downtimeMs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+import libvirt
 
 from bench.common import WatchRecorder, corral_serve, open_libvirt, phase, ping_until_answered, save, summary
 
@@ -59,6 +63,35 @@ def _backing_of(path: str) -> str:
     return found.group(1) if found else path
 
 
+class PauseWatch:
+    """Each switch-over's pause as libvirt's lifecycle events reach this process (how Corral measures it)."""
+
+    def __init__(self, conns: dict[int, Any]) -> None:
+        self._lock = threading.Condition()
+        self._seen: list[tuple[float, str, int, int]] = []
+        for conn in conns.values():
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None)
+
+    def _on_event(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        with self._lock:
+            self._seen.append((time.monotonic(), dom.UUIDString(), event, detail))
+            self._lock.notify_all()
+
+    def pause_ms(self, uuid_: str, since: float) -> float:
+        def stamp(event: int, detail: int) -> float | None:
+            found = (
+                t for t, u, e, d in self._seen if t >= since and u == uuid_ and (e, d) == (event, detail)
+            )
+            return next(found, None)
+
+        paused = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        resumed = (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+        with self._lock:
+            self._lock.wait_for(lambda: stamp(*paused) is not None and stamp(*resumed) is not None, timeout=5)
+            start, end = stamp(*paused), stamp(*resumed)
+        return (end - start) * 1000 if start is not None and end is not None else float("nan")
+
+
 def virsh_migrate(name: str, source: int, target: int) -> tuple[float, float]:
     started = time.monotonic()
     # --unsafe: the nodes share /var/lib/corral on a local filesystem libvirt cannot recognise as shared
@@ -84,10 +117,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     subprocess.run([str(RIG), "start"], check=True, capture_output=True)
-    corral_total: list[float] = []
-    corral_downtime: list[float] = []
-    raw_total: list[float] = []
-    raw_downtime: list[float] = []
+    runs: dict[str, list[float]] = {key: [] for key in (
+        "corral_total_s", "corral_pause_ms", "corral_downtime_ms", "corral_libvirt_downtime_ms",
+        "virsh_total_s", "virsh_pause_ms", "virsh_libvirt_downtime_ms")}  # fmt: skip
     twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
@@ -110,6 +142,7 @@ def main() -> None:
             instance = client.get(f"{INSTANCES}/test-vmi").json()
             node = NODES[instance["status"]["nodeName"]]
             conns = {n: open_libvirt(uri(n)) for n in (1, 2)}
+            pauses = PauseWatch(conns)
             xml = conns[node].lookupByName(instance["status"]["domainName"]).XMLDesc(0)
             twin_dom = conns[1].defineXML(twin_of(xml, twin, overlay))
             twin_dom.create()
@@ -117,18 +150,22 @@ def main() -> None:
             twin_node = 1
             time.sleep(3)  # both guests settle into idle
             for _ in range(args.runs):
+                started = time.monotonic()
                 total, downtime = virsh_migrate(twin, twin_node, 3 - twin_node)
                 twin_node = 3 - twin_node
-                raw_total.append(total)
-                raw_downtime.append(downtime)
+                runs["virsh_total_s"].append(total)
+                runs["virsh_pause_ms"].append(pauses.pause_ms(twin_dom.UUIDString(), started))
+                runs["virsh_libvirt_downtime_ms"].append(downtime)
 
                 started = time.monotonic()
                 created = client.post(f"{INSTANCES}/test-vmi/migrate").json()
                 name = created["metadata"]["name"]
                 done_at = watch.wait(name, phase("Succeeded"), after=started)
-                corral_total.append(done_at - started)
+                runs["corral_total_s"].append(done_at - started)
+                runs["corral_pause_ms"].append(pauses.pause_ms(instance["metadata"]["uid"], started))
                 state = client.get(f"{MIGRATIONS}/{name}").json()["status"]["migrationState"]
-                corral_downtime.append(float(state["downtimeMs"]))
+                runs["corral_downtime_ms"].append(float(state["downtimeMs"]))
+                runs["corral_libvirt_downtime_ms"].append(float(state["libvirtDowntimeMs"]))
                 time.sleep(1)
             watch.close()
             conns[twin_node].lookupByName(twin).destroy()
@@ -138,17 +175,9 @@ def main() -> None:
         subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
     result: dict[str, Any] = {
         "corral_bandwidth_mib": args.bandwidth,
-        "corral_total_s": summary(corral_total),
-        "virsh_total_s": summary(raw_total),
-        "total_ratio": summary(corral_total)["median"] / summary(raw_total)["median"],
-        "corral_downtime_ms": summary(corral_downtime),
-        "runs": {
-            "corral_downtime_ms": corral_downtime,
-            "corral_total_s": corral_total,
-            "virsh_downtime_ms": raw_downtime,
-            "virsh_total_s": raw_total,
-        },
-        "virsh_downtime_ms": summary(raw_downtime),
+        **{key: summary(values) for key, values in runs.items()},
+        "total_ratio": summary(runs["corral_total_s"])["median"] / summary(runs["virsh_total_s"])["median"],
+        "runs": runs,
     }
     for key, value in result.items():
         print(f"{key}: {value}")

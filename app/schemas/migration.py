@@ -90,7 +90,17 @@ class MigrationState(ApiModel):
     iteration: int | None = None
     elapsed_ms: int | None = None
     current_max_downtime_ms: int | None = Field(default=None, description="Where the downtime ramp is now.")
-    downtime_ms: int | None = Field(default=None, description="The guest's measured pause at switch-over.")
+    downtime_ms: int | None = Field(
+        default=None,
+        description="The guest's pause at switch-over: from libvirt's suspended (migrated) event on the "
+        "source to its resumed event on the target, both as they reached Corral (one clock). When Corral "
+        "did not see both (it restarted meanwhile), libvirtDowntimeMs.",
+    )
+    libvirt_downtime_ms: int | None = Field(
+        default=None,
+        description="libvirt's own downtime figure: from its handling of the source's stop to the end of its "
+        "bookkeeping on the target, which comes after the guest runs again (and needs synchronized clocks).",
+    )
     migration_configuration: MigrationConfiguration | None = None
 
 

@@ -5,8 +5,9 @@ libvirt objects, error codes and UUID handling stay in libvirt_driver.py; everyt
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -156,9 +157,10 @@ class HypervisorEvent:
     uri: str
     kind: EventKind
     event: str  # e.g. "Started", "Stopped", "Connected"
-    detail: str = ""
+    detail: str = ""  # e.g. "Migrated" for Suspended and Resumed; libvirt's number for the others
     domain_name: str | None = None
     domain_uuid: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived, on this process's clock
 
 
 EventCallback = Callable[[HypervisorEvent], None]

@@ -127,6 +127,21 @@ _LIFECYCLE = (
     "PMSuspended",
     "Crashed",
 )
+# Details of the lifecycle events whose detail matters to Corral, by libvirt's numbering.
+_DETAILS = {
+    "Suspended": (
+        "Paused",
+        "Migrated",
+        "IOError",
+        "Watchdog",
+        "Restored",
+        "FromSnapshot",
+        "APIError",
+        "PostCopy",
+        "PostCopyFailed",
+    ),
+    "Resumed": ("Unpaused", "Migrated", "FromSnapshot", "PostCopy", "PostCopyFailed"),
+}
 _AGENT_ERRORS = {
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
     getattr(libvirt, "VIR_ERR_AGENT_UNSYNCED", -1),
@@ -634,9 +649,9 @@ class LibvirtHypervisor:
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         name = _LIFECYCLE[event] if 0 <= event < len(_LIFECYCLE) else f"Event{event}"
-        self._emit(
-            HypervisorEvent(self._uri, EventKind.LIFECYCLE, name, str(detail), dom.name(), dom.UUIDString())
-        )
+        details = _DETAILS.get(name, ())
+        named = details[detail] if 0 <= detail < len(details) else str(detail)
+        self._emit(HypervisorEvent(self._uri, EventKind.LIFECYCLE, name, named, dom.name(), dom.UUIDString()))
 
     def _on_agent(self, _conn: Any, dom: Any, state: int, reason: int, _opaque: Any) -> None:
         connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED

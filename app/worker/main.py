@@ -89,8 +89,12 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
         ),
         InstanceReconciler(db, connections, settings.image_dir),
         PoolReconciler(db, settings.pool_burst),
-        MigrationReconciler(db, connections, migration_defaults(settings), settings.migrations_per_node),
     ]
+    migrations = MigrationReconciler(
+        db, connections, migration_defaults(settings), settings.migrations_per_node
+    )
+    reconcilers.append(migrations)
+    bridge.observers.append(migrations.switchovers.observe)
     worker = Worker(
         db,
         {r.kind: r for r in reconcilers},

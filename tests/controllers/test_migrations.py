@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 
 from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
+from app.controllers.migrations import SwitchoverClock
 from app.schemas.migration import MigrationSpec
+from app.virt.driver import EventKind, HypervisorEvent
 from tests.conftest import add_node, bearer, make_token, wait_for
 from tests.controllers.test_instances import BASE, instance, wait_phase
 
@@ -152,6 +154,24 @@ def test_policy_ramp_and_timeout() -> None:
     assert effective.max_downtime_ms == 100 and effective.allow_post_copy and effective.bandwidth_mib == 0
     shown = effective.configuration().model_dump(by_alias=True)
     assert shown["maxDowntimeMs"] == 100 and shown["completionTimeoutPerGiB"] == 150
+
+
+def test_switchover_pause_is_measured_between_the_two_migration_events() -> None:
+    def event(name: str, detail: str, at: float, uuid: str = "u1") -> HypervisorEvent:
+        return HypervisorEvent("qemu://x", EventKind.LIFECYCLE, name, detail, "d", uuid, at=at)
+
+    clock = SwitchoverClock()
+    clock.observe(event("Suspended", "Migrated", 5.0))  # an earlier migration's
+    clock.observe(event("Suspended", "Paused", 10.01))  # a user's pause: not a switch-over
+    clock.observe(event("Suspended", "Migrated", 10.0))
+    clock.observe(event("Resumed", "Migrated", 10.034, uuid="u2"))  # another domain
+    assert clock.pause_ms("u1", since=9.0, wait=0.01) is None  # not resumed yet
+    clock.observe(event("Resumed", "Migrated", 10.034))
+    assert clock.pause_ms("u1", since=9.0) == 34
+    assert clock.pause_ms("u1", since=9.0, wait=0.01) is None  # taken once
+    clock.observe(event("Suspended", "PostCopy", 20.0))
+    clock.observe(event("Resumed", "PostCopy", 20.2))
+    assert clock.pause_ms("u1", since=19.0) == 200
 
 
 def test_finished_migrations_are_collected_beyond_five_per_instance(api: httpx.Client) -> None:

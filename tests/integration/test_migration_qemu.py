@@ -138,7 +138,10 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
     target = state["targetNode"]
     assert state["sourceNode"] == source and target != source and state["completed"] is True
     assert state["sourcePod"] == state["targetPod"] == before["status"]["domainName"]
-    assert state["downtimeMs"] >= 0 and state["dataTotalBytes"] > 0 and state["migrationConfiguration"]
+    assert state["dataTotalBytes"] > 0 and state["migrationConfiguration"]
+    # The pause from libvirt's events as they reached Corral; libvirt's own figure also counts its
+    # bookkeeping on the target after the guest runs again.
+    assert 0 < state["downtimeMs"] < state["libvirtDowntimeMs"], state
 
     assert phases_in(migrations, "test-vmi-migration") == [
         "Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running", "Succeeded",
