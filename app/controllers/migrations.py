@@ -562,13 +562,11 @@ class MigrationReconciler:
             with suppress(HypervisorError):  # the figures of the finished job live on the target
                 done = self._hypervisor(snap, target).job_progress(domain, completed=True)
                 if done is not None:
-                    extra = {**progress_fields(done), "downtimeMs": done.downtime_ms,
-                             "libvirtDowntimeMs": done.downtime_ms}  # fmt: skip
+                    extra = {**progress_fields(done), "libvirtDowntimeMs": done.downtime_ms}
             paused = None
             if since is not None and snap.instance is not None:
                 paused = self.switchovers.pause_ms(str(snap.instance["uid"]), since)
-            if paused is not None:
-                extra["downtimeMs"] = paused
+            extra["downtimeMs"] = paused if paused is not None else extra.get("libvirtDowntimeMs")
             self._finish(snap, None, "Succeeded", f"running on {target}", moved_to=target, extra=extra)
             return Result()
         if _live(on_source) and not _live(on_target):
