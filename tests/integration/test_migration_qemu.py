@@ -206,6 +206,9 @@ def test_killed_control_plane_converges_to_one_node(cluster: Cluster) -> None:
     expected = done["status"]["migrationState"]["targetNode" if done["status"]["phase"] == "Succeeded"
                                                 else "sourceNode"]  # fmt: skip
     assert node == expected, done["status"]
+    if done["status"]["phase"] == "Succeeded":  # the new worker missed the switch-over's events
+        state = done["status"]["migrationState"]
+        assert state["downtimeMs"] == state["libvirtDowntimeMs"] > 0, state
 
 
 def test_drain_empties_the_node(cluster: Cluster) -> None:
