@@ -7,7 +7,9 @@
 # ext4 is shared; Corral checks that the target sees the volumes and says so (VIR_MIGRATE_UNSAFE).
 #   management: qemu+unix:///system?socket=$DIR/nodeN/run/libvirt-sock (reachable from the host)
 #   migration:  qemu+tcp://10.99.0.N/system (what the source libvirtd dials, peer to peer)
-# usage: migration-nodes.sh start|stop|status
+# With --local-storage, node 2 gets its own /var/lib/corral/instances (the image catalog stays shared):
+# volumes are local to each node and a migration copies them (tests of copy-storage migration).
+# usage: migration-nodes.sh start [--local-storage] | stop | status
 set -euo pipefail
 DIR=${CORRAL_NODES_DIR:-/tmp/corral-nodes}
 NODES="1 2"
@@ -18,7 +20,9 @@ sock() { echo "$DIR/node$1/run/libvirt-sock"; }
 
 start_node() {
   local n=$1 d=$DIR/node$1 ip=10.99.0.$1
-  rm -rf "$d"; mkdir -p "$d"/{etc,run,lib,log,cache}
+  rm -rf "$d"; mkdir -p "$d"/{etc,run,lib,log,cache,instances}
+  local own_volumes=":"
+  [ "$LOCAL_STORAGE" = 1 ] && [ "$n" = 2 ] && own_volumes="mount --bind $d/instances /var/lib/corral/instances"
   cp -a /etc/libvirt/. "$d/etc/"
   # The host's QEMU capability cache spares each node seconds of probing the emulator at start.
   cp -a /var/cache/libvirt/. "$d/cache/" 2>/dev/null || true
@@ -52,7 +56,8 @@ EOF
     mount --bind $d/lib /var/lib/libvirt
     mount --bind $d/log /var/log/libvirt
     mkdir -p /var/cache/libvirt && mount --bind $d/cache /var/cache/libvirt
-    mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu
+    mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu /var/lib/corral/instances
+    $own_volumes
     exec tini -s -- libvirtd --listen -p $d/libvirtd.pid
   " </dev/null >>"$d/log/libvirtd.out" 2>&1 &  # tini: see setup-host.sh
   for _ in $(seq 1 100); do
@@ -77,6 +82,8 @@ stop_all() {
   for n in $NODES; do ip netns del "corralmig$n" 2>/dev/null || true; done  # also removes the veth pair
 }
 
+LOCAL_STORAGE=0
+[ "${2:-}" = --local-storage ] && LOCAL_STORAGE=1
 case "${1:-}" in
 start)
   stop_all
@@ -98,5 +105,5 @@ status)
     virsh -c "qemu+unix:///system?socket=$(sock "$n")" version >/dev/null 2>&1 && echo "node$n up" || echo "node$n down"
   done
   ;;
-*) die "usage: $0 start|stop|status" ;;
+*) die "usage: $0 start [--local-storage] | stop | status" ;;
 esac

@@ -583,15 +583,8 @@ class InstanceReconciler:
     # -- definition ----------------------------------------------------------------------------------
     def _define(self, snap: Snapshot, hv: Hypervisor) -> DomainInfo | Step:
         spec = snap.spec
-        # The first containerDisk is the boot image; an instance with none boots the catalog's default.
-        boot = next((v for v in spec.volumes if v.container_disk is not None), None)
         try:
-            volume_images = {
-                v.name: images.resolve(self.image_dir, v.container_disk.image)
-                for v in spec.volumes
-                if v.container_disk is not None
-            }
-            boot_image = volume_images[boot.name] if boot else images.resolve(self.image_dir, None)
+            boot_image, planned = plan_volumes(spec, self.image_dir, snap.uid)
         except images.ImageNotFound as exc:
             return Step(Observed("Failed", "ImageNotFound", str(exc)), requeue=IMAGE_RETRY)
         with ExitStack() as undo:
@@ -600,21 +593,12 @@ class InstanceReconciler:
                 self._pools_ready.add(hv.uri)
             undo.callback(self._pools_ready.discard, hv.uri)  # a failed pass checks the pool again
             disks: list[DiskConfig] = []
-            sources: list[tuple[str, int, tuple[str, str] | None]] = []
-            if boot is None and boot_image.disk is not None:
-                sources.append(("root", *_overlay_of(boot_image)))
-            for volume in spec.volumes:
-                if volume.container_disk is not None and volume_images[volume.name].disk is not None:
-                    sources.append((volume.name, *_overlay_of(volume_images[volume.name])))
-                elif volume.empty_disk is not None:
-                    sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None))
-            for index, (volume_name, capacity, backing) in enumerate(sources):
-                volume_id = f"{snap.uid}-{volume_name}.qcow2"
-                existed = hv.volume_path(POOL, volume_id) is not None
-                path = hv.create_volume(POOL, volume_id, capacity, backing)
+            for volume in planned:
+                existed = hv.volume_path(POOL, volume.volume_id) is not None
+                path = hv.create_volume(POOL, volume.volume_id, volume.capacity, volume.backing)
                 if not existed:
-                    undo.callback(hv.delete_volume, POOL, volume_id)
-                disks.append(DiskConfig(path=path, target=f"vd{TARGETS[index]}", serial=volume_name[:20]))
+                    undo.callback(hv.delete_volume, POOL, volume.volume_id)
+                disks.append(DiskConfig(path=path, target=volume.target, serial=volume.name[:20]))
             kernel = None
             if boot_image.kernel is not None:
                 # The bundle's command line may carry {hostname}; plain text, not a format string.
@@ -737,6 +721,40 @@ def domain_name(namespace: str, name: str, uid: str, progress: dict[str, Any]) -
 def agent_or_acpi(hv: Hypervisor, domain: str) -> ShutdownMode:
     """Graceful shutdown and reboot go through the guest agent when it is connected, else ACPI."""
     return ShutdownMode.AGENT if hv.agent_connected(domain) else ShutdownMode.ACPI
+
+
+@dataclass(frozen=True)
+class PlannedVolume:
+    """A disk volume Corral creates for an instance, in its node's pool."""
+
+    name: str  # the spec's volume name ("root" for the catalog's default image)
+    volume_id: str  # the file in the pool: <uid>-<name>.qcow2
+    capacity: int
+    backing: tuple[str, str] | None  # (path, format) of the image under a copy-on-write overlay
+    target: str  # the guest's disk: vda, vdb, ...
+
+
+def plan_volumes(spec: InstanceSpec, image_dir: Path, uid: str) -> tuple[images.Image, list[PlannedVolume]]:
+    """The boot image and the instance's volumes, in disk order. The first containerDisk is the boot image;
+    an instance with none boots the catalog's default. Raises images.ImageNotFound."""
+    boot = next((v for v in spec.volumes if v.container_disk is not None), None)
+    volume_images = {
+        v.name: images.resolve(image_dir, v.container_disk.image)
+        for v in spec.volumes
+        if v.container_disk is not None
+    }
+    boot_image = volume_images[boot.name] if boot else images.resolve(image_dir, None)
+    sources: list[tuple[str, int, tuple[str, str] | None]] = []
+    if boot is None and boot_image.disk is not None:
+        sources.append(("root", *_overlay_of(boot_image)))
+    for volume in spec.volumes:
+        if volume.container_disk is not None and volume_images[volume.name].disk is not None:
+            sources.append((volume.name, *_overlay_of(volume_images[volume.name])))
+        elif volume.empty_disk is not None:
+            sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None))
+    planned = [PlannedVolume(name, f"{uid}-{name}.qcow2", capacity, backing, f"vd{TARGETS[index]}")
+               for index, (name, capacity, backing) in enumerate(sources)]  # fmt: skip
+    return boot_image, planned
 
 
 def _overlay_of(image: images.Image) -> tuple[int, tuple[str, str]]:

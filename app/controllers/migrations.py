@@ -16,14 +16,15 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Result
-from app.controllers.instances import POOL, cluster_views, domain_name
+from app.controllers.instances import POOL, cluster_views, domain_name, plan_volumes
 from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
-from app.controllers.scheduling import Request, choose, unschedulable_message
+from app.controllers.scheduling import MIB, Request, choose, unschedulable_message
 from app.db import Database
 from app.repositories import workqueue
 from app.repositories.migrations import MigrationRepository
@@ -33,6 +34,7 @@ from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec
 from app.services.kinds import INSTANCES, MIGRATIONS, NODES
+from app.virt import images
 from app.virt.driver import (
     DomainInfo,
     DomainNotFound,
@@ -129,6 +131,7 @@ class MigrationReconciler:
         db: Database,
         hypervisors: HypervisorPool,
         defaults: Policy,
+        image_dir: Path,
         per_node: int = 2,
         volume_dir: str = "/var/lib/corral/instances",
     ) -> None:
@@ -136,6 +139,7 @@ class MigrationReconciler:
         self.hypervisors = hypervisors
         self.defaults = defaults
         self.per_node = per_node
+        self.image_dir = image_dir
         self.volume_dir = volume_dir
         self.switchovers = SwitchoverClock()  # fed by the worker with every libvirt event
 
@@ -388,29 +392,49 @@ class MigrationReconciler:
         return True
 
     def _prepare_target(self, snap: Snapshot, target: str) -> bool:
-        """PreparingTarget -> TargetReady: the target's volume pool sees the instance's volumes (shared
-        storage), so libvirt moves memory and device state only."""
+        """PreparingTarget -> TargetReady. Volumes the target's pool sees are on shared storage; the others
+        are created there, empty, on the same image, and the migration copies them (copiedVolumes is
+        written first, so a worker that dies halfway never takes its own copies for shared ones)."""
         self._update(snap, "PreparingTarget", reason="PreparingTarget", message=f"checking node {target}")
         instance = snap.instance
         assert instance is not None
+        copies = list(snap.state.get("copiedVolumes") or [])
         try:
             target_hv = self._hypervisor(snap, target)
             target_hv.ensure_pool(POOL, self.volume_dir)
             target_hv.refresh_pool(POOL)  # volumes another node created are unknown to the pool until then
             source_hv = self._hypervisor(snap, str(instance["node"]))
             volumes = [f"{instance['uid']}-{v}.qcow2" for v in instance["volumes"]]
-            missing = [
-                v for v in volumes if source_hv.volume_path(POOL, v) and not target_hv.volume_path(POOL, v)
-            ]
+            copies += [v for v in volumes if v not in copies
+                       and source_hv.volume_path(POOL, v) and not target_hv.volume_path(POOL, v)]  # fmt: skip
         except HypervisorError as exc:
             self._finish(snap, None, "TargetNotReady", f"preparing node {target}: {exc}"[:500])
             return False
-        if missing:
-            message = (f"node {target} does not see {', '.join(missing)} in its {POOL} pool: live migration "
-                       f"needs {self.volume_dir} on storage shared by both nodes")  # fmt: skip
-            self._finish(snap, None, "TargetStorageMissing", message)
+        if not copies:
+            self._update(snap, "TargetReady", reason="TargetReady", message=f"node {target} sees the volumes")
+            return True
+        try:
+            shared = self._shared(source_hv, target_hv, f"{snap.uid}-probe.qcow2")
+        except HypervisorError as exc:
+            self._finish(snap, None, "TargetNotReady", f"preparing node {target}: {exc}"[:500])
             return False
-        self._update(snap, "TargetReady", reason="TargetReady", message=f"node {target} sees the volumes")
+        if shared:  # the same storage, yet the volumes are not there: nothing to copy them onto safely
+            message = f"node {target} shares the {POOL} pool's storage but does not see {', '.join(copies)}"
+            self._finish(snap, None, "TargetStorageMissing", message[:1000])
+            return False
+        self._update(snap, state={"copiedVolumes": copies})
+        try:
+            for volume in plan_volumes(instance["spec"], self.image_dir, str(instance["uid"]))[1]:
+                if volume.volume_id in copies:
+                    target_hv.create_volume(POOL, volume.volume_id, volume.capacity, volume.backing)
+        except (HypervisorError, images.ImageNotFound) as exc:
+            self._cleanup_target(snap, target, str(instance["domain"]))
+            message = (f"node {target} does not see {', '.join(copies)} in its {POOL} pool and could not "
+                       f"create a copy there: {exc}")  # fmt: skip
+            self._finish(snap, None, "TargetStorageMissing", message[:1000])
+            return False
+        message = f"node {target} has empty copies of {', '.join(copies)}; the migration fills them"
+        self._update(snap, "TargetReady", reason="TargetReady", message=message)
         return True
 
     def _run(self, snap: Snapshot) -> Result:
@@ -426,11 +450,20 @@ class MigrationReconciler:
             destination = snap.nodes[target]["migrationUri"] or snap.nodes[target]["uri"]
             source_hv.set_max_downtime(domain, ramp[0][1])
         except (HypervisorError, KeyError) as exc:
+            self._cleanup_target(snap, target, domain)
             self._finish(snap, None, "SourceNotReady", f"node {source}: {exc}"[:500])
             return Result()
-        # PreparingTarget saw the instance's volumes on the target (cache='none' disks): shared storage.
+        copies = state.get("copiedVolumes") or []
+        try:
+            planned = plan_volumes(instance["spec"], self.image_dir, str(instance["uid"]))[1]
+            disks = tuple(v.target for v in planned if v.volume_id in copies)
+        except images.ImageNotFound as exc:
+            self._cleanup_target(snap, target, domain)
+            self._finish(snap, None, "TargetStorageMissing", str(exc)[:500])
+            return Result()
+        # PreparingTarget saw every other volume on the target (cache='none' disks): shared storage.
         options = MigrationOptions(policy.bandwidth_mib, policy.allow_auto_converge, policy.allow_post_copy,
-                                   storage_verified_shared=True)  # fmt: skip
+                                   storage_verified_shared=True, copy_disks=disks)  # fmt: skip
         started = {"startTimestamp": _stamp(), "mode": "PreCopy", "currentMaxDowntimeMs": ramp[0][1]}
         if not self._update(
             snap, "Running", reason="Migrating", message=f"{source} -> {target}", state=started
@@ -568,6 +601,7 @@ class MigrationReconciler:
                 paused = self.switchovers.pause_ms(str(snap.instance["uid"]), since)
             extra["downtimeMs"] = paused if paused is not None else extra.get("libvirtDowntimeMs")
             self._finish(snap, None, "Succeeded", f"running on {target}", moved_to=target, extra=extra)
+            self._delete_copied(snap, source)  # the guest runs on the copies: the originals go
             return Result()
         if _live(on_source) and not _live(on_target):
             self._cleanup_target(snap, target, domain)
@@ -598,11 +632,36 @@ class MigrationReconciler:
         return info if snap.instance is None or info.uuid == snap.instance["uid"] else None
 
     def _cleanup_target(self, snap: Snapshot, target: str, domain: str) -> None:
-        """A failed migration may leave an inactive definition on the target: remove it (ours only)."""
+        """A failed migration may leave an inactive definition on the target, and the copies it created
+        there: remove them (ours only; nothing while our domain is active there)."""
         with suppress(HypervisorError):
             info = self._state_on(snap, target, domain)
-            if info is not None and info.state not in ACTIVE:
+            if info is not None and info.state in ACTIVE:
+                return
+            if info is not None:
                 self._hypervisor(snap, target).undefine(domain)
+            self._delete_copied(snap, target)
+
+    @staticmethod
+    def _shared(source_hv: Hypervisor, target_hv: Hypervisor, probe: str) -> bool:
+        """Whether the two pools are one storage: a volume made on the target shows on the source. Copies
+        are made only where it does not, so removing the source's originals never touches the target's."""
+        target_hv.create_volume(POOL, probe, MIB, None)
+        try:
+            source_hv.refresh_pool(POOL)
+            return source_hv.volume_path(POOL, probe) is not None
+        finally:
+            target_hv.delete_volume(POOL, probe)
+
+    def _delete_copied(self, snap: Snapshot, node: str) -> None:
+        """Remove the copied volumes from `node` (the target's copies after a failure, the source's originals
+        after a success); a volume that cannot be removed now is logged and left."""
+        for volume in snap.state.get("copiedVolumes") or []:
+            try:
+                self._hypervisor(snap, node).delete_volume(POOL, volume)
+            except HypervisorError as exc:
+                log.warning("migration %s/%s: volume %s stays on %s: %s", snap.namespace, snap.name, volume,
+                            node, exc)  # fmt: skip
 
     def _policy(self, snap: Snapshot) -> tuple[Policy, int]:
         """The policy in effect and the guest memory its ramp and timeout scale with."""

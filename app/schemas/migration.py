@@ -101,6 +101,11 @@ class MigrationState(ApiModel):
         description="libvirt's own downtime figure: from its handling of the source's stop to the end of its "
         "bookkeeping on the target, which comes after the guest runs again (and needs synchronized clocks).",
     )
+    copied_volumes: list[str] | None = Field(
+        default=None,
+        description="Volumes the target node did not see (storage not shared): created there on the same "
+        "image and copied by the migration; the source's are removed once the guest runs on the target.",
+    )
     migration_configuration: MigrationConfiguration | None = None
 
 

@@ -129,6 +129,9 @@ class MigrationOptions:
     # The caller checked that the target sees the very volumes the domain uses: skip libvirt's own guess,
     # which knows only NFS-like and cluster filesystems and qemu.conf's shared_filesystems.
     storage_verified_shared: bool = False
+    # Disks (vda, ...) whose top image the target lacks: libvirt copies them during the migration, onto the
+    # empty overlays the caller created there on the same backing image (VIR_MIGRATE_NON_SHARED_INC).
+    copy_disks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -592,6 +592,9 @@ class LibvirtHypervisor:
         params: dict[str, Any] = {}
         if options.bandwidth_mib:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib
+        if options.copy_disks:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
         dom = self._domain(name)
         self._call(lambda: dom.migrateToURI3(destination_uri, params, flags))
 

@@ -91,7 +91,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
         PoolReconciler(db, settings.pool_burst),
     ]
     migrations = MigrationReconciler(
-        db, connections, migration_defaults(settings), settings.migrations_per_node
+        db, connections, migration_defaults(settings), settings.image_dir, settings.migrations_per_node
     )
     reconcilers.append(migrations)
     bridge.observers.append(migrations.switchovers.observe)

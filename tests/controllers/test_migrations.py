@@ -74,8 +74,11 @@ def test_seed_manifest_with_no_other_node_fails_unschedulable(api: httpx.Client)
     assert wait_phase(api, "test-vmi", "Running")["status"]["nodeName"] == "td"
 
 
-def test_a_target_without_shared_storage_is_refused_and_the_instance_stays(api: httpx.Client) -> None:
-    # Each test-driver host keeps its storage pools in memory: the target cannot see the instance's overlay.
+def test_a_target_without_shared_storage_gets_copies_and_a_failure_keeps_the_instance(
+    api: httpx.Client,
+) -> None:
+    # Each test-driver host keeps its storage pools in memory: the target cannot see the instance's overlay,
+    # so Corral creates a copy there for the migration to fill; the test driver cannot migrate at all.
     add_node(api, "plain", f"test://{PLAIN_NODE}", {"driver": "test"})
     vm = running(api, "vm")
     source = vm["status"]["nodeName"]
@@ -85,15 +88,17 @@ def test_a_target_without_shared_storage_is_refused_and_the_instance_stays(api: 
     assert created.headers["location"].startswith(f"{MIGRATIONS}/vm-migration-")
     done = finished(api, created.json()["metadata"]["name"])
     status = done["status"]
-    assert status["phase"] == "Failed" and status["reason"] == "TargetStorageMissing", status
-    assert f"node {target} does not see" in status["migrationState"]["failureReason"]
-    assert "storage shared by both nodes" in status["message"]
+    assert status["phase"] == "Failed" and status["reason"] == "SourceNotReady", status
+    assert status["migrationState"]["copiedVolumes"] == [f"{vm['metadata']['uid']}-root.qcow2"]
     phases = [t["phase"] for t in status["phaseTransitionTimestamps"]]
-    assert phases == ["Scheduling", "Scheduled", "PreparingTarget", "Failed"]
+    assert phases == ["Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Failed"]
     after = wait_phase(api, "vm", "Running")
     assert after["status"]["nodeName"] == source and after["metadata"]["uid"] == vm["metadata"]["uid"]
-    # The instance is free again: a second migration is accepted.
-    assert api.post(f"{BASE}/vm/migrate", json={"targetNode": target}).status_code == 201
+    # The instance is free again, and the copy left the target: a second migration prepares it afresh.
+    again = api.post(f"{BASE}/vm/migrate", json={"targetNode": target})
+    assert again.status_code == 201
+    second = finished(api, again.json()["metadata"]["name"])["status"]
+    assert second["migrationState"]["copiedVolumes"] == status["migrationState"]["copiedVolumes"], second
 
 
 def test_cancel_and_delete(api: httpx.Client) -> None:

@@ -1,0 +1,91 @@
+"""Live migration between nodes that do not share storage (scripts/migration-nodes.sh --local-storage: node 2
+has its own instance volume directory), with a real TCG guest: the overlay disk is created empty on the
+target and copied during the migration, data written before the move reads back after it, and the source's
+original goes away."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from app.controllers.instances import POOL
+from app.virt.libvirt_driver import connect
+from tests.conftest import wait_for
+from tests.integration.test_migration_qemu import RIG, YAML, Cluster, node_uri, where
+from tests.integration.test_serve import INSTANCES, ROOT, stop
+
+NODE_NAMES = {"local": 1, "node-2": 2}
+SECTOR = 4096  # a block of the guest's first disk, far from anything the guest uses (it boots from RAM)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    subprocess.run([str(RIG), "start", "--local-storage"], check=True, capture_output=True)
+    try:
+        made = Cluster(tmp_path_factory.mktemp("copy-storage") / "data")
+        try:
+            made.register_nodes()
+            seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
+            assert made.serve.client.post(INSTANCES, content=seed, headers=YAML).status_code == 201
+            made.serve.wait("test-vmi", "Running", agent=True)
+            yield made
+            made.serve.client.delete(f"{INSTANCES}/test-vmi")
+            wait_for(lambda: made.serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60,
+                     what="test-vmi deleted")  # fmt: skip
+        finally:
+            stop(made.proc, made.serve)
+    finally:
+        subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
+
+
+def guest_sh(cluster: Cluster, script: str) -> str:
+    ran = cluster.serve.client.post(
+        f"{INSTANCES}/test-vmi/guest/exec", json={"command": ["/bin/sh", "-c", script]}
+    )
+    assert ran.status_code == 200 and ran.json()["exitCode"] == 0, ran.text
+    return str(ran.json()["stdout"])
+
+
+def pooled(volume: str) -> dict[int, bool]:
+    """Whether each rig node's volume pool has the volume (asked of libvirt on the node)."""
+    found = {}
+    for n in (1, 2):
+        hv = connect(node_uri(n))
+        try:
+            hv.refresh_pool(POOL)
+            found[n] = hv.volume_path(POOL, volume) is not None
+        finally:
+            hv.close()
+    return found
+
+
+def test_a_migration_copies_the_disk_the_target_lacks(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    before = cluster.serve.get("test-vmi")
+    uid, source = before["metadata"]["uid"], before["status"]["nodeName"]
+    marker = base64.b16encode(uid.encode()[:16]).decode()  # this run's own bytes
+    guest_sh(cluster, f"printf {marker} | dd of=/dev/vda bs=512 seek={SECTOR} conv=notrunc,fsync 2>/dev/null")
+    uptime_before = cluster.uptime()
+
+    created = client.post(f"{INSTANCES}/test-vmi/migrate")
+    assert created.status_code == 201, created.text
+    done = cluster.wait_migration(created.json()["metadata"]["name"], ("Succeeded", "Failed"))
+    state = done["status"]["migrationState"]
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    copied = state["copiedVolumes"]
+    assert copied and all(v.startswith(uid) for v in copied), state
+    target = state["targetNode"]
+
+    after = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert after["status"]["nodeName"] == target != source
+    assert where(after["status"]["domainName"], uid) == {target: "Running"}
+    assert cluster.uptime() >= uptime_before  # not restarted
+    read = guest_sh(
+        cluster, f"dd if=/dev/vda bs=512 skip={SECTOR} count=1 2>/dev/null | head -c {len(marker)}"
+    )
+    assert read == marker  # the copy carries what the guest wrote before the move
+    for volume in copied:  # the original left the source; the copy is the target's
+        assert pooled(volume) == {NODE_NAMES[source]: False, NODE_NAMES[target]: True}
