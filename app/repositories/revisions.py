@@ -56,6 +56,14 @@ def events_after(
     return list(session.scalars(query.order_by(EventRow.rv).limit(limit)))
 
 
+def event_before(session: Session, kind: str, namespace: str, name: str, rv: int) -> EventRow | None:
+    """The object's last retained event before `rv`: its state as a watch at that point knew it."""
+    query = select(EventRow).where(
+        EventRow.kind == kind, EventRow.namespace == namespace, EventRow.name == name, EventRow.rv < rv
+    )
+    return session.scalars(query.order_by(EventRow.rv.desc()).limit(1)).first()
+
+
 def oldest_event(session: Session) -> int | None:
     value = session.execute(select(func.min(EventRow.rv))).scalar()
     return int(value) if value is not None else None

@@ -42,6 +42,8 @@ class Watch:
         self.bookmarks = bookmarks
         self.initial: list[dict[str, Any]] = []
         self.rv = self._start(resource_version)
+        # With a selector: whether the client last saw each object (by uid) inside it.
+        self.inside: dict[str, bool] = {obj["metadata"]["uid"]: True for obj in self.initial}
 
     def _start(self, resource_version: str | None) -> int:
         if resource_version not in (None, ""):
@@ -81,10 +83,38 @@ class Watch:
     def _line(self, event_type: str, obj: dict[str, Any]) -> bytes:
         return (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
 
-    def _fetch(self) -> list[tuple[int, str, dict[str, Any]]]:
+    def _fetch(self) -> tuple[int, int, list[tuple[str, dict[str, Any]]]]:
+        """The next events after self.rv: how many, the resourceVersion they reach, and what this client
+        sees of them."""
         with self.db.read() as session:
             rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
-            return [(r.rv, r.type, r.object) for r in rows]
+            seen = [(t, r.object) for r in rows if (t := self._as_seen(session, r.rv, r.type, r.object))]
+            return len(rows), (rows[-1].rv if rows else self.rv), seen
+
+    def _as_seen(self, session: Session, rv: int, event_type: str, obj: dict[str, Any]) -> str | None:
+        """Kubernetes' rule for a label-filtered watch: an object that comes to match is ADDED, one that stops
+        matching is DELETED, others are not shown. Whether it matched before is what this stream showed, or
+        else its previous retained event (unknown when there is none: then a change shows as MODIFIED)."""
+        if self.selector is None:
+            return event_type
+        meta = obj["metadata"]
+        inside = self.selector(meta.get("labels") or {})
+        uid = meta.get("uid", "")
+        before = self.inside.get(uid)
+        if before is None and event_type != "ADDED":
+            previous = revisions.event_before(
+                session, self.kind.kind, meta.get("namespace") or "", meta["name"], rv
+            )
+            if previous is not None and previous.object["metadata"].get("uid") == uid:
+                before = previous.type != "DELETED" and self.selector(
+                    previous.object["metadata"].get("labels") or {}
+                )
+        self.inside[uid] = inside and event_type != "DELETED"
+        if event_type == "DELETED":
+            return event_type if inside or before else None
+        if inside:
+            return "ADDED" if event_type == "ADDED" or before is False else "MODIFIED"
+        return "DELETED" if before else None
 
     async def stream(self) -> AsyncIterator[bytes]:
         for obj in self.initial:
@@ -95,14 +125,12 @@ class Watch:
         idle = 0.0
         while True:
             seen = hub.counter(EVENTS_CHANNEL)
-            events = await run_in_threadpool(self._fetch)
-            for rv, event_type, obj in events:
-                self.rv = rv
-                if self.selector is None or self.selector(obj["metadata"].get("labels") or {}):
-                    yield self._line(event_type, obj)
-            if events:
+            fetched, self.rv, events = await run_in_threadpool(self._fetch)
+            for event_type, obj in events:
+                yield self._line(event_type, obj)
+            if fetched:
                 idle = 0.0
-                if len(events) == BATCH:
+                if fetched == BATCH:
                     continue
             if await hub.wait_async(EVENTS_CHANNEL, seen, poll) != seen:
                 continue

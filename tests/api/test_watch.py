@@ -89,8 +89,30 @@ def test_resumed_watch_misses_nothing(api: httpx.Client) -> None:
         api.post(INSTANCES, json=vmi("live"))
         assert stream.take(1) == [("ADDED", "live")]
         with watching(api, resourceVersion=start, labelSelector="x=y") as filtered:
-            assert filtered.take(1) == [("MODIFIED", "r2")]
+            assert filtered.take(1) == [("ADDED", "r2")]  # it came to match the selector
         assert stream.events.empty()
+
+
+def test_a_label_filtered_watch_shows_objects_entering_and_leaving_the_selector(api: httpx.Client) -> None:
+    api.post(INSTANCES, json=vmi("in", tier="web"))
+    api.post(INSTANCES, json=vmi("never", tier="db"))
+    with watching(api, labelSelector="tier=web") as stream:
+        assert stream.take(1) == [("ADDED", "in")]
+        api.patch(f"{INSTANCES}/in", json={"metadata": {"labels": {"tier": "db"}}}, headers=MERGE)
+        assert stream.take(1) == [("DELETED", "in")]  # Kubernetes' rule: leaving the selector is a delete
+        api.patch(f"{INSTANCES}/never", json={"spec": {"runStrategy": "Halted"}}, headers=MERGE)
+        api.patch(f"{INSTANCES}/in", json={"metadata": {"labels": {"tier": "web"}}}, headers=MERGE)
+        assert stream.take(1) == [("ADDED", "in")]  # back in; "never" was never shown
+        api.patch(f"{INSTANCES}/in", json={"spec": {"runStrategy": "Halted"}}, headers=MERGE)
+        assert stream.take(1) == [("MODIFIED", "in")]
+        api.delete(f"{INSTANCES}/in")
+        assert stream.take(1)[0][0] in ("MODIFIED", "DELETED")
+    # Resumed after the object was shown inside: the change that takes it out reads as a delete too.
+    api.post(INSTANCES, json=vmi("later", tier="web"))
+    after_create = api.get(INSTANCES).json()["metadata"]["resourceVersion"]
+    api.patch(f"{INSTANCES}/later", json={"metadata": {"labels": {"tier": "db"}}}, headers=MERGE)
+    with watching(api, resourceVersion=after_create, labelSelector="tier=web") as resumed:
+        assert resumed.take(1) == [("DELETED", "later")]
 
 
 def test_cluster_watch_and_cross_namespace(api: httpx.Client) -> None:
