@@ -69,7 +69,12 @@ def _serve_http(db: Any, host: str, port: int) -> None:
 
     # Watches stream until the client leaves: bound the wait for them at shutdown.
     uvicorn.run(
-        create_app(db), host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
+        create_app(db, get_settings().node_grace_seconds),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
     )
 
 

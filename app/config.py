@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1, le=64)
     resync_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    node_grace_seconds: float = Field(
+        default=40.0, gt=0, description="A node no worker has reported for this long shows Ready=Unknown."
+    )
     pool_burst: int = Field(
         default=2, ge=1, le=100, description="Pool members created per pass and booting at once."
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,11 +13,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import Histogram
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import devices, guest, instances, migrations, operations, pools, problems, system
 from app.api.resources import resource_router
 from app.db import Database
+from app.repositories.revisions import now
 from app.schemas.auth import TokenRequest
 from app.schemas.common import WatchEvent
 from app.schemas.devices import PermittedHostDevices
@@ -24,11 +28,13 @@ from app.schemas.migration import MigrateOptions
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
 from app.schemas.pool import ClaimRequest
 from app.services.kinds import KINDS
+from app.services.nodes import mark_unreported
 
 REQUESTS = Histogram(
     "corral_http_request_duration_seconds", "API request latency", ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
+log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Corral runs virtual machines with the ergonomics of containers: KubeVirt-shaped resources (instances, "
     "warm pools, migrations, nodes, host devices) in front of libvirt. Errors are RFC 9457 problem+json; "
@@ -36,11 +42,31 @@ DESCRIPTION = (
 )
 
 
-def create_app(db: Database) -> FastAPI:
+async def _mark_unreported_nodes(db: Database, grace_seconds: float) -> None:
+    """In the API process, so that nodes whose workers all died still turn Ready=Unknown."""
+
+    def mark() -> None:
+        with db.transaction() as session:
+            for name in mark_unreported(session, grace_seconds, now()):
+                log.warning(
+                    "node %s: no worker has reported it for %.0fs; Ready=Unknown", name, grace_seconds
+                )
+
+    while True:
+        await asyncio.sleep(grace_seconds / 4)
+        try:
+            await run_in_threadpool(mark)
+        except Exception:  # the database may be briefly away: the next round tries again
+            log.warning("could not check node heartbeats", exc_info=True)
+
+
+def create_app(db: Database, node_grace_seconds: float = 40.0) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         db.start_listener()
+        lifecycle = asyncio.create_task(_mark_unreported_nodes(db, node_grace_seconds))
         yield
+        lifecycle.cancel()
 
     app = FastAPI(title="Corral", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.db = db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -10,6 +11,8 @@ from app.errors import Conflict
 from app.models import InstanceRow
 from app.repositories.resources import ResourceRepository
 from app.repositories.settings import get_setting, set_setting
+from app.schemas.common import parse_time
+from app.schemas.conditions import find_condition, set_condition
 from app.services.kinds import INSTANCES, NODES
 from app.services.resources import ResourceService
 
@@ -44,3 +47,27 @@ class NodeService(ResourceService):
             )
         set_setting(self.session, _REGISTERED, uri)
         return True
+
+
+def mark_unreported(session: Session, grace_seconds: float, at: datetime) -> list[str]:
+    """Kubernetes' node lifecycle rule: a node no worker has reported for `grace_seconds` has Ready=Unknown
+    (nobody knows), until a worker's heartbeat says otherwise. Nodes never reported are left alone."""
+    repo = ResourceRepository[Any](session, NODES.info)
+    grace = timedelta(seconds=grace_seconds)
+    marked = []
+    for name in [row.name for row in repo.page(None)[0]]:
+        row = repo.get("", name, for_update=True)
+        status = dict(row.status or {}) if row is not None else {}
+        last = parse_time(status.get("lastHeartbeatTime"))
+        ready = find_condition(status, "Ready") or {}
+        if row is None or last is None or ready.get("status") == "Unknown" or at - last < grace:
+            continue
+        silent = at - last
+        status["conditions"] = [dict(c) for c in status.get("conditions", [])]
+        message = f"no worker has reported this node for {silent.total_seconds():.0f}s"
+        set_condition(status, "Ready", "Unknown", "NodeStatusUnknown", message, at)
+        status["phase"] = "NotReady"
+        row.status = status
+        repo.touch(row)
+        marked.append(name)
+    return marked

@@ -416,3 +416,33 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
     finally:
         hv.close()
         stop(proc, served)
+
+
+def test_a_node_no_worker_reports_turns_ready_unknown(tmp_path: Path) -> None:
+    proc, served = launch(tmp_path / "data", "test:///default")  # its worker reports node local
+    stop(proc, served)
+    # `corral api` alone on the same database: the node's last heartbeat only ages.
+    port = free_port()
+    env = served.env | {"CORRAL_NODE_GRACE_SECONDS": "2"}
+    with (tmp_path / "data" / "api.log").open("a") as log:
+        api = subprocess.Popen([CORRAL, "api", "--port", str(port)], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, headers=AUTH, timeout=10) as client:
+            wait_for(lambda: _ready(url), timeout=30, what="corral api ready")
+
+            def unknown() -> dict[str, Any] | None:
+                node = client.get("/v1/nodes/local").json()
+                return node if conditions(node)["Ready"] == "Unknown" else None
+
+            node = wait_for(unknown, timeout=15, interval=0.2, what="Ready=Unknown")
+            ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+            assert ready["reason"] == "NodeStatusUnknown" and "no worker has reported" in ready["message"]
+            assert node["status"]["phase"] == "NotReady"
+    finally:
+        api.send_signal(signal.SIGINT)
+        api.wait(20)
+    # A worker back on the node reports it Ready again.
+    proc, served = launch(tmp_path / "data", "test:///default")
+    stop(proc, served)
