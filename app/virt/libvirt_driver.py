@@ -54,6 +54,7 @@ from app.virt.nodedev import foreign_pci_hostdevs, parse_node_device
 log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
+KILL_WAIT = 2.0  # seconds for a timed-out guest program to be killed and reaped
 T = TypeVar("T")
 
 _loop_lock = threading.Lock()
@@ -418,17 +419,38 @@ class LibvirtHypervisor:
         pid = started.get("pid") if isinstance(started, dict) else None
         if not isinstance(pid, int):
             raise AgentUnavailable("guest-exec answered without a pid")
+        status = self._exec_status(name, pid, timeout)
+        if status.get("exited"):
+            return exec_result(status, timed_out=False)
+        return {**exec_result(status, timed_out=True), "killed": self._kill_guest_process(name, pid)}
+
+    def _exec_status(self, name: str, pid: int, timeout: float) -> dict[str, Any]:
+        """guest-exec-status of `pid` once it exited, or as it stands after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.agent_command(name, {"execute": "guest-exec-status", "arguments": {"pid": pid}},
                                         AGENT_TIMEOUT)  # fmt: skip
             if not isinstance(status, dict):
                 raise AgentUnavailable("guest-exec-status answered with no object")
-            if status.get("exited"):
-                return exec_result(status, timed_out=False)
-            if time.monotonic() >= deadline:
-                return exec_result(status, timed_out=True)
+            if status.get("exited") or time.monotonic() >= deadline:
+                return status
             time.sleep(0.05)
+
+    def _kill_guest_process(self, name: str, pid: int) -> bool:
+        """qemu-ga cannot kill what it started: run the guest's own kill (Linux), else taskkill (Windows), and
+        read the process's end so the agent forgets it. Whether it has ended."""
+        for argv in (["kill", "-KILL", str(pid)], ["taskkill", "/F", "/T", "/PID", str(pid)]):
+            try:
+                started = self.agent_command(name, {"execute": "guest-exec", "arguments": {
+                    "path": argv[0], "arg": argv[1:], "capture-output": True}}, AGENT_TIMEOUT)  # fmt: skip
+                killer = started.get("pid") if isinstance(started, dict) else None
+                if isinstance(killer, int):
+                    self._exec_status(name, killer, KILL_WAIT)
+                if self._exec_status(name, pid, KILL_WAIT).get("exited"):
+                    return True
+            except GuestCommandFailed:
+                continue  # no such program in this guest: try the other one
+        return False
 
     def guest_file_read(self, name: str, path: str, max_bytes: int) -> bytes:
         handle = self._open(name, path, "r")

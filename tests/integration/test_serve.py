@@ -372,6 +372,12 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
         assert failed.json()["exitCode"] == 3 and failed.json()["stderr"] == "oops\n"
         missing = served.client.post(f"{base}/exec", json={"command": ["/no/such/program"]})
         assert missing.status_code == 422 and "No such file" in missing.json()["detail"]
+        slow = served.client.post(
+            f"{base}/exec", json={"command": ["/bin/sleep", "300"], "timeoutSeconds": 1}
+        )
+        assert slow.json()["timedOut"] is True and slow.json()["killed"] is True, slow.text
+        left = served.client.post(f"{base}/exec", json={"command": ["/bin/ps"]}).json()["stdout"]
+        assert "sleep 300" not in left, left  # killed in the guest, not only given up on
 
         payload = os.urandom(200_000)
         wrote = served.client.post(f"{base}/file-write", json={"path": "/tmp/corral.bin",
