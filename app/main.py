@@ -28,7 +28,7 @@ from app.schemas.migration import MigrateOptions
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
 from app.schemas.pool import ClaimRequest
 from app.services.kinds import KINDS
-from app.services.nodes import mark_unreported
+from app.services.nodes import mark_unreported, unreported
 
 REQUESTS = Histogram(
     "corral_http_request_duration_seconds", "API request latency", ["method", "route", "status"],
@@ -46,11 +46,14 @@ async def _mark_unreported_nodes(db: Database, grace_seconds: float) -> None:
     """In the API process, so that nodes whose workers all died still turn Ready=Unknown."""
 
     def mark() -> None:
-        with db.transaction() as session:
-            for name in mark_unreported(session, grace_seconds, now()):
-                log.warning(
-                    "node %s: no worker has reported it for %.0fs; Ready=Unknown", name, grace_seconds
-                )
+        with db.read() as session:
+            silent = unreported(session, grace_seconds, now())
+        if silent:  # a write transaction only when there is something to write
+            with db.transaction() as session:
+                for name in mark_unreported(session, silent, grace_seconds, now()):
+                    log.warning(
+                        "node %s: no worker reported it for %.0fs; Ready=Unknown", name, grace_seconds
+                    )
 
     while True:
         await asyncio.sleep(grace_seconds / 4)

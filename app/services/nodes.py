@@ -49,20 +49,32 @@ class NodeService(ResourceService):
         return True
 
 
-def mark_unreported(session: Session, grace_seconds: float, at: datetime) -> list[str]:
-    """Kubernetes' node lifecycle rule: a node no worker has reported for `grace_seconds` has Ready=Unknown
-    (nobody knows), until a worker's heartbeat says otherwise. Nodes never reported are left alone."""
-    repo = ResourceRepository[Any](session, NODES.info)
+def _silent_for(status: dict[str, Any], at: datetime) -> timedelta | None:
+    """How long no worker has reported the node; None when none ever did or it is already Unknown."""
+    last = parse_time(status.get("lastHeartbeatTime"))
+    if last is None or (find_condition(status, "Ready") or {}).get("status") == "Unknown":
+        return None
+    return at - last
+
+
+def unreported(session: Session, grace_seconds: float, at: datetime) -> list[str]:
+    """Nodes no worker has reported for `grace_seconds` (a read: most rounds find none)."""
+    rows = ResourceRepository[Any](session, NODES.info).page(None)[0]
     grace = timedelta(seconds=grace_seconds)
+    return [row.name for row in rows if (silent := _silent_for(row.status or {}, at)) and silent >= grace]
+
+
+def mark_unreported(session: Session, names: list[str], grace_seconds: float, at: datetime) -> list[str]:
+    """Kubernetes' node lifecycle rule: a node no worker has reported for `grace_seconds` has Ready=Unknown
+    (nobody knows) until a worker's heartbeat says otherwise. Checked again under the row lock."""
+    repo = ResourceRepository[Any](session, NODES.info)
     marked = []
-    for name in [row.name for row in repo.page(None)[0]]:
+    for name in names:
         row = repo.get("", name, for_update=True)
         status = dict(row.status or {}) if row is not None else {}
-        last = parse_time(status.get("lastHeartbeatTime"))
-        ready = find_condition(status, "Ready") or {}
-        if row is None or last is None or ready.get("status") == "Unknown" or at - last < grace:
+        silent = _silent_for(status, at)
+        if row is None or silent is None or silent < timedelta(seconds=grace_seconds):
             continue
-        silent = at - last
         status["conditions"] = [dict(c) for c in status.get("conditions", [])]
         message = f"no worker has reported this node for {silent.total_seconds():.0f}s"
         set_condition(status, "Ready", "Unknown", "NodeStatusUnknown", message, at)
