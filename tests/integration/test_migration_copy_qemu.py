@@ -6,16 +6,14 @@ original goes away."""
 from __future__ import annotations
 
 import base64
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from app.controllers.instances import POOL
 from app.virt.libvirt_driver import connect
-from tests.conftest import wait_for
-from tests.integration.test_migration_qemu import RIG, YAML, Cluster, node_uri, where
-from tests.integration.test_serve import INSTANCES, ROOT, stop
+from tests.integration.test_migration_qemu import Cluster, node_uri, rig_running, seeded_cluster, where
+from tests.integration.test_serve import INSTANCES
 
 NODE_NAMES = {"local": 1, "node-2": 2}
 SECTOR = 4096  # a block of the guest's first disk, far from anything the guest uses (it boots from RAM)
@@ -23,22 +21,8 @@ SECTOR = 4096  # a block of the guest's first disk, far from anything the guest 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    subprocess.run([str(RIG), "start", "--local-storage"], check=True, capture_output=True)
-    try:
-        made = Cluster(tmp_path_factory.mktemp("copy-storage") / "data")
-        try:
-            made.register_nodes()
-            seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
-            assert made.serve.client.post(INSTANCES, content=seed, headers=YAML).status_code == 201
-            made.serve.wait("test-vmi", "Running", agent=True)
-            yield made
-            made.serve.client.delete(f"{INSTANCES}/test-vmi")
-            wait_for(lambda: made.serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60,
-                     what="test-vmi deleted")  # fmt: skip
-        finally:
-            stop(made.proc, made.serve)
-    finally:
-        subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
+    with rig_running("--local-storage"), seeded_cluster(tmp_path_factory.mktemp("copy") / "data") as made:
+        yield made
 
 
 def guest_sh(cluster: Cluster, script: str) -> str:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,20 @@ def node_uri(n: int) -> str:
     return f"qemu+unix:///system?socket={NODE_DIR}/node{n}/run/libvirt-sock"
 
 
-@pytest.fixture(scope="module")
-def rig() -> Iterator[None]:
-    """The two nodes, started for this module and torn down after (fails loudly if they cannot start)."""
-    subprocess.run([str(RIG), "start"], check=True, capture_output=True)
+@contextmanager
+def rig_running(*options: str) -> Iterator[None]:
+    """The two nodes, started for a module and torn down after (fails loudly if they cannot start)."""
+    subprocess.run([str(RIG), "start", *options], check=True, capture_output=True)
     try:
         yield
     finally:
         subprocess.run([str(RIG), "stop"], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[None]:
+    with rig_running():
+        yield
 
 
 class Cluster:
@@ -104,9 +111,11 @@ def where(domain: str, uid: str) -> dict[str, str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def cluster(rig: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    made = Cluster(tmp_path_factory.mktemp("migration") / "data")
+@contextmanager
+def seeded_cluster(data: Path) -> Iterator[Cluster]:
+    """A Cluster on the running rig with the seed instance Running; the instance deleted and serve stopped
+    after."""
+    made = Cluster(data)
     try:
         made.register_nodes()
         seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
@@ -118,6 +127,12 @@ def cluster(rig: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
                  what="test-vmi deleted")  # fmt: skip
     finally:
         stop(made.proc, made.serve)
+
+
+@pytest.fixture(scope="module")
+def cluster(rig: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with seeded_cluster(tmp_path_factory.mktemp("migration") / "data") as made:
+        yield made
 
 
 def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
