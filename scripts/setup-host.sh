@@ -44,7 +44,11 @@ grep -q '^user = "root"' /etc/libvirt/qemu.conf || \
   printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n' >> /etc/libvirt/qemu.conf
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Alive and not a zombie: an orphaned daemon killed a moment ago waits a second or two for PID 1 to reap it.
+running() {
+  local pid; pid=$(cat "$1" 2>/dev/null) || return 1
+  case "$(ps -o stat= -p "$pid" 2>/dev/null)" in "" | Z*) return 1 ;; esac
+}
 running /run/virtlogd.pid || { log "starting virtlogd"; virtlogd -d; }
 # libvirt waits for a stopped QEMU's PID to vanish. QEMU is daemonized, so PID 1 reaps it, and PID 1 on
 # these machines reaps orphans only every second or two (systemd does at once): every stop took that long.
@@ -53,8 +57,9 @@ running /run/libvirtd.pid || {
   log "starting libvirtd"
   setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
 }
-for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
-[ -S /run/libvirt/libvirt-sock ] || die "libvirtd did not create /run/libvirt/libvirt-sock"
+# Wait for an answer, not for the socket: a libvirtd killed without cleanup (a rebooted container keeps
+# /run) leaves its socket behind, and connecting to that is refused until the new daemon replaces it.
+for _ in $(seq 1 300); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done
 # The first connection probes QEMU's capabilities (~12 s); doing it here keeps it out of the tests.
 virsh -c qemu:///system version >/dev/null || die "libvirtd does not answer on qemu:///system"
 virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvirtd has no QEMU (TCG) support"
