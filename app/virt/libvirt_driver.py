@@ -213,6 +213,14 @@ def _version(number: int) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
+def _dirty_bytes_per_second(stats: dict[str, Any]) -> int | None:
+    """libvirt reports the dirty rate in pages per second, next to the page size in bytes."""
+    pages = stats.get("memory_dirty_rate")
+    if pages is None:
+        return None
+    return int(pages) * int(stats.get("memory_page_size", 4096))
+
+
 class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         _ensure_event_loop()
@@ -632,7 +640,7 @@ class LibvirtHypervisor:
             data_total=stats.get("data_total"),
             data_processed=stats.get("data_processed"),
             data_remaining=stats.get("data_remaining"),
-            memory_dirty_rate=stats.get("memory_dirty_rate"),
+            memory_dirty_rate=_dirty_bytes_per_second(stats),
             memory_bps=stats.get("memory_bps"),
             iteration=stats.get("memory_iteration"),
             downtime_ms=stats.get("downtime"),
