@@ -9,7 +9,7 @@
 #   migration:  qemu+tcp://10.99.0.N/system (what the source libvirtd dials, peer to peer)
 # With --local-storage, node 2 gets its own /var/lib/corral/instances (the image catalog stays shared):
 # volumes are local to each node and a migration copies them (tests of copy-storage migration).
-# usage: migration-nodes.sh start [--local-storage] | stop | status
+# usage: migration-nodes.sh start [--local-storage] | restart-node N | stop | status
 set -euo pipefail
 DIR=${CORRAL_NODES_DIR:-/tmp/corral-nodes}
 NODES="1 2"
@@ -21,8 +21,7 @@ sock() { echo "$DIR/node$1/run/libvirt-sock"; }
 start_node() {
   local n=$1 d=$DIR/node$1 ip=10.99.0.$1
   rm -rf "$d"; mkdir -p "$d"/{etc,run,lib,log,cache,instances}
-  local own_volumes=":"
-  [ "$LOCAL_STORAGE" = 1 ] && [ "$n" = 2 ] && own_volumes="mount --bind $d/instances /var/lib/corral/instances"
+  if [ "$LOCAL_STORAGE" = 1 ] && [ "$n" = 2 ]; then touch "$d/local-storage"; fi
   cp -a /etc/libvirt/. "$d/etc/"
   # The host's QEMU capability cache spares each node seconds of probing the emulator at start.
   cp -a /var/cache/libvirt/. "$d/cache/" 2>/dev/null || true
@@ -50,6 +49,13 @@ migration_address = "$ip"
 migration_host = "$ip"
 security_driver = "none"
 EOF
+  launch_node "$n"
+}
+
+# libvirtd of node N in its namespaces, on the state already in $DIR/nodeN (so also a node's restart).
+launch_node() {
+  local n=$1 d=$DIR/node$1 own_volumes=":"
+  [ -f "$d/local-storage" ] && own_volumes="mount --bind $d/instances /var/lib/corral/instances"
   ip netns exec "corralmig$n" unshare --mount --propagation private sh -ec "
     mount --bind $d/etc /etc/libvirt
     mount --bind $d/run /run/libvirt
@@ -99,11 +105,17 @@ start)
   for n in $NODES; do wait -n || die "a node did not start"; done
   for n in $NODES; do echo "node$n qemu+unix:///system?socket=$(sock "$n") qemu+tcp://10.99.0.$n/system"; done
   ;;
+restart-node)
+  # A node's libvirtd after it died (tests of a target lost mid-migration): same state, same namespaces.
+  n=${2:?usage: $0 restart-node N}
+  if [ -f "$DIR/node$n/libvirtd.pid" ]; then kill "$(cat "$DIR/node$n/libvirtd.pid")" 2>/dev/null || true; fi
+  launch_node "$n"
+  ;;
 stop) stop_all ;;
 status)
   for n in $NODES; do
     virsh -c "qemu+unix:///system?socket=$(sock "$n")" version >/dev/null 2>&1 && echo "node$n up" || echo "node$n down"
   done
   ;;
-*) die "usage: $0 start [--local-storage] | stop | status" ;;
+*) die "usage: $0 start [--local-storage] | restart-node N | stop | status" ;;
 esac

@@ -1,6 +1,7 @@
 """Live migration on two real libvirt nodes (scripts/migration-nodes.sh: two libvirtd in their own network
 and mount namespaces, joined by a veth pair) with a real TCG guest and its qemu-guest-agent, driven through
-`corral serve` over HTTP: the seed manifest, cancel, a killed control plane, and a drain."""
+`corral serve` over HTTP: the seed manifest, cancel, a killed control plane, a drain, a busy guest (pre-copy
+and post-copy), a cut network and a target libvirtd killed mid-migration."""
 
 from __future__ import annotations
 
@@ -286,6 +287,53 @@ def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None
         assert guest("dmesg | grep -c -E 'BUG|Oops|soft lockup' || true").strip() == "0"
     finally:
         guest("kill $(cat /tmp/dirtier); rm -f /tmp/dirtier /tmp/rounds /tmp/dirt /tmp/copy /tmp/chunk")
+
+
+def test_a_cut_network_fails_the_migration_and_the_guest_stays_on_its_source(cluster: Cluster) -> None:
+    link = ["ip", "-n", "corralmig1", "link", "set", "corralveth1"]  # one end of the rig's veth pair
+    source, name = start_slow_migration(cluster)
+    subprocess.run([*link, "down"], check=True)
+    try:
+        # libvirt's keepalive on the peer-to-peer connection gives up after about 30 s
+        assert_failed_on_source(cluster, name, source, timeout=120)
+    finally:
+        subprocess.run([*link, "up"], check=True)
+    instance = cluster.serve.get("test-vmi")
+    assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {source: "Running"}
+
+
+def test_a_target_libvirtd_killed_mid_migration_leaves_the_guest_on_its_source(cluster: Cluster) -> None:
+    source, name = start_slow_migration(cluster)
+    target = cluster.migration(name)["status"]["migrationState"]["targetNode"]
+    number = {"local": 1, "node-2": 2}[target]
+    os.kill(int((NODE_DIR / f"node{number}" / "libvirtd.pid").read_text()), signal.SIGKILL)
+    assert_failed_on_source(cluster, name, source, timeout=60)
+
+    # Back up, the target's libvirtd finds the half-made incoming guest and removes it.
+    subprocess.run([str(RIG), "restart-node", str(number)], check=True, capture_output=True)
+    wait_for(lambda: cluster.serve.client.get(f"/v1/nodes/{target}").json()["status"].get("phase") == "Ready",
+             timeout=60, what=f"{target} Ready again")  # fmt: skip
+    instance = cluster.serve.get("test-vmi")
+    assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {source: "Running"}
+
+
+def start_slow_migration(cluster: Cluster) -> tuple[str, str]:
+    """The instance's node and a migration of it that is under way and will take a while (8 MiB/s)."""
+    source = cluster.serve.get("test-vmi")["status"]["nodeName"]
+    created = cluster.serve.client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 8})
+    assert created.status_code == 201, created.text
+    name = created.json()["metadata"]["name"]
+    cluster.wait_progress(name)
+    return source, name
+
+
+def assert_failed_on_source(cluster: Cluster, name: str, source: str, timeout: float) -> None:
+    failed = cluster.wait_migration(name, ("Succeeded", "Failed"), timeout=timeout)
+    assert failed["status"]["phase"] == "Failed", failed["status"]
+    assert failed["status"]["migrationState"]["failureReason"], failed["status"]
+    back = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert back["status"]["nodeName"] == source
+    assert cluster.uptime() > 0  # the agent answers on the source
 
 
 def migrate_sampling_dirty_rate(cluster: Cluster, policy: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
