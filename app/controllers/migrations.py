@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.controllers.base import Result
 from app.controllers.instances import POOL, cluster_views, domain_name, plan_volumes
 from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
-from app.controllers.scheduling import MIB, Request, choose, unschedulable_message
+from app.controllers.scheduling import MIB, Request, choose, unschedulable_message, why_not
 from app.db import Database
 from app.repositories import workqueue
 from app.repositories.migrations import MigrationRepository
@@ -54,6 +55,28 @@ WAIT_FOR_ROOM = 2.0  # a Pending migration over the per-node limit looks again a
 SETTLE_SECONDS = 1.0  # the domain is active on both nodes for a moment at the switch-over
 KEEP_FINISHED = 5  # finished migrations kept per instance (KubeVirt keeps five too)
 ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)  # a QEMU process exists
+
+
+def in_flight(session: Session) -> Counter[str]:
+    """Migrations under way per node, out or in: a migration counts from Scheduled (its target chosen and
+    reserved) until it ends."""
+    counts: Counter[str] = Counter()
+    for row in MigrationRepository(session).unfinished():
+        status = row.status or {}
+        if status.get("phase") in IN_FLIGHT:
+            state = status.get("migrationState") or {}
+            counts.update({str(state[k]) for k in ("sourceNode", "targetNode") if state.get(k)})
+    return counts
+
+
+def waiting_for_room(busy: Counter[str], source: str, targets: Collection[str], limit: int) -> str | None:
+    """Why a migration must wait (its source, or every target it could take, at the per-node limit of
+    migrations in flight), or None. No target at all is not a wait: scheduling fails with the reasons."""
+    if busy[source] >= limit:
+        return f"node {source} has {busy[source]} migrations in flight (limit {limit})"
+    if targets and all(busy[t] >= limit for t in targets):
+        return f"{', '.join(sorted(targets))}: at the limit of {limit} migrations in flight"
+    return None
 
 
 @dataclass
@@ -166,8 +189,10 @@ class MigrationReconciler:
             waiting = self._admit(snap)
             if waiting is not None:
                 return waiting
-        if snap.phase in ("Pending", "Scheduling") and not self._schedule(snap):
-            return Result()
+        if snap.phase in ("Pending", "Scheduling"):
+            stop = self._schedule(snap)
+            if stop is not None:
+                return stop
         snap = self._read(namespace, name) or snap
         target = snap.state.get("targetNode")
         if snap.phase in ("Scheduled", "PreparingTarget") and not self._prepare_target(snap, str(target)):
@@ -336,26 +361,20 @@ class MigrationReconciler:
             self._finish(snap, None, "NotMigratable", refusal)
             return Result()
         assert instance is not None
-        busy = self._busy(instance["node"])
-        if busy >= self.per_node:
-            message = f"node {instance['node']} has {busy} migrations in flight (limit {self.per_node})"
-            self._update(snap, "Pending", reason="WaitingForNode", message=message)
+        source = str(instance["node"])
+        targets = {snap.spec.target_node} if snap.spec.target_node else set(snap.nodes) - {source}
+        with self.db.read() as session:
+            waiting = waiting_for_room(in_flight(session), source, targets, self.per_node)
+        if waiting is not None:
+            self._update(snap, "Pending", reason="WaitingForNode", message=waiting)
             return Result(requeue_after=WAIT_FOR_ROOM)
         self._update(snap, "Scheduling", reason="Scheduling", message="")
         return None
 
-    def _busy(self, node: str) -> int:
-        with self.db.read() as session:
-            return sum(
-                1
-                for m in MigrationRepository(session).unfinished()
-                if (m.status or {}).get("phase") in IN_FLIGHT
-                and node
-                in ((m.status.get("migrationState") or {}).get(k) for k in ("sourceNode", "targetNode"))
-            )
-
-    def _schedule(self, snap: Snapshot) -> bool:
-        """Scheduling -> Scheduled: a target with room, reserved together with the instance; else Failed."""
+    def _schedule(self, snap: Snapshot) -> Result | None:
+        """Scheduling -> Scheduled: a target with room, reserved together with the instance (None: go on);
+        else Failed, or back to Pending while the nodes are at their limit of migrations (checked again
+        here, under the node locks the reservation takes, so racing migrations cannot pass it together)."""
         instance = snap.instance
         assert instance is not None
         source, spec = str(instance["node"]), instance["spec"]
@@ -371,7 +390,13 @@ class MigrationReconciler:
                 reasons.update({v.name: "not the requested targetNode" for v in candidates
                                 if v.name != snap.spec.target_node})  # fmt: skip
                 candidates = [v for v in candidates if v.name == snap.spec.target_node]
-            chosen, why = choose(candidates, request)
+            busy = in_flight(session)
+            fitting = {v.name for v in candidates if why_not(v, request) is None}
+            waiting = waiting_for_room(busy, source, fitting, self.per_node)
+            if waiting is not None:
+                self._write_status(session, snap, "Pending", reason="WaitingForNode", message=waiting)
+                return Result(requeue_after=WAIT_FOR_ROOM)
+            chosen, why = choose([v for v in candidates if busy[v.name] < self.per_node], request)
             reasons.update(why)
             if chosen is not None:
                 chosen_name = chosen.name
@@ -388,8 +413,8 @@ class MigrationReconciler:
                     self._hold(session, snap, chosen.name)  # placement commits with the reservation
         if chosen_name is None:
             self._finish(snap, "Unschedulable", "Unschedulable", unschedulable_message(len(views), reasons))
-            return False
-        return True
+            return Result()
+        return None
 
     def _prepare_target(self, snap: Snapshot, target: str) -> bool:
         """PreparingTarget -> TargetReady. Volumes the target's pool sees are on shared storage; the others

@@ -8,13 +8,14 @@ tests/integration/test_migration_qemu.py on two real nodes.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
-from app.controllers.migrations import SwitchoverClock
+from app.controllers.migrations import SwitchoverClock, waiting_for_room
 from app.schemas.migration import MigrationSpec
 from app.virt.driver import EventKind, HypervisorEvent
 from tests.conftest import add_node, bearer, make_token, wait_for
@@ -159,6 +160,15 @@ def test_policy_ramp_and_timeout() -> None:
     assert effective.max_downtime_ms == 100 and effective.allow_post_copy and effective.bandwidth_mib == 0
     shown = effective.configuration().model_dump(by_alias=True)
     assert shown["maxDowntimeMs"] == 100 and shown["completionTimeoutPerGiB"] == 150
+
+
+def test_a_migration_waits_while_its_source_or_every_target_is_at_the_limit() -> None:
+    busy = Counter({"a": 2, "b": 1, "c": 2})
+    assert waiting_for_room(busy, "a", {"b"}, limit=2) == "node a has 2 migrations in flight (limit 2)"
+    assert waiting_for_room(busy, "b", {"a", "c"}, limit=2) == "a, c: at the limit of 2 migrations in flight"
+    assert waiting_for_room(busy, "b", {"a", "c", "d"}, limit=2) is None  # d has room
+    assert waiting_for_room(busy, "b", set(), limit=2) is None  # nowhere to go: scheduling says why
+    assert waiting_for_room(busy, "b", {"a"}, limit=3) is None
 
 
 def test_switchover_pause_is_measured_between_the_two_migration_events() -> None:

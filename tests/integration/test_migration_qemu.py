@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from app.virt.driver import DomainNotFound, DomainState
 from app.virt.libvirt_driver import connect
@@ -54,7 +56,8 @@ class Cluster:
         self.data = data
         # A cluster default bandwidth keeps a migration of the idle test guest running for a few seconds,
         # so its progress shows on the watch; the seed migration manifest stays unchanged.
-        self.settings = {"migration_bandwidth_mib": "64"}
+        # One migration per node at a time, so a second one shows the wait for room.
+        self.settings = {"migration_bandwidth_mib": "64", "migrations_per_node": "1"}
         self.proc, self.serve = launch(data, node_uri(1), **self.settings)
 
     def register_nodes(self) -> None:
@@ -243,6 +246,35 @@ def test_drain_empties_the_node(cluster: Cluster) -> None:
     assert client.patch(
         f"/v1/nodes/{node}", json={"spec": {"unschedulable": False}}, headers=MERGE
     ).is_success
+
+
+def test_a_migration_waits_while_its_nodes_are_at_the_limit(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    other = yaml.safe_load((ROOT / "examples" / "vmi-guest-agent.yaml").read_text())
+    other["metadata"]["name"] = "other"
+    assert client.post(INSTANCES, json=other).status_code == 201
+    cluster.serve.wait("other", "Running", timeout=60)
+    try:
+        _, first = start_slow_migration(cluster)  # both rig nodes now have one migration in flight
+        created = client.post(f"{INSTANCES}/other/migrate")
+        assert created.status_code == 201, created.text
+        second = created.json()["metadata"]["name"]
+        waiting = wait_for(lambda: (m := cluster.migration(second))["status"].get("reason")
+                           == "WaitingForNode" and m, timeout=10, what="the second one waiting")  # fmt: skip
+        assert waiting["status"]["phase"] == "Pending"
+        assert "migrations in flight (limit 1)" in waiting["status"]["message"], waiting["status"]
+        time.sleep(2.5)  # it looks again every 2 s and keeps waiting
+        assert cluster.migration(second)["status"]["phase"] == "Pending"
+
+        assert client.post(f"{MIGRATIONS}/{first}/cancel").status_code == 202
+        assert cluster.wait_migration(first, ("Succeeded", "Failed"))["status"]["phase"] == "Failed"
+        done = cluster.wait_migration(second, ("Succeeded", "Failed"))
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+    finally:
+        client.delete(f"{INSTANCES}/other")
+        wait_for(
+            lambda: client.get(f"{INSTANCES}/other").status_code == 404, timeout=60, what="other deleted"
+        )
 
 
 def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None:
