@@ -720,6 +720,7 @@ def progress_fields(job: JobProgress) -> dict[str, Any]:
         "dataProcessedBytes": job.data_processed,
         "dataRemainingBytes": job.data_remaining,
         "memoryDirtyRateBytesPerSecond": job.memory_dirty_rate,
+        "autoConvergeThrottlePercent": job.auto_converge_throttle,
         "transferRateBytesPerSecond": job.memory_bps,
         "iteration": job.iteration,
         "elapsedMs": job.elapsed_ms,

@@ -86,6 +86,11 @@ class MigrationState(ApiModel):
     data_processed_bytes: int | None = None
     data_remaining_bytes: int | None = None
     memory_dirty_rate_bytes_per_second: int | None = None
+    auto_converge_throttle_percent: int | None = Field(
+        default=None,
+        description="With allowAutoConverge: how much vCPU time QEMU takes from a guest that dirties memory "
+        "faster than it can be sent (it starts at 20 and rises by 10 while the migration does not converge).",
+    )
     transfer_rate_bytes_per_second: int | None = None
     iteration: int | None = None
     elapsed_ms: int | None = None

@@ -144,6 +144,7 @@ class JobProgress:
     data_processed: int | None = None
     data_remaining: int | None = None
     memory_dirty_rate: int | None = None  # bytes per second
+    auto_converge_throttle: int | None = None  # percent of vCPU time taken from the guest
     memory_bps: int | None = None
     iteration: int | None = None
     downtime_ms: int | None = None

@@ -641,6 +641,7 @@ class LibvirtHypervisor:
             data_processed=stats.get("data_processed"),
             data_remaining=stats.get("data_remaining"),
             memory_dirty_rate=_dirty_bytes_per_second(stats),
+            auto_converge_throttle=stats.get("auto_converge_throttle"),
             memory_bps=stats.get("memory_bps"),
             iteration=stats.get("memory_iteration"),
             downtime_ms=stats.get("downtime"),

@@ -279,8 +279,8 @@ def test_a_migration_waits_while_its_nodes_are_at_the_limit(cluster: Cluster) ->
 
 def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None:
     """A guest rewriting 32 MiB of tmpfs without pause (about 200 MB/s of dirty pages under TCG) moves with
-    the default policy; capped at 64 MiB/s it cannot converge, shows its dirty rate, and finishes in post-copy
-    at the completion timeout. The guest keeps running its loop and its kernel logs no corruption."""
+    the default policy; capped at 64 MiB/s it cannot converge, shows its dirty rate and QEMU's auto-converge
+    throttle, and finishes in post-copy at the completion timeout. The guest keeps running its loop and its kernel logs no corruption."""
     client = cluster.serve.client
 
     def guest(script: str) -> str:
@@ -301,16 +301,19 @@ def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None
     wait_for(lambda: rounds() >= 3, timeout=20, what="the guest dirtying memory")
     try:
         for policy, mode in (({"bandwidthMiB": 0}, "PreCopy"),
-                             ({"bandwidthMiB": 64, "completionTimeoutPerGiB": 8, "allowPostCopy": True},
-                              "PostCopy")):  # fmt: skip
+                             ({"bandwidthMiB": 64, "completionTimeoutPerGiB": 12, "allowAutoConverge": True,
+                               "allowPostCopy": True}, "PostCopy")):  # fmt: skip
             source = cluster.serve.get("test-vmi")["status"]["nodeName"]
             before = rounds()
-            now, dirty_rates = migrate_sampling_dirty_rate(cluster, policy)
+            now, seen = migrate_sampling_progress(cluster, policy)
             state = now["migrationState"]
             assert now["phase"] == "Succeeded" and state["mode"] == mode, now
             assert state["targetNode"] != source and state["downtimeMs"] > 0
             if mode == "PostCopy":
+                dirty_rates = [s.get("memoryDirtyRateBytesPerSecond", 0) for s in seen]
                 assert max(dirty_rates) > 10 * 2**20, dirty_rates  # bytes per second, not pages
+                throttles = [s.get("autoConvergeThrottlePercent", 0) for s in seen]
+                assert max(throttles) >= 20, throttles  # QEMU slowed the vCPU before the switch
             moved = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
             assert where(moved["status"]["domainName"], moved["metadata"]["uid"]) == {
                 state["targetNode"]: "Running"
@@ -368,16 +371,18 @@ def assert_failed_on_source(cluster: Cluster, name: str, source: str, timeout: f
     assert cluster.uptime() > 0  # the agent answers on the source
 
 
-def migrate_sampling_dirty_rate(cluster: Cluster, policy: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-    """Migrate test-vmi with the policy; its final status and the dirty rates shown while it ran."""
+def migrate_sampling_progress(
+    cluster: Cluster, policy: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Migrate test-vmi with the policy; its final status and each migrationState seen while it ran."""
     created = cluster.serve.client.post(f"{INSTANCES}/test-vmi/migrate", json=policy)
     assert created.status_code == 201, created.text
     name = created.json()["metadata"]["name"]
-    dirty_rates: list[int] = []
+    seen: list[dict[str, Any]] = []
 
     def finished() -> dict[str, Any] | None:
         now: dict[str, Any] = cluster.migration(name)["status"]
-        dirty_rates.append(now.get("migrationState", {}).get("memoryDirtyRateBytesPerSecond") or 0)
+        seen.append(now.get("migrationState", {}))
         return now if now["phase"] in ("Succeeded", "Failed") else None
 
-    return wait_for(finished, timeout=90, interval=0.1, what=f"migration {name} finished"), dirty_rates
+    return wait_for(finished, timeout=90, interval=0.1, what=f"migration {name} finished"), seen
