@@ -280,7 +280,8 @@ def test_a_migration_waits_while_its_nodes_are_at_the_limit(cluster: Cluster) ->
 def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None:
     """A guest rewriting 32 MiB of tmpfs without pause (about 200 MB/s of dirty pages under TCG) moves with
     the default policy; capped at 64 MiB/s it cannot converge, shows its dirty rate and QEMU's auto-converge
-    throttle, and finishes in post-copy at the completion timeout. The guest keeps running its loop and its kernel logs no corruption."""
+    throttle, and finishes in post-copy at the completion timeout. The guest keeps running its loop and its
+    kernel logs no corruption."""
     client = cluster.serve.client
 
     def guest(script: str) -> str:
