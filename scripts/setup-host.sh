@@ -61,7 +61,10 @@ running /run/libvirtd.pid || {
 # /run) leaves its socket behind, and connecting to that is refused until the new daemon replaces it.
 for _ in $(seq 1 300); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done
 # The first connection probes QEMU's capabilities (~12 s); doing it here keeps it out of the tests.
-virsh -c qemu:///system version >/dev/null || die "libvirtd does not answer on qemu:///system"
+virsh -c qemu:///system version >/dev/null || {
+  tail -n 20 /var/log/libvirt/libvirtd.out >&2 || true
+  die "libvirtd does not answer on qemu:///system (its output above)"
+}
 virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvirtd has no QEMU (TCG) support"
 
 if [ "${CORRAL_SETUP_POSTGRES:-1}" = 1 ]; then
