@@ -33,7 +33,7 @@ from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import now
 from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
-from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec
+from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec, phase_refusal
 from app.services.kinds import INSTANCES, MIGRATIONS, NODES
 from app.virt import images
 from app.virt.driver import (
@@ -217,6 +217,7 @@ class MigrationReconciler:
                     "uid": instance.uid,
                     "node": instance.node_name,
                     "phase": status.get("phase"),
+                    "reason": status.get("reason"),
                     "spec": InstanceSpec.model_validate(instance.spec),
                     "domain": domain_name(namespace, instance.name, instance.uid, instance.progress or {}),
                     "lock": (instance.progress or {}).get("migration"),
@@ -353,10 +354,12 @@ class MigrationReconciler:
                 snap, reason="WaitingForMigration", message=f"migration {other!r} of the instance runs"
             )
             return Result(requeue_after=WAIT_FOR_ROOM)
-        elif instance["phase"] != "Running" or instance["node"] is None:
-            refusal = f"the instance is {instance['phase']}; only a Running instance live-migrates"
+        elif instance["node"] is None:
+            refusal = f"the instance is {instance['phase']}; it runs on no node"
         elif instance["unmigratable"]:
             refusal = f"the instance is not live-migratable: {instance['unmigratable']}"
+        else:
+            refusal = phase_refusal(instance["phase"], instance["reason"])
         if refusal is not None:
             self._finish(snap, None, "NotMigratable", refusal)
             return Result()
@@ -615,17 +618,18 @@ class MigrationReconciler:
         this process started the migration (it saw the switch-over's events)."""
         on_source, source_problem = self._probe(snap, source, domain)
         on_target, target_problem = self._probe(snap, target, domain)
-        if _live(on_target) and not _live(on_source):
+        if on_target is not None and _live(on_target) and not _live(on_source):
             extra: dict[str, Any] = {}
             with suppress(HypervisorError):  # the figures of the finished job live on the target
                 done = self._hypervisor(snap, target).job_progress(domain, completed=True)
                 if done is not None:
                     extra = {**progress_fields(done), "libvirtDowntimeMs": done.downtime_ms}
-            paused = None
-            if since is not None and snap.instance is not None:
-                paused = self.switchovers.pause_ms(str(snap.instance["uid"]), since)
-            extra["downtimeMs"] = paused if paused is not None else extra.get("libvirtDowntimeMs")
-            self._finish(snap, None, "Succeeded", f"running on {target}", moved_to=target, extra=extra)
+            if on_target.state is not DomainState.PAUSED:  # paused by its user all along: no pause to tell
+                paused = None
+                if since is not None and snap.instance is not None:
+                    paused = self.switchovers.pause_ms(str(snap.instance["uid"]), since)
+                extra["downtimeMs"] = paused if paused is not None else extra.get("libvirtDowntimeMs")
+            self._finish(snap, None, "Succeeded", f"moved to {target}", moved_to=target, extra=extra)
             self._delete_copied(snap, source)  # the guest runs on the copies: the originals go
             return Result()
         if _live(on_source) and not _live(on_target):
@@ -710,7 +714,13 @@ def _joined(thread: threading.Thread) -> Callable[[float], bool]:
 
 
 def _live(info: DomainInfo | None) -> bool:
-    return info is not None and info.state in (DomainState.RUNNING, DomainState.BLOCKED)
+    """The copy that is the guest: running, or paused by its user (libvirt keeps such a guest paused on the
+    target). The other copy is paused for the migration or gone."""
+    if info is None:
+        return False
+    return info.state in (DomainState.RUNNING, DomainState.BLOCKED) or (
+        info.state is DomainState.PAUSED and info.reason == "user"
+    )
 
 
 def progress_fields(job: JobProgress) -> dict[str, Any]:

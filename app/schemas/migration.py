@@ -14,6 +14,17 @@ MIGRATION_PHASES = ("Pending", "Scheduling", "Scheduled", "PreparingTarget", "Ta
 FINISHED = ("Succeeded", "Failed")
 # A migration holds its instance (and room on its target) from Scheduled until it finishes.
 IN_FLIGHT = ("Scheduled", "PreparingTarget", "TargetReady", "Running")
+
+
+def phase_refusal(phase: str | None, reason: str | None) -> str | None:
+    """Why an instance in this phase cannot live-migrate, or None. A guest paused by its user moves too and
+    stays paused on the target (as in KubeVirt); one paused by an I/O error or a watchdog does not."""
+    if phase == "Running" or (phase == "Paused" and reason == "PausedByUser"):
+        return None
+    shown = f"{phase} ({reason})" if phase == "Paused" else phase
+    return f"the instance is {shown}; only a Running instance, or one paused by its user, live-migrates"
+
+
 DRAIN_LABEL = "corral.dev/drain"
 
 

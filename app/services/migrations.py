@@ -19,6 +19,7 @@ from app.schemas.migration import (
     DrainStatus,
     MigrateOptions,
     NotMigratable,
+    phase_refusal,
 )
 from app.services.kinds import INSTANCES, MIGRATIONS, NODES
 from app.services.resources import ResourceService
@@ -36,9 +37,9 @@ def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | Non
     migratable = find_condition(status, "LiveMigratable") or {}
     if migratable.get("status") == "False":
         return f"the instance is not live-migratable: {migratable.get('reason')}"
-    if phase != "Running" or instance.node_name is None:
-        return f"the instance is {phase}; only a Running instance live-migrates"
-    return None
+    if instance.node_name is None:
+        return f"the instance is {phase}; it runs on no node"
+    return phase_refusal(phase, status.get("reason"))
 
 
 def unfinished_migration(instance: InstanceRow, migrations: MigrationRepository) -> str | None:

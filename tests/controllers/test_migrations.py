@@ -16,7 +16,7 @@ import httpx
 
 from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
 from app.controllers.migrations import SwitchoverClock, waiting_for_room
-from app.schemas.migration import MigrationSpec
+from app.schemas.migration import MigrationSpec, phase_refusal
 from app.virt.driver import EventKind, HypervisorEvent
 from tests.conftest import add_node, bearer, make_token, wait_for
 from tests.controllers.test_instances import BASE, instance, wait_phase
@@ -48,7 +48,7 @@ def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
     stopped = api.post(f"{BASE}/halted/migrate")
     assert stopped.status_code == 409, stopped.text
     assert stopped.headers["content-type"].startswith("application/problem+json")
-    assert "Scheduled; only a Running instance live-migrates" in stopped.json()["detail"]
+    assert "Scheduled; only a Running instance, or one paused by its user, live-migrates" in stopped.text
     running(api, "vm")
     unknown = api.post(MIGRATIONS, json=migration("m1", "vm", targetNode="elsewhere"))
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "spec.targetNode"
@@ -58,6 +58,16 @@ def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"spec.bandwidthMiB", "spec.maxDowntimeMs"}
     assert api.get(MIGRATIONS).json()["items"] == []  # nothing half-written
+    # A guest paused by its user moves too (here it fails only for want of another node).
+    assert api.post(f"{BASE}/vm/pause").status_code == 202
+    wait_phase(api, "vm", "Paused")
+    paused = api.post(f"{BASE}/vm/migrate")
+    assert paused.status_code == 201, paused.text
+    assert finished(api, paused.json()["metadata"]["name"])["status"]["reason"] == "Unschedulable"
+    refused = phase_refusal("Paused", "PausedIOError")
+    assert refused is not None and refused.startswith(
+        "the instance is Paused (PausedIOError); only a Running"
+    )
 
 
 def test_seed_manifest_with_no_other_node_fails_unschedulable(api: httpx.Client) -> None:
@@ -128,7 +138,7 @@ def test_drain_lists_what_cannot_move_and_cordons(api: httpx.Client) -> None:
     body = drained.json()
     assert body["unschedulable"] is True and body["node"] == "td"
     assert [m["vmiName"] for m in body["migrations"]] == ["a"]
-    reason = "the instance is Scheduled; only a Running instance live-migrates"
+    reason = "the instance is Scheduled; only a Running instance, or one paused by its user, live-migrates"
     assert body["notMigratable"] == [{"namespace": "default", "name": "b", "reason": reason}]
     assert api.get("/v1/nodes/td").json()["spec"]["unschedulable"] is True
     # New instances avoid the cordoned node.

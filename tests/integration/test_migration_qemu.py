@@ -179,6 +179,25 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
     assert conditions(after)["LiveMigratable"] == "True"
 
 
+def test_a_guest_paused_by_its_user_moves_and_stays_paused(cluster: Cluster) -> None:
+    client = cluster.serve.client
+    uptime_before = cluster.uptime()
+    cluster.serve.act("test-vmi", "pause")
+    source = cluster.serve.wait("test-vmi", "Paused", timeout=30)["status"]["nodeName"]
+    created = client.post(f"{INSTANCES}/test-vmi/migrate")
+    assert created.status_code == 201, created.text
+    done = cluster.wait_migration(created.json()["metadata"]["name"], ("Succeeded", "Failed"))
+    state = done["status"]["migrationState"]
+    assert done["status"]["phase"] == "Succeeded" and state["targetNode"] != source, done["status"]
+    assert "downtimeMs" not in state and state["libvirtDowntimeMs"] > 0  # it never ran, so no pause to tell
+    moved = cluster.serve.wait("test-vmi", "Paused", timeout=30)
+    assert moved["status"]["nodeName"] == state["targetNode"] and moved["status"]["reason"] == "PausedByUser"
+    assert where(moved["status"]["domainName"], moved["metadata"]["uid"]) == {state["targetNode"]: "Paused"}
+    cluster.serve.act("test-vmi", "unpause")
+    cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
+    assert cluster.uptime() >= uptime_before  # the same boot
+
+
 def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
     client = cluster.serve.client
     source = cluster.serve.get("test-vmi")["status"]["nodeName"]
