@@ -12,10 +12,15 @@ import pytest
 
 from app.controllers.instances import POOL
 from app.virt.libvirt_driver import connect
-from tests.integration.test_migration_qemu import Cluster, node_uri, rig_running, seeded_cluster, where
-from tests.integration.test_serve import INSTANCES
+from tests.integration.test_migration_qemu import (
+    NODE_NUMBERS,
+    Cluster,
+    node_uri,
+    rig_running,
+    seeded_cluster,
+    where,
+)
 
-NODE_NAMES = {"local": 1, "node-2": 2}
 SECTOR = 4096  # a block of the guest's first disk, far from anything the guest uses (it boots from RAM)
 
 
@@ -23,14 +28,6 @@ SECTOR = 4096  # a block of the guest's first disk, far from anything the guest 
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with rig_running("--local-storage"), seeded_cluster(tmp_path_factory.mktemp("copy") / "data") as made:
         yield made
-
-
-def guest_sh(cluster: Cluster, script: str) -> str:
-    ran = cluster.serve.client.post(
-        f"{INSTANCES}/test-vmi/guest/exec", json={"command": ["/bin/sh", "-c", script]}
-    )
-    assert ran.status_code == 200 and ran.json()["exitCode"] == 0, ran.text
-    return str(ran.json()["stdout"])
 
 
 def pooled(volume: str) -> dict[int, bool]:
@@ -47,16 +44,13 @@ def pooled(volume: str) -> dict[int, bool]:
 
 
 def test_a_migration_copies_the_disk_the_target_lacks(cluster: Cluster) -> None:
-    client = cluster.serve.client
     before = cluster.serve.get("test-vmi")
     uid, source = before["metadata"]["uid"], before["status"]["nodeName"]
     marker = base64.b16encode(uid.encode()[:16]).decode()  # this run's own bytes
-    guest_sh(cluster, f"printf {marker} | dd of=/dev/vda bs=512 seek={SECTOR} conv=notrunc,fsync 2>/dev/null")
+    cluster.shell(f"printf {marker} | dd of=/dev/vda bs=512 seek={SECTOR} conv=notrunc,fsync 2>/dev/null")
     uptime_before = cluster.uptime()
 
-    created = client.post(f"{INSTANCES}/test-vmi/migrate")
-    assert created.status_code == 201, created.text
-    done = cluster.wait_migration(created.json()["metadata"]["name"], ("Succeeded", "Failed"))
+    done = cluster.wait_migration(cluster.migrate(), ("Succeeded", "Failed"))
     state = done["status"]["migrationState"]
     assert done["status"]["phase"] == "Succeeded", done["status"]
     copied = state["copiedVolumes"]
@@ -67,9 +61,7 @@ def test_a_migration_copies_the_disk_the_target_lacks(cluster: Cluster) -> None:
     assert after["status"]["nodeName"] == target != source
     assert where(after["status"]["domainName"], uid) == {target: "Running"}
     assert cluster.uptime() >= uptime_before  # not restarted
-    read = guest_sh(
-        cluster, f"dd if=/dev/vda bs=512 skip={SECTOR} count=1 2>/dev/null | head -c {len(marker)}"
-    )
+    read = cluster.shell(f"dd if=/dev/vda bs=512 skip={SECTOR} count=1 2>/dev/null | head -c {len(marker)}")
     assert read == marker  # the copy carries what the guest wrote before the move
     for volume in copied:  # the original left the source; the copy is the target's
-        assert pooled(volume) == {NODE_NAMES[source]: False, NODE_NAMES[target]: True}
+        assert pooled(volume) == {NODE_NUMBERS[source]: False, NODE_NUMBERS[target]: True}

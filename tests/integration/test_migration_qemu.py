@@ -1,7 +1,8 @@
 """Live migration on two real libvirt nodes (scripts/migration-nodes.sh: two libvirtd in their own network
 and mount namespaces, joined by a veth pair) with a real TCG guest and its qemu-guest-agent, driven through
-`corral serve` over HTTP: the seed manifest, cancel, a killed control plane, a drain, a busy guest (pre-copy
-and post-copy), a cut network and a target libvirtd killed mid-migration."""
+`corral serve` over HTTP: the seed manifest, a guest paused by its user, cancel, a killed control plane, a
+drain, the per-node limit, a busy guest (pre-copy and post-copy), a cut network and a target libvirtd killed
+mid-migration."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ RIG = ROOT / "scripts" / "migration-nodes.sh"
 NODE_DIR = Path(os.environ.get("CORRAL_NODES_DIR", "/tmp/corral-nodes"))
 MERGE = {"Content-Type": "application/merge-patch+json"}
 YAML = {"Content-Type": "application/yaml"}
+NODE_NUMBERS = {"local": 1, "node-2": 2}  # Corral's node names for the rig's nodes
 
 
 def node_uri(n: int) -> str:
@@ -91,18 +93,27 @@ class Cluster:
                         .get("dataProcessedBytes") and m, timeout=30, interval=0.1,
                         what=f"progress of {name}")  # fmt: skip
 
+    def migrate(self, vmi: str = "test-vmi", **policy: Any) -> str:
+        """Start a migration of the instance (POST .../migrate with the policy); its name."""
+        created = self.serve.client.post(f"{INSTANCES}/{vmi}/migrate", json=policy)
+        assert created.status_code == 201, created.text
+        return str(created.json()["metadata"]["name"])
+
+    def shell(self, script: str) -> str:
+        """Run a shell script in test-vmi through the guest agent; its output (it must succeed)."""
+        command = {"command": ["/bin/sh", "-c", script], "timeoutSeconds": 30}
+        ran = self.serve.client.post(f"{INSTANCES}/test-vmi/guest/exec", json=command)
+        assert ran.status_code == 200 and ran.json()["exitCode"] == 0, ran.text
+        return str(ran.json()["stdout"])
+
     def uptime(self) -> float:
-        ran = self.serve.client.post(
-            f"{INSTANCES}/test-vmi/guest/exec", json={"command": ["/bin/cat", "/proc/uptime"]}
-        )
-        assert ran.status_code == 200, ran.text
-        return float(ran.json()["stdout"].split()[0])
+        return float(self.shell("cat /proc/uptime").split()[0])
 
 
 def where(domain: str, uid: str) -> dict[str, str]:
     """The domain's state on each rig node, found by asking libvirt directly."""
     found = {}
-    for n, node in ((1, "local"), (2, "node-2")):
+    for node, n in NODE_NUMBERS.items():
         hv = connect(node_uri(n))
         try:
             info = hv.lookup(domain)
@@ -180,13 +191,10 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
 
 
 def test_a_guest_paused_by_its_user_moves_and_stays_paused(cluster: Cluster) -> None:
-    client = cluster.serve.client
     uptime_before = cluster.uptime()
     cluster.serve.act("test-vmi", "pause")
     source = cluster.serve.wait("test-vmi", "Paused", timeout=30)["status"]["nodeName"]
-    created = client.post(f"{INSTANCES}/test-vmi/migrate")
-    assert created.status_code == 201, created.text
-    done = cluster.wait_migration(created.json()["metadata"]["name"], ("Succeeded", "Failed"))
+    done = cluster.wait_migration(cluster.migrate(), ("Succeeded", "Failed"))
     state = done["status"]["migrationState"]
     assert done["status"]["phase"] == "Succeeded" and state["targetNode"] != source, done["status"]
     assert "downtimeMs" not in state and state["libvirtDowntimeMs"] > 0  # it never ran, so no pause to tell
@@ -201,9 +209,7 @@ def test_a_guest_paused_by_its_user_moves_and_stays_paused(cluster: Cluster) -> 
 def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
     client = cluster.serve.client
     source = cluster.serve.get("test-vmi")["status"]["nodeName"]
-    created = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 4})
-    assert created.status_code == 201, created.text
-    name = created.json()["metadata"]["name"]
+    name = cluster.migrate(bandwidthMiB=4)
     assert cluster.wait_progress(name)["status"]["phase"] == "Running"
     cluster.serve.wait("test-vmi", "Migrating", timeout=5)
     again = client.post(f"{INSTANCES}/test-vmi/migrate")
@@ -221,7 +227,7 @@ def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
     assert client.post(f"{MIGRATIONS}/{name}/cancel").status_code == 409  # already finished
 
     # DELETE aborts too, and the row goes once the guest is back on the source.
-    doomed = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 4}).json()["metadata"]["name"]
+    doomed = cluster.migrate(bandwidthMiB=4)
     cluster.wait_progress(doomed)
     assert client.delete(f"{MIGRATIONS}/{doomed}").status_code == 202
     wait_for(lambda: client.get(f"{MIGRATIONS}/{doomed}").status_code == 404, timeout=30,
@@ -231,10 +237,7 @@ def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
 
 
 def test_killed_control_plane_converges_to_one_node(cluster: Cluster) -> None:
-    client = cluster.serve.client
-    created = client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 8})
-    name = created.json()["metadata"]["name"]
-    cluster.wait_progress(name)
+    _, name = start_slow_migration(cluster)
     cluster.restart(kill=True)  # the migration job goes on in libvirt; nobody watches it for a while
 
     done = cluster.wait_migration(name, ("Succeeded", "Failed"))
@@ -275,9 +278,7 @@ def test_a_migration_waits_while_its_nodes_are_at_the_limit(cluster: Cluster) ->
     cluster.serve.wait("other", "Running", timeout=60)
     try:
         _, first = start_slow_migration(cluster)  # both rig nodes now have one migration in flight
-        created = client.post(f"{INSTANCES}/other/migrate")
-        assert created.status_code == 201, created.text
-        second = created.json()["metadata"]["name"]
+        second = cluster.migrate("other")
         waiting = wait_for(lambda: (m := cluster.migration(second))["status"].get("reason")
                            == "WaitingForNode" and m, timeout=10, what="the second one waiting")  # fmt: skip
         assert waiting["status"]["phase"] == "Pending"
@@ -301,13 +302,7 @@ def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None
     the default policy; capped at 64 MiB/s it cannot converge, shows its dirty rate and QEMU's auto-converge
     throttle, and finishes in post-copy at the completion timeout. The guest keeps running its loop and its
     kernel logs no corruption."""
-    client = cluster.serve.client
-
-    def guest(script: str) -> str:
-        ran = client.post(f"{INSTANCES}/test-vmi/guest/exec",
-                          json={"command": ["/bin/sh", "-c", script], "timeoutSeconds": 30})  # fmt: skip
-        assert ran.status_code == 200 and ran.json()["exitCode"] == 0, ran.text
-        return str(ran.json()["stdout"])
+    guest = cluster.shell
 
     def rounds() -> int:
         return int(guest("cat /tmp/rounds 2>/dev/null | wc -l"))
@@ -360,7 +355,7 @@ def test_a_cut_network_fails_the_migration_and_the_guest_stays_on_its_source(clu
 def test_a_target_libvirtd_killed_mid_migration_leaves_the_guest_on_its_source(cluster: Cluster) -> None:
     source, name = start_slow_migration(cluster)
     target = cluster.migration(name)["status"]["migrationState"]["targetNode"]
-    number = {"local": 1, "node-2": 2}[target]
+    number = NODE_NUMBERS[target]
     os.kill(int((NODE_DIR / f"node{number}" / "libvirtd.pid").read_text()), signal.SIGKILL)
     assert_failed_on_source(cluster, name, source, timeout=60)
 
@@ -375,9 +370,7 @@ def test_a_target_libvirtd_killed_mid_migration_leaves_the_guest_on_its_source(c
 def start_slow_migration(cluster: Cluster) -> tuple[str, str]:
     """The instance's node and a migration of it that is under way and will take a while (8 MiB/s)."""
     source = cluster.serve.get("test-vmi")["status"]["nodeName"]
-    created = cluster.serve.client.post(f"{INSTANCES}/test-vmi/migrate", json={"bandwidthMiB": 8})
-    assert created.status_code == 201, created.text
-    name = created.json()["metadata"]["name"]
+    name = cluster.migrate(bandwidthMiB=8)
     cluster.wait_progress(name)
     return source, name
 
@@ -395,9 +388,7 @@ def migrate_sampling_progress(
     cluster: Cluster, policy: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Migrate test-vmi with the policy; its final status and each migrationState seen while it ran."""
-    created = cluster.serve.client.post(f"{INSTANCES}/test-vmi/migrate", json=policy)
-    assert created.status_code == 201, created.text
-    name = created.json()["metadata"]["name"]
+    name = cluster.migrate(**policy)
     seen: list[dict[str, Any]] = []
 
     def finished() -> dict[str, Any] | None:
