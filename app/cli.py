@@ -20,9 +20,11 @@ from app.config import Settings, get_settings
 
 log = logging.getLogger("corral")
 PLURALS = {
-    "VirtualMachineInstance": "instances", "VirtualMachinePool": "pools",
-    "VirtualMachineInstanceMigration": "migrations", "Node": "nodes",
-}  # fmt: skip
+    "VirtualMachineInstance": "instances",
+    "VirtualMachinePool": "pools",
+    "VirtualMachineInstanceMigration": "migrations",
+    "Node": "nodes",
+}
 CLUSTER_SCOPED = {"nodes", "devices"}
 ALIASES = {
     "instance": "instances",

@@ -18,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.api import devices, guest, instances, migrations, operations, pools, problems, system
 from app.api.resources import resource_router
+from app.clock import utc_now
 from app.db import Database
-from app.repositories.revisions import now
+from app.kinds import KINDS
 from app.schemas.auth import TokenRequest
 from app.schemas.common import WatchEvent
 from app.schemas.devices import PermittedHostDevices
@@ -27,13 +28,14 @@ from app.schemas.instance import StopOptions
 from app.schemas.migration import MigrateOptions
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
 from app.schemas.pool import ClaimRequest
-from app.services.kinds import KINDS
 from app.services.nodes import mark_unreported, unreported
 
 REQUESTS = Histogram(
-    "corral_http_request_duration_seconds", "API request latency", ["method", "route", "status"],
+    "corral_http_request_duration_seconds",
+    "API request latency",
+    ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Corral runs virtual machines with the ergonomics of containers: KubeVirt-shaped resources (instances, "
@@ -47,10 +49,10 @@ async def _mark_unreported_nodes(db: Database, grace_seconds: float) -> None:
 
     def mark() -> None:
         with db.read() as session:
-            silent = unreported(session, grace_seconds, now())
+            silent = unreported(session, grace_seconds, utc_now())
         if silent:  # a write transaction only when there is something to write
             with db.transaction() as session:
-                for name in mark_unreported(session, silent, grace_seconds, now()):
+                for name in mark_unreported(session, silent, grace_seconds, utc_now()):
                     log.warning(
                         "node %s: no worker reported it for %.0fs; Ready=Unknown", name, grace_seconds
                     )

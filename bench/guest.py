@@ -27,8 +27,16 @@ BASE = "/v1/namespaces/bench/instances"
 def raw_exec(dom: Any) -> float:
     started = time.monotonic()
     reply = libvirt_qemu.qemuAgentCommand(
-        dom, json.dumps({"execute": "guest-exec", "arguments": {"path": "/bin/uname", "arg": ["-r"],
-                                                                "capture-output": True}}), 5, 0)  # fmt: skip
+        dom,
+        json.dumps(
+            {
+                "execute": "guest-exec",
+                "arguments": {"path": "/bin/uname", "arg": ["-r"], "capture-output": True},
+            }
+        ),
+        5,
+        0,
+    )
     poll = json.dumps(
         {"execute": "guest-exec-status", "arguments": {"pid": json.loads(reply)["return"]["pid"]}}
     )
@@ -87,8 +95,11 @@ def main() -> None:
             corral_exec.append(time.monotonic() - started)
             libvirt_exec.append(raw_exec(dom))
         watch.close()
-    report = {"agent_connected_to_watch": summary(latency), "exec_corral": summary(corral_exec),
-              "exec_libvirt": summary(libvirt_exec)}  # fmt: skip
+    report = {
+        "agent_connected_to_watch": summary(latency),
+        "exec_corral": summary(corral_exec),
+        "exec_libvirt": summary(libvirt_exec),
+    }
     lat, mine, raw = report["agent_connected_to_watch"], report["exec_corral"], report["exec_libvirt"]
     print(
         f"\nlibvirt agent Connected -> watch AgentConnected=True: median {1000 * lat['median']:.1f} ms, "

@@ -36,8 +36,11 @@ from bench.common import (
 )
 
 BASE = "/v1/namespaces/bench/instances"
-SPEC = {"runStrategy": "Always", "terminationGracePeriodSeconds": 0,
-        "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}}}  # fmt: skip
+SPEC = {
+    "runStrategy": "Always",
+    "terminationGracePeriodSeconds": 0,
+    "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}},
+}
 
 
 def corral_run(client: Any, watch: WatchRecorder, name: str) -> tuple[float, float, str]:

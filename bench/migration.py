@@ -49,8 +49,21 @@ def twin_of(xml: str, name: str, overlay: Path) -> str:
     for source in root.iterfind("devices/disk/source"):
         backing = source.get("file")
         if backing:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            _backing_of(backing), str(overlay)], check=True)  # fmt: skip
+            subprocess.run(
+                [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    _backing_of(backing),
+                    str(overlay),
+                ],
+                check=True,
+            )
             source.set("file", str(overlay))
     for serial in root.iterfind("devices/serial/log"):
         serial.set("file", f"/var/log/libvirt/qemu/{name}-console.log")
@@ -96,12 +109,27 @@ def virsh_migrate(name: str, source: int, target: int) -> tuple[float, float]:
     started = time.monotonic()
     # --unsafe: the nodes share /var/lib/corral on a local filesystem libvirt cannot recognise as shared
     # (Corral passes the same flag once it has seen the volumes on the target).
-    command = ["virsh", "-c", uri(source), "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
-               "--unsafe", name, p2p(target)]  # fmt: skip
+    command = [
+        "virsh",
+        "-c",
+        uri(source),
+        "migrate",
+        "--live",
+        "--p2p",
+        "--persistent",
+        "--undefinesource",
+        "--unsafe",
+        name,
+        p2p(target),
+    ]
     subprocess.run(command, check=True, capture_output=True)
     total = time.monotonic() - started
-    info = subprocess.run(["virsh", "-c", uri(target), "domjobinfo", "--completed", name],
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    info = subprocess.run(
+        ["virsh", "-c", uri(target), "domjobinfo", "--completed", name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     downtime = re.search(r"Total downtime:\s+(\d+)\s*ms", info)
     return total, float(downtime.group(1)) if downtime else float("nan")
 
@@ -117,9 +145,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     subprocess.run([str(RIG), "start"], check=True, capture_output=True)
-    runs: dict[str, list[float]] = {key: [] for key in (
-        "corral_total_s", "corral_pause_ms", "corral_downtime_ms", "corral_libvirt_downtime_ms",
-        "virsh_total_s", "virsh_pause_ms", "virsh_libvirt_downtime_ms")}  # fmt: skip
+    runs: dict[str, list[float]] = {
+        key: []
+        for key in (
+            "corral_total_s",
+            "corral_pause_ms",
+            "corral_downtime_ms",
+            "corral_libvirt_downtime_ms",
+            "virsh_total_s",
+            "virsh_pause_ms",
+            "virsh_libvirt_downtime_ms",
+        )
+    }
     twin = f"bench-twin-{uuid.uuid4().hex[:6]}"
     overlay = Path("/var/lib/corral/instances") / f"{twin}.qcow2"
     try:
@@ -129,8 +166,10 @@ def main() -> None:
         ) as client:
             merge = {"Content-Type": "application/merge-patch+json"}
             client.patch("/v1/nodes/local", json={"spec": {"migrationUri": p2p(1)}}, headers=merge)
-            client.post("/v1/nodes", json={"metadata": {"name": "node-2"},
-                                           "spec": {"uri": uri(2), "migrationUri": p2p(2)}})  # fmt: skip
+            client.post(
+                "/v1/nodes",
+                json={"metadata": {"name": "node-2"}, "spec": {"uri": uri(2), "migrationUri": p2p(2)}},
+            )
             seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
             client.post(INSTANCES, content=seed, headers={"Content-Type": "application/yaml"})
             watch = WatchRecorder(client, MIGRATIONS)

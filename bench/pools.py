@@ -17,8 +17,12 @@ from typing import Any
 from bench.common import corral_serve, open_libvirt, ping_until_answered, save, summary
 
 NS = "/v1/namespaces/bench"
-TEMPLATE = {"spec": {"terminationGracePeriodSeconds": 0,
-                     "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}}}}  # fmt: skip
+TEMPLATE = {
+    "spec": {
+        "terminationGracePeriodSeconds": 0,
+        "domain": {"resources": {"requests": {"cpu": "1", "memory": "256Mi"}}},
+    }
+}
 
 
 def wait_available(client: Any, pool: str, at_least: int, timeout: float = 180) -> None:
@@ -81,8 +85,10 @@ def main() -> None:
         report["cold_usable"] = summary(cold(client, conn, args.cold))
         for warm_state in ("Running", "Paused"):
             pool = f"warm-{warm_state.lower()}"
-            body = {"metadata": {"name": pool},
-                    "spec": {"size": args.size, "warmState": warm_state, "template": TEMPLATE}}  # fmt: skip
+            body = {
+                "metadata": {"name": pool},
+                "spec": {"size": args.size, "warmState": warm_state, "template": TEMPLATE},
+            }
             client.post(f"{NS}/pools", json=body).raise_for_status()
             wait_available(client, pool, args.size)
             api_latency, usable = claims(client, conn, pool, args.size, args.claims)

@@ -221,8 +221,13 @@ def worker(pg: Database) -> Iterator[Any]:
     from app.config import Settings
     from app.worker.main import build_worker
 
-    settings = Settings(image_dir=IMAGE_DIR, heartbeat_seconds=2, resync_seconds=30, lease_seconds=10,
-                        device_inventory_seconds=2)  # fmt: skip
+    settings = Settings(
+        image_dir=IMAGE_DIR,
+        heartbeat_seconds=2,
+        resync_seconds=30,
+        lease_seconds=10,
+        device_inventory_seconds=2,
+    )
     process = build_worker(pg, settings)
     process.start()
     yield process

@@ -7,9 +7,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, read_body
 from app.api.resources import PROBLEMS, NamePath
+from app.schemas.auth import Role
 from app.schemas.devices import HostDevice, HostDeviceList, PermittedHostDevices
 from app.services.devices import DeviceService
-from app.services.kinds import Role
 
 router = APIRouter(tags=["devices"])
 DeviceName = Annotated[str, Path(min_length=1, max_length=253, description="libvirt's node-device name")]
@@ -38,22 +38,39 @@ async def list_devices(
     return await _read(db, lambda s: s.list(node=node, holder=holder, resource_name=resource_name, free=free))
 
 
-@router.get("/v1/nodes/{name}/devices", operation_id="listNodeDevices", response_model=HostDeviceList,
-            response_model_exclude_none=True, responses=PROBLEMS, summary="One node's devices")  # fmt: skip
+@router.get(
+    "/v1/nodes/{name}/devices",
+    operation_id="listNodeDevices",
+    response_model=HostDeviceList,
+    response_model_exclude_none=True,
+    responses=PROBLEMS,
+    summary="One node's devices",
+)
 async def node_devices(db: DB, caller: Caller, name: NamePath) -> Any:
     caller.require(Role.viewer, None)
     return await _read(db, lambda s: s.list(node=name))
 
 
-@router.get("/v1/nodes/{name}/devices/{device}", operation_id="getNodeDevice", response_model=HostDevice,
-            response_model_exclude_none=True, responses=PROBLEMS, summary="One device")  # fmt: skip
+@router.get(
+    "/v1/nodes/{name}/devices/{device}",
+    operation_id="getNodeDevice",
+    response_model=HostDevice,
+    response_model_exclude_none=True,
+    responses=PROBLEMS,
+    summary="One device",
+)
 async def node_device(db: DB, caller: Caller, name: NamePath, device: DeviceName) -> Any:
     caller.require(Role.viewer, None)
     return await _read(db, lambda s: s.get(name, device))
 
 
-@router.get(RULES, operation_id="getPermittedHostDevices", response_model=PermittedHostDevices,
-            responses=PROBLEMS, summary="Which devices instances may take, and as what")  # fmt: skip
+@router.get(
+    RULES,
+    operation_id="getPermittedHostDevices",
+    response_model=PermittedHostDevices,
+    responses=PROBLEMS,
+    summary="Which devices instances may take, and as what",
+)
 async def get_rules(db: DB, caller: Caller) -> Any:
     caller.require(Role.viewer, None)
     return await _read(db, lambda s: s.rules())
@@ -67,9 +84,15 @@ async def get_rules(db: DB, caller: Caller) -> Any:
     summary="Replace the permittedHostDevices rules (admin)",
     description="KubeVirt's shape: `pciHostDevices[{pciVendorSelector, resourceName}]` and "
     "`mediatedDevices[{mdevNameSelector, resourceName}]`. Devices already held stay held.",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PermittedHostDevices"}}}}},
-)  # fmt: skip
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PermittedHostDevices"}}
+            },
+        }
+    },
+)
 async def put_rules(request: Request, db: DB, caller: Caller) -> Any:
     caller.require(Role.admin, None)
     body = await read_body(request)

@@ -9,9 +9,9 @@ from app.api.deps import DB, Caller, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
+from app.kinds import INSTANCES
 from app.schemas.guest import SECTIONS, GuestView, Items, OSInfo, guest_view
 from app.services.guest import GuestService
-from app.services.kinds import INSTANCES
 
 router = APIRouter(tags=["guest"])
 REFRESH_WAIT = 10.0  # seconds a refresh waits for the agent's answer (libvirt's own agent timeout is 5 s)
@@ -42,24 +42,37 @@ async def current(db: DB, caller: Caller, namespace: str, name: str, refresh: bo
     report = await poll_until(db, EVENTS_CHANNEL, fresh, REFRESH_WAIT)
     if report is not None:
         return guest_view(report)
-    raise Unavailable(f"the guest agent of {name!r} did not report within {REFRESH_WAIT:.0f}s",
-                      headers={"Retry-After": "5"})  # fmt: skip
+    raise Unavailable(
+        f"the guest agent of {name!r} did not report within {REFRESH_WAIT:.0f}s", headers={"Retry-After": "5"}
+    )
 
 
-@router.get(BASE, operation_id="readInstanceGuest", response_model=GuestView, responses=PROBLEMS,
-            summary="Everything the guest agent reported, each section with observedAt")  # fmt: skip
-async def read_guest(db: DB, caller: Caller, namespace: NamespacePath, name: NamePath,
-                     refresh: Refresh = False) -> Any:  # fmt: skip
+@router.get(
+    BASE,
+    operation_id="readInstanceGuest",
+    response_model=GuestView,
+    responses=PROBLEMS,
+    summary="Everything the guest agent reported, each section with observedAt",
+)
+async def read_guest(
+    db: DB, caller: Caller, namespace: NamespacePath, name: NamePath, refresh: Refresh = False
+) -> Any:
     return await current(db, caller, namespace, name, refresh)
 
 
 def add_section(path: str, key: str) -> None:
     model = OSInfo if key == "osInfo" else Items
 
-    @router.get(f"{BASE}/{path}", operation_id=f"readInstanceGuest{key[0].upper()}{key[1:]}",
-                response_model=model, responses=PROBLEMS, summary=f"The guest agent's {key}")  # fmt: skip
-    async def read_section(db: DB, caller: Caller, namespace: NamespacePath, name: NamePath,
-                           refresh: Refresh = False) -> Any:  # fmt: skip
+    @router.get(
+        f"{BASE}/{path}",
+        operation_id=f"readInstanceGuest{key[0].upper()}{key[1:]}",
+        response_model=model,
+        responses=PROBLEMS,
+        summary=f"The guest agent's {key}",
+    )
+    async def read_section(
+        db: DB, caller: Caller, namespace: NamespacePath, name: NamePath, refresh: Refresh = False
+    ) -> Any:
         return (await current(db, caller, namespace, name, refresh))[key]
 
 

@@ -7,10 +7,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.kinds import INSTANCES
 from app.schemas.instance import Instance
 from app.schemas.phases import Action
 from app.services.instances import INSTANCE_ACTIONS, InstanceService, request_fingerprint
-from app.services.kinds import INSTANCES
 
 router = APIRouter(tags=["instances"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.schemas.migration import DrainStatus, MigrateOptions, Migration
-from app.services.kinds import INSTANCES, MIGRATIONS, NODES
 from app.services.migrations import MigrationService
 from app.services.validation import invalid
 
@@ -49,9 +49,13 @@ async def cancel(db: DB, caller: Caller, namespace: NamespacePath, name: NamePat
     summary="Live-migrate the instance: creates a VirtualMachineInstanceMigration",
     description="Optional body: targetNode and policy overrides. 409 with the reason when the instance "
     "cannot migrate (not Running, not LiveMigratable, already migrating).",
-    openapi_extra={"requestBody": {"required": False, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/MigrateOptions"}}}}},
-)  # fmt: skip
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MigrateOptions"}}},
+        }
+    },
+)
 async def migrate(
     request: Request, response: Response, db: DB, caller: Caller, namespace: NamespacePath, name: NamePath
 ) -> Any:
@@ -86,8 +90,13 @@ async def drain(db: DB, caller: Caller, name: NamePath) -> Any:
     return await _drain_call(db, lambda service: service.drain(name))
 
 
-@router.get(DRAIN, operation_id="getNodeDrain", response_model=DrainStatus, responses=PROBLEMS,
-            summary="The node's drain: its migrations and the instances that cannot move")  # fmt: skip
+@router.get(
+    DRAIN,
+    operation_id="getNodeDrain",
+    response_model=DrainStatus,
+    responses=PROBLEMS,
+    summary="The node's drain: its migrations and the instances that cannot move",
+)
 async def drain_status(db: DB, caller: Caller, name: NamePath) -> Any:
     caller.require(NODES.read_role, None)
     return await _drain_call(db, lambda service: service.drain_status(name))

@@ -9,15 +9,21 @@ from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import OPERATIONS_CHANNEL
 from app.errors import GatewayTimeout
+from app.kinds import INSTANCES
+from app.schemas.auth import Role
 from app.schemas.operations import OperationKind, OperationList
-from app.services.kinds import INSTANCES, Role
 from app.services.operations import OperationService
 
 router = APIRouter(tags=["guest"])
 BASE = "/v1/namespaces/{namespace}/instances/{name}/guest"
 # Running programs and touching files inside a guest goes beyond operating the VM: namespace admins only.
-ROLES: dict[str, Role] = {"exec": Role.admin, "file-read": Role.admin, "file-write": Role.admin,
-                          "freeze": Role.operator, "thaw": Role.operator}  # fmt: skip
+ROLES: dict[str, Role] = {
+    "exec": Role.admin,
+    "file-read": Role.admin,
+    "file-write": Role.admin,
+    "freeze": Role.operator,
+    "thaw": Role.operator,
+}
 SUMMARIES = {
     "exec": "Run a program in the guest (argv, stdin, timeout): exit code, stdout, stderr",
     "file-read": "Read a file from the guest (binary-safe, at most 4 MiB)",
@@ -36,10 +42,21 @@ def add_operation(kind: OperationKind) -> None:
         extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
     operation = "".join(part.title() for part in kind.split("-"))
 
-    @router.post(f"{BASE}/{kind}", operation_id=f"guest{operation}", responses=PROBLEMS,
-                 summary=SUMMARIES[kind], openapi_extra=extra)  # fmt: skip
-    async def run(request: Request, db: DB, caller: Caller, namespace: NamespacePath, name: NamePath,
-                  body: Annotated[Any, Depends(optional_body)]) -> dict[str, Any]:  # fmt: skip
+    @router.post(
+        f"{BASE}/{kind}",
+        operation_id=f"guest{operation}",
+        responses=PROBLEMS,
+        summary=SUMMARIES[kind],
+        openapi_extra=extra,
+    )
+    async def run(
+        request: Request,
+        db: DB,
+        caller: Caller,
+        namespace: NamespacePath,
+        name: NamePath,
+        body: Annotated[Any, Depends(optional_body)],
+    ) -> dict[str, Any]:
         caller.require_write(INSTANCES.read_role, ROLES[kind], namespace)
 
         def submit() -> str:
@@ -64,8 +81,13 @@ for _kind in ROLES:
     add_operation(_kind)  # type: ignore[arg-type]
 
 
-@router.get(f"{BASE}/operations", operation_id="listGuestOperations", response_model=OperationList,
-            responses=PROBLEMS, summary="Who ran what in the guest, and when (the last 100)")  # fmt: skip
+@router.get(
+    f"{BASE}/operations",
+    operation_id="listGuestOperations",
+    response_model=OperationList,
+    responses=PROBLEMS,
+    summary="Who ran what in the guest, and when (the last 100)",
+)
 def history(db: DB, caller: Caller, namespace: NamespacePath, name: NamePath) -> dict[str, Any]:
     caller.require_write(INSTANCES.read_role, Role.operator, namespace)
     with db.read() as session:

@@ -10,17 +10,22 @@ from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
+from app.kinds import INSTANCES, POOLS
 from app.schemas.instance import Instance
-from app.services.kinds import INSTANCES, POOLS
 from app.services.pools import PoolService
 
 router = APIRouter(tags=["pools"])
 CLAIM_SECONDS = Histogram(
-    "corral_pool_claim_duration_seconds", "Claim latency (answered claims)", ["result"],
+    "corral_pool_claim_duration_seconds",
+    "Claim latency (answered claims)",
+    ["result"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
-)  # fmt: skip
-CLAIMS = Counter("corral_pool_claims_total", "Claims by outcome: hit (a member) or miss (none ready)",
-                 ["namespace", "pool", "result"])  # fmt: skip
+)
+CLAIMS = Counter(
+    "corral_pool_claims_total",
+    "Claims by outcome: hit (a member) or miss (none ready)",
+    ["namespace", "pool", "result"],
+)
 RETRY_AFTER_SECONDS = 5
 
 
@@ -35,9 +40,13 @@ RETRY_AFTER_SECONDS = 5
     description="Atomically hands over one ready member: it leaves the pool, keeps running, takes the name "
     "and labels asked for, and is returned as an ordinary instance. Without one: 503 with Retry-After, or "
     "with `waitSeconds` the request waits up to that long for one.",
-    openapi_extra={"requestBody": {"required": False, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ClaimRequest"}}}}},
-)  # fmt: skip
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClaimRequest"}}},
+        }
+    },
+)
 async def claim(
     request: Request,
     response: Response,

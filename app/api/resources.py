@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
+from app.kinds import Kind
 from app.schemas.common import Problem
-from app.services.kinds import ResourceKind
 from app.services.registry import service_for
 from app.services.watch import Watch
 
@@ -18,11 +18,15 @@ NamespacePath = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LAB
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
-        400: "Malformed request", 401: "Missing or invalid token", 403: "Not allowed",
-        404: "Not found", 409: "Conflict (exists, stale resourceVersion, wrong phase)",
-        415: "Unsupported media type", 422: "Invalid field",
+        400: "Malformed request",
+        401: "Missing or invalid token",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict (exists, stale resourceVersion, wrong phase)",
+        415: "Unsupported media type",
+        422: "Invalid field",
     }.items()
-}  # fmt: skip
+}
 
 
 def namespaced(namespace: NamespacePath) -> str | None:
@@ -47,7 +51,7 @@ def request_body(model: str, *, patch: bool = False) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {t: {"schema": schema} for t in types}}}
 
 
-def resource_router(kind: ResourceKind) -> APIRouter:
+def resource_router(kind: Kind[Any]) -> APIRouter:
     router = APIRouter(tags=[kind.plural])
     base = f"/v1/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"/v1/{kind.plural}"
     item = base + "/{name}"

@@ -11,9 +11,8 @@ from pydantic import ValidationError
 
 from app.api.deps import DB, Caller, ObjectBody
 from app.api.resources import PROBLEMS, request_body
-from app.schemas.auth import TokenCreated, TokenList, TokenRequest, WhoAmI
+from app.schemas.auth import Role, TokenCreated, TokenList, TokenRequest, WhoAmI
 from app.services import auth, health
-from app.services.kinds import Role
 from app.services.validation import invalid
 
 router = APIRouter()

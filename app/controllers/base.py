@@ -1,8 +1,7 @@
 """The reconciler contract (controller-runtime's): level-triggered passes over one key at a time.
 
 `reconcile` re-reads desired and actual state every pass. Returning a Result ends the pass (optionally asking
-to run again later); raising means retry with backoff; TerminalError means do not retry until something
-changes.
+to run again later); raising means retry with backoff.
 """
 
 from __future__ import annotations
@@ -18,10 +17,6 @@ from app.virt.driver import HypervisorEvent
 @dataclass(frozen=True)
 class Result:
     requeue_after: float | None = None
-
-
-class TerminalError(Exception):
-    """The object cannot be reconciled as it stands; retrying will not help."""
 
 
 class Reconciler(Protocol):

@@ -97,8 +97,14 @@ def render(
 
     phase, why = observed.phase, observed.reason or observed.phase
     ready = phase in ("Running", "Migrating")  # a guest being live-migrated keeps running
-    set_condition(status, "Ready", "True" if ready else "False", "Running" if ready else why,
-                  "" if ready else observed.message, at)  # fmt: skip
+    set_condition(
+        status,
+        "Ready",
+        "True" if ready else "False",
+        "Running" if ready else why,
+        "" if ready else observed.message,
+        at,
+    )
     set_condition(
         status,
         "Paused",

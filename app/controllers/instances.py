@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.controllers.base import Result
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of, render
 from app.controllers.operations import failure, run_operation
@@ -33,11 +34,11 @@ from app.controllers.scheduling import (
     unschedulable_message,
 )
 from app.db import OPERATIONS_CHANNEL, Database, signal
+from app.kinds import INSTANCES, MIGRATIONS, NODES, POOLS
 from app.repositories import operations, workqueue
 from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
-from app.repositories.revisions import now
 from app.schemas.common import parse_quantity, parse_time
 from app.schemas.conditions import find_condition, set_condition
 from app.schemas.devices import PermittedHostDevices, device_needs
@@ -45,7 +46,6 @@ from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED
 from app.schemas.operations import audit_view
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
-from app.services.kinds import INSTANCES, MIGRATIONS, NODES, POOLS
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import (
@@ -66,8 +66,13 @@ from app.virt.guest import REQUIRED_COMMANDS
 
 log = logging.getLogger(__name__)
 POOL = "corral-instances"
-ACTIVE = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED, DomainState.SHUTDOWN,
-          DomainState.PMSUSPENDED)  # fmt: skip
+ACTIVE = (
+    DomainState.RUNNING,
+    DomainState.BLOCKED,
+    DomainState.PAUSED,
+    DomainState.SHUTDOWN,
+    DomainState.PMSUSPENDED,
+)
 CRASH_BACKOFF_BASE = 10.0
 CRASH_BACKOFF_MAX = 300.0
 STABLE_AFTER = 60.0  # a run this long resets the crash count
@@ -163,7 +168,7 @@ class InstanceReconciler:
             step = Step(Observed("Unknown", "NodeUnreachable", str(exc)[:300]), requeue=NODE_RETRY)
         self._write(snap, step)  # the state first: AgentConnected is not held back by the report below
         if hv is not None and step.observed.agent == "True":
-            guest = self._guest_report(snap, hv, now())
+            guest = self._guest_report(snap, hv, utc_now())
             if guest is not None:
                 self._write(snap, Step(step.observed, guest=guest))
         self._run_operations(snap, hv, step.observed.agent)
@@ -201,7 +206,7 @@ class InstanceReconciler:
                 op = operations.get(session, op_id)
                 if op is None:
                     continue
-                op.state, op.result, op.finished_at = ("Failed" if error else "Succeeded"), result, now()
+                op.state, op.result, op.finished_at = ("Failed" if error else "Succeeded"), result, utc_now()
                 op.error_status, op.error = (error[0], error[1][:2000]) if error else (None, None)
                 op.request = audit_view(request)  # stdin and file contents are not kept
                 if error is None and kind in ("freeze", "thaw"):
@@ -210,7 +215,7 @@ class InstanceReconciler:
 
     @staticmethod
     def _freeze_status(session: Session, snap: Snapshot, state: str) -> None:
-        repo = ResourceRepository[Any](session, INSTANCES.info)
+        repo = ResourceRepository[Any](session, INSTANCES)
         row = repo.get(snap.namespace, snap.name, for_update=True)
         if row is not None and row.uid == snap.uid:
             row.status = {**(row.status or {}), "fsFreezeStatus": state}
@@ -219,13 +224,13 @@ class InstanceReconciler:
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.domain_uuid is None:
             return []
-        row = ResourceRepository[Any](session, INSTANCES.info).get_by_uid(event.domain_uuid)
+        row = ResourceRepository[Any](session, INSTANCES).get_by_uid(event.domain_uuid)
         return [INSTANCES.work_key(row.namespace, row.name)] if row is not None else []
 
     # -- reading and writing -------------------------------------------------------------------------
     def _read(self, namespace: str, name: str) -> Snapshot | None:
         with self.db.read() as session:
-            row = ResourceRepository[Any](session, INSTANCES.info).get(namespace, name)
+            row = ResourceRepository[Any](session, INSTANCES).get(namespace, name)
             if row is None:
                 return None
             snap = Snapshot(
@@ -247,18 +252,18 @@ class InstanceReconciler:
                 snap.mdevs = tuple(ledger.mdevs_of(row.uid, row.node_name))
             lock = (row.progress or {}).get("migration")
             if lock:
-                migration = ResourceRepository[Any](session, MIGRATIONS.info).get_by_uid(lock["uid"])
+                migration = ResourceRepository[Any](session, MIGRATIONS).get_by_uid(lock["uid"])
                 if migration is not None and (migration.status or {}).get("phase") not in FINISHED:
                     snap.migration = lock
             if row.node_name is not None:
-                node = ResourceRepository[Any](session, NODES.info).get("", row.node_name)
+                node = ResourceRepository[Any](session, NODES).get("", row.node_name)
                 if node is not None:
                     snap.node = {"uri": node.spec["uri"], "virtType": node.status.get("virtType")}
             return snap
 
     def _write(self, snap: Snapshot, step: Step) -> None:
         with self.db.transaction() as session:
-            repo = ResourceRepository[Any](session, INSTANCES.info)
+            repo = ResourceRepository[Any](session, INSTANCES)
             row = repo.get(snap.namespace, snap.name, for_update=True)
             if row is not None and row.uid == snap.uid:
                 self._apply(repo, row, snap, step)
@@ -272,7 +277,7 @@ class InstanceReconciler:
             generation=snap.generation,
             node=row.node_name,
             domain=snap.progress.get("domain") or step.progress.get("domain"),
-            at=now(),
+            at=utc_now(),
             extra=step.extra,
         )
         progress = {**(row.progress or {}), **step.progress}
@@ -282,8 +287,14 @@ class InstanceReconciler:
             status.update(guest_status(step.guest))
             missing = [c for c in REQUIRED_COMMANDS if c not in step.guest.get("supportedCommands", [])]
             lacks = f"qemu-ga {step.guest.get('agentVersion')} lacks {', '.join(missing)}" if missing else ""
-            set_condition(status, "AgentVersionNotSupported", "True" if missing else "False",
-                          "MissingCommands" if missing else "Supported", lacks, now())  # fmt: skip
+            set_condition(
+                status,
+                "AgentVersionNotSupported",
+                "True" if missing else "False",
+                "MissingCommands" if missing else "Supported",
+                lacks,
+                utc_now(),
+            )
         same = status == (row.status or {}) and progress == row.progress and intent == row.intent
         if same and guest == row.guest:
             return
@@ -348,7 +359,7 @@ class InstanceReconciler:
                 self._write(snap, Step(Observed("Scheduled", "Defined"), progress=dict(progress)))
         state = {**snap.progress, **progress}
         power = snap.intent.get("power", "Running")
-        now_ = now()
+        now_ = utc_now()
 
         # A run that ended without Corral asking: the runStrategy decides what follows.
         if info.state not in ACTIVE and state.get("running"):
@@ -543,7 +554,7 @@ class InstanceReconciler:
                 self._write(snap, step)
                 return Result(requeue_after=NODE_RETRY)
         with self.db.transaction() as session:
-            repo = ResourceRepository[Any](session, INSTANCES.info)
+            repo = ResourceRepository[Any](session, INSTANCES)
             row = repo.get(snap.namespace, snap.name, for_update=True)
             if row is not None and row.uid == snap.uid:
                 wake_pool(session, row)
@@ -564,10 +575,12 @@ class InstanceReconciler:
             return None
         if asked is None:
             self._graceful_stop(hv, snap.domain)
-            return Step(Observed("Terminating", "ShuttingDown"), progress={"stopStartedAt": now().isoformat(),
-                                                                            "running": False},
-                        requeue=STOPPING_POLL)  # fmt: skip
-        if (now() - asked).total_seconds() < grace:
+            return Step(
+                Observed("Terminating", "ShuttingDown"),
+                progress={"stopStartedAt": utc_now().isoformat(), "running": False},
+                requeue=STOPPING_POLL,
+            )
+        if (utc_now() - asked).total_seconds() < grace:
             return Step(Observed("Terminating", "ShuttingDown"), requeue=STOPPING_POLL)
         self._hard_stop(hv, snap.domain)
         return None
@@ -642,7 +655,7 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[Any], list[N
     """The nodes, locked, and what each has free. Locking the node rows serializes placements (instances
     and migration targets), so two passes cannot both take the last room. A migrating instance holds room
     on its source and its target."""
-    node_rows = ResourceRepository[Any](session, NODES.info).lock_all()
+    node_rows = ResourceRepository[Any](session, NODES).lock_all()
     rules, ledger = permitted(session), DeviceRepository(session)
     devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows}
     used: dict[str, tuple[int, int]] = {}
@@ -703,8 +716,16 @@ def device_slot(row: Any, rules: PermittedHostDevices) -> DeviceSlot:
         rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
     )
     holder = row.holder or (f"domain {facts['usedBy']}" if facts.get("usedBy") else None)
-    return DeviceSlot(row.name, row.capability, resource, holder, facts.get("iommuGroup"),
-                      facts.get("class"), row.present, bool(row.mdevs))  # fmt: skip
+    return DeviceSlot(
+        row.name,
+        row.capability,
+        resource,
+        holder,
+        facts.get("iommuGroup"),
+        facts.get("class"),
+        row.present,
+        bool(row.mdevs),
+    )
 
 
 def wake_unschedulable(session: Session) -> None:
@@ -752,8 +773,10 @@ def plan_volumes(spec: InstanceSpec, image_dir: Path, uid: str) -> tuple[images.
             sources.append((volume.name, *_overlay_of(volume_images[volume.name])))
         elif volume.empty_disk is not None:
             sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None))
-    planned = [PlannedVolume(name, f"{uid}-{name}.qcow2", capacity, backing, f"vd{TARGETS[index]}")
-               for index, (name, capacity, backing) in enumerate(sources)]  # fmt: skip
+    planned = [
+        PlannedVolume(name, f"{uid}-{name}.qcow2", capacity, backing, f"vd{TARGETS[index]}")
+        for index, (name, capacity, backing) in enumerate(sources)
+    ]
     return boot_image, planned
 
 
@@ -771,9 +794,15 @@ def guest_status(report: dict[str, Any]) -> dict[str, Any]:
             continue
         addresses = [a["address"] for a in nic.get("ipAddresses", [])]
         ipv4 = [a["address"] for a in nic.get("ipAddresses", []) if a.get("type") == "ipv4"]
-        interfaces.append({"interfaceName": nic.get("name"), "mac": nic.get("mac"),
-                           "ipAddress": (ipv4 or addresses or [None])[0], "ipAddresses": addresses,
-                           "infoSource": "guest-agent"})  # fmt: skip
+        interfaces.append(
+            {
+                "interfaceName": nic.get("name"),
+                "mac": nic.get("mac"),
+                "ipAddress": (ipv4 or addresses or [None])[0],
+                "ipAddresses": addresses,
+                "infoSource": "guest-agent",
+            }
+        )
     return {"guestOSInfo": os_info, "interfaces": interfaces}
 
 

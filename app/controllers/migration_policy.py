@@ -21,8 +21,13 @@ class Policy:
 
     def overridden_by(self, spec: MigrationPolicy) -> Policy:
         """The spec's overrides (fields it sets) over these defaults."""
-        fields = ("bandwidth_mib", "max_downtime_ms", "completion_timeout_per_gib", "allow_auto_converge",
-                  "allow_post_copy")  # fmt: skip
+        fields = (
+            "bandwidth_mib",
+            "max_downtime_ms",
+            "completion_timeout_per_gib",
+            "allow_auto_converge",
+            "allow_post_copy",
+        )
         overrides = {f: getattr(spec, f) for f in fields if getattr(spec, f) is not None}
         return replace(self, **overrides)
 

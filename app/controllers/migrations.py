@@ -22,19 +22,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.controllers.base import Result
 from app.controllers.instances import POOL, cluster_views, domain_name, plan_volumes
 from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
 from app.controllers.scheduling import MIB, Request, choose, unschedulable_message, why_not
 from app.db import Database
+from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.repositories import workqueue
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository
-from app.repositories.revisions import now
 from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec, phase_refusal
-from app.services.kinds import INSTANCES, MIGRATIONS, NODES
 from app.virt import images
 from app.virt.driver import (
     DomainInfo,
@@ -105,7 +105,7 @@ class Snapshot:
 
 
 def _stamp() -> str:
-    return now().isoformat().replace("+00:00", "Z")
+    return utc_now().isoformat().replace("+00:00", "Z")
 
 
 class SwitchoverClock:
@@ -206,10 +206,15 @@ class MigrationReconciler:
             if row is None:
                 return None
             snap = Snapshot(
-                namespace, name, row.uid, MigrationSpec.model_validate(row.spec), dict(row.status or {}),
-                dict(row.intent or {}), row.deleted_at is not None,
-            )  # fmt: skip
-            instance = ResourceRepository[Any](session, INSTANCES.info).get(namespace, row.vmi_name)
+                namespace,
+                name,
+                row.uid,
+                MigrationSpec.model_validate(row.spec),
+                dict(row.status or {}),
+                dict(row.intent or {}),
+                row.deleted_at is not None,
+            )
+            instance = ResourceRepository[Any](session, INSTANCES).get(namespace, row.vmi_name)
             if instance is not None:
                 status = instance.status or {}
                 migratable = find_condition(status, "LiveMigratable") or {}
@@ -225,7 +230,7 @@ class MigrationReconciler:
                     "deleting": instance.deleted_at is not None,
                     "unmigratable": migratable.get("reason") if migratable.get("status") == "False" else None,
                 }
-            for node in ResourceRepository[Any](session, NODES.info).page(None)[0]:
+            for node in ResourceRepository[Any](session, NODES).page(None)[0]:
                 snap.nodes[node.name] = {
                     "uri": node.spec["uri"],
                     "migrationUri": node.spec.get("migrationUri"),
@@ -283,7 +288,7 @@ class MigrationReconciler:
     @staticmethod
     def _hold(session: Session, snap: Snapshot, target: str | None, moved_to: str | None = None) -> None:
         """Take the instance for this migration (`target` set) or release it, moving it to `moved_to`."""
-        repo = ResourceRepository[Any](session, INSTANCES.info)
+        repo = ResourceRepository[Any](session, INSTANCES)
         row = repo.get(snap.namespace, snap.spec.vmi_name, for_update=True)
         if row is None or snap.instance is None or row.uid != snap.instance["uid"]:
             return
@@ -319,9 +324,14 @@ class MigrationReconciler:
         if aborted:
             state.update(abortRequested=True, abortStatus="Succeeded")
         state.update(extra or {})
-        self._update(snap, "Succeeded" if succeeded else "Failed", reason=phase_reason or reason,
-                     message=message, state=state,
-                     also=lambda session: self._hold(session, snap, None, moved_to))  # fmt: skip
+        self._update(
+            snap,
+            "Succeeded" if succeeded else "Failed",
+            reason=phase_reason or reason,
+            message=message,
+            state=state,
+            also=lambda session: self._hold(session, snap, None, moved_to),
+        )
         log.info("migration %s/%s: %s (%s)", snap.namespace, snap.name, reason, message)
         with self.db.transaction() as session:  # KubeVirt's garbage collection: the newest few stay
             repo = MigrationRepository(session)
@@ -390,8 +400,13 @@ class MigrationReconciler:
                 reasons[snap.spec.target_node] = "no such node"
             candidates = [v for v in views if v.name != source]
             if snap.spec.target_node:
-                reasons.update({v.name: "not the requested targetNode" for v in candidates
-                                if v.name != snap.spec.target_node})  # fmt: skip
+                reasons.update(
+                    {
+                        v.name: "not the requested targetNode"
+                        for v in candidates
+                        if v.name != snap.spec.target_node
+                    }
+                )
                 candidates = [v for v in candidates if v.name == snap.spec.target_node]
             busy = in_flight(session)
             fitting = {v.name for v in candidates if why_not(v, request) is None}
@@ -405,10 +420,14 @@ class MigrationReconciler:
                 chosen_name = chosen.name
                 policy = self.defaults.overridden_by(snap.spec).configuration()
                 state = {
-                    "sourceNode": source, "targetNode": chosen.name, "sourcePod": instance["domain"],
-                    "targetPod": instance["domain"], "completed": False, "failed": False,
+                    "sourceNode": source,
+                    "targetNode": chosen.name,
+                    "sourcePod": instance["domain"],
+                    "targetPod": instance["domain"],
+                    "completed": False,
+                    "failed": False,
                     "migrationConfiguration": policy.model_dump(by_alias=True, mode="json"),
-                }  # fmt: skip
+                }
                 message = f"target node {chosen.name}"
                 if self._write_status(
                     session, snap, "Scheduled", reason="Scheduled", message=message, state=state
@@ -433,8 +452,11 @@ class MigrationReconciler:
             target_hv.refresh_pool(POOL)  # volumes another node created are unknown to the pool until then
             source_hv = self._hypervisor(snap, str(instance["node"]))
             volumes = [f"{instance['uid']}-{v}.qcow2" for v in instance["volumes"]]
-            copies += [v for v in volumes if v not in copies
-                       and source_hv.volume_path(POOL, v) and not target_hv.volume_path(POOL, v)]  # fmt: skip
+            copies += [
+                v
+                for v in volumes
+                if v not in copies and source_hv.volume_path(POOL, v) and not target_hv.volume_path(POOL, v)
+            ]
         except HypervisorError as exc:
             self._finish(snap, None, "TargetNotReady", f"preparing node {target}: {exc}"[:500])
             return False
@@ -457,8 +479,10 @@ class MigrationReconciler:
                     target_hv.create_volume(POOL, volume.volume_id, volume.capacity, volume.backing)
         except (HypervisorError, images.ImageNotFound) as exc:
             self._cleanup_target(snap, target, str(instance["domain"]))
-            message = (f"node {target} does not see {', '.join(copies)} in its {POOL} pool and could not "
-                       f"create a copy there: {exc}")  # fmt: skip
+            message = (
+                f"node {target} does not see {', '.join(copies)} in its {POOL} pool and could not "
+                f"create a copy there: {exc}"
+            )
             self._finish(snap, None, "TargetStorageMissing", message[:1000])
             return False
         message = f"node {target} has empty copies of {', '.join(copies)}; the migration fills them"
@@ -490,8 +514,13 @@ class MigrationReconciler:
             self._finish(snap, None, "TargetStorageMissing", str(exc)[:500])
             return Result()
         # PreparingTarget saw every other volume on the target (cache='none' disks): shared storage.
-        options = MigrationOptions(policy.bandwidth_mib, policy.allow_auto_converge, policy.allow_post_copy,
-                                   storage_verified_shared=True, copy_disks=disks)  # fmt: skip
+        options = MigrationOptions(
+            policy.bandwidth_mib,
+            policy.allow_auto_converge,
+            policy.allow_post_copy,
+            storage_verified_shared=True,
+            copy_disks=disks,
+        )
         started = {"startTimestamp": _stamp(), "mode": "PreCopy", "currentMaxDowntimeMs": ramp[0][1]}
         if not self._update(
             snap, "Running", reason="Migrating", message=f"{source} -> {target}", state=started
@@ -566,8 +595,9 @@ class MigrationReconciler:
             return self._by_location(snap, source, target, domain, str(error or ""), outcome.get("since"))
         self._cleanup_target(snap, target, domain)
         if outcome["aborted"]:
-            self._finish(snap, "Aborted", "Aborted", f"aborted on request; the instance runs on {source}",
-                         aborted=True)  # fmt: skip
+            self._finish(
+                snap, "Aborted", "Aborted", f"aborted on request; the instance runs on {source}", aborted=True
+            )
             return Result()
         timeout = completion_timeout(*self._policy(snap))
         message = f"did not complete within {timeout:.0f}s (completionTimeoutPerGiB x memory); aborted"
@@ -689,8 +719,9 @@ class MigrationReconciler:
             try:
                 self._hypervisor(snap, node).delete_volume(POOL, volume)
             except HypervisorError as exc:
-                log.warning("migration %s/%s: volume %s stays on %s: %s", snap.namespace, snap.name, volume,
-                            node, exc)  # fmt: skip
+                log.warning(
+                    "migration %s/%s: volume %s stays on %s: %s", snap.namespace, snap.name, volume, node, exc
+                )
 
     def _policy(self, snap: Snapshot) -> tuple[Policy, int]:
         """The policy in effect and the guest memory its ramp and timeout scale with."""

@@ -9,16 +9,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.controllers.base import Result
 from app.controllers.instances import device_slot, mdev_slots, wake_unschedulable
 from app.db import Database
+from app.kinds import NODES
 from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.resources import ResourceRepository
-from app.repositories.revisions import now
 from app.schemas.conditions import set_condition
 from app.schemas.devices import PermittedHostDevices
 from app.schemas.node import NodeSpec, NodeStatus
-from app.services.kinds import NODES
 from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool, NodeDevice
 
 log = logging.getLogger(__name__)
@@ -54,45 +54,62 @@ def host_status(
 ) -> dict[str, Any]:
     """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit).
     Permitted host devices count per resourceName ({name: (capacity, allocated)})."""
-    at = now()
+    at = utc_now()
     status: dict[str, Any] = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
     set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
     memory = f"{host.memory_bytes // (1024 * 1024)}Mi"
     extended = {name: str(capacity) for name, (capacity, _) in sorted((devices or {}).items())}
     resources = {"cpu": str(host.cpus), "memory": memory, **extended}
-    return NodeStatus.model_validate({
-        **status,
-        "observedGeneration": generation,
-        "phase": "Ready",
-        "capacity": resources,
-        "allocatable": {**resources, "cpu": str(host.cpus * cpu_ratio)},
-        "allocated": {name: str(held) for name, (_, held) in sorted((devices or {}).items())},
-        "nodeInfo": {
-            "hostname": host.hostname, "arch": host.arch, "cpuModel": host.cpu_model,
-            "hostUuid": host.host_uuid, "hypervisorType": host.hypervisor_type,
-            "hypervisorVersion": host.hypervisor_version, "libvirtVersion": host.libvirt_version,
-        },
-        "virtType": virt_type,
-        "virtTypeReason": reason,
-        "lastHeartbeatTime": at,
-    }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
+    return NodeStatus.model_validate(
+        {
+            **status,
+            "observedGeneration": generation,
+            "phase": "Ready",
+            "capacity": resources,
+            "allocatable": {**resources, "cpu": str(host.cpus * cpu_ratio)},
+            "allocated": {name: str(held) for name, (_, held) in sorted((devices or {}).items())},
+            "nodeInfo": {
+                "hostname": host.hostname,
+                "arch": host.arch,
+                "cpuModel": host.cpu_model,
+                "hostUuid": host.host_uuid,
+                "hypervisorType": host.hypervisor_type,
+                "hypervisorVersion": host.hypervisor_version,
+                "libvirtVersion": host.libvirt_version,
+            },
+            "virtType": virt_type,
+            "virtTypeReason": reason,
+            "lastHeartbeatTime": at,
+        }
+    ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def device_facts(device: NodeDevice, in_use: dict[str, str] | None = None) -> dict[str, Any]:
     """What the ledger keeps of a device (HostDevice status field names); `usedBy` names a running domain
     Corral did not make that holds it (placement never offers such a device)."""
     facts: dict[str, Any] = {
-        "parent": device.parent, "driver": device.driver, "address": device.address,
-        "vendorId": device.vendor_id, "productId": device.product_id, "vendorName": device.vendor_name,
-        "productName": device.product_name, "class": device.device_class, "iommuGroup": device.iommu_group,
-        "iommuGroupMembers": list(device.iommu_members), "numaNode": device.numa_node,
-        "mdevTypes": [{"id": t.id, "name": t.name, "availableInstances": t.available}
-                      for t in device.mdev_types],
+        "parent": device.parent,
+        "driver": device.driver,
+        "address": device.address,
+        "vendorId": device.vendor_id,
+        "productId": device.product_id,
+        "vendorName": device.vendor_name,
+        "productName": device.product_name,
+        "class": device.device_class,
+        "iommuGroup": device.iommu_group,
+        "iommuGroupMembers": list(device.iommu_members),
+        "numaNode": device.numa_node,
+        "mdevTypes": [
+            {"id": t.id, "name": t.name, "availableInstances": t.available} for t in device.mdev_types
+        ],
         "usedBy": (in_use or {}).get(device.address or ""),
-    }  # fmt: skip
+    }
     if device.capability == "mdev":  # a created mediated device: its type and UUID
-        facts.update(mdevTypes=None, mdevType=device.mdev_types[0].id if device.mdev_types else None,
-                     mdevUuid=device.mdev_uuid)  # fmt: skip
+        facts.update(
+            mdevTypes=None,
+            mdevType=device.mdev_types[0].id if device.mdev_types else None,
+            mdevUuid=device.mdev_uuid,
+        )
     return {k: v for k, v in facts.items() if v not in (None, [])}
 
 
@@ -119,7 +136,7 @@ def _same_but_heartbeat(old: dict[str, Any], new: dict[str, Any], min_age: float
     last = old.get("lastHeartbeatTime")
     if last is None:
         return "lastHeartbeatTime" not in new
-    age = now() - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+    age = utc_now() - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
     return age.total_seconds() < min_age
 
 
@@ -143,13 +160,13 @@ class NodeReconciler:
 
     def reconcile(self, namespace: str, name: str) -> Result:
         with self.db.transaction() as session:
-            row = ResourceRepository[Any](session, NODES.info).get(namespace, name)
+            row = ResourceRepository[Any](session, NODES).get(namespace, name)
             if row is None:
                 self.hypervisors.forget(name)
                 return Result()
             if row.deleted_at is not None:
                 self.hypervisors.forget(name)
-                ResourceRepository[Any](session, NODES.info).remove(row)
+                ResourceRepository[Any](session, NODES).remove(row)
                 return Result()
             spec = NodeSpec.model_validate(row.spec)
             generation, previous = row.generation, dict(row.status)
@@ -182,7 +199,7 @@ class NodeReconciler:
             if inventory is not None:
                 devices, in_use = inventory
                 reported = {d.name: (d.capability, device_facts(d, in_use)) for d in devices}
-                if ledger.replace_inventory(node, reported, now()):
+                if ledger.replace_inventory(node, reported, utc_now()):
                     wake_unschedulable(session)  # a new device may be what an instance waits for
             resources = device_resources(ledger.on_node(node), permitted(session))
         if inventory is not None:
@@ -193,13 +210,13 @@ class NodeReconciler:
     def _unreachable(previous: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
         status = dict(previous)
         status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
-        set_condition(status, "Ready", "False", "Unreachable", message[:500], now())
+        set_condition(status, "Ready", "False", "Unreachable", message[:500], utc_now())
         status.update(phase="NotReady", observedGeneration=generation)
         return status
 
     def _write(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         with self.db.transaction() as session:
-            repo = ResourceRepository[Any](session, NODES.info)
+            repo = ResourceRepository[Any](session, NODES)
             row = repo.get(namespace, name, for_update=True)
             if row is None or _same_but_heartbeat(row.status, status, self.heartbeat / 2):
                 return

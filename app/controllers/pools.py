@@ -12,14 +12,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.controllers.base import Result
 from app.db import Database
+from app.kinds import POOLS
 from app.repositories.resources import ResourceRepository
-from app.repositories.revisions import now
 from app.schemas.common import parse_time
 from app.schemas.conditions import set_condition
 from app.schemas.pool import CLAIMED_AT, TEMPLATE_HASH, WARM_PAUSED, PoolSpec, PoolStatus, member_state
-from app.services.kinds import POOLS
 from app.services.pools import PoolService, template_hash
 from app.virt.driver import HypervisorEvent
 
@@ -48,7 +48,7 @@ class PoolReconciler:
     def reconcile(self, namespace: str, name: str) -> Result:
         with self.db.transaction() as session:
             service = PoolService(session)
-            repo = ResourceRepository[Any](session, POOLS.info)
+            repo = ResourceRepository[Any](session, POOLS)
             pool = repo.get(namespace, name, for_update=True)
             if pool is None:
                 return Result()
@@ -70,7 +70,7 @@ class PoolReconciler:
     def _converge(
         self, service: PoolService, pool: Any, spec: PoolSpec, members: list[Any]
     ) -> tuple[dict[str, Any], float | None]:
-        at = now()
+        at = utc_now()
         previous = dict(pool.status or {})
         template = spec.member_template()
         digest = template_hash(template)
@@ -82,8 +82,10 @@ class PoolReconciler:
         failure_message = None
         requeue: float | None = None
         claimed = service.claimed(pool.namespace, pool.name)
-        last_claim = max((parse_time((c.annotations or {}).get(CLAIMED_AT)) or at - timedelta(days=1)
-                          for c in claimed), default=None)  # fmt: skip
+        last_claim = max(
+            (parse_time((c.annotations or {}).get(CLAIMED_AT)) or at - timedelta(days=1) for c in claimed),
+            default=None,
+        )
 
         if not spec.paused:
             for member in failed:  # replace, with backoff before the next create

@@ -152,8 +152,13 @@ def pick_devices(
     carve: list[tuple[str, str]] = []
     for resource, count in needs.counts:
         if any(m.resource_name == resource for m in mdevs):
-            room = [m for m in mdevs if m.resource_name == resource and not m.parent_held
-                    and m.parent not in {c.name for c in chosen}]  # fmt: skip
+            room = [
+                m
+                for m in mdevs
+                if m.resource_name == resource
+                and not m.parent_held
+                and m.parent not in {c.name for c in chosen}
+            ]
             free = sum(m.free for m in room)
             if free < count:
                 return f"{resource}: {free} mediated devices free, {count} needed"

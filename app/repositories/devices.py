@@ -68,8 +68,17 @@ class DeviceRepository:
         for name, (capability, facts) in reported.items():
             row = rows.pop(name, None)
             if row is None:
-                self.session.add(HostDeviceRow(node=node, name=name, capability=capability, facts=facts,
-                                               present=True, observed_at=at, mdevs=[]))  # fmt: skip
+                self.session.add(
+                    HostDeviceRow(
+                        node=node,
+                        name=name,
+                        capability=capability,
+                        facts=facts,
+                        present=True,
+                        observed_at=at,
+                        mdevs=[],
+                    )
+                )
                 changed = True
             elif row.facts != facts or row.capability != capability or not row.present:
                 row.capability, row.facts, row.present, row.observed_at = capability, facts, True, at
@@ -91,14 +100,20 @@ class DeviceRepository:
 
     def carve(self, parent: HostDeviceRow, type_id: str, uuid: str, holder_uid: str, holder: str) -> None:
         """Record a mediated device of `type_id` on `parent` for the holder (created on the host at start)."""
-        parent.mdevs = [*(parent.mdevs or []), {"uuid": uuid, "type": type_id, "holderUid": holder_uid,
-                                                "holder": holder}]  # fmt: skip
+        parent.mdevs = [
+            *(parent.mdevs or []),
+            {"uuid": uuid, "type": type_id, "holderUid": holder_uid, "holder": holder},
+        ]
         self.session.flush()
 
     def mdevs_of(self, holder_uid: str, node: str) -> list[tuple[str, str, str]]:
         """(parent, type, uuid) of the mediated devices the holder has on the node."""
-        return [(row.name, m["type"], m["uuid"]) for row in self.on_node(node) for m in row.mdevs or []
-                if m["holderUid"] == holder_uid]  # fmt: skip
+        return [
+            (row.name, m["type"], m["uuid"])
+            for row in self.on_node(node)
+            for m in row.mdevs or []
+            if m["holderUid"] == holder_uid
+        ]
 
     def release(self, holder_uid: str) -> bool:
         """Free everything the holder has (whole devices and mediated devices); True if it had anything."""

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.models import IdempotencyRow
-from app.repositories.revisions import now
 
 
 def find(session: Session, principal: str, key: str) -> IdempotencyRow | None:
@@ -26,11 +26,11 @@ def remember(
             request=request,
             status_code=status_code,
             body=body,
-            created_at=now(),
+            created_at=utc_now(),
         )
     )
     session.flush()
 
 
 def expire(session: Session, older_than: timedelta) -> None:
-    session.execute(delete(IdempotencyRow).where(IdempotencyRow.created_at < now() - older_than))
+    session.execute(delete(IdempotencyRow).where(IdempotencyRow.created_at < utc_now() - older_than))

@@ -5,14 +5,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.kinds import INSTANCES
 from app.models import InstanceRow
-from app.repositories.kinds import INSTANCE_INFO
 from app.repositories.resources import ResourceRepository
 
 
 class InstanceRepository(ResourceRepository[InstanceRow]):
     def __init__(self, session: Session) -> None:
-        super().__init__(session, INSTANCE_INFO)
+        super().__init__(session, INSTANCES)
 
     def members(self, pool_uid: str, *, for_update: bool = False) -> list[InstanceRow]:
         """A pool's unclaimed members, oldest first."""

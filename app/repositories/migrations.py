@@ -5,15 +5,15 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.kinds import MIGRATIONS
 from app.models import MigrationRow
-from app.repositories.kinds import MIGRATION_INFO
 from app.repositories.resources import ResourceRepository
 from app.schemas.migration import FINISHED
 
 
 class MigrationRepository(ResourceRepository[MigrationRow]):
     def __init__(self, session: Session) -> None:
-        super().__init__(session, MIGRATION_INFO)
+        super().__init__(session, MIGRATIONS)
 
     def unfinished(self) -> list[MigrationRow]:
         """Migrations not yet Succeeded or Failed, oldest first (few at any time: filtered here)."""

@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.models import OperationRow
-from app.repositories.revisions import now
 
 
 def add(session: Session, row: OperationRow) -> OperationRow:
@@ -34,4 +34,4 @@ def recent(session: Session, instance_uid: str, limit: int = 100) -> list[Operat
 
 
 def expire(session: Session, older_than: timedelta) -> None:
-    session.execute(delete(OperationRow).where(OperationRow.created_at < now() - older_than))
+    session.execute(delete(OperationRow).where(OperationRow.created_at < utc_now() - older_than))

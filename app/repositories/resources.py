@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
+from app.kinds import Kind, RowT
 from app.models import ResourceRow
-from app.repositories.revisions import next_revision, now, record_event
+from app.repositories.revisions import next_revision, record_event
 
-RowT = TypeVar("RowT", bound=ResourceRow)
 Selector = Callable[[dict[str, str]], bool]
 
 
-@dataclass(frozen=True)
-class KindInfo(Generic[RowT]):
-    """What storage needs to know of a kind."""
-
-    kind: str
-    api_version: str
-    row: type[RowT]
-    namespaced: bool
-
-
-def to_object(info: KindInfo[Any], row: ResourceRow) -> dict[str, Any]:
+def to_object(info: Kind[Any], row: ResourceRow) -> dict[str, Any]:
     """The row as an API object (Kubernetes shape)."""
     meta: dict[str, Any] = {
         "name": row.name,
@@ -57,7 +47,7 @@ def _iso(value: Any) -> str:
 
 
 class ResourceRepository(Generic[RowT]):
-    def __init__(self, session: Session, info: KindInfo[RowT]) -> None:
+    def __init__(self, session: Session, info: Kind[RowT]) -> None:
         self.session = session
         self.info = info
 
@@ -120,7 +110,7 @@ class ResourceRepository(Generic[RowT]):
 
     def add(self, item: RowT) -> RowT:
         item.resource_version = next_revision(self.session)
-        item.created_at = now()
+        item.created_at = utc_now()
         self.session.add(item)
         self.session.flush()
         record_event(self.session, item.resource_version, "ADDED", to_object(self.info, item))

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.db import EVENTS_CHANNEL, signal
 from app.models import EventRow, RevisionRow
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def next_revision(session: Session) -> int:
@@ -41,7 +37,7 @@ def record_event(session: Session, rv: int, event_type: str, obj: dict[str, Any]
             name=meta["name"],
             type=event_type,
             object=obj,
-            created_at=now(),
+            created_at=utc_now(),
         )
     )
     signal(session, EVENTS_CHANNEL)

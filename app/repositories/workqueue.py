@@ -10,9 +10,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.db import WORK_CHANNEL, signal
 from app.models import WorkItemRow
-from app.repositories.revisions import now
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Lease:
 
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
     """Ask for a reconcile of `key` after `delay` seconds (earlier requests win)."""
-    due = now() + timedelta(seconds=delay)
+    due = utc_now() + timedelta(seconds=delay)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(WorkItemRow).values(key=key, due_at=due, seq=1, attempts=0)
     stmt = stmt.on_conflict_do_update(
@@ -45,7 +45,7 @@ def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> li
     Each key is taken with a conditional UPDATE, so two workers can never both win it, on any database;
     SKIP LOCKED only keeps Postgres workers from queueing behind each other.
     """
-    t = now()
+    t = utc_now()
     free = or_(WorkItemRow.lease_until.is_(None), WorkItemRow.lease_until < t)
     candidates = select(WorkItemRow.key).where(WorkItemRow.due_at <= t, free).order_by(WorkItemRow.due_at)
     candidates = candidates.limit(limit * 2)
@@ -75,7 +75,7 @@ def renew(session: Session, worker: str, keys: list[str], lease_seconds: float) 
         session.execute(
             update(WorkItemRow)
             .where(WorkItemRow.key.in_(keys), WorkItemRow.leased_by == worker)
-            .values(lease_until=now() + timedelta(seconds=lease_seconds))
+            .values(lease_until=utc_now() + timedelta(seconds=lease_seconds))
         )
 
 
@@ -98,7 +98,7 @@ def finish(
                 **release,
                 attempts=WorkItemRow.attempts + 1,
                 last_error=error[:2000],
-                due_at=now() + timedelta(seconds=requeue_after or 0),
+                due_at=utc_now() + timedelta(seconds=requeue_after or 0),
             )
         )
         return
@@ -110,7 +110,7 @@ def finish(
         session.execute(update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None))
         return
     # Enqueued again during the pass: keep the earlier due time the enqueue set, so it runs again now.
-    later = now() + timedelta(seconds=requeue_after)
+    later = utc_now() + timedelta(seconds=requeue_after)
     due = case((WorkItemRow.seq == taken.seq, later), else_=WorkItemRow.due_at)
     session.execute(
         update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None, due_at=due)
@@ -128,7 +128,7 @@ def release(session: Session, worker: str) -> int:
     result = session.execute(
         update(WorkItemRow)
         .where(WorkItemRow.leased_by == worker)
-        .values(leased_by=None, leased_seq=None, lease_until=None, due_at=now())
+        .values(leased_by=None, leased_seq=None, lease_until=None, due_at=utc_now())
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

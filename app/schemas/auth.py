@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import IntEnum
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -10,6 +11,12 @@ from pydantic import Field, field_validator
 from app.schemas.common import ApiModel, DnsLabel, check_dns_label
 
 RoleName = Literal["viewer", "operator", "admin"]
+
+
+class Role(IntEnum):
+    viewer = 1
+    operator = 2
+    admin = 3
 
 
 class Grant(ApiModel):

@@ -14,8 +14,9 @@ from app.schemas.common import ApiModel, ListMeta, parse_quantity
 from app.schemas.instance import InstanceSpec
 
 RESOURCE_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-ResourceName = Annotated[str, Field(min_length=3, max_length=253, pattern=RESOURCE_NAME,
-                                    examples=["nvidia.com/gpu"])]  # fmt: skip
+ResourceName = Annotated[
+    str, Field(min_length=3, max_length=253, pattern=RESOURCE_NAME, examples=["nvidia.com/gpu"])
+]
 PERMITTED_SETTING = "permittedHostDevices"
 
 
@@ -62,8 +63,10 @@ class PermittedHostDevices(ApiModel):
         return next((r.resource_name for r in rules if r.pci_vendor_selector.lower() == wanted), None)
 
     def mdev_resource(self, type_id: str, type_name: str) -> str | None:
-        return next((r.resource_name for r in self.mediated_devices
-                     if r.mdev_name_selector in (type_id, type_name)), None)  # fmt: skip
+        return next(
+            (r.resource_name for r in self.mediated_devices if r.mdev_name_selector in (type_id, type_name)),
+            None,
+        )
 
     def resource_names(self) -> set[str]:
         return {r.resource_name for r in self.pci_host_devices} | {

@@ -21,9 +21,19 @@ from app.schemas.common import (
 
 RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
 InstancePhase = Literal[
-    "Pending", "Scheduling", "Scheduled", "Starting", "Running", "Paused", "Migrating",
-    "Stopping", "Stopped", "Failed", "Unknown", "Terminating",
-]  # fmt: skip
+    "Pending",
+    "Scheduling",
+    "Scheduled",
+    "Starting",
+    "Running",
+    "Paused",
+    "Migrating",
+    "Stopping",
+    "Stopped",
+    "Failed",
+    "Unknown",
+    "Terminating",
+]
 
 
 class ResourceRequirements(ApiModel):
@@ -112,9 +122,11 @@ class DomainSpec(ApiModel):
 
 class ContainerDiskSource(ApiModel):
     image: str = Field(
-        min_length=1, max_length=255, pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
         description="An image catalog name, e.g. ubuntu:22.04.",
-    )  # fmt: skip
+    )
 
 
 class EmptyDiskSource(ApiModel):

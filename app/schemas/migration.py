@@ -9,8 +9,16 @@ from pydantic import Field
 
 from app.schemas.common import ApiModel, Condition, DnsLabel, ListMeta, ObjectMeta, ObjectMetaOut
 
-MIGRATION_PHASES = ("Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running",
-                    "Succeeded", "Failed")  # fmt: skip
+MIGRATION_PHASES = (
+    "Pending",
+    "Scheduling",
+    "Scheduled",
+    "PreparingTarget",
+    "TargetReady",
+    "Running",
+    "Succeeded",
+    "Failed",
+)
 FINISHED = ("Succeeded", "Failed")
 # A migration holds its instance (and room on its target) from Scheduled until it finishes.
 IN_FLIGHT = ("Scheduled", "PreparingTarget", "TargetReady", "Running")

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.errors import AlreadyExists, Forbidden, NotFound, Unauthorized
 from app.models import GrantRow, TokenRow
 from app.repositories import auth as repo
-from app.repositories.revisions import now
-from app.services.kinds import Role
+from app.schemas.auth import Role
 
 ALL_NAMESPACES = "*"
 BOOTSTRAP_NAME = "bootstrap-admin"
@@ -81,7 +81,7 @@ def create_token(session: Session, name: str, grants: dict[str, Role]) -> tuple[
     if repo.token_by_name(session, name) is not None:
         raise AlreadyExists(f"token {name!r} already exists")
     secret = new_secret()
-    row = TokenRow(id=str(uuid.uuid4()), name=name, digest=digest(secret), created_at=now())
+    row = TokenRow(id=str(uuid.uuid4()), name=name, digest=digest(secret), created_at=utc_now())
     repo.add_token(session, row, [GrantRow(namespace=ns, role=r.name) for ns, r in grants.items()])
     return row, secret
 
@@ -103,7 +103,9 @@ def bootstrap_admin(session: Session, secret: str | None) -> str | None:
     if secret:
         row = repo.token_by_name(session, BOOTSTRAP_NAME)
         if row is None:
-            row = TokenRow(id=str(uuid.uuid4()), name=BOOTSTRAP_NAME, digest=digest(secret), created_at=now())
+            row = TokenRow(
+                id=str(uuid.uuid4()), name=BOOTSTRAP_NAME, digest=digest(secret), created_at=utc_now()
+            )
             repo.add_token(session, row, [GrantRow(namespace=ALL_NAMESPACES, role=Role.admin.name)])
         else:
             row.digest = digest(secret)  # the environment is the source of truth for this one token

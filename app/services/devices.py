@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.errors import BadRequest, FieldError, Invalid, NotFound
+from app.kinds import NODES
 from app.models import HostDeviceRow
 from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository, permitted, set_permitted
@@ -16,7 +17,6 @@ from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import current_revision
 from app.schemas.devices import HostDevice, PermittedHostDevices, is_resource_name
 from app.schemas.instance import InstanceSpec
-from app.services.kinds import NODES
 from app.services.validation import invalid
 
 
@@ -29,15 +29,23 @@ def device_view(row: HostDeviceRow, rules: PermittedHostDevices) -> dict[str, An
         rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
     )
     status = {
-        **facts, "capability": row.capability, "present": row.present, "mdevTypes": mdev_types,
-        "resourceName": resource, "holder": row.holder, "holderUid": row.holder_uid,
-        "mediatedDevices": list(row.mdevs or []), "observedAt": row.observed_at,
-    }  # fmt: skip
-    return HostDevice.model_validate({
-        "metadata": {"name": f"{row.node}.{row.name}", "labels": {"corral.dev/node": row.node}},
-        "spec": {"nodeName": row.node, "deviceName": row.name},
-        "status": status,
-    }).model_dump(by_alias=True, mode="json", exclude_none=True)  # fmt: skip
+        **facts,
+        "capability": row.capability,
+        "present": row.present,
+        "mdevTypes": mdev_types,
+        "resourceName": resource,
+        "holder": row.holder,
+        "holderUid": row.holder_uid,
+        "mediatedDevices": list(row.mdevs or []),
+        "observedAt": row.observed_at,
+    }
+    return HostDevice.model_validate(
+        {
+            "metadata": {"name": f"{row.node}.{row.name}", "labels": {"corral.dev/node": row.node}},
+            "spec": {"nodeName": row.node, "deviceName": row.name},
+            "status": status,
+        }
+    ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 class DeviceService:
@@ -53,7 +61,7 @@ class DeviceService:
         resource_name: str | None = None,
         free: bool | None = None,
     ) -> dict[str, Any]:
-        if node is not None and ResourceRepository[Any](self.session, NODES.info).get("", node) is None:
+        if node is not None and ResourceRepository[Any](self.session, NODES).get("", node) is None:
             raise NotFound(f"Node {node!r} not found")
         rules = permitted(self.session)
         items = [device_view(row, rules) for row in self.devices.find(node=node, holder=holder)]
@@ -81,19 +89,26 @@ class DeviceService:
         except ValidationError as exc:
             raise invalid(exc) from exc
         set_permitted(self.session, rules)
-        for node in ResourceRepository[Any](self.session, NODES.info).all_keys():
+        for node in ResourceRepository[Any](self.session, NODES).all_keys():
             workqueue.enqueue(self.session, NODES.work_key(*node))  # capacity per resourceName changes
         return rules
 
     def check_requests(self, spec: InstanceSpec) -> None:
         """422 naming the field for a device that is unknown, not PCI, or not permitted."""
         rules = permitted(self.session)
-        entries = [(f"spec.domain.devices.gpus[{i}].deviceName", d.device_name)
-                   for i, d in enumerate(spec.domain.devices.gpus)]  # fmt: skip
-        entries += [(f"spec.domain.devices.hostDevices[{i}].deviceName", d.device_name)
-                    for i, d in enumerate(spec.domain.devices.host_devices)]  # fmt: skip
-        entries += [(f"spec.domain.resources.requests[{key}]", key) for key in spec.domain.resources.requests
-                    if is_resource_name(key)]  # fmt: skip
+        entries = [
+            (f"spec.domain.devices.gpus[{i}].deviceName", d.device_name)
+            for i, d in enumerate(spec.domain.devices.gpus)
+        ]
+        entries += [
+            (f"spec.domain.devices.hostDevices[{i}].deviceName", d.device_name)
+            for i, d in enumerate(spec.domain.devices.host_devices)
+        ]
+        entries += [
+            (f"spec.domain.resources.requests[{key}]", key)
+            for key in spec.domain.resources.requests
+            if is_resource_name(key)
+        ]
         for field, name in entries:
             problem = self._problem(name, rules)
             if problem is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.clock import utc_now
 from app.errors import Conflict, FieldError
+from app.kinds import INSTANCES
 from app.repositories import workqueue
-from app.repositories.revisions import now
 from app.schemas.conditions import find_condition
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES
 
 
 class GuestService(InstanceService):
@@ -32,7 +32,7 @@ class GuestService(InstanceService):
         self.report(namespace, name)  # 409 when there is no agent to ask
         row = self._row(namespace, name, for_update=True)
         intent = dict(row.intent or {})
-        intent.update(guestRefresh=int(intent.get("guestRefresh", 0)) + 1, requestedAt=now().isoformat())
+        intent.update(guestRefresh=int(intent.get("guestRefresh", 0)) + 1, requestedAt=utc_now().isoformat())
         row.intent = intent
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, name))
         return (row.guest or {}).get("observedAt")

@@ -9,10 +9,10 @@ from sqlalchemy import text
 
 from app import migrate
 from app.db import Database
+from app.kinds import KINDS, NODES, POOLS
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
 from app.schemas.conditions import condition_true
-from app.services.kinds import KINDS, NODES, POOLS
 
 WORK_DEPTH = Gauge("corral_workqueue_depth", "Keys waiting for or in a reconcile pass")
 OBJECTS = Gauge("corral_objects", "Stored objects by kind", ["kind"])
@@ -42,11 +42,11 @@ def refresh_gauges(db: Database) -> None:
     with db.transaction() as session:
         WORK_DEPTH.set(workqueue.depth(session))
         for kind in KINDS.values():
-            OBJECTS.labels(kind.kind).set(ResourceRepository[Any](session, kind.info).count())
-        statuses = ResourceRepository[Any](session, NODES.info).statuses()
+            OBJECTS.labels(kind.kind).set(ResourceRepository[Any](session, kind).count())
+        statuses = ResourceRepository[Any](session, NODES).statuses()
         NODES_READY.set(sum(condition_true(s, "Ready") for s in statuses))
         POOL_MEMBERS.clear()
-        pools, _ = ResourceRepository[Any](session, POOLS.info).page(None)
+        pools, _ = ResourceRepository[Any](session, POOLS).page(None)
         for pool in pools:
             for state, field in POOL_STATES.items():
                 POOL_MEMBERS.labels(pool.namespace, pool.name, state).set((pool.status or {}).get(field, 0))

@@ -9,14 +9,14 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.errors import BadRequest, Conflict, FieldError
+from app.kinds import INSTANCES
 from app.repositories import idempotency
 from app.repositories.resources import to_object
-from app.repositories.revisions import now
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
 from app.services.devices import DeviceService
-from app.services.kinds import INSTANCES
 from app.services.resources import ResourceService
 from app.services.validation import invalid
 
@@ -24,8 +24,12 @@ RUN_AT_CREATE = {"Always", "RerunOnFailure", "Once"}
 POWER_BY_ACTION = {Action.START: "Running", Action.STOP: "Stopped"}
 # One-shot requests: the worker acts once per increment (pause too: a guest paused or resumed from outside
 # Corral is reported as it is, not fought).
-COUNTER_BY_ACTION = {Action.RESTART: "restart", Action.SOFTREBOOT: "softReboot", Action.PAUSE: "pause",
-                     Action.UNPAUSE: "pause"}  # fmt: skip
+COUNTER_BY_ACTION = {
+    Action.RESTART: "restart",
+    Action.SOFTREBOOT: "softReboot",
+    Action.PAUSE: "pause",
+    Action.UNPAUSE: "pause",
+}
 INSTANCE_ACTIONS = (
     Action.START,
     Action.STOP,
@@ -106,11 +110,11 @@ class InstanceService(ResourceService):
         if action is Action.START:
             intent["force"] = False
             intent["retry"] = int(intent.get("retry", 0)) + 1  # a start clears a crash-loop backoff
-        intent["requestedAt"] = now().isoformat()
+        intent["requestedAt"] = utc_now().isoformat()
         row.intent = intent
         self.repo.touch(row)
         self._wake(namespace, name)
-        answer = to_object(INSTANCES.info, row)
+        answer = to_object(INSTANCES, row)
         if idempotency_key is not None:
             idempotency.remember(self.session, principal, idempotency_key, request, 202, answer)
         return 202, answer

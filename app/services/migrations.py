@@ -6,11 +6,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.errors import Conflict, FieldError, Invalid, NotFound
+from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.models import InstanceRow
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository, to_object
-from app.repositories.revisions import now
 from app.schemas.conditions import find_condition
 from app.schemas.migration import (
     DRAIN_LABEL,
@@ -21,7 +22,6 @@ from app.schemas.migration import (
     NotMigratable,
     phase_refusal,
 )
-from app.services.kinds import INSTANCES, MIGRATIONS, NODES
 from app.services.resources import ResourceService
 
 
@@ -57,7 +57,7 @@ class MigrationService(ResourceService):
 
     def prepare_new(self, row: Any) -> None:
         vmi_name, target = row.spec["vmiName"], row.spec.get("targetNode")
-        instance = ResourceRepository[InstanceRow](self.session, INSTANCES.info).get(row.namespace, vmi_name)
+        instance = ResourceRepository[InstanceRow](self.session, INSTANCES).get(row.namespace, vmi_name)
         if instance is None:
             raise Invalid(
                 f"no instance {vmi_name!r} in namespace {row.namespace!r}",
@@ -67,7 +67,7 @@ class MigrationService(ResourceService):
         if reason is not None:
             raise Conflict(f"cannot migrate {vmi_name!r}: {reason}", [FieldError("spec.vmiName", reason)])
         if target is not None:
-            if ResourceRepository[Any](self.session, NODES.info).get("", target) is None:
+            if ResourceRepository[Any](self.session, NODES).get("", target) is None:
                 raise Invalid(f"no node {target!r}", [FieldError("spec.targetNode", "no such node")])
             if target == instance.node_name:
                 raise Invalid(
@@ -79,8 +79,10 @@ class MigrationService(ResourceService):
         row.status = {"phase": "Pending"}
 
     def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
-        raise Invalid("a migration's spec cannot change; delete it and create another",
-                      [FieldError("spec", "is immutable")])  # fmt: skip
+        raise Invalid(
+            "a migration's spec cannot change; delete it and create another",
+            [FieldError("spec", "is immutable")],
+        )
 
     def cancel(self, namespace: str, name: str) -> dict[str, Any]:
         """Ask the worker to abort; the instance keeps running on its source node."""
@@ -89,10 +91,10 @@ class MigrationService(ResourceService):
         if phase in FINISHED:
             raise Conflict(f"migration {name!r} already {phase}", [FieldError("status.phase", str(phase))])
         if not row.intent.get("abort"):
-            row.intent = {**row.intent, "abort": True, "abortRequestedAt": now().isoformat()}
+            row.intent = {**row.intent, "abort": True, "abortRequestedAt": utc_now().isoformat()}
             self.repo.touch(row)
             self._wake(namespace, name)
-        return to_object(MIGRATIONS.info, row)
+        return to_object(MIGRATIONS, row)
 
     def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> dict[str, Any]:
         """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""
@@ -107,14 +109,17 @@ class MigrationService(ResourceService):
         if not node_row.spec.get("unschedulable"):
             node_row.spec = {**node_row.spec, "unschedulable": True}
             node_row.generation += 1
-            ResourceRepository[Any](self.session, NODES.info).touch(node_row)
+            ResourceRepository[Any](self.session, NODES).touch(node_row)
         for instance in self._hosted(node):
             if refusal(instance, self.migrations) is not None:
                 continue  # listed by drain_status, with the reason (an unfinished migration included)
-            self.create(instance.namespace, {
-                "metadata": {"generateName": f"{instance.name}-drain-", "labels": {DRAIN_LABEL: node}},
-                "spec": {"vmiName": instance.name},
-            })  # fmt: skip
+            self.create(
+                instance.namespace,
+                {
+                    "metadata": {"generateName": f"{instance.name}-drain-", "labels": {DRAIN_LABEL: node}},
+                    "spec": {"vmiName": instance.name},
+                },
+            )
         return self.drain_status(node)
 
     def drain_status(self, node: str) -> DrainStatus:
@@ -150,12 +155,10 @@ class MigrationService(ResourceService):
         return self.drain_status(node)
 
     def _node(self, node: str, *, for_update: bool = False) -> Any:
-        row = ResourceRepository[Any](self.session, NODES.info).get("", node, for_update=for_update)
+        row = ResourceRepository[Any](self.session, NODES).get("", node, for_update=for_update)
         if row is None:
             raise NotFound(f"Node {node!r} not found")
         return row
 
     def _hosted(self, node: str) -> list[InstanceRow]:
-        return list(
-            ResourceRepository[InstanceRow](self.session, INSTANCES.info).page(None, node_name=node)[0]
-        )
+        return list(ResourceRepository[InstanceRow](self.session, INSTANCES).page(None, node_name=node)[0])

@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict
+from app.kinds import INSTANCES, NODES
 from app.models import InstanceRow
 from app.repositories.resources import ResourceRepository
 from app.repositories.settings import get_setting, set_setting
 from app.schemas.common import parse_time
 from app.schemas.conditions import find_condition, set_condition
-from app.services.kinds import INSTANCES, NODES
 from app.services.resources import ResourceService
 
 LOCAL_NODE = "local"
@@ -25,7 +25,7 @@ class NodeService(ResourceService):
         super().__init__(session, NODES)
 
     def check_deletable(self, row: Any) -> None:
-        hosted, _ = ResourceRepository[InstanceRow](self.session, INSTANCES.info).page(
+        hosted, _ = ResourceRepository[InstanceRow](self.session, INSTANCES).page(
             None, limit=1, node_name=row.name
         )
         if hosted:
@@ -59,7 +59,7 @@ def _silent_for(status: dict[str, Any], at: datetime) -> timedelta | None:
 
 def unreported(session: Session, grace_seconds: float, at: datetime) -> list[str]:
     """Nodes no worker has reported for `grace_seconds` (a read: most rounds find none)."""
-    rows = ResourceRepository[Any](session, NODES.info).page(None)[0]
+    rows = ResourceRepository[Any](session, NODES).page(None)[0]
     grace = timedelta(seconds=grace_seconds)
     return [row.name for row in rows if (silent := _silent_for(row.status or {}, at)) and silent >= grace]
 
@@ -67,7 +67,7 @@ def unreported(session: Session, grace_seconds: float, at: datetime) -> list[str
 def mark_unreported(session: Session, names: list[str], grace_seconds: float, at: datetime) -> list[str]:
     """Kubernetes' node lifecycle rule: a node no worker has reported for `grace_seconds` has Ready=Unknown
     (nobody knows) until a worker's heartbeat says otherwise. Checked again under the row lock."""
-    repo = ResourceRepository[Any](session, NODES.info)
+    repo = ResourceRepository[Any](session, NODES)
     marked = []
     for name in names:
         row = repo.get("", name, for_update=True)

@@ -7,19 +7,22 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from app.clock import utc_now
 from app.errors import BY_STATUS, BadGateway, BadRequest, FieldError
+from app.kinds import INSTANCES
 from app.models import OperationRow
 from app.repositories import operations, workqueue
-from app.repositories.revisions import now
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest, OperationKind, audit_view
 from app.services.guest import GuestService
-from app.services.kinds import INSTANCES
 from app.services.validation import invalid
 
 REQUESTS: dict[str, type[BaseModel] | None] = {
-    "exec": ExecRequest, "file-read": FileReadRequest, "file-write": FileWriteRequest, "freeze": None,
+    "exec": ExecRequest,
+    "file-read": FileReadRequest,
+    "file-write": FileWriteRequest,
+    "freeze": None,
     "thaw": None,
-}  # fmt: skip
+}
 
 
 class OperationService(GuestService):
@@ -36,9 +39,17 @@ class OperationService(GuestService):
         self.report(namespace, name)  # 409 at once when the agent is not connected
         row = self._row(namespace, name)
         operation = OperationRow(
-            id=str(uuid.uuid4()), instance_uid=row.uid, namespace=namespace, instance=name, kind=kind,
-            request=request, requested_by=principal, state="Pending", result={}, created_at=now(),
-        )  # fmt: skip
+            id=str(uuid.uuid4()),
+            instance_uid=row.uid,
+            namespace=namespace,
+            instance=name,
+            kind=kind,
+            request=request,
+            requested_by=principal,
+            state="Pending",
+            result={},
+            created_at=utc_now(),
+        )
         operations.add(self.session, operation)
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, name))
         return operation.id
@@ -59,7 +70,12 @@ class OperationService(GuestService):
 
 def record(op: OperationRow) -> dict[str, Any]:
     return {
-        "id": op.id, "kind": op.kind, "requestedBy": op.requested_by, "state": op.state,
-        "request": audit_view(op.request), "error": op.error, "createdAt": op.created_at,
+        "id": op.id,
+        "kind": op.kind,
+        "requestedBy": op.requested_by,
+        "state": op.state,
+        "request": audit_view(op.request),
+        "error": op.error,
+        "createdAt": op.created_at,
         "finishedAt": op.finished_at,
-    }  # fmt: skip
+    }

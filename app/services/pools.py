@@ -9,11 +9,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.errors import AlreadyExists, Conflict
+from app.kinds import INSTANCES, POOLS
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository
 from app.repositories.resources import to_object
-from app.repositories.revisions import now
 from app.schemas.pool import (
     CLAIMED_AT,
     CLAIMED_LABEL,
@@ -26,7 +27,6 @@ from app.schemas.pool import (
     member_state,
 )
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES, POOLS
 from app.services.resources import ResourceService
 from app.services.validation import invalid
 
@@ -55,22 +55,27 @@ class PoolService(ResourceService):
             raise AlreadyExists(f"VirtualMachineInstance {request.name!r} already exists")
         spec = PoolSpec.model_validate(pool.spec)
         member = next(
-            (m for m in self.instances.members(pool.uid, for_update=True)
-             if m.deleted_at is None and member_state(m.status or {}, m.annotations or {}, spec.warm_state)
-             == "available"),
+            (
+                m
+                for m in self.instances.members(pool.uid, for_update=True)
+                if m.deleted_at is None
+                and member_state(m.status or {}, m.annotations or {}, spec.warm_state) == "available"
+            ),
             None,
-        )  # fmt: skip
+        )
         if member is None:
             return None
         member.pool_uid = None
         template_labels = {k: v for k, v in (member.labels or {}).items() if k != POOL_LABEL}
         member.labels = {**template_labels, CLAIMED_LABEL: name, **request.labels}
         kept = {k: v for k, v in (member.annotations or {}).items() if k not in (TEMPLATE_HASH, WARM_PAUSED)}
-        member.annotations = {**kept, **request.annotations, CLAIMED_AT: now().isoformat()}
+        member.annotations = {**kept, **request.annotations, CLAIMED_AT: utc_now().isoformat()}
         if spec.warm_state == "Paused":
             # Resume at once: the worker acts on the unpause request this write carries.
             intent = dict(member.intent or {})
-            intent.update(pause=int(intent.get("pause", 0)) + 1, paused=False, requestedAt=now().isoformat())
+            intent.update(
+                pause=int(intent.get("pause", 0)) + 1, paused=False, requestedAt=utc_now().isoformat()
+            )
             member.intent = intent
         if request.name is not None and request.name != member.name:
             self.instances.rename(member, request.name)
@@ -78,7 +83,7 @@ class PoolService(ResourceService):
             self.instances.touch(member)
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, member.name))
         workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
-        return to_object(INSTANCES.info, member)
+        return to_object(INSTANCES, member)
 
     def add_member(self, pool: Any, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
         index = 0
@@ -108,7 +113,7 @@ class PoolService(ResourceService):
     def request_pause(self, member: Any, paused: bool) -> None:
         """Pause a warm member (its guest agent answered) or resume it; marks it so claims know."""
         intent = dict(member.intent or {})
-        intent.update(pause=int(intent.get("pause", 0)) + 1, paused=paused, requestedAt=now().isoformat())
+        intent.update(pause=int(intent.get("pause", 0)) + 1, paused=paused, requestedAt=utc_now().isoformat())
         member.intent = intent
         annotations = dict(member.annotations or {})
         if paused:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app.kinds import INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
 from app.services.migrations import MigrationService
 from app.services.nodes import NodeService
 from app.services.pools import PoolService

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.clock import utc_now
 from app.errors import (
     AlreadyExists,
     BadRequest,
@@ -26,11 +27,11 @@ from app.errors import (
     NotFound,
     StaleResourceVersion,
 )
+from app.kinds import Kind
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository, to_object
-from app.repositories.revisions import current_revision, now
+from app.repositories.revisions import current_revision
 from app.schemas.common import ObjectMeta
-from app.services.kinds import ResourceKind
 from app.services.selectors import parse_selector
 from app.services.validation import invalid, merge_patch
 
@@ -39,14 +40,14 @@ _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
 class ResourceService:
-    def __init__(self, session: Session, kind: ResourceKind) -> None:
+    def __init__(self, session: Session, kind: Kind[Any]) -> None:
         self.session = session
         self.kind = kind
-        self.repo: ResourceRepository[Any] = ResourceRepository(session, kind.info)
+        self.repo: ResourceRepository[Any] = ResourceRepository(session, kind)
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, namespace: str, name: str) -> dict[str, Any]:
-        return to_object(self.kind.info, self._row(namespace, name))
+        return to_object(self.kind, self._row(namespace, name))
 
     def list(
         self, namespace: str | None, label_selector: str | None, limit: int | None, continue_: str | None
@@ -62,10 +63,10 @@ class ResourceService:
         if more and rows:
             meta["continue"] = _encode_continue(rows[-1].namespace, rows[-1].name)
         return {
-            "apiVersion": self.kind.info.api_version,
+            "apiVersion": self.kind.api_version,
             "kind": f"{self.kind.kind}List",
             "metadata": meta,
-            "items": [to_object(self.kind.info, r) for r in rows],
+            "items": [to_object(self.kind, r) for r in rows],
         }
 
     # -- writes --------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class ResourceService:
             name = self._generated_name(namespace, meta.generate_name)
         elif self.repo.get(namespace, name) is not None:
             raise AlreadyExists(f"{self.kind.kind} {name!r} already exists")
-        row = self.kind.info.row(
+        row = self.kind.row(
             uid=str(uuid.uuid4()),
             namespace=namespace,
             name=name,
@@ -94,7 +95,7 @@ class ResourceService:
         self.prepare_new(row)
         self.repo.add(row)
         self._wake(namespace, name)
-        return to_object(self.kind.info, row)
+        return to_object(self.kind, row)
 
     def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> dict[str, Any]:
         meta, spec = self._check_body(body, namespace)
@@ -111,7 +112,7 @@ class ResourceService:
         if not isinstance(patch, dict):
             raise BadRequest("a merge patch must be a JSON object", [FieldError("body", "must be an object")])
         row = self._row(namespace, name, for_update=True)
-        current = to_object(self.kind.info, row)
+        current = to_object(self.kind, row)
         meta_patch = patch.get("metadata")
         sent_version = meta_patch.get("resourceVersion") if isinstance(meta_patch, dict) else None
         if sent_version is not None and not isinstance(sent_version, str):
@@ -132,10 +133,10 @@ class ResourceService:
         _check_version(row.resource_version, if_match, None)
         if row.deleted_at is None:
             self.check_deletable(row)
-            row.deleted_at = now()
+            row.deleted_at = utc_now()
             self.repo.touch(row)
             self._wake(namespace, name)
-        return to_object(self.kind.info, row)
+        return to_object(self.kind, row)
 
     def check_deletable(self, row: Any) -> None:
         """Kinds refuse deletion by overriding this (e.g. a node that still hosts instances)."""
@@ -171,7 +172,7 @@ class ResourceService:
         if changed:
             self.repo.touch(row)
             self._wake(row.namespace, row.name)
-        return to_object(self.kind.info, row)
+        return to_object(self.kind, row)
 
     def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, dict[str, Any]]:
         """Validate a whole object (from JSON, YAML or a merged patch); returns metadata and stored spec."""

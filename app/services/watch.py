@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import EVENTS_CHANNEL, Database
 from app.errors import BadRequest, FieldError, Gone
+from app.kinds import Kind
 from app.repositories import revisions
 from app.repositories.resources import ResourceRepository, to_object
-from app.services.kinds import ResourceKind
 from app.services.selectors import Predicate, parse_selector
 
 BOOKMARK_SECONDS = 30.0
@@ -29,7 +29,7 @@ class Watch:
     def __init__(
         self,
         db: Database,
-        kind: ResourceKind,
+        kind: Kind[Any],
         namespace: str | None,
         resource_version: str | None,
         label_selector: str | None,
@@ -73,10 +73,10 @@ class Watch:
                 conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             with Session(bind=conn) as session:
                 current = revisions.current_revision(session)
-                rows, _ = ResourceRepository[Any](session, self.kind.info).page(
+                rows, _ = ResourceRepository[Any](session, self.kind).page(
                     self.namespace, selector=self.selector
                 )
-                self.initial = [to_object(self.kind.info, r) for r in rows]
+                self.initial = [to_object(self.kind, r) for r in rows]
             conn.rollback()
         return current
 
@@ -141,7 +141,7 @@ class Watch:
                     "BOOKMARK",
                     {
                         "kind": self.kind.kind,
-                        "apiVersion": self.kind.info.api_version,
+                        "apiVersion": self.kind.api_version,
                         "metadata": {"resourceVersion": str(self.rv)},
                     },
                 )

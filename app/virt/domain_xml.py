@@ -134,8 +134,14 @@ def build_domain_xml(config: DomainConfig) -> str:
         hostdev = _sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
         pci_domain, bus, slot_function = address.split(":")
         slot, function = slot_function.split(".")
-        _sub(_sub(hostdev, "source"), "address", domain=f"0x{pci_domain}", bus=f"0x{bus}", slot=f"0x{slot}",
-             function=f"0x{function}")  # fmt: skip
+        _sub(
+            _sub(hostdev, "source"),
+            "address",
+            domain=f"0x{pci_domain}",
+            bus=f"0x{bus}",
+            slot=f"0x{slot}",
+            function=f"0x{function}",
+        )
     for mdev_uuid in config.mdev_devices:
         hostdev = _sub(devices, "hostdev", mode="subsystem", type="mdev", model="vfio-pci")
         _sub(_sub(hostdev, "source"), "address", uuid=mdev_uuid)

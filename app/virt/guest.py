@@ -14,12 +14,27 @@ from typing import Any
 MAX_TEXT = 256
 MAX_ITEMS = 64
 MAX_COMMANDS = 256
-OS_FIELDS = {"id": "id", "name": "name", "pretty-name": "prettyName", "version": "version",
-             "version-id": "versionId", "kernel-release": "kernelRelease", "kernel-version": "kernelVersion",
-             "machine": "machine", "variant": "variant", "variant-id": "variantId"}  # fmt: skip
+OS_FIELDS = {
+    "id": "id",
+    "name": "name",
+    "pretty-name": "prettyName",
+    "version": "version",
+    "version-id": "versionId",
+    "kernel-release": "kernelRelease",
+    "kernel-version": "kernelVersion",
+    "machine": "machine",
+    "variant": "variant",
+    "variant-id": "variantId",
+}
 # The commands Corral's guest features rely on; an agent without them is reported AgentVersionNotSupported.
-REQUIRED_COMMANDS = ("guest-ping", "guest-info", "guest-get-osinfo", "guest-network-get-interfaces",
-                     "guest-get-fsinfo", "guest-get-host-name")  # fmt: skip
+REQUIRED_COMMANDS = (
+    "guest-ping",
+    "guest-info",
+    "guest-get-osinfo",
+    "guest-network-get-interfaces",
+    "guest-get-fsinfo",
+    "guest-get-host-name",
+)
 
 
 def text(value: Any) -> str | None:
@@ -46,16 +61,23 @@ def parse_guest_info(params: Mapping[str, Any]) -> dict[str, Any]:
     filesystems, interfaces."""
     os_info = {key: text(params[f"os.{raw}"]) for raw, key in OS_FIELDS.items() if f"os.{raw}" in params}
     users = [
-        {"name": text(params.get(f"user.{i}.name")), "domain": text(params.get(f"user.{i}.domain")),
-         "loginTime": count(params.get(f"user.{i}.login-time"))}
+        {
+            "name": text(params.get(f"user.{i}.name")),
+            "domain": text(params.get(f"user.{i}.domain")),
+            "loginTime": count(params.get(f"user.{i}.login-time")),
+        }
         for i in _items(params, "user")
-    ]  # fmt: skip
+    ]
     filesystems = [
-        {"name": text(params.get(f"fs.{i}.name")), "mountpoint": text(params.get(f"fs.{i}.mountpoint")),
-         "type": text(params.get(f"fs.{i}.fstype")), "totalBytes": count(params.get(f"fs.{i}.total-bytes")),
-         "usedBytes": count(params.get(f"fs.{i}.used-bytes"))}
+        {
+            "name": text(params.get(f"fs.{i}.name")),
+            "mountpoint": text(params.get(f"fs.{i}.mountpoint")),
+            "type": text(params.get(f"fs.{i}.fstype")),
+            "totalBytes": count(params.get(f"fs.{i}.total-bytes")),
+            "usedBytes": count(params.get(f"fs.{i}.used-bytes")),
+        }
         for i in _items(params, "fs")
-    ]  # fmt: skip
+    ]
     interfaces = []
     for i in _items(params, "if"):
         base = f"if.{i}"
@@ -108,8 +130,11 @@ def decode_agent_base64(value: Any) -> bytes:
 
 def exec_result(status: dict[str, Any], *, timed_out: bool) -> dict[str, Any]:
     """guest-exec-status, bounded: exit code, stdout and stderr (cut at 1 MiB each, flagged)."""
-    result: dict[str, Any] = {"exitCode": count(status.get("exitcode")),
-                              "signal": count(status.get("signal")), "timedOut": timed_out}  # fmt: skip
+    result: dict[str, Any] = {
+        "exitCode": count(status.get("exitcode")),
+        "signal": count(status.get("signal")),
+        "timedOut": timed_out,
+    }
     for stream, key in (("stdout", "out-data"), ("stderr", "err-data")):
         raw = decode_agent_base64(status.get(key, "")) if status.get(key) is not None else b""
         result[stream] = raw[:MAX_OUTPUT]
@@ -123,7 +148,8 @@ def parse_agent_info(reply: Any) -> dict[str, Any]:
         return {"agentVersion": None, "supportedCommands": []}
     commands = reply.get("supported_commands")
     enabled = [
-        name for c in (commands if isinstance(commands, list) else [])[:MAX_COMMANDS]
+        name
+        for c in (commands if isinstance(commands, list) else [])[:MAX_COMMANDS]
         if isinstance(c, dict) and c.get("enabled") is not False and (name := text(c.get("name")))
-    ]  # fmt: skip
+    ]
     return {"agentVersion": text(reply.get("version")), "supportedCommands": sorted(set(enabled))}

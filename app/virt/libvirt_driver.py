@@ -436,8 +436,9 @@ class LibvirtHypervisor:
         """guest-exec-status of `pid` once it exited, or as it stands after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            status = self.agent_command(name, {"execute": "guest-exec-status", "arguments": {"pid": pid}},
-                                        AGENT_TIMEOUT)  # fmt: skip
+            status = self.agent_command(
+                name, {"execute": "guest-exec-status", "arguments": {"pid": pid}}, AGENT_TIMEOUT
+            )
             if not isinstance(status, dict):
                 raise AgentUnavailable("guest-exec-status answered with no object")
             if status.get("exited") or time.monotonic() >= deadline:
@@ -449,8 +450,14 @@ class LibvirtHypervisor:
         read the process's end so the agent forgets it. Whether it has ended."""
         for argv in (["kill", "-KILL", str(pid)], ["taskkill", "/F", "/T", "/PID", str(pid)]):
             try:
-                started = self.agent_command(name, {"execute": "guest-exec", "arguments": {
-                    "path": argv[0], "arg": argv[1:], "capture-output": True}}, AGENT_TIMEOUT)  # fmt: skip
+                started = self.agent_command(
+                    name,
+                    {
+                        "execute": "guest-exec",
+                        "arguments": {"path": argv[0], "arg": argv[1:], "capture-output": True},
+                    },
+                    AGENT_TIMEOUT,
+                )
                 killer = started.get("pid") if isinstance(started, dict) else None
                 if isinstance(killer, int):
                     self._exec_status(name, killer, KILL_WAIT)
@@ -465,8 +472,11 @@ class LibvirtHypervisor:
         data = b""
         try:
             while True:
-                chunk = self.agent_command(name, {"execute": "guest-file-read", "arguments": {
-                    "handle": handle, "count": FILE_CHUNK}}, AGENT_TIMEOUT)  # fmt: skip
+                chunk = self.agent_command(
+                    name,
+                    {"execute": "guest-file-read", "arguments": {"handle": handle, "count": FILE_CHUNK}},
+                    AGENT_TIMEOUT,
+                )
                 if not isinstance(chunk, dict):
                     raise AgentUnavailable("guest-file-read answered with no object")
                 data += decode_agent_base64(chunk.get("buf-b64", ""))
@@ -482,8 +492,11 @@ class LibvirtHypervisor:
         try:
             for offset in range(0, len(data), FILE_CHUNK):
                 piece = base64.b64encode(data[offset : offset + FILE_CHUNK]).decode()
-                self.agent_command(name, {"execute": "guest-file-write", "arguments": {
-                    "handle": handle, "buf-b64": piece}}, AGENT_TIMEOUT)  # fmt: skip
+                self.agent_command(
+                    name,
+                    {"execute": "guest-file-write", "arguments": {"handle": handle, "buf-b64": piece}},
+                    AGENT_TIMEOUT,
+                )
         finally:
             self._close(name, handle)
 
@@ -504,8 +517,10 @@ class LibvirtHypervisor:
         command = "guest-fsfreeze-freeze" if freeze else "guest-fsfreeze-thaw"
         count = self.agent_command(name, {"execute": command}, AGENT_TIMEOUT)
         status = self.agent_command(name, {"execute": "guest-fsfreeze-status"}, AGENT_TIMEOUT)
-        return {"filesystems": count if isinstance(count, int) else None,
-                "fsFreezeStatus": status if status in ("frozen", "thawed") else "unknown"}  # fmt: skip
+        return {
+            "filesystems": count if isinstance(count, int) else None,
+            "fsFreezeStatus": status if status in ("frozen", "thawed") else "unknown",
+        }
 
     def agent_connected(self, name: str) -> bool:
         root = ET.fromstring(self.domain_xml(name))
@@ -611,8 +626,12 @@ class LibvirtHypervisor:
 
     # -- migration -----------------------------------------------------------------------------------
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
-        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)  # fmt: skip
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        )
         if options.auto_converge:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if options.post_copy:

@@ -57,8 +57,12 @@ def parse_node_device(xml: str) -> NodeDevice | None:
     if name is None or capability is None:
         return None
     kind = capability.get("type", "unknown")[:32]
-    common = {"name": name, "capability": kind, "parent": _text(root.find("parent")),
-              "driver": _text(root.find("driver/name"))}  # fmt: skip
+    common = {
+        "name": name,
+        "capability": kind,
+        "parent": _text(root.find("parent")),
+        "driver": _text(root.find("driver/name")),
+    }
     if kind == "mdev":
         type_element = capability.find("type")
         type_id = (type_element.get("id", "") if type_element is not None else "")[:_TEXT_LIMIT]

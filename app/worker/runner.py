@@ -18,11 +18,11 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from app.controllers.base import Reconciler, TerminalError
+from app.controllers.base import Reconciler
 from app.db import WORK_CHANNEL, Database
+from app.kinds import KINDS, split_work_key
 from app.repositories import idempotency, operations, revisions, workqueue
 from app.repositories.resources import ResourceRepository
-from app.services.kinds import KINDS
 
 log = logging.getLogger(__name__)
 PASSES = Histogram(
@@ -133,7 +133,7 @@ class Worker:
                 hub.wait(WORK_CHANNEL, seen, IDLE_POLL)
 
     def _process(self, lease: workqueue.Lease) -> None:
-        kind_name, namespace, name = lease.key.split("/", 2)
+        kind_name, namespace, name = split_work_key(lease.key)
         reconciler = self.reconcilers.get(kind_name)
         started = time.perf_counter()
         outcome, requeue, error = "ok", None, None
@@ -142,9 +142,6 @@ class Worker:
                 outcome = "unhandled"
             else:
                 requeue = reconciler.reconcile(namespace, name).requeue_after
-        except TerminalError as exc:
-            outcome = "terminal"
-            log.warning("%s: %s (not retried until it changes)", lease.key, exc)
         except Exception as exc:
             outcome, error = "error", f"{exc.__class__.__name__}: {exc}"
             requeue = backoff(lease.attempts)
@@ -190,7 +187,7 @@ class Worker:
         with self.db.transaction() as session:
             for kind_name in self.reconcilers:
                 kind = KINDS[kind_name]
-                for namespace, name in ResourceRepository[Any](session, kind.info).all_keys():
+                for namespace, name in ResourceRepository[Any](session, kind).all_keys():
                     workqueue.enqueue(session, kind.work_key(namespace, name))
             revisions.compact_events(session, self.event_retention)
             idempotency.expire(session, IDEMPOTENCY_TTL)

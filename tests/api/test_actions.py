@@ -46,8 +46,12 @@ def test_actions_check_phase_existence_and_rights(api: httpx.Client, anon: httpx
 
 def test_claim_input_is_validated(api: httpx.Client, anon: httpx.Client) -> None:
     assert api.post(POOLS, json=POOL).status_code == 201
-    for body, field in [({"name": "Bad_Name"}, "name"), ({"labels": {"k": "v" * 64}}, "labels"),
-                        ({"nope": 1}, "nope"), ("x", "body")]:  # fmt: skip
+    for body, field in [
+        ({"name": "Bad_Name"}, "name"),
+        ({"labels": {"k": "v" * 64}}, "labels"),
+        ({"nope": 1}, "nope"),
+        ("x", "body"),
+    ]:
         answer = problem(api.post(f"{POOLS}/p/claim", json=body), 422)
         assert answer["errors"][0]["field"].startswith(field)
     problem(api.post(f"{POOLS}/p/claim", params={"waitSeconds": -1}), 422)
@@ -105,8 +109,12 @@ def test_guest_operation_requests_are_validated(
 def test_bodies_over_8_mib_are_refused(api: httpx.Client) -> None:
     api.post(INSTANCES, json=vmi("g"))
     huge = b'{"path": "/x", "contentBase64": "' + b"A" * (8 << 20) + b'"}'
-    answer = problem(api.post(f"{INSTANCES}/g/guest/file-write", content=huge,
-                              headers={"Content-Type": "application/json"}), 400)  # fmt: skip
+    answer = problem(
+        api.post(
+            f"{INSTANCES}/g/guest/file-write", content=huge, headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
     assert "8 MiB" in answer["detail"]
 
 

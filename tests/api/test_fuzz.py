@@ -13,9 +13,12 @@ from tests.api.test_resources import INSTANCES
 from tests.conftest import vmi
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False), st.text(max_size=70),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=70),
+)
 JSON = st.recursive(
     SCALARS,
     lambda children: (
@@ -126,11 +129,12 @@ def test_patch_and_replace_never_500(api: httpx.Client, patch: Any, if_match: st
 @given(
     params=st.dictionaries(
         st.sampled_from(["labelSelector", "limit", "continue", "watch", "resourceVersion", "x"]),
-        st.text(max_size=30).filter(lambda s: "\x00" not in s), max_size=3,
+        st.text(max_size=30).filter(lambda s: "\x00" not in s),
+        max_size=3,
     ),
     raw=st.binary(max_size=200),
     content_type=st.sampled_from(["application/json", "application/yaml", "text/plain", ""]),
-)  # fmt: skip
+)
 def test_queries_and_raw_bodies_never_500(
     api: httpx.Client, params: dict[str, str], raw: bytes, content_type: str
 ) -> None:

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import yaml
 
+from app.clock import utc_now
 from app.db import Database
 from app.repositories.devices import DeviceRepository
-from app.repositories.revisions import now
 from tests.conftest import vmi
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "examples"
@@ -40,11 +40,13 @@ def test_seed_manifests_are_accepted_unchanged_as_yaml_and_json(
         # Its GPU and FPGA must be permitted and its FPGA must exist: as a node would report it.
         with db.transaction() as session:
             facts = {"address": "0000:01:00.0", "vendorId": "10ee", "productId": "903f"}
-            DeviceRepository(session).replace_inventory("n1", {"pci_0000_01_00_0": ("pci", facts)}, now())
-        rules = {"pciHostDevices": [
-            {"pciVendorSelector": "10de:2330", "resourceName": "nvidia.com/gpu"},
-            {"pciVendorSelector": "10ee:903f", "resourceName": "xilinx.com/fpga"},
-        ]}  # fmt: skip
+            DeviceRepository(session).replace_inventory("n1", {"pci_0000_01_00_0": ("pci", facts)}, utc_now())
+        rules = {
+            "pciHostDevices": [
+                {"pciVendorSelector": "10de:2330", "resourceName": "nvidia.com/gpu"},
+                {"pciVendorSelector": "10ee:903f", "resourceName": "xilinx.com/fpga"},
+            ]
+        }
         assert api.put("/v1/config/permittedHostDevices", json=rules).status_code == 200
     raw = (MANIFESTS / manifest).read_bytes()
     created = api.post(INSTANCES, content=raw, headers={"Content-Type": "application/yaml"})

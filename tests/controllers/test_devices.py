@@ -28,10 +28,12 @@ NODE_FILE = Path(__file__).resolve().parents[1] / "data" / "passthrough-node.xml
 NODE_URI = f"test://{NODE_FILE}"
 SEED = Path(__file__).resolve().parents[2] / "examples" / "vmi-passthrough.yaml"
 RULES = {
-    "pciHostDevices": [{"pciVendorSelector": "10DE:2330", "resourceName": "nvidia.com/gpu"},
-                       {"pciVendorSelector": "10ee:903f", "resourceName": "xilinx.com/fpga"}],
+    "pciHostDevices": [
+        {"pciVendorSelector": "10DE:2330", "resourceName": "nvidia.com/gpu"},
+        {"pciVendorSelector": "10ee:903f", "resourceName": "xilinx.com/fpga"},
+    ],
     "mediatedDevices": [{"mdevNameSelector": "GRID T4-1B", "resourceName": "nvidia.com/GRID_T4-1B"}],
-}  # fmt: skip
+}
 HOSTDEV = "spec.domain.devices.hostDevices[0].deviceName"
 
 
@@ -45,8 +47,11 @@ def api(pg: Database, worker: Any, server: Any) -> Iterator[httpx.Client]:
 def permit(api: httpx.Client, rules: dict[str, Any] = RULES) -> None:
     put = api.put("/v1/config/permittedHostDevices", json=rules)
     assert put.status_code == 200, put.text
-    wait_for(lambda: api.get("/v1/nodes/gpu").json()["status"]["allocatable"].get("nvidia.com/gpu") == "2",
-             timeout=15, what="nvidia.com/gpu allocatable")  # fmt: skip
+    wait_for(
+        lambda: api.get("/v1/nodes/gpu").json()["status"]["allocatable"].get("nvidia.com/gpu") == "2",
+        timeout=15,
+        what="nvidia.com/gpu allocatable",
+    )
 
 
 def hostdevs(worker: Any, api: httpx.Client, name: str) -> list[str]:
@@ -68,17 +73,34 @@ def gpu_vmi(name: str, count: int = 1) -> dict[str, Any]:
 def test_inventory_lists_the_declared_devices(api: httpx.Client) -> None:
     devices = {d["spec"]["deviceName"]: d for d in api.get("/v1/nodes/gpu/devices").json()["items"]}
     assert set(devices) == {
-        "computer", "pci_0000_00_01_0", "pci_0000_01_00_0", "pci_0000_3b_00_0", "pci_0000_5e_00_0",
-        "pci_0000_5e_00_1", "pci_0000_af_00_0", "usb_1_4",
-    }  # fmt: skip
+        "computer",
+        "pci_0000_00_01_0",
+        "pci_0000_01_00_0",
+        "pci_0000_3b_00_0",
+        "pci_0000_5e_00_0",
+        "pci_0000_5e_00_1",
+        "pci_0000_af_00_0",
+        "usb_1_4",
+    }
     h100 = devices["pci_0000_3b_00_0"]
     assert h100["metadata"]["name"] == "gpu.pci_0000_3b_00_0" and h100["spec"]["nodeName"] == "gpu"
     assert h100["status"] | {"observedAt": None} == {
-        "capability": "pci", "present": True, "address": "0000:3b:00.0", "vendorId": "10de",
-        "productId": "2330", "vendorName": "NVIDIA Corporation", "productName": "GH100 [H100 SXM5 80GB]",
-        "class": "0x030200", "iommuGroup": 40, "iommuGroupMembers": ["0000:3b:00.0"], "numaNode": 0,
-        "parent": "computer", "mdevTypes": [], "mediatedDevices": [], "observedAt": None,
-    }  # fmt: skip
+        "capability": "pci",
+        "present": True,
+        "address": "0000:3b:00.0",
+        "vendorId": "10de",
+        "productId": "2330",
+        "vendorName": "NVIDIA Corporation",
+        "productName": "GH100 [H100 SXM5 80GB]",
+        "class": "0x030200",
+        "iommuGroup": 40,
+        "iommuGroupMembers": ["0000:3b:00.0"],
+        "numaNode": 0,
+        "parent": "computer",
+        "mdevTypes": [],
+        "mediatedDevices": [],
+        "observedAt": None,
+    }
     assert devices["pci_0000_5e_00_0"]["status"]["iommuGroupMembers"] == ["0000:5e:00.0", "0000:5e:00.1"]
     assert devices["usb_1_4"]["status"]["capability"] == "usb_device"
     t4 = devices["pci_0000_af_00_0"]["status"]["mdevTypes"]
@@ -104,8 +126,11 @@ def test_permitting_makes_devices_allocatable(api: httpx.Client) -> None:
     gpus = api.get("/v1/devices", params={"resourceName": "nvidia.com/gpu", "free": "true"}).json()["items"]
     assert [g["spec"]["deviceName"] for g in gpus] == ["pci_0000_3b_00_0", "pci_0000_5e_00_0"]
     rules = api.get("/v1/config/permittedHostDevices").json()
-    assert rules["pciHostDevices"][0] == {"pciVendorSelector": "10DE:2330", "resourceName": "nvidia.com/gpu",
-                                          "externalResourceProvider": False}  # fmt: skip
+    assert rules["pciHostDevices"][0] == {
+        "pciVendorSelector": "10DE:2330",
+        "resourceName": "nvidia.com/gpu",
+        "externalResourceProvider": False,
+    }
 
 
 def test_rules_are_admin_only_and_validated(api: httpx.Client) -> None:
@@ -119,8 +144,10 @@ def test_rules_are_admin_only_and_validated(api: httpx.Client) -> None:
     wrong = {"pciHostDevices": [{"pciVendorSelector": "10de", "resourceName": "gpu"}]}
     bad = api.put("/v1/config/permittedHostDevices", json=wrong)
     assert bad.status_code == 422
-    assert {e["field"] for e in bad.json()["errors"]} == {"pciHostDevices[0].pciVendorSelector",
-                                                          "pciHostDevices[0].resourceName"}  # fmt: skip
+    assert {e["field"] for e in bad.json()["errors"]} == {
+        "pciHostDevices[0].pciVendorSelector",
+        "pciHostDevices[0].resourceName",
+    }
 
 
 def test_seed_manifest_gets_both_hostdevs(api: httpx.Client, worker: Any, tmp_path: Path) -> None:
@@ -141,8 +168,11 @@ def test_seed_manifest_gets_both_hostdevs(api: httpx.Client, worker: Any, tmp_pa
     assert all(d["status"]["holderUid"] == running["metadata"]["uid"] for d in held)
     for other_spelling in ("test-vmi", running["metadata"]["uid"]):
         assert api.get("/v1/devices", params={"holder": other_spelling}).json()["items"] == held
-    wait_for(lambda: api.get("/v1/nodes/gpu").json()["status"]["allocated"]["nvidia.com/gpu"] == "1",
-             timeout=5, what="the node counts the GPU as allocated")  # fmt: skip
+    wait_for(
+        lambda: api.get("/v1/nodes/gpu").json()["status"]["allocated"]["nvidia.com/gpu"] == "1",
+        timeout=5,
+        what="the node counts the GPU as allocated",
+    )
 
     validator = shutil.which("virt-xml-validate")
     assert validator
@@ -170,8 +200,10 @@ def test_a_held_device_waits_until_its_holder_is_deleted(api: httpx.Client, work
     # Stop and start keep the device (KubeVirt gives it up on stop; Corral's ledger keeps it).
     assert api.post(f"{BASE}/first/stop").status_code == 202
     wait_phase(api, "first", "Stopped")
-    assert [d["spec"]["deviceName"] for d in api.get("/v1/devices", params={"holder": "default/first"})
-            .json()["items"]] == ["pci_0000_01_00_0"]  # fmt: skip
+    assert [
+        d["spec"]["deviceName"]
+        for d in api.get("/v1/devices", params={"holder": "default/first"}).json()["items"]
+    ] == ["pci_0000_01_00_0"]
     assert wait_phase(api, "second", "Failed", "Unschedulable")
     assert api.post(f"{BASE}/first/start").status_code == 202
     wait_phase(api, "first", "Running")
@@ -180,8 +212,10 @@ def test_a_held_device_waits_until_its_holder_is_deleted(api: httpx.Client, work
     assert api.delete(f"{BASE}/first").status_code == 202
     wait_phase(api, "second", "Running", timeout=20)
     assert hostdevs(worker, api, "second") == ["0000:01:00.0"]
-    assert [d["status"]["holder"] for d in api.get("/v1/devices", params={"holder": "default/second"})
-            .json()["items"]] == ["default/second"]  # fmt: skip
+    assert [
+        d["status"]["holder"]
+        for d in api.get("/v1/devices", params={"holder": "default/second"}).json()["items"]
+    ] == ["default/second"]
 
 
 def test_iommu_group_is_assigned_together(api: httpx.Client, worker: Any) -> None:
@@ -220,26 +254,48 @@ def test_racing_instances_never_share_a_device(api: httpx.Client, worker: Any) -
     assert len(winners) == 2, phases
     addresses = [tuple(hostdevs(worker, api, n)) for n in winners]
     assert len(set(addresses)) == 2 and not set(addresses[0]) & set(addresses[1])
-    holders = [d["status"].get("holder") for d in api.get("/v1/devices",
-               params={"resourceName": "nvidia.com/gpu"}).json()["items"]]  # fmt: skip
+    holders = [
+        d["status"].get("holder")
+        for d in api.get("/v1/devices", params={"resourceName": "nvidia.com/gpu"}).json()["items"]
+    ]
     assert sorted(holders) == sorted(f"default/{n}" for n in winners)
 
 
 @pytest.mark.parametrize(
     ("devices", "requests", "field", "message"),
     [
-        ({"gpus": [{"name": "g", "deviceName": "amd.com/gpu"}]}, {}, "spec.domain.devices.gpus[0].deviceName",
-         "resourceName 'amd.com/gpu' is not permitted"),
-        ({"hostDevices": [{"name": "h", "deviceName": "pci_0000_99_00_0"}]}, {}, HOSTDEV,
-         "no node reports a device named 'pci_0000_99_00_0'"),
-        ({"hostDevices": [{"name": "h", "deviceName": "usb_1_4"}]}, {}, HOSTDEV,
-         "is a usb_device device; only PCI devices pass through"),
-        ({"hostDevices": [{"name": "h", "deviceName": "pci_0000_5e_00_1"}]}, {}, HOSTDEV,
-         "(10de:22a3) is not permitted by permittedHostDevices"),
-        ({}, {"example.com/widget": "1"}, "spec.domain.resources.requests[example.com/widget]",
-         "resourceName 'example.com/widget' is not permitted"),
+        (
+            {"gpus": [{"name": "g", "deviceName": "amd.com/gpu"}]},
+            {},
+            "spec.domain.devices.gpus[0].deviceName",
+            "resourceName 'amd.com/gpu' is not permitted",
+        ),
+        (
+            {"hostDevices": [{"name": "h", "deviceName": "pci_0000_99_00_0"}]},
+            {},
+            HOSTDEV,
+            "no node reports a device named 'pci_0000_99_00_0'",
+        ),
+        (
+            {"hostDevices": [{"name": "h", "deviceName": "usb_1_4"}]},
+            {},
+            HOSTDEV,
+            "is a usb_device device; only PCI devices pass through",
+        ),
+        (
+            {"hostDevices": [{"name": "h", "deviceName": "pci_0000_5e_00_1"}]},
+            {},
+            HOSTDEV,
+            "(10de:22a3) is not permitted by permittedHostDevices",
+        ),
+        (
+            {},
+            {"example.com/widget": "1"},
+            "spec.domain.resources.requests[example.com/widget]",
+            "resourceName 'example.com/widget' is not permitted",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_device_requests_are_refused(
     api: httpx.Client, devices: dict[str, Any], requests: dict[str, str], field: str, message: str
 ) -> None:
@@ -256,10 +312,13 @@ def test_bad_device_requests_are_refused(
 
 
 def test_mediated_devices_are_carved_from_a_vgpu_parent(api: httpx.Client, worker: Any) -> None:
-    rules = {**RULES, "mediatedDevices": [
-        {"mdevNameSelector": "GRID T4-1B", "resourceName": "nvidia.com/GRID_T4-1B"},
-        {"mdevNameSelector": "nvidia-230", "resourceName": "nvidia.com/GRID_T4-16Q"},
-    ]}  # fmt: skip
+    rules = {
+        **RULES,
+        "mediatedDevices": [
+            {"mdevNameSelector": "GRID T4-1B", "resourceName": "nvidia.com/GRID_T4-1B"},
+            {"mdevNameSelector": "nvidia-230", "resourceName": "nvidia.com/GRID_T4-16Q"},
+        ],
+    }
     permit(api, rules)
     assert api.get("/v1/nodes/gpu").json()["status"]["capacity"]["nvidia.com/GRID_T4-16Q"] == "1"
     vgpu = instance("vgpu")
@@ -294,16 +353,21 @@ def test_a_device_a_foreign_domain_uses_is_never_offered(api: httpx.Client, work
     placement skips it; libvirt's test driver would happily start a second domain on the same device."""
     permit(api)
     hv = worker.connections.get("gpu", NODE_URI)
-    foreign = ("<domain type='test'><name>other-tool-vm</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
-               "<os><type>hvm</type></os><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
-               "<address domain='0x0000' bus='0x3b' slot='0x00' function='0x0'/></source></hostdev></devices>"
-               "</domain>")  # fmt: skip
+    foreign = (
+        "<domain type='test'><name>other-tool-vm</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+        "<address domain='0x0000' bus='0x3b' slot='0x00' function='0x0'/></source></hostdev></devices>"
+        "</domain>"
+    )
     hv.define(foreign)
     hv.start("other-tool-vm")
     try:
         device = "/v1/nodes/gpu/devices/pci_0000_3b_00_0"
-        wait_for(lambda: api.get(device).json()["status"].get("usedBy") == "other-tool-vm", timeout=15,
-                 what="the foreign domain seen in the inventory")  # fmt: skip
+        wait_for(
+            lambda: api.get(device).json()["status"].get("usedBy") == "other-tool-vm",
+            timeout=15,
+            what="the foreign domain seen in the inventory",
+        )
         free = api.get("/v1/devices", params={"resourceName": "nvidia.com/gpu", "free": "true"}).json()[
             "items"
         ]

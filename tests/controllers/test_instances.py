@@ -18,10 +18,16 @@ BASE = "/v1/namespaces/default/instances"
 
 
 def instance(name: str, run_strategy: str = "Always", memory: str = "256Mi", **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {
-        "runStrategy": run_strategy, "terminationGracePeriodSeconds": 0,
-        "nodeSelector": {"driver": "test"},
-        "domain": {"resources": {"requests": {"cpu": "1", "memory": memory}}}, **spec}}  # fmt: skip
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "runStrategy": run_strategy,
+            "terminationGracePeriodSeconds": 0,
+            "nodeSelector": {"driver": "test"},
+            "domain": {"resources": {"requests": {"cpu": "1", "memory": memory}}},
+            **spec,
+        },
+    }
 
 
 def get(api: httpx.Client, name: str) -> dict[str, Any]:

@@ -36,8 +36,14 @@ def migration(name: str, vmi: str, **spec: Any) -> dict[str, Any]:
 
 
 def finished(api: httpx.Client, name: str) -> dict[str, Any]:
-    return wait_for(lambda: (m := api.get(f"{MIGRATIONS}/{name}").json())["status"].get("phase")
-                    in ("Succeeded", "Failed") and m, timeout=20, what=f"{name} finished")  # fmt: skip
+    return wait_for(
+        lambda: (
+            (m := api.get(f"{MIGRATIONS}/{name}").json())["status"].get("phase") in ("Succeeded", "Failed")
+            and m
+        ),
+        timeout=20,
+        what=f"{name} finished",
+    )
 
 
 def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
@@ -79,8 +85,11 @@ def test_seed_manifest_with_no_other_node_fails_unschedulable(api: httpx.Client)
     done = finished(api, "test-vmi-migration")
     assert done["status"]["phase"] == "Failed" and done["status"]["reason"] == "Unschedulable"
     assert "td: is the source node" in done["status"]["migrationState"]["failureReason"]
-    again = api.patch(f"{MIGRATIONS}/test-vmi-migration", json={"spec": {"targetNode": "x"}},
-                      headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+    again = api.patch(
+        f"{MIGRATIONS}/test-vmi-migration",
+        json={"spec": {"targetNode": "x"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert again.status_code == 422 and "immutable" in again.text
     assert wait_phase(api, "test-vmi", "Running")["status"]["nodeName"] == "td"
 
@@ -144,8 +153,11 @@ def test_drain_lists_what_cannot_move_and_cordons(api: httpx.Client) -> None:
     # New instances avoid the cordoned node.
     assert api.post(BASE, json=instance("c", nodeSelector={"driver": "test"})).status_code == 201
     assert "td: unschedulable" in wait_phase(api, "c", "Failed", "Unschedulable")["status"]["message"]
-    wait_for(lambda: api.get("/v1/nodes/td/drain").json()["migrations"][0]["phase"] == "Failed", timeout=20,
-             what="the test driver's migration fails")  # fmt: skip
+    wait_for(
+        lambda: api.get("/v1/nodes/td/drain").json()["migrations"][0]["phase"] == "Failed",
+        timeout=20,
+        what="the test driver's migration fails",
+    )
     assert api.delete("/v1/nodes/td/drain").status_code == 200
     assert api.post("/v1/nodes/nope/drain").status_code == 404
 

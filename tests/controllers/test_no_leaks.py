@@ -10,9 +10,9 @@ import pytest
 from app.controllers.instances import POOL, InstanceReconciler
 from app.controllers.nodes import NodeReconciler
 from app.db import Database
+from app.kinds import INSTANCES
 from app.repositories.resources import ResourceRepository
 from app.services.instances import InstanceService
-from app.services.kinds import INSTANCES
 from app.services.nodes import NodeService
 from app.virt.driver import DomainNotFound, Hypervisor, InvalidDomainConfig
 from app.virt.libvirt_driver import connect
@@ -39,9 +39,16 @@ class Faulty:
 def setup(pg: Database, name: str) -> str:
     with pg.transaction() as session:
         NodeService(session).create("", {"metadata": {"name": "td"}, "spec": {"uri": "test:///default"}})
-        uid: str = InstanceService(session).create("default", {"metadata": {"name": name}, "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "domain": {"resources": {"requests": {"memory": "128Mi"}}}}})["metadata"]["uid"]  # fmt: skip
+        uid: str = InstanceService(session).create(
+            "default",
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "domain": {"resources": {"requests": {"memory": "128Mi"}}},
+                },
+            },
+        )["metadata"]["uid"]
     pool = NodeConnections(connect)
     NodeReconciler(pg, pool, 10).reconcile("", "td")
     pool.close_all()
@@ -54,7 +61,7 @@ def reconciler(pg: Database, hv: Any) -> InstanceReconciler:
 
 def row(pg: Database, name: str) -> Any:
     with pg.transaction() as session:
-        return ResourceRepository[Any](session, INSTANCES.info).get("default", name)
+        return ResourceRepository[Any](session, INSTANCES).get("default", name)
 
 
 def test_a_failed_definition_leaves_no_volume(pg: Database, hv: Hypervisor) -> None:
@@ -83,7 +90,7 @@ def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: H
 
     # A worker dead after define but before recording it: the domain is found by name and uuid.
     with pg.transaction() as session:
-        ResourceRepository[Any](session, INSTANCES.info).get("default", "resume").progress = {}
+        ResourceRepository[Any](session, INSTANCES).get("default", "resume").progress = {}
     reconciler(pg, hv).reconcile("default", "resume")
     assert row(pg, "resume").status["phase"] == "Running"
 

@@ -142,8 +142,11 @@ def test_scale_template_rollout_and_deletion(api: httpx.Client) -> None:
     def rolled() -> bool:
         current, now = members(api, "roll"), status(api, "roll")
         lowest[0] = min(lowest[0], now["availableReplicas"])
-        return (len(current) == 2 and all(m["metadata"]["labels"].get("v") == "2" for m in current)
-                and now["availableReplicas"] == 2)  # fmt: skip
+        return (
+            len(current) == 2
+            and all(m["metadata"]["labels"].get("v") == "2" for m in current)
+            and now["availableReplicas"] == 2
+        )
 
     wait_for(rolled, timeout=40, what="template rolled through")
     assert not before & {m["metadata"]["uid"] for m in members(api, "roll")}
@@ -202,7 +205,13 @@ def test_failed_members_are_replaced_with_a_condition(api: httpx.Client) -> None
         {"name": "root", "containerDisk": {"image": "no/such:1"}}
     ]
     api.post(POOLS, json=broken)
-    failing = wait_for(lambda: conditions({"status": status(api, "broken")}).get("ReplicaFailure") == "True"
-                       and status(api, "broken"), timeout=30, what="ReplicaFailure")  # fmt: skip
+    failing = wait_for(
+        lambda: (
+            conditions({"status": status(api, "broken")}).get("ReplicaFailure") == "True"
+            and status(api, "broken")
+        ),
+        timeout=30,
+        what="ReplicaFailure",
+    )
     condition = next(c for c in failing["conditions"] if c["type"] == "ReplicaFailure")
     assert "ImageNotFound" in condition["message"] and failing["failures"] >= 1 and failing["retryAfter"]

@@ -64,14 +64,20 @@ class Cluster:
 
     def register_nodes(self) -> None:
         client = self.serve.client
-        patched = client.patch("/v1/nodes/local", json={"spec": {"migrationUri": "qemu+tcp://10.99.0.1/system"}},
-                               headers=MERGE)  # fmt: skip
+        patched = client.patch(
+            "/v1/nodes/local", json={"spec": {"migrationUri": "qemu+tcp://10.99.0.1/system"}}, headers=MERGE
+        )
         assert patched.status_code == 200, patched.text
-        node2 = {"metadata": {"name": "node-2"},
-                 "spec": {"uri": node_uri(2), "migrationUri": "qemu+tcp://10.99.0.2/system"}}  # fmt: skip
+        node2 = {
+            "metadata": {"name": "node-2"},
+            "spec": {"uri": node_uri(2), "migrationUri": "qemu+tcp://10.99.0.2/system"},
+        }
         assert client.post("/v1/nodes", json=node2).status_code == 201
-        wait_for(lambda: client.get("/v1/nodes/node-2").json()["status"].get("phase") == "Ready",
-                 timeout=30, what="node-2 Ready")  # fmt: skip
+        wait_for(
+            lambda: client.get("/v1/nodes/node-2").json()["status"].get("phase") == "Ready",
+            timeout=30,
+            what="node-2 Ready",
+        )
 
     def restart(self, kill: bool = False) -> None:
         if kill:
@@ -85,13 +91,23 @@ class Cluster:
         return self.serve.client.get(f"{MIGRATIONS}/{name}").json()
 
     def wait_migration(self, name: str, phases: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: (m := self.migration(name))["status"].get("phase") in phases and m,
-                        timeout=timeout, interval=0.1, what=f"migration {name} {phases}")  # fmt: skip
+        return wait_for(
+            lambda: (m := self.migration(name))["status"].get("phase") in phases and m,
+            timeout=timeout,
+            interval=0.1,
+            what=f"migration {name} {phases}",
+        )
 
     def wait_progress(self, name: str) -> dict[str, Any]:
-        return wait_for(lambda: (m := self.migration(name))["status"].get("migrationState", {})
-                        .get("dataProcessedBytes") and m, timeout=30, interval=0.1,
-                        what=f"progress of {name}")  # fmt: skip
+        return wait_for(
+            lambda: (
+                (m := self.migration(name))["status"].get("migrationState", {}).get("dataProcessedBytes")
+                and m
+            ),
+            timeout=30,
+            interval=0.1,
+            what=f"progress of {name}",
+        )
 
     def migrate(self, vmi: str = "test-vmi", **policy: Any) -> str:
         """Start a migration of the instance (POST .../migrate with the policy); its name."""
@@ -138,8 +154,11 @@ def seeded_cluster(data: Path) -> Iterator[Cluster]:
         made.serve.wait("test-vmi", "Running", agent=True)
         yield made
         made.serve.client.delete(f"{INSTANCES}/test-vmi")
-        wait_for(lambda: made.serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60,
-                 what="test-vmi deleted")  # fmt: skip
+        wait_for(
+            lambda: made.serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404,
+            timeout=60,
+            what="test-vmi deleted",
+        )
     finally:
         stop(made.proc, made.serve)
 
@@ -174,17 +193,29 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
     assert 0 < state["downtimeMs"] < state["libvirtDowntimeMs"], state
 
     assert phases_in(migrations, "test-vmi-migration") == [
-        "Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running", "Succeeded",
-    ]  # fmt: skip
-    running = [e["object"]["status"]["migrationState"] for e in migrations
-               if e["object"]["status"].get("phase") == "Running"]  # fmt: skip
+        "Pending",
+        "Scheduling",
+        "Scheduled",
+        "PreparingTarget",
+        "TargetReady",
+        "Running",
+        "Succeeded",
+    ]
+    running = [
+        e["object"]["status"]["migrationState"]
+        for e in migrations
+        if e["object"]["status"].get("phase") == "Running"
+    ]
     assert any(s.get("dataProcessedBytes") and s.get("dataRemainingBytes") is not None for s in running)
     assert cluster.serve.get("test-vmi")["status"]["nodeName"] == target  # moved with the migration's end
 
     after = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
     assert after["status"]["nodeName"] == target
-    wait_for(lambda: cluster.serve.phases_seen("test-vmi")[-3:] == ["Running", "Migrating", "Running"],
-             timeout=5, what="Running -> Migrating -> Running on the watch")  # fmt: skip
+    wait_for(
+        lambda: cluster.serve.phases_seen("test-vmi")[-3:] == ["Running", "Migrating", "Running"],
+        timeout=5,
+        what="Running -> Migrating -> Running on the watch",
+    )
     assert where(after["status"]["domainName"], after["metadata"]["uid"]) == {target: "Running"}
     assert cluster.uptime() >= uptime_before  # the same boot: it was not restarted
     assert conditions(after)["LiveMigratable"] == "True"
@@ -230,8 +261,11 @@ def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
     doomed = cluster.migrate(bandwidthMiB=4)
     cluster.wait_progress(doomed)
     assert client.delete(f"{MIGRATIONS}/{doomed}").status_code == 202
-    wait_for(lambda: client.get(f"{MIGRATIONS}/{doomed}").status_code == 404, timeout=30,
-             what="the deleted migration removed")  # fmt: skip
+    wait_for(
+        lambda: client.get(f"{MIGRATIONS}/{doomed}").status_code == 404,
+        timeout=30,
+        what="the deleted migration removed",
+    )
     back = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
     assert where(back["status"]["domainName"], back["metadata"]["uid"]) == {source: "Running"}
 
@@ -244,8 +278,9 @@ def test_killed_control_plane_converges_to_one_node(cluster: Cluster) -> None:
     instance = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
     node = instance["status"]["nodeName"]
     assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {node: "Running"}
-    expected = done["status"]["migrationState"]["targetNode" if done["status"]["phase"] == "Succeeded"
-                                                else "sourceNode"]  # fmt: skip
+    expected = done["status"]["migrationState"][
+        "targetNode" if done["status"]["phase"] == "Succeeded" else "sourceNode"
+    ]
     assert node == expected, done["status"]
     if done["status"]["phase"] == "Succeeded":  # the new worker missed the switch-over's events
         state = done["status"]["migrationState"]
@@ -259,8 +294,12 @@ def test_drain_empties_the_node(cluster: Cluster) -> None:
     assert drained.status_code == 202, drained.text
     body = drained.json()
     assert body["unschedulable"] is True and [m["vmiName"] for m in body["migrations"]] == ["test-vmi"]
-    wait_for(lambda: client.get(f"/v1/nodes/{node}/drain").json()["remainingInstances"] == 0, timeout=60,
-             interval=0.2, what=f"{node} drained")  # fmt: skip
+    wait_for(
+        lambda: client.get(f"/v1/nodes/{node}/drain").json()["remainingInstances"] == 0,
+        timeout=60,
+        interval=0.2,
+        what=f"{node} drained",
+    )
     status = client.get(f"/v1/nodes/{node}/drain").json()
     assert [m["phase"] for m in status["migrations"]] == ["Succeeded"] and status["notMigratable"] == []
     moved = cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
@@ -279,8 +318,11 @@ def test_a_migration_waits_while_its_nodes_are_at_the_limit(cluster: Cluster) ->
     try:
         _, first = start_slow_migration(cluster)  # both rig nodes now have one migration in flight
         second = cluster.migrate("other")
-        waiting = wait_for(lambda: (m := cluster.migration(second))["status"].get("reason")
-                           == "WaitingForNode" and m, timeout=10, what="the second one waiting")  # fmt: skip
+        waiting = wait_for(
+            lambda: (m := cluster.migration(second))["status"].get("reason") == "WaitingForNode" and m,
+            timeout=10,
+            what="the second one waiting",
+        )
         assert waiting["status"]["phase"] == "Pending"
         assert "migrations in flight (limit 1)" in waiting["status"]["message"], waiting["status"]
         time.sleep(2.5)  # it looks again every 2 s and keeps waiting
@@ -315,9 +357,18 @@ def test_busy_guest_migrates_and_switches_to_post_copy(cluster: Cluster) -> None
     guest(f"setsid sh -c '{loop}' </dev/null >/dev/null 2>&1 &")
     wait_for(lambda: rounds() >= 3, timeout=20, what="the guest dirtying memory")
     try:
-        for policy, mode in (({"bandwidthMiB": 0}, "PreCopy"),
-                             ({"bandwidthMiB": 64, "completionTimeoutPerGiB": 12, "allowAutoConverge": True,
-                               "allowPostCopy": True}, "PostCopy")):  # fmt: skip
+        for policy, mode in (
+            ({"bandwidthMiB": 0}, "PreCopy"),
+            (
+                {
+                    "bandwidthMiB": 64,
+                    "completionTimeoutPerGiB": 12,
+                    "allowAutoConverge": True,
+                    "allowPostCopy": True,
+                },
+                "PostCopy",
+            ),
+        ):
             source = cluster.serve.get("test-vmi")["status"]["nodeName"]
             before = rounds()
             now, seen = migrate_sampling_progress(cluster, policy)
@@ -361,8 +412,11 @@ def test_a_target_libvirtd_killed_mid_migration_leaves_the_guest_on_its_source(c
 
     # Back up, the target's libvirtd finds the half-made incoming guest and removes it.
     subprocess.run([str(RIG), "restart-node", str(number)], check=True, capture_output=True)
-    wait_for(lambda: cluster.serve.client.get(f"/v1/nodes/{target}").json()["status"].get("phase") == "Ready",
-             timeout=60, what=f"{target} Ready again")  # fmt: skip
+    wait_for(
+        lambda: cluster.serve.client.get(f"/v1/nodes/{target}").json()["status"].get("phase") == "Ready",
+        timeout=60,
+        what=f"{target} Ready again",
+    )
     instance = cluster.serve.get("test-vmi")
     assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {source: "Running"}
 

@@ -115,20 +115,31 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
         assert agent_answers(obj["status"]["domainName"]) < 1.0  # usable at once: no boot
         assert claim_seconds < 1.0
     wait_for(lambda: pool_status(api).get("claimed") == 2, timeout=10, what="claimed counted")
-    wait_for(lambda: pool_status(api).get("availableReplicas") == 3, timeout=120, interval=0.2,
-             what="replacements booted")  # fmt: skip
+    wait_for(
+        lambda: pool_status(api).get("availableReplicas") == 3,
+        timeout=120,
+        interval=0.2,
+        what="replacements booted",
+    )
 
     # Warm members parked with paused vCPUs: a claim resumes one and its agent answers at once.
     api.patch(f"{POOLS}/fast-start-pool", json={"spec": {"warmState": "Paused"}}, headers=MERGE)
-    wait_for(lambda: pool_status(api).get("availableReplicas") == 3, timeout=60, interval=0.2,
-             what="members paused")  # fmt: skip
+    wait_for(
+        lambda: pool_status(api).get("availableReplicas") == 3,
+        timeout=60,
+        interval=0.2,
+        what="members paused",
+    )
     members = api.get(INSTANCES, params={"labelSelector": "corral.dev/pool=fast-start-pool"}).json()["items"]
     assert {m["status"]["phase"] for m in members} == {"Paused"}
     claimed = api.post(f"{POOLS}/fast-start-pool/claim", json={"name": "from-paused"})
     assert claimed.status_code == 201
     assert agent_answers(claimed.json()["status"]["domainName"]) < 1.0
-    wait_for(lambda: api.get(f"{INSTANCES}/from-paused").json()["status"]["phase"] == "Running", timeout=10,
-             what="the claimed member resumed")  # fmt: skip
+    wait_for(
+        lambda: api.get(f"{INSTANCES}/from-paused").json()["status"]["phase"] == "Running",
+        timeout=10,
+        what="the claimed member resumed",
+    )
 
     api.delete(f"{POOLS}/fast-start-pool")
     wait_for(lambda: api.get(f"{POOLS}/fast-start-pool").status_code == 404, timeout=60, what="pool deleted")

@@ -116,15 +116,22 @@ def launch(data: Path, uri: str, **settings: str) -> tuple[subprocess.Popen[byte
     data.mkdir(parents=True, exist_ok=True)
     log_path = data / "serve.log"
     with log_path.open("a") as log:
-        proc = subprocess.Popen([CORRAL, "serve", "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=data)  # fmt: skip
+        proc = subprocess.Popen(
+            [CORRAL, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data
+        )
     url = f"http://127.0.0.1:{port}"
     served = Serve(url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}, data)
     try:
-        wait_for(lambda: proc.poll() is None and _ready(url), timeout=60, interval=0.1,
-                 what="corral serve ready")  # fmt: skip
-        local = wait_for(lambda: (n := served.client.get("/v1/nodes/local").json())["status"].get("phase")
-                         == "Ready" and n, timeout=60, what="node local Ready")  # fmt: skip
+        wait_for(
+            lambda: proc.poll() is None and _ready(url), timeout=60, interval=0.1, what="corral serve ready"
+        )
+        local = wait_for(
+            lambda: (
+                (n := served.client.get("/v1/nodes/local").json())["status"].get("phase") == "Ready" and n
+            ),
+            timeout=60,
+            what="node local Ready",
+        )
         assert local["spec"]["uri"] == uri
     except BaseException:
         stop(proc, served)
@@ -260,8 +267,11 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
 
     serve.act("test-vmi", "softreboot")  # the guest OS reboots (agent, else ACPI); QEMU stays
     if real:
-        wait_for(lambda: conditions(serve.get("test-vmi"))["AgentConnected"] == "False", timeout=30,
-                 what="the agent went away for the reboot")  # fmt: skip
+        wait_for(
+            lambda: conditions(serve.get("test-vmi"))["AgentConnected"] == "False",
+            timeout=30,
+            what="the agent went away for the reboot",
+        )
     serve.wait("test-vmi", "Running", agent=True if real else None)
 
     if real:  # kill -9 of the QEMU process: runStrategy Always boots it again
@@ -281,8 +291,11 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
         assert hv is not None
         with contextlib.suppress(HypervisorError):  # qemu-ga powers off without answering
             hv.agent_command(domain, {"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}}, 5)
-        wait_for(lambda: len(serve.get("test-vmi")["status"]["phaseTransitionTimestamps"]) > count,
-                 timeout=30, what="a restart after the guest powered off")  # fmt: skip
+        wait_for(
+            lambda: len(serve.get("test-vmi")["status"]["phaseTransitionTimestamps"]) > count,
+            timeout=30,
+            what="a restart after the guest powered off",
+        )
         serve.wait("test-vmi", "Running", agent=True)
 
     listed = subprocess.run(
@@ -304,8 +317,21 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
 
 
 def test_bad_requests_through_curl(serve: Serve) -> None:
-    command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
-               "-H", f"Authorization: Bearer {TOKEN}", "-d", "{", f"{serve.url}/v1/nodes"]  # fmt: skip
+    command = [
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        "-d",
+        "{",
+        f"{serve.url}/v1/nodes",
+    ]
     bad = subprocess.run(command, capture_output=True, text=True, check=False)
     assert bad.stdout == "400"
     assert httpx.get(f"{serve.url}/v1/nodes").status_code == 401
@@ -363,8 +389,10 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
         ran = served.client.post(f"{base}/exec", json={"command": ["/bin/uname", "-r"]})
         assert ran.status_code == 200, ran.text
         assert ran.json()["stdout"].strip() == kernel and ran.json()["exitCode"] == 0
-        piped = served.client.post(f"{base}/exec", json={"command": ["/bin/cat"], "stdinBase64":
-                                   base64.b64encode(b"\x00\xffbinary").decode()}).json()  # fmt: skip
+        piped = served.client.post(
+            f"{base}/exec",
+            json={"command": ["/bin/cat"], "stdinBase64": base64.b64encode(b"\x00\xffbinary").decode()},
+        ).json()
         assert base64.b64decode(piped["stdoutBase64"]) == b"\x00\xffbinary"
         failed = served.client.post(
             f"{base}/exec", json={"command": ["/bin/sh", "-c", "echo oops >&2; exit 3"]}
@@ -380,8 +408,10 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
         assert "sleep 300" not in left, left  # killed in the guest, not only given up on
 
         payload = os.urandom(200_000)
-        wrote = served.client.post(f"{base}/file-write", json={"path": "/tmp/corral.bin",
-                                   "contentBase64": base64.b64encode(payload).decode()})  # fmt: skip
+        wrote = served.client.post(
+            f"{base}/file-write",
+            json={"path": "/tmp/corral.bin", "contentBase64": base64.b64encode(payload).decode()},
+        )
         assert wrote.status_code == 200 and wrote.json()["size"] == len(payload)
         read = served.client.post(f"{base}/file-read", json={"path": "/tmp/corral.bin"})
         assert base64.b64decode(read.json()["contentBase64"]) == payload
@@ -406,12 +436,16 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
 
         # qemu-ga dies in the guest: AgentConnected goes False and the guest endpoints answer 409 at once.
         before = time.monotonic()
-        served.client.post(f"{base}/exec", json={"command": ["/bin/sh", "-c",
-                           "(sleep 0.3; killall qemu-ga) >/dev/null 2>&1 &"]})  # fmt: skip
+        served.client.post(
+            f"{base}/exec",
+            json={"command": ["/bin/sh", "-c", "(sleep 0.3; killall qemu-ga) >/dev/null 2>&1 &"]},
+        )
 
         def agent_lost() -> bool:
-            return any(t > before and conditions(e["object"]).get("AgentConnected") == "False"
-                       for t, e in served.timed_events)  # fmt: skip
+            return any(
+                t > before and conditions(e["object"]).get("AgentConnected") == "False"
+                for t, e in served.timed_events
+            )
 
         wait_for(agent_lost, timeout=5, what="AgentConnected=False")
         started = time.monotonic()
@@ -431,8 +465,9 @@ def test_a_node_no_worker_reports_turns_ready_unknown(tmp_path: Path) -> None:
     port = free_port()
     env = served.env | {"CORRAL_NODE_GRACE_SECONDS": "2"}
     with (tmp_path / "data" / "api.log").open("a") as log:
-        api = subprocess.Popen([CORRAL, "api", "--port", str(port)], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+        api = subprocess.Popen(
+            [CORRAL, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, headers=AUTH, timeout=10) as client:

@@ -79,8 +79,13 @@ def test_libvirt_state_to_phase(
 
 
 def node(name: str, **kw: typing.Any) -> NodeView:
-    base: dict[str, typing.Any] = {"labels": {}, "ready": True, "unschedulable": False, "cpu": 20,
-                                   "memory": 16 * GIB}  # fmt: skip
+    base: dict[str, typing.Any] = {
+        "labels": {},
+        "ready": True,
+        "unschedulable": False,
+        "cpu": 20,
+        "memory": 16 * GIB,
+    }
     return NodeView(name=name, **(base | kw))
 
 
@@ -178,11 +183,17 @@ def test_device_picks() -> None:
 
 
 def test_device_needs_counts_entries_and_requests_once() -> None:
-    spec = InstanceSpec.model_validate({"domain": {
-        "devices": {"gpus": [{"name": "g", "deviceName": "nvidia.com/gpu"}],
-                    "hostDevices": [{"name": "f", "deviceName": "pci_0000_01_00_0"}]},
-        "resources": {"requests": {"memory": "1Gi", "nvidia.com/gpu": "1", "example.com/nic": "2"}},
-    }})  # fmt: skip
+    spec = InstanceSpec.model_validate(
+        {
+            "domain": {
+                "devices": {
+                    "gpus": [{"name": "g", "deviceName": "nvidia.com/gpu"}],
+                    "hostDevices": [{"name": "f", "deviceName": "pci_0000_01_00_0"}],
+                },
+                "resources": {"requests": {"memory": "1Gi", "nvidia.com/gpu": "1", "example.com/nic": "2"}},
+            }
+        }
+    )
     assert device_needs(spec) == DeviceNeeds(
         ("pci_0000_01_00_0",), (("example.com/nic", 2), ("nvidia.com/gpu", 1))
     )
@@ -193,8 +204,15 @@ def test_foreign_hostdevs_skip_corral_domains() -> None:
     from app.virt.domain_xml import DomainConfig, build_domain_xml
     from app.virt.nodedev import foreign_pci_hostdevs
 
-    config = DomainConfig(name="a", uuid="0e4a1c9e-7d3b-4f0a-9d5c-2b1f7a6e8c01", virt_type="test", vcpus=1,
-                          memory_mib=64, metadata={"uid": "x"}, pci_devices=("0000:3b:00.0",))  # fmt: skip
+    config = DomainConfig(
+        name="a",
+        uuid="0e4a1c9e-7d3b-4f0a-9d5c-2b1f7a6e8c01",
+        virt_type="test",
+        vcpus=1,
+        memory_mib=64,
+        metadata={"uid": "x"},
+        pci_devices=("0000:3b:00.0",),
+    )
     ours = build_domain_xml(config)
     theirs = ours.replace("https://corral.dev", "https://example.org")  # another tool's metadata
     assert foreign_pci_hostdevs(ours) == []

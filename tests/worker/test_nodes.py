@@ -14,10 +14,10 @@ from app.controllers.instances import InstanceReconciler
 from app.controllers.nodes import NodeReconciler
 from app.db import Database
 from app.errors import Conflict
+from app.kinds import INSTANCES, NODES
 from app.models import WorkItemRow
 from app.repositories import revisions, workqueue
 from app.repositories.resources import ResourceRepository
-from app.services.kinds import INSTANCES, NODES
 from app.services.nodes import NodeService
 from app.services.resources import ResourceService
 from app.virt.domain_xml import DomainConfig, build_domain_xml
@@ -35,7 +35,7 @@ def add_node(db: Database, name: str, uri: str, **spec: Any) -> None:
 
 def node(db: Database, name: str) -> Any:
     with db.transaction() as session:
-        return ResourceRepository[Any](session, NODES.info).get("", name)
+        return ResourceRepository[Any](session, NODES).get("", name)
 
 
 @pytest.fixture
@@ -91,11 +91,11 @@ def test_node_deletion_is_finalized_by_the_worker_and_refused_while_hosting(
     add_node(db, "n1", "test:///default")
     with db.transaction() as session:
         ResourceService(session, INSTANCES).create("default", vmi("guest"))
-        ResourceRepository[Any](session, INSTANCES.info).get("default", "guest").node_name = "n1"
+        ResourceRepository[Any](session, INSTANCES).get("default", "guest").node_name = "n1"
     with db.transaction() as session, pytest.raises(Conflict, match="still hosts"):
         NodeService(session).delete("", "n1", None)
     with db.transaction() as session:
-        ResourceRepository[Any](session, INSTANCES.info).get("default", "guest").node_name = None
+        ResourceRepository[Any](session, INSTANCES).get("default", "guest").node_name = None
         NodeService(session).delete("", "n1", None)
     assert node(db, "n1").deleted_at is not None
     NodeReconciler(db, connections, heartbeat_seconds=10).reconcile("", "n1")
@@ -111,8 +111,8 @@ def test_local_node_is_registered_once(db: Database) -> None:
     assert node(db, "local").spec == {"uri": "test:///default", "unschedulable": False}
     with db.transaction() as session:
         NodeService(session).delete("", "local", None)
-        ResourceRepository[Any](session, NODES.info).remove(
-            ResourceRepository[Any](session, NODES.info).get("", "local")
+        ResourceRepository[Any](session, NODES).remove(
+            ResourceRepository[Any](session, NODES).get("", "local")
         )
     register_local_node(db, settings)  # an admin deleted it: it stays deleted
     assert node(db, "local") is None

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from app.clock import utc_now
 from app.db import Database
 from app.models import WorkItemRow
 from app.repositories import workqueue
-from app.repositories.revisions import now
 from app.worker.runner import backoff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_an_expired_lease_is_taken_over(db: Database) -> None:
     enqueue(db, "K/ns/a")
     lease(db, "dead-worker")
     with db.transaction() as session:
-        session.execute(update(WorkItemRow).values(lease_until=now() - timedelta(seconds=1)))
+        session.execute(update(WorkItemRow).values(lease_until=utc_now() - timedelta(seconds=1)))
     taken = lease(db, "w2")
     assert [t.key for t in taken] == ["K/ns/a"]
     with db.transaction() as session:

@@ -1,29 +1,27 @@
-"""The resource kinds the API serves, described once; every generic route and service reads this."""
+"""The resource kinds Corral serves, described once: how each is stored, served, authorized and queued."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from app.repositories.kinds import INSTANCE_INFO, MIGRATION_INFO, NODE_INFO, POOL_INFO
-from app.repositories.resources import KindInfo
+from app.models import InstanceRow, MigrationRow, NodeRow, PoolRow, ResourceRow
+from app.schemas.auth import Role
 from app.schemas.common import ApiModel
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
 from app.schemas.migration import Migration, MigrationBody, MigrationList, MigrationSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
 from app.schemas.pool import Pool, PoolBody, PoolList, PoolSpec
 
-
-class Role(IntEnum):
-    viewer = 1
-    operator = 2
-    admin = 3
+RowT = TypeVar("RowT", bound=ResourceRow)
 
 
 @dataclass(frozen=True)
-class ResourceKind:
-    info: KindInfo[Any]
+class Kind(Generic[RowT]):
+    kind: str
+    api_version: str  # what the API writes in answers
+    row: type[RowT]
+    namespaced: bool
     plural: str
     singular: str  # names SDK methods: listInstances, createInstance, ...
     api_versions: tuple[str, ...]  # accepted in request bodies
@@ -34,20 +32,21 @@ class ResourceKind:
     write_role: Role
     read_role: Role = Role.viewer
 
-    @property
-    def kind(self) -> str:
-        return self.info.kind
-
-    @property
-    def namespaced(self) -> bool:
-        return self.info.namespaced
-
     def work_key(self, namespace: str, name: str) -> str:
         return f"{self.kind}/{namespace}/{name}"
 
 
-NODES = ResourceKind(
-    info=NODE_INFO,
+def split_work_key(key: str) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a work key; names hold no slash, so the split is exact."""
+    kind, namespace, name = key.split("/", 2)
+    return kind, namespace, name
+
+
+NODES = Kind(
+    kind="Node",
+    api_version="corral.dev/v1",
+    row=NodeRow,
+    namespaced=False,
     plural="nodes",
     singular="Node",
     api_versions=("corral.dev/v1", "v1"),
@@ -58,8 +57,11 @@ NODES = ResourceKind(
     write_role=Role.admin,
 )
 
-INSTANCES = ResourceKind(
-    info=INSTANCE_INFO,
+INSTANCES = Kind(
+    kind="VirtualMachineInstance",
+    api_version="kubevirt.io/v1",
+    row=InstanceRow,
+    namespaced=True,
     plural="instances",
     singular="Instance",
     api_versions=("kubevirt.io/v1",),
@@ -70,8 +72,11 @@ INSTANCES = ResourceKind(
     write_role=Role.operator,
 )
 
-POOLS = ResourceKind(
-    info=POOL_INFO,
+POOLS = Kind(
+    kind="VirtualMachinePool",
+    api_version="pool.kubevirt.io/v1",
+    row=PoolRow,
+    namespaced=True,
     plural="pools",
     singular="Pool",
     api_versions=("pool.kubevirt.io/v1", "pool.kubevirt.io/v1alpha1", "pool.kubevirt.io/v1beta1"),
@@ -82,8 +87,11 @@ POOLS = ResourceKind(
     write_role=Role.operator,
 )
 
-MIGRATIONS = ResourceKind(
-    info=MIGRATION_INFO,
+MIGRATIONS = Kind(
+    kind="VirtualMachineInstanceMigration",
+    api_version="kubevirt.io/v1",
+    row=MigrationRow,
+    namespaced=True,
     plural="migrations",
     singular="Migration",
     api_versions=("kubevirt.io/v1",),
@@ -94,9 +102,4 @@ MIGRATIONS = ResourceKind(
     write_role=Role.operator,
 )
 
-KINDS: dict[str, ResourceKind] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS)}
-
-
-def parse_work_key(key: str) -> tuple[ResourceKind, str, str]:
-    kind, namespace, name = key.split("/", 2)
-    return KINDS[kind], namespace, name
+KINDS: dict[str, Kind[Any]] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS)}
