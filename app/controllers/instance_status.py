@@ -8,6 +8,7 @@ from typing import Any
 
 from app.schemas.conditions import set_condition
 from app.virt.driver import DomainInfo, DomainState
+from app.virt.guest import REQUIRED_COMMANDS
 
 PAUSE_REASONS = {
     "user": "PausedByUser",
@@ -138,3 +139,29 @@ def render(
         at,
     )
     return status
+
+
+def add_guest_report(status: dict[str, Any], report: dict[str, Any], at: datetime) -> None:
+    """KubeVirt's status.guestOSInfo and status.interfaces from a guest agent report, and whether the agent
+    offers every command Corral uses (AgentVersionNotSupported)."""
+    os_info = {k: v for k, v in report.get("osInfo", {}).items() if k not in ("variant", "variantId")}
+    interfaces = []
+    for nic in report.get("interfaces", []):
+        if nic.get("name") == "lo":
+            continue
+        addresses = [a["address"] for a in nic.get("ipAddresses", [])]
+        ipv4 = [a["address"] for a in nic.get("ipAddresses", []) if a.get("type") == "ipv4"]
+        interfaces.append(
+            {
+                "interfaceName": nic.get("name"),
+                "mac": nic.get("mac"),
+                "ipAddress": (ipv4 or addresses or [None])[0],
+                "ipAddresses": addresses,
+                "infoSource": "guest-agent",
+            }
+        )
+    status.update(guestOSInfo=os_info, interfaces=interfaces)
+    missing = [c for c in REQUIRED_COMMANDS if c not in report.get("supportedCommands", [])]
+    lacks = f"qemu-ga {report.get('agentVersion')} lacks {', '.join(missing)}" if missing else ""
+    reason = "MissingCommands" if missing else "Supported"
+    set_condition(status, "AgentVersionNotSupported", "True" if missing else "False", reason, lacks, at)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utc_now
 from app.controllers.base import Result
-from app.controllers.instances import device_slot, mdev_slots, wake_unschedulable
+from app.controllers.placement import device_slot, mdev_slots, wake_unschedulable
 from app.db import Database
 from app.kinds import NODES
 from app.repositories.devices import DeviceRepository, permitted

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
-from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
+from sqlalchemy.orm import Session
+
+from app.clock import utc_now
+from app.db import OPERATIONS_CHANNEL, Database, signal
+from app.repositories import operations
+from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest, audit_view
 from app.virt.driver import (
     AgentUnavailable,
     GuestCommandFailed,
@@ -51,3 +57,37 @@ def failure(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, HypervisorError):
         return 502, f"libvirt: {exc}"
     raise exc
+
+
+def run_queued(
+    db: Database,
+    hv: Hypervisor | None,
+    uid: str,
+    domain: str,
+    agent: str,
+    on_freeze: Callable[[Session, str], None],
+) -> None:
+    """Guest operations queued for an instance, one at a time, in the order they were asked. `agent` is the
+    AgentConnected condition's status; `on_freeze` records a freeze or thaw's fsFreezeStatus."""
+    with db.read() as session:
+        queued = [(op.id, op.kind, dict(op.request)) for op in operations.pending(session, uid)]
+    for op_id, kind, request in queued:
+        result: dict[str, Any] = {}
+        error: tuple[int, str] | None = None
+        if hv is None or agent != "True":
+            error = failure(AgentUnavailable(f"AgentConnected={agent}"))
+        else:
+            try:
+                result = run_operation(hv, domain, kind, request)
+            except Exception as exc:
+                error = failure(exc)
+        with db.transaction() as session:
+            op = operations.get(session, op_id)
+            if op is None:
+                continue
+            op.state, op.result, op.finished_at = ("Failed" if error else "Succeeded"), result, utc_now()
+            op.error_status, op.error = (error[0], error[1][:2000]) if error else (None, None)
+            op.request = audit_view(request)  # stdin and file contents are not kept
+            if error is None and kind in ("freeze", "thaw"):
+                on_freeze(session, str(result.get("fsFreezeStatus")))
+            signal(session, OPERATIONS_CHANNEL)

@@ -8,6 +8,23 @@ from sqlalchemy.orm import Session
 from app.kinds import INSTANCES
 from app.models import InstanceRow
 from app.repositories.resources import ResourceRepository
+from app.schemas.records import InstanceIntent, InstanceProgress
+
+
+def intent_of(row: InstanceRow) -> InstanceIntent:
+    return InstanceIntent.load(row.intent)
+
+
+def set_intent(row: InstanceRow, intent: InstanceIntent) -> None:
+    row.intent = intent.dump()
+
+
+def progress_of(row: InstanceRow) -> InstanceProgress:
+    return InstanceProgress.load(row.progress)
+
+
+def set_progress(row: InstanceRow, progress: InstanceProgress) -> None:
+    row.progress = progress.dump()
 
 
 class InstanceRepository(ResourceRepository[InstanceRow]):

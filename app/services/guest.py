@@ -8,6 +8,7 @@ from app.clock import utc_now
 from app.errors import Conflict, FieldError
 from app.kinds import INSTANCES
 from app.repositories import workqueue
+from app.repositories.instances import intent_of, set_intent
 from app.schemas.conditions import find_condition
 from app.services.instances import InstanceService
 
@@ -31,8 +32,7 @@ class GuestService(InstanceService):
         """Ask the worker for a fresh report; returns the observedAt to wait past."""
         self.report(namespace, name)  # 409 when there is no agent to ask
         row = self._row(namespace, name, for_update=True)
-        intent = dict(row.intent or {})
-        intent.update(guestRefresh=int(intent.get("guestRefresh", 0)) + 1, requestedAt=utc_now().isoformat())
-        row.intent = intent
+        intent = intent_of(row)
+        set_intent(row, intent.but(guest_refresh=intent.guest_refresh + 1, requested_at=utc_now()))
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, name))
         return (row.guest or {}).get("observedAt")

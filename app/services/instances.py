@@ -13,23 +13,15 @@ from app.clock import utc_now
 from app.errors import BadRequest, Conflict, FieldError
 from app.kinds import INSTANCES
 from app.repositories import idempotency
+from app.repositories.instances import intent_of, set_intent, set_progress
 from app.repositories.resources import to_object
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
+from app.schemas.records import InstanceIntent, InstanceProgress
 from app.services.devices import DeviceService
 from app.services.resources import ResourceService
 from app.services.validation import invalid
 
-RUN_AT_CREATE = {"Always", "RerunOnFailure", "Once"}
-POWER_BY_ACTION = {Action.START: "Running", Action.STOP: "Stopped"}
-# One-shot requests: the worker acts once per increment (pause too: a guest paused or resumed from outside
-# Corral is reported as it is, not fought).
-COUNTER_BY_ACTION = {
-    Action.RESTART: "restart",
-    Action.SOFTREBOOT: "softReboot",
-    Action.PAUSE: "pause",
-    Action.UNPAUSE: "pause",
-}
 INSTANCE_ACTIONS = (
     Action.START,
     Action.STOP,
@@ -46,20 +38,14 @@ class InstanceService(ResourceService):
 
     def prepare_new(self, row: Any) -> None:
         DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
-        power = "Running" if row.spec.get("runStrategy", "Always") in RUN_AT_CREATE else "Stopped"
-        row.intent = {"power": power, "restart": 0, "softReboot": 0}
-        row.progress = {}
+        set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
+        set_progress(row, InstanceProgress())
 
     def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
         DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
         strategy = row.spec.get("runStrategy")
-        if strategy == old_spec.get("runStrategy"):
-            return
-        # Halted means stopped and Always means running, whatever the last action said (KubeVirt's VM).
-        if strategy == "Halted":
-            row.intent = {**row.intent, "power": "Stopped"}
-        elif strategy == "Always":
-            row.intent = {**row.intent, "power": "Running", "force": False}
+        if strategy is not None and strategy != old_spec.get("runStrategy"):
+            set_intent(row, intent_of(row).for_run_strategy(strategy))
 
     def act(
         self,
@@ -73,19 +59,9 @@ class InstanceService(ResourceService):
     ) -> tuple[int, dict[str, Any]]:
         """Record an action as desired state and wake the worker; (status code, instance) for the API."""
         if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
-                raise BadRequest(
-                    "Idempotency-Key must be 1-255 printable characters",
-                    [FieldError("Idempotency-Key", "invalid")],
-                )
-            earlier = idempotency.find(self.session, principal, idempotency_key)
+            earlier = self._replay(principal, idempotency_key, request)
             if earlier is not None:
-                if earlier.request != request:
-                    raise Conflict(
-                        f"Idempotency-Key {idempotency_key!r} was used for {earlier.request}",
-                        [FieldError("Idempotency-Key", "reused for another request")],
-                    )
-                return earlier.status_code, earlier.body
+                return earlier
         options = self._options(action, body)
         row = self._row(namespace, name, for_update=True)
         phase = "Terminating" if row.deleted_at is not None else (row.status or {}).get("phase", "Pending")
@@ -96,28 +72,30 @@ class InstanceService(ResourceService):
                 f"cannot {action.value} instance {name!r} in phase {phase}; legal actions: {names}",
                 [FieldError("status.phase", phase)],
             )
-        intent = dict(row.intent or {})
-        if action in POWER_BY_ACTION:
-            intent["power"] = POWER_BY_ACTION[action]
-        if action in COUNTER_BY_ACTION:
-            counter = COUNTER_BY_ACTION[action]
-            intent[counter] = int(intent.get(counter, 0)) + 1
-            intent["paused"] = action is Action.PAUSE
-        if action is Action.STOP:
-            # A second stop while Stopping escalates to a forced power-off.
-            intent["force"] = options.force or phase == "Stopping"
-            intent["gracePeriodSeconds"] = options.grace_period_seconds
-        if action is Action.START:
-            intent["force"] = False
-            intent["retry"] = int(intent.get("retry", 0)) + 1  # a start clears a crash-loop backoff
-        intent["requestedAt"] = utc_now().isoformat()
-        row.intent = intent
+        set_intent(row, requested(intent_of(row), action, options, phase))
         self.repo.touch(row)
         self._wake(namespace, name)
         answer = to_object(INSTANCES, row)
         if idempotency_key is not None:
             idempotency.remember(self.session, principal, idempotency_key, request, 202, answer)
         return 202, answer
+
+    def _replay(self, principal: str, key: str, request: str) -> tuple[int, dict[str, Any]] | None:
+        """The stored answer to an earlier request with this Idempotency-Key; 409 for another request."""
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise BadRequest(
+                "Idempotency-Key must be 1-255 printable characters",
+                [FieldError("Idempotency-Key", "invalid")],
+            )
+        earlier = idempotency.find(self.session, principal, key)
+        if earlier is None:
+            return None
+        if earlier.request != request:
+            raise Conflict(
+                f"Idempotency-Key {key!r} was used for {earlier.request}",
+                [FieldError("Idempotency-Key", "reused for another request")],
+            )
+        return earlier.status_code, earlier.body
 
     @staticmethod
     def _options(action: Action, body: Any) -> StopOptions:
@@ -129,6 +107,24 @@ class InstanceService(ResourceService):
             return StopOptions.model_validate(body)
         except ValidationError as exc:
             raise invalid(exc) from exc
+
+
+def requested(intent: InstanceIntent, action: Action, options: StopOptions, phase: str) -> InstanceIntent:
+    """The intent after an action: power actions set the power state, the others bump their counter."""
+    at = utc_now()
+    if action is Action.START:
+        return intent.but(power="Running", force=False, retry=intent.retry + 1, requested_at=at)
+    if action is Action.STOP:
+        # A second stop while Stopping escalates to a forced power-off.
+        force = options.force or phase == "Stopping"
+        return intent.but(
+            power="Stopped", force=force, grace_period_seconds=options.grace_period_seconds, requested_at=at
+        )
+    if action in (Action.PAUSE, Action.UNPAUSE):
+        return intent.pause_requested(action is Action.PAUSE, at)
+    if action is Action.RESTART:
+        return intent.but(restart=intent.restart + 1, requested_at=at)
+    return intent.but(soft_reboot=intent.soft_reboot + 1, requested_at=at)
 
 
 def request_fingerprint(method: str, path: str, body: Any) -> str:

@@ -22,6 +22,7 @@ from app.schemas.migration import (
     NotMigratable,
     phase_refusal,
 )
+from app.schemas.records import MigrationIntent
 from app.services.resources import ResourceService
 
 
@@ -75,7 +76,7 @@ class MigrationService(ResourceService):
                     [FieldError("spec.targetNode", "is the source node")],
                 )
         row.vmi_name = vmi_name
-        row.intent = {}
+        row.intent = MigrationIntent().dump()
         row.status = {"phase": "Pending"}
 
     def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
@@ -90,8 +91,8 @@ class MigrationService(ResourceService):
         phase = (row.status or {}).get("phase")
         if phase in FINISHED:
             raise Conflict(f"migration {name!r} already {phase}", [FieldError("status.phase", str(phase))])
-        if not row.intent.get("abort"):
-            row.intent = {**row.intent, "abort": True, "abortRequestedAt": utc_now().isoformat()}
+        if not MigrationIntent.load(row.intent).abort:
+            row.intent = MigrationIntent(abort=True, abort_requested_at=utc_now()).dump()
             self.repo.touch(row)
             self._wake(namespace, name)
         return to_object(MIGRATIONS, row)

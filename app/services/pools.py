@@ -13,7 +13,7 @@ from app.clock import utc_now
 from app.errors import AlreadyExists, Conflict
 from app.kinds import INSTANCES, POOLS
 from app.repositories import workqueue
-from app.repositories.instances import InstanceRepository
+from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
 from app.schemas.pool import (
     CLAIMED_AT,
@@ -112,9 +112,7 @@ class PoolService(ResourceService):
 
     def request_pause(self, member: Any, paused: bool) -> None:
         """Pause a warm member (its guest agent answered) or resume it; marks it so claims know."""
-        intent = dict(member.intent or {})
-        intent.update(pause=int(intent.get("pause", 0)) + 1, paused=paused, requestedAt=utc_now().isoformat())
-        member.intent = intent
+        set_intent(member, intent_of(member).pause_requested(paused, utc_now()))
         annotations = dict(member.annotations or {})
         if paused:
             annotations[WARM_PAUSED] = "true"

@@ -170,11 +170,25 @@ class HypervisorEvent:
 EventCallback = Callable[[HypervisorEvent], None]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, so no caller has to guess from its URI."""
+
+    runs_guests: bool = True  # domains run real guests (libvirt's test driver only pretends)
+    guest_agent: bool = True  # a running guest can have a connected qemu-guest-agent
+    mediated_devices: bool = True  # mediated devices can be created and removed on the host
+    console_log: bool = True  # the guest's serial console can be logged to a file on the host
+    domain_type: str | None = None  # the one domain type the backend accepts, when it decides (test: "test")
+
+
 class Hypervisor(Protocol):
     """One connection to one libvirt host. Methods raise the errors above, never libvirt's."""
 
     @property
     def uri(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     @property
     def alive(self) -> bool: ...

@@ -24,6 +24,7 @@ import libvirt_qemu
 from app.virt.domain_xml import GUEST_AGENT_CHANNEL
 from app.virt.driver import (
     AgentUnavailable,
+    Capabilities,
     DomainExists,
     DomainInfo,
     DomainNotFound,
@@ -56,6 +57,10 @@ AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agen
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
 KILL_WAIT = 2.0  # seconds for a timed-out guest program to be killed and reaped
 T = TypeVar("T")
+# libvirt's test driver keeps domains in memory: no guest runs, so no agent, console or mediated device.
+TEST_DRIVER = Capabilities(
+    runs_guests=False, guest_agent=False, mediated_devices=False, console_log=False, domain_type="test"
+)
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -242,6 +247,10 @@ class LibvirtHypervisor:
     @property
     def uri(self) -> str:
         return self._uri
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return TEST_DRIVER if self._uri.startswith("test:") else Capabilities()
 
     @property
     def alive(self) -> bool:

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
+from app.controllers.migration_decisions import waiting_for_room
 from app.controllers.migration_policy import GIB, Policy, completion_timeout, downtime_ramp
-from app.controllers.migrations import SwitchoverClock, waiting_for_room
+from app.controllers.switchover import SwitchoverClock
 from app.schemas.migration import MigrationSpec, phase_refusal
 from app.virt.driver import EventKind, HypervisorEvent
 from tests.conftest import add_node, bearer, make_token, wait_for

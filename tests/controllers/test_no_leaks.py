@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.controllers.instances import POOL, InstanceReconciler
+from app.controllers.instances import InstanceReconciler
+from app.controllers.naming import STORAGE_POOL
 from app.controllers.nodes import NodeReconciler
 from app.db import Database
 from app.kinds import INSTANCES
@@ -70,7 +71,7 @@ def test_a_failed_definition_leaves_no_volume(pg: Database, hv: Hypervisor) -> N
     reconciler(pg, faulty).reconcile("default", "undo")
     status = row(pg, "undo").status
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidConfiguration")
-    assert hv.volume_path(POOL, f"{uid}-root.qcow2") is None
+    assert hv.volume_path(STORAGE_POOL, f"{uid}-root.qcow2") is None
 
 
 def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: Hypervisor) -> None:
@@ -78,9 +79,11 @@ def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: H
     # A worker that died right after creating the overlay: no undo ran, nothing recorded it.
     with pytest.raises(BaseException, match="worker died"):
         reconciler(pg, Faulty(hv, "define", SystemExit("worker died"))).reconcile("default", "resume")
-    assert hv.volume_path(POOL, f"{uid}-root.qcow2") is None  # even a dying pass unwinds its undo stack
-    hv.ensure_pool(POOL, "/var/lib/corral/instances")
-    hv.create_volume(POOL, f"{uid}-root.qcow2", 1 << 26, None)  # what a SIGKILLed worker would leave
+    assert (
+        hv.volume_path(STORAGE_POOL, f"{uid}-root.qcow2") is None
+    )  # even a dying pass unwinds its undo stack
+    hv.ensure_pool(STORAGE_POOL, "/var/lib/corral/instances")
+    hv.create_volume(STORAGE_POOL, f"{uid}-root.qcow2", 1 << 26, None)  # what a SIGKILLed worker would leave
 
     # The next pass finds the volume by its name and carries on.
     reconciler(pg, hv).reconcile("default", "resume")
@@ -100,7 +103,7 @@ def test_a_worker_dead_before_define_is_resumed_then_cleaned(pg: Database, hv: H
     assert row(pg, "resume") is None
     with pytest.raises(DomainNotFound):
         hv.lookup(domain)
-    assert hv.volume_path(POOL, f"{uid}-root.qcow2") is None
+    assert hv.volume_path(STORAGE_POOL, f"{uid}-root.qcow2") is None
 
 
 def test_a_foreign_domain_with_the_same_name_is_never_touched(pg: Database, hv: Hypervisor) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.controllers.instances import POOL
+from app.controllers.naming import STORAGE_POOL
 from app.virt.libvirt_driver import connect
 from tests.integration.test_migration_qemu import (
     NODE_NUMBERS,
@@ -36,8 +36,8 @@ def pooled(volume: str) -> dict[int, bool]:
     for n in (1, 2):
         hv = connect(node_uri(n))
         try:
-            hv.refresh_pool(POOL)
-            found[n] = hv.volume_path(POOL, volume) is not None
+            hv.refresh_pool(STORAGE_POOL)
+            found[n] = hv.volume_path(STORAGE_POOL, volume) is not None
         finally:
             hv.close()
     return found

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from app.controllers.instances import guest_status
+import typing
+from datetime import UTC, datetime
+
+from app.controllers.instance_status import add_guest_report
 from app.virt.guest import MAX_ITEMS, MAX_TEXT, parse_agent_info, parse_guest_info
 
 REAL = {  # what libvirt 11.3 returned for the test guest (qemu-ga 7.2), trimmed
@@ -59,7 +62,8 @@ def test_a_real_report() -> None:
         {"name": "vda", "mountpoint": "/mnt/data", "type": "ext4", "totalBytes": 61000000, "usedBytes": 24576}
     ]
     assert report["agentVersion"] == "7.2.22" and report["supportedCommands"] == ["guest-ping"]
-    status = guest_status(report)
+    status: dict[str, typing.Any] = {}
+    add_guest_report(status, report, datetime.now(UTC))
     assert status["guestOSInfo"]["kernelRelease"] == "6.1.0-41-cloud-amd64"
     assert status["interfaces"] == [
         {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.controllers.instance_decisions import crash_backoff
 from app.controllers.instance_status import phase_of
-from app.controllers.instances import crash_backoff
-from app.controllers.scheduling import (
+from app.controllers.placement import (
     DeviceSlot,
     MdevSlot,
     NodeView,

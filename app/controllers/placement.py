@@ -1,12 +1,23 @@
-"""Placement: which Ready node has room for an instance (pure functions over plain data)."""
+"""Placement: which Ready node has room for an instance. The rules are pure functions over plain views of
+the nodes; `cluster_views` builds those views from the database, under the node locks that serialize
+placements."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session
+
+from app.kinds import INSTANCES, NODES
+from app.models import HostDeviceRow, NodeRow
+from app.repositories import workqueue
+from app.repositories.devices import DeviceRepository, permitted
+from app.repositories.instances import InstanceRepository, progress_of
+from app.repositories.resources import ResourceRepository
 from app.schemas.common import parse_quantity
 from app.schemas.conditions import condition_true
-from app.schemas.devices import DeviceNeeds
+from app.schemas.devices import DeviceNeeds, PermittedHostDevices
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 
 PCI_BRIDGE_CLASS = "0x0604"  # bridges share IOMMU groups with endpoints but are never passed through
 
@@ -184,3 +195,82 @@ def pick_devices(
                 return f"IOMMU group {slot.iommu_group}: {slot.name} is held by {slot.holder or 'mdevs'}"
             chosen.append(slot)
     return Picked([s.name for s in chosen], carve)
+
+
+def cluster_views(session: Session, exclude_uid: str) -> tuple[list[NodeRow], list[NodeView]]:
+    """The nodes, locked, and what each has free. Locking the node rows serializes placements (instances
+    and migration targets), so two passes cannot both take the last room. A migrating instance holds room
+    on its source and its target."""
+    node_rows = ResourceRepository[NodeRow](session, NODES).lock_all()
+    rules, ledger = permitted(session), DeviceRepository(session)
+    devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows}
+    used: dict[str, tuple[int, int]] = {}
+    for other in InstanceRepository(session).placed():
+        if other.uid == exclude_uid or other.node_name is None:
+            continue
+        spec = InstanceSpec.model_validate(other.spec)
+        lock = progress_of(other).migration
+        for node in {other.node_name, *([lock.target] if lock else [])}:
+            cpu, mem = used.get(node, (0, 0))
+            used[node] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
+    views = [
+        node_view(
+            n.name,
+            n.labels or {},
+            n.spec,
+            n.status or {},
+            *used.get(n.name, (0, 0)),
+            devices=tuple(device_slot(d, rules) for d in devices_by_node.get(n.name, [])),
+            mdevs=tuple(mdev_slots(devices_by_node.get(n.name, []), rules)),
+        )
+        for n in node_rows
+        if n.deleted_at is None
+    ]
+    return node_rows, views
+
+
+def mdev_slots(rows: list[HostDeviceRow], rules: PermittedHostDevices) -> list[MdevSlot]:
+    """Room per permitted mediated-device type and parent. libvirt's availableInstances already counts the
+    mdevs created on the host; ones allocated here but not yet created (the instance never started since)
+    are subtracted."""
+    created = {(r.facts or {}).get("mdevUuid") for r in rows if r.capability == "mdev"}
+    slots = []
+    for row in rows:
+        if row.capability != "pci" or not row.present:
+            continue
+        for mdev_type in (row.facts or {}).get("mdevTypes", []):
+            resource = rules.mdev_resource(mdev_type["id"], mdev_type["name"])
+            if resource is None:
+                continue
+            ours = [m for m in row.mdevs or [] if m["type"] == mdev_type["id"]]
+            pending = sum(1 for m in ours if m["uuid"] not in created)
+            free = max(0, int(mdev_type["availableInstances"]) - pending)
+            slots.append(
+                MdevSlot(row.name, mdev_type["id"], resource, free, len(ours), row.holder is not None)
+            )
+    return slots
+
+
+def device_slot(row: HostDeviceRow, rules: PermittedHostDevices) -> DeviceSlot:
+    facts = row.facts or {}
+    resource = (
+        rules.pci_resource(facts.get("vendorId"), facts.get("productId")) if row.capability == "pci" else None
+    )
+    holder = row.holder or (f"domain {facts['usedBy']}" if facts.get("usedBy") else None)
+    return DeviceSlot(
+        row.name,
+        row.capability,
+        resource,
+        holder,
+        facts.get("iommuGroup"),
+        facts.get("class"),
+        row.present,
+        bool(row.mdevs),
+    )
+
+
+def wake_unschedulable(session: Session) -> None:
+    """Queue every unplaced instance that waits for room: something was freed."""
+    for other in InstanceRepository(session).page(None)[0]:
+        if (other.status or {}).get("reason") == "Unschedulable" and other.node_name is None:
+            workqueue.enqueue(session, INSTANCES.work_key(other.namespace, other.name))

@@ -1,0 +1,112 @@
+"""Defining an instance's domain on its node: its volumes in the node's storage pool, then the domain XML.
+
+Every step is idempotent (volumes and the domain have deterministic names); a failure undoes what this pass
+created, so nothing half-made is left for the next pass to trip on.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.controllers.instance_status import Observed
+from app.controllers.naming import STORAGE_POOL
+from app.controllers.volumes import PlannedVolume, plan_volumes
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.virt import images
+from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
+from app.virt.driver import Hypervisor, InvalidDomainConfig
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose domain it is, and where it runs."""
+
+    namespace: str
+    name: str
+    uid: str
+    domain: str
+    virt_type: str  # the node's: kvm or qemu
+    pci_devices: tuple[str, ...] = ()
+    mdev_uuids: tuple[str, ...] = ()
+
+
+class Definer:
+    """Defines domains on nodes; remembers which nodes' storage pools are known to exist."""
+
+    def __init__(self, image_dir: Path, volume_dir: str) -> None:
+        self.image_dir = image_dir
+        self.volume_dir = volume_dir
+        self._pools_ready: set[str] = set()  # node URIs
+
+    def define(self, hv: Hypervisor, owner: Owner, spec: InstanceSpec) -> Observed | None:
+        """Create the volumes and define the domain; None when done, else the failure to report."""
+        try:
+            boot_image, planned = plan_volumes(spec, self.image_dir, owner.uid)
+        except images.ImageNotFound as exc:
+            return Observed("Failed", "ImageNotFound", str(exc))
+        with ExitStack() as undo:
+            self._ensure_pool(hv, undo)
+            disks = [self._volume(hv, volume, undo) for volume in planned]
+            config = domain_config(owner, spec, boot_image, tuple(disks), hv)
+            try:
+                hv.define(build_domain_xml(config))
+            except InvalidDomainConfig as exc:
+                return Observed("Failed", "InvalidConfiguration", str(exc)[:500])
+            undo.pop_all()
+        return None
+
+    def forget_pool(self, hv: Hypervisor) -> None:
+        self._pools_ready.discard(hv.uri)
+
+    def _ensure_pool(self, hv: Hypervisor, undo: ExitStack) -> None:
+        if hv.uri not in self._pools_ready:
+            hv.ensure_pool(STORAGE_POOL, self.volume_dir)
+            self._pools_ready.add(hv.uri)
+        undo.callback(self._pools_ready.discard, hv.uri)  # a failed pass checks the pool again
+
+    @staticmethod
+    def _volume(hv: Hypervisor, volume: PlannedVolume, undo: ExitStack) -> DiskConfig:
+        existed = hv.volume_path(STORAGE_POOL, volume.volume_id) is not None
+        path = hv.create_volume(STORAGE_POOL, volume.volume_id, volume.capacity, volume.backing)
+        if not existed:
+            undo.callback(hv.delete_volume, STORAGE_POOL, volume.volume_id)
+        return DiskConfig(path=path, target=volume.target, serial=volume.name[:20])
+
+
+def domain_config(
+    owner: Owner, spec: InstanceSpec, boot_image: images.Image, disks: tuple[DiskConfig, ...], hv: Hypervisor
+) -> DomainConfig:
+    """The domain for the spec on this node (pure but for reading the backend's capabilities)."""
+    kernel = None
+    if boot_image.kernel is not None:
+        # The bundle's command line may carry {hostname}; plain text, not a format string.
+        cmdline = boot_image.cmdline.replace("{hostname}", spec.hostname or owner.name)
+        initrd = str(boot_image.initrd) if boot_image.initrd else None
+        kernel = KernelBoot(str(boot_image.kernel), initrd, cmdline)
+    capabilities = hv.capabilities
+    cpu = spec.domain.cpu
+    topology = None
+    if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
+        topology = (cpu.sockets or 1, cpu.cores or 1, cpu.threads or 1)
+    nics = tuple(InterfaceConfig(i.model, i.mac_address) for i in spec.domain.devices.interfaces)
+    console = f"/var/log/libvirt/qemu/{owner.domain}-console.log" if capabilities.console_log else None
+    return DomainConfig(
+        name=owner.domain,
+        uuid=owner.uid,
+        virt_type=capabilities.domain_type or owner.virt_type,
+        vcpus=requested_vcpus(spec),
+        memory_mib=max(requested_memory(spec) // MIB, 16),
+        machine=spec.domain.machine.type if spec.domain.machine else "pc",
+        kernel_boot=kernel,
+        disks=disks,
+        interfaces=nics or (InterfaceConfig(),),
+        console_log=console,
+        metadata={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
+        cpu_topology=topology,
+        pci_devices=owner.pci_devices,
+        mdev_devices=owner.mdev_uuids,
+    )
