@@ -56,7 +56,6 @@ class Act(StrEnum):
 
 # What libvirt reports once an action has run: (state, reason).
 _LEAVES = {
-    Act.DEFINE: (DomainState.SHUTOFF, "unknown"),
     Act.POWER_OFF: (DomainState.SHUTOFF, "destroyed"),
     Act.START: (DomainState.RUNNING, "booted"),
     Act.SUSPEND: (DomainState.PAUSED, "user"),
@@ -303,6 +302,16 @@ def requeue_after(plan: Plan, observed: Observed) -> float | None:
     if observed.agent == "True":
         return min(plan.requeue or GUEST_REFRESH, GUEST_REFRESH)
     return plan.requeue
+
+
+def placed(node: str | None, why_not: str) -> Observed:
+    """Scheduling once placement chose a node; Failed/Unschedulable with every node's reason otherwise."""
+    return Observed("Scheduling", "Scheduled") if node else Observed("Failed", "Unschedulable", why_not)
+
+
+def unreachable(message: str, *, deleting: bool = False) -> Observed:
+    """The node's libvirt does not answer: the last known state stays, nothing is deleted."""
+    return Observed("Terminating" if deleting else "Unknown", "NodeUnreachable", message[:300])
 
 
 def while_migrating(desired: Desired, agent: str) -> Observed:

@@ -31,8 +31,10 @@ from app.controllers.instance_decisions import (
     decide,
     decide_teardown,
     guest_report_due,
+    placed,
     report,
     requeue_after,
+    unreachable,
     while_migrating,
 )
 from app.controllers.instance_status import Observed, add_guest_report, render
@@ -188,8 +190,7 @@ class InstanceReconciler:
             outcome = self._converge(loaded, hv)
         except HypervisorUnavailable as exc:
             self.hypervisors.forget(loaded.node_name or "")
-            unreachable = Observed("Unknown", "NodeUnreachable", str(exc)[:300])
-            outcome = Outcome(unreachable, requeue=NODE_RETRY)
+            outcome = Outcome(unreachable(str(exc)), requeue=NODE_RETRY)
         self._write(loaded, outcome)  # the state first: AgentConnected is not held back by the report below
         if hv is not None and outcome.observed.agent == "True":
             guest = self._guest_report(loaded, hv)
@@ -301,8 +302,7 @@ class InstanceReconciler:
                     self._act(loaded, hv, act)
             except HypervisorUnavailable as exc:
                 self.hypervisors.forget(loaded.node_name)
-                unreachable = Observed("Terminating", "NodeUnreachable", str(exc)[:300])
-                self._write(loaded, Outcome(unreachable))
+                self._write(loaded, Outcome(unreachable(str(exc), deleting=True)))
                 return Result(requeue_after=NODE_RETRY)
             if plan.hold is not None:
                 self._write(loaded, Outcome(plan.hold, plan))
@@ -331,19 +331,19 @@ class InstanceReconciler:
             if row is None or row.uid != loaded.uid:
                 return loaded
             if chosen is None:
-                failed = Observed("Failed", "Unschedulable", unschedulable_message(len(views), reasons))
+                failed = placed(None, unschedulable_message(len(views), reasons))
                 self._apply(instances, row, loaded, Outcome(failed))
                 return loaded
             picked = pick_devices(chosen.devices, needs, chosen.mdevs) if needs else Picked([], [])
             assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
             held = self._take_devices(session, loaded, chosen.name, picked)
             row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
-            self._apply(instances, row, loaded, Outcome(Observed("Scheduling", "Scheduled")))
-            placed = next(n for n in node_rows if n.name == chosen.name)
+            self._apply(instances, row, loaded, Outcome(placed(chosen.name, "")))
+            node_row = next(n for n in node_rows if n.name == chosen.name)
             return replace(
                 loaded,
-                node_name=placed.name,
-                node=_address(placed),
+                node_name=node_row.name,
+                node=_address(node_row),
                 pci_devices=held,
                 mdevs=tuple(DeviceRepository(session).mdevs_of(loaded.uid, chosen.name)),
             )
