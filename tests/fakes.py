@@ -244,7 +244,7 @@ class FakeHypervisor:
 
 @dataclass
 class FakeNodes:
-    """A HypervisorPool handing out fakes by node name."""
+    """A NodeHypervisors handing out fakes by node name."""
 
     nodes: dict[str, FakeHypervisor] = field(default_factory=dict)
 

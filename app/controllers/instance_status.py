@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from app.clock import rfc3339
+from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
 from app.virt.driver import DomainInfo, DomainState
 from app.virt.guest import REQUIRED_COMMANDS
@@ -66,25 +67,21 @@ def phase_of(info: DomainInfo, *, stopping: bool, ever_started: bool) -> tuple[s
 
 
 def render(
-    previous: dict[str, Any],
+    previous: JsonObject,
     observed: Observed,
     *,
     generation: int,
     node: str | None,
     domain: str | None,
     at: datetime,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    extra: JsonObject | None = None,
+) -> JsonObject:
     """The new status: phase, conditions (lastTransitionTime moves only on a flip), transition stamps."""
-    status: dict[str, Any] = {
-        k: v for k, v in previous.items() if k not in ("reason", "message", "retryAfter")
-    }
+    status: JsonObject = {k: v for k, v in previous.items() if k not in ("reason", "message", "retryAfter")}
     status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
     stamps = [dict(s) for s in previous.get("phaseTransitionTimestamps", [])]
     if previous.get("phase") != observed.phase:
-        stamps.append(
-            {"phase": observed.phase, "phaseTransitionTimestamp": at.isoformat().replace("+00:00", "Z")}
-        )
+        stamps.append({"phase": observed.phase, "phaseTransitionTimestamp": rfc3339(at)})
     status.update(observedGeneration=generation, phase=observed.phase, phaseTransitionTimestamps=stamps[-20:])
     if observed.reason:
         status["reason"] = observed.reason
@@ -96,52 +93,27 @@ def render(
         status["domainName"] = domain
     status.update(extra or {})
 
-    phase, why = observed.phase, observed.reason or observed.phase
-    ready = phase in ("Running", "Migrating")  # a guest being live-migrated keeps running
-    set_condition(
-        status,
-        "Ready",
-        "True" if ready else "False",
-        "Running" if ready else why,
-        "" if ready else observed.message,
-        at,
-    )
-    set_condition(
-        status,
-        "Paused",
-        "True" if phase == "Paused" else "False",
-        why if phase == "Paused" else "NotPaused",
-        "",
-        at,
-    )
-    set_condition(
-        status,
-        "Stopped",
-        "True" if phase in ("Stopped", "Scheduled") else "False",
-        why if phase in ("Stopped", "Scheduled") else "NotStopped",
-        "",
-        at,
-    )
-    set_condition(
-        status,
-        "AgentConnected",
-        observed.agent,
-        "AgentConnected" if observed.agent == "True" else observed.agent_reason,
-        "",
-        at,
-    )
-    set_condition(
-        status,
-        "LiveMigratable",
-        "True" if observed.live_migratable else "False",
-        observed.migratable_reason,
-        "",
-        at,
-    )
+    for kind, value, reason, message in conditions_of(observed):
+        set_condition(status, kind, value, reason, message, at)
     return status
 
 
-def add_guest_report(status: dict[str, Any], report: dict[str, Any], at: datetime) -> None:
+def conditions_of(observed: Observed) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) of each condition an observation sets."""
+    phase, why = observed.phase, observed.reason or observed.phase
+    ready = phase in ("Running", "Migrating")  # a guest being live-migrated keeps running
+    paused, stopped = phase == "Paused", phase in ("Stopped", "Scheduled")
+    connected = observed.agent == "True"
+    return [
+        ("Ready", str(ready), "Running" if ready else why, "" if ready else observed.message),
+        ("Paused", str(paused), why if paused else "NotPaused", ""),
+        ("Stopped", str(stopped), why if stopped else "NotStopped", ""),
+        ("AgentConnected", observed.agent, "AgentConnected" if connected else observed.agent_reason, ""),
+        ("LiveMigratable", str(observed.live_migratable), observed.migratable_reason, ""),
+    ]
+
+
+def add_guest_report(status: JsonObject, report: JsonObject, at: datetime) -> None:
     """KubeVirt's status.guestOSInfo and status.interfaces from a guest agent report, and whether the agent
     offers every command Corral uses (AgentVersionNotSupported)."""
     os_info = {k: v for k, v in report.get("osInfo", {}).items() if k not in ("variant", "variantId")}

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -57,7 +56,7 @@ from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository
 from app.repositories.instances import InstanceRepository, intent_of, progress_of, set_intent, set_progress
 from app.repositories.resources import ResourceRepository
-from app.schemas.common import parse_time
+from app.schemas.common import JsonObject, parse_time
 from app.schemas.conditions import find_condition
 from app.schemas.devices import device_needs
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
@@ -72,9 +71,9 @@ from app.virt.driver import (
     Hypervisor,
     HypervisorError,
     HypervisorEvent,
-    HypervisorPool,
     HypervisorUnavailable,
     InvalidOperation,
+    NodeHypervisors,
     ShutdownMode,
 )
 
@@ -98,11 +97,11 @@ class LoadedInstance:
     spec: InstanceSpec
     intent: InstanceIntent
     progress: InstanceProgress
-    status: dict[str, Any]  # the API's status object, as last written
+    status: JsonObject  # the API's status object, as last written
     node_name: str | None
     deleting: bool
     node: NodeAddress | None = None  # the placed node, while it exists
-    guest: dict[str, Any] = field(default_factory=dict)  # the guest agent's last report, as qemu-ga gave it
+    guest: JsonObject = field(default_factory=dict)  # the guest agent's last report, as qemu-ga gave it
     migration: MigrationLock | None = None  # the unfinished migration holding it
     pci_devices: tuple[str, ...] = ()  # PCI addresses of the host devices it holds
     mdevs: tuple[tuple[str, str, str], ...] = ()  # its mediated devices: (parent, type, uuid)
@@ -143,7 +142,7 @@ class Outcome:
     observed: Observed
     plan: Plan | None = None  # its progress and intent are folded into the row's
     requeue: float | None = None
-    guest: dict[str, Any] | None = None  # a fresh guest agent report to store
+    guest: JsonObject | None = None  # a fresh guest agent report to store
 
 
 class InstanceReconciler:
@@ -152,7 +151,7 @@ class InstanceReconciler:
     def __init__(
         self,
         db: Database,
-        hypervisors: HypervisorPool,
+        hypervisors: NodeHypervisors,
         image_dir: Path,
         volume_dir: str = "/var/lib/corral/instances",
         clock: Clock = utc_now,
@@ -274,7 +273,7 @@ class InstanceReconciler:
             for _, _, mdev_uuid in loaded.mdevs:
                 hv.remove_mdev(mdev_uuid)
 
-    def _guest_report(self, loaded: LoadedInstance, hv: Hypervisor) -> dict[str, Any] | None:
+    def _guest_report(self, loaded: LoadedInstance, hv: Hypervisor) -> JsonObject | None:
         """A fresh report when the agent just connected, none is stored, or the stored one is a minute old."""
         at = self.clock()
         was_connected = (find_condition(loaded.status, "AgentConnected") or {}).get("status") == "True"

@@ -7,7 +7,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +20,7 @@ from app.repositories import workqueue
 from app.repositories.instances import progress_of, set_progress
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository
+from app.schemas.common import JsonObject
 from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec
 from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec, MigrationState
@@ -49,7 +49,7 @@ class LoadedMigration:
     name: str
     uid: str
     spec: MigrationSpec
-    status: dict[str, Any]
+    status: JsonObject
     intent: MigrationIntent
     deleting: bool
     instance: MigratingInstance | None = None
@@ -196,7 +196,7 @@ class MigrationRows:
     ) -> None:
         """Succeeded (moved_to set) or Failed; releases the instance in the same transaction."""
         succeeded = moved_to is not None
-        fields: dict[str, Any] = {
+        fields: dict[str, object] = {
             "end_timestamp": self.clock(),
             "completed": succeeded,
             "failed": not succeeded,
@@ -214,7 +214,7 @@ class MigrationRows:
             phase,
             reason=phase_reason or reason,
             message=message,
-            state=MigrationState(**fields),
+            state=MigrationState.model_validate(fields),
             also=release,
         )
         log.info("migration %s/%s: %s (%s)", m.namespace, m.name, reason, message)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -50,8 +49,8 @@ from app.virt.driver import (
     Hypervisor,
     HypervisorError,
     HypervisorEvent,
-    HypervisorPool,
     MigrationOptions,
+    NodeHypervisors,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class MigrationReconciler:
     def __init__(
         self,
         db: Database,
-        hypervisors: HypervisorPool,
+        hypervisors: NodeHypervisors,
         defaults: Policy,
         image_dir: Path,
         per_node: int = 2,
@@ -353,7 +352,7 @@ class MigrationReconciler:
         self, m: LoadedMigration, target: str, domain: str, on_target: DomainInfo, since: float | None
     ) -> None:
         """Finish as Succeeded with the finished job's figures and the guest's pause at the switch-over."""
-        fields: dict[str, Any] = {}
+        fields: dict[str, object] = {}
         try:  # the figures of the finished job live on the target
             done = self._hypervisor(m, target).job_progress(domain, completed=True)
         except HypervisorError:
@@ -366,7 +365,12 @@ class MigrationReconciler:
             paused = self.switchovers.pause_ms(m.instance_uid or "", since) if since is not None else None
             fields["downtime_ms"] = paused if paused is not None else fields.get("libvirt_downtime_ms")
         self.rows.finish(
-            m, None, "Succeeded", f"moved to {target}", moved_to=target, figures=MigrationState(**fields)
+            m,
+            None,
+            "Succeeded",
+            f"moved to {target}",
+            moved_to=target,
+            figures=MigrationState.model_validate(fields),
         )
 
     def _probe(self, m: LoadedMigration, node: str, domain: str) -> tuple[DomainInfo | None, str]:

@@ -16,10 +16,11 @@ from app.db import Database
 from app.kinds import NODES
 from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.resources import ResourceRepository
+from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
 from app.schemas.devices import PermittedHostDevices
 from app.schemas.node import NodeSpec, NodeStatus
-from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, HypervisorPool, NodeDevice
+from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, NodeDevice, NodeHypervisors
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,14 @@ def host_status(
     virt_type: str,
     reason: str,
     generation: int,
-    previous: dict[str, Any],
+    previous: JsonObject,
     cpu_ratio: int = 1,
     devices: dict[str, tuple[int, int]] | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit).
     Permitted host devices count per resourceName ({name: (capacity, allocated)})."""
     at = utc_now()
-    status: dict[str, Any] = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
+    status: JsonObject = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
     set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
     memory = f"{host.memory_bytes // (1024 * 1024)}Mi"
     extended = {name: str(capacity) for name, (capacity, _) in sorted((devices or {}).items())}
@@ -84,10 +85,10 @@ def host_status(
     ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-def device_facts(device: NodeDevice, in_use: dict[str, str] | None = None) -> dict[str, Any]:
+def device_facts(device: NodeDevice, in_use: dict[str, str] | None = None) -> JsonObject:
     """What the ledger keeps of a device (HostDevice status field names); `usedBy` names a running domain
     Corral did not make that holds it (placement never offers such a device)."""
-    facts: dict[str, Any] = {
+    facts: JsonObject = {
         "parent": device.parent,
         "driver": device.driver,
         "address": device.address,
@@ -127,7 +128,7 @@ def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, 
     return counts
 
 
-def _same_but_heartbeat(old: dict[str, Any], new: dict[str, Any], min_age: float) -> bool:
+def _same_but_heartbeat(old: JsonObject, new: JsonObject, min_age: float) -> bool:
     """Nothing changed but a heartbeat younger than `min_age`: skip the write (and its watch event)."""
     if {k: v for k, v in old.items() if k != "lastHeartbeatTime"} != {
         k: v for k, v in new.items() if k != "lastHeartbeatTime"
@@ -146,7 +147,7 @@ class NodeReconciler:
     def __init__(
         self,
         db: Database,
-        hypervisors: HypervisorPool,
+        hypervisors: NodeHypervisors,
         heartbeat_seconds: float,
         cpu_allocation_ratio: int = 10,
         inventory_seconds: float = 60.0,
@@ -207,14 +208,14 @@ class NodeReconciler:
         return resources
 
     @staticmethod
-    def _unreachable(previous: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
+    def _unreachable(previous: JsonObject, generation: int, message: str) -> JsonObject:
         status = dict(previous)
         status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
         set_condition(status, "Ready", "False", "Unreachable", message[:500], utc_now())
         status.update(phase="NotReady", observedGeneration=generation)
         return status
 
-    def _write(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def _write(self, namespace: str, name: str, status: JsonObject) -> None:
         with self.db.transaction() as session:
             repo = ResourceRepository[Any](session, NODES)
             row = repo.get(namespace, name, for_update=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
 from app.db import OPERATIONS_CHANNEL, Database, signal
 from app.repositories import operations
+from app.schemas.common import JsonObject
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest, audit_view
 from app.virt.driver import (
     AgentUnavailable,
@@ -22,7 +22,7 @@ from app.virt.driver import (
 from app.virt.guest import MalformedReply
 
 
-def run_operation(hv: Hypervisor, domain: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+def run_operation(hv: Hypervisor, domain: str, kind: str, request: JsonObject) -> JsonObject:
     if kind == "exec":
         spec = ExecRequest.model_validate(request)
         outcome = hv.guest_exec(domain, spec.command, spec.stdin_bytes(), spec.timeout_seconds)
@@ -72,7 +72,7 @@ def run_queued(
     with db.read() as session:
         queued = [(op.id, op.kind, dict(op.request)) for op in operations.pending(session, uid)]
     for op_id, kind, request in queued:
-        result: dict[str, Any] = {}
+        result: JsonObject = {}
         error: tuple[int, str] | None = None
         if hv is None or agent != "True":
             error = failure(AgentUnavailable(f"AgentConnected={agent}"))

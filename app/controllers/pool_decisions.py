@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from app.clock import rfc3339
+from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
 from app.schemas.pool import PoolSpec, PoolStatus
 
@@ -138,18 +138,18 @@ def _grow(
 
 
 def pool_status(
-    previous: dict[str, Any],
+    previous: JsonObject,
     spec: PoolSpec,
     generation: int,
     plan: PoolPlan,
     failed: int,
     claimed: int,
     now: datetime,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The pool's status object (the API's shape, checked against PoolStatus)."""
     kept = plan.kept
     available = sum(m.state == "available" for m in kept)
-    status: dict[str, Any] = {
+    status: JsonObject = {
         "observedGeneration": generation,
         "replicas": len(kept),
         "readyReplicas": sum(m.up and m.state != "failed" for m in kept),

@@ -9,7 +9,6 @@ short transaction with the pool row locked, so it cannot race a claim.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,7 +19,7 @@ from app.db import Database
 from app.kinds import POOLS
 from app.models import InstanceRow, PoolRow
 from app.repositories.resources import ResourceRepository
-from app.schemas.common import parse_time
+from app.schemas.common import JsonObject, parse_time
 from app.schemas.pool import CLAIMED_AT, TEMPLATE_HASH, WARM_PAUSED, PoolSpec, member_state
 from app.services.pools import PoolService, template_hash
 from app.virt.driver import HypervisorEvent
@@ -60,7 +59,7 @@ class PoolReconciler:
 
     def _converge(
         self, service: PoolService, pool: PoolRow, rows: list[InstanceRow]
-    ) -> tuple[dict[str, Any], float | None]:
+    ) -> tuple[JsonObject, float | None]:
         """Decide over the members' views, carry the plan out through the pool service, report."""
         now, spec = self.clock(), PoolSpec.model_validate(pool.spec)
         template = spec.member_template()

@@ -35,6 +35,9 @@ SUFFIX_FACTOR: dict[str, Decimal] = {
     "E": Decimal(10**18),
 }
 MAX_ANNOTATIONS_BYTES = 256 * 1024
+# A JSON document at an edge of Corral: an API object or request body, a status as stored, a guest agent's
+# answer. What the worker itself remembers is typed (app.schemas.records), never one of these.
+JsonObject = dict[str, Any]
 
 
 class ApiModel(BaseModel):

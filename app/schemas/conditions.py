@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from app.clock import rfc3339
+
 
 def find_condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
@@ -20,7 +22,7 @@ def set_condition(
 ) -> None:
     conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
     current = find_condition(status, kind)
-    stamp = at.isoformat().replace("+00:00", "Z")
+    stamp = rfc3339(at)
     if current is None:
         conditions.append(
             {"type": kind, "status": value, "reason": reason, "message": message, "lastTransitionTime": stamp}

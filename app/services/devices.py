@@ -15,12 +15,13 @@ from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository, permitted, set_permitted
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import current_revision
+from app.schemas.common import JsonObject
 from app.schemas.devices import HostDevice, PermittedHostDevices, is_resource_name
 from app.schemas.instance import InstanceSpec
 from app.services.validation import invalid
 
 
-def device_view(row: HostDeviceRow, rules: PermittedHostDevices) -> dict[str, Any]:
+def device_view(row: HostDeviceRow, rules: PermittedHostDevices) -> JsonObject:
     facts = dict(row.facts or {})
     mdev_types = [
         {**t, "resourceName": rules.mdev_resource(t["id"], t["name"])} for t in facts.pop("mdevTypes", [])
@@ -60,7 +61,7 @@ class DeviceService:
         holder: str | None = None,
         resource_name: str | None = None,
         free: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> JsonObject:
         if node is not None and ResourceRepository[Any](self.session, NODES).get("", node) is None:
             raise NotFound(f"Node {node!r} not found")
         rules = permitted(self.session)
@@ -72,7 +73,7 @@ class DeviceService:
         meta = {"resourceVersion": str(current_revision(self.session))}
         return {"apiVersion": "corral.dev/v1", "kind": "HostDeviceList", "metadata": meta, "items": items}
 
-    def get(self, node: str, name: str) -> dict[str, Any]:
+    def get(self, node: str, name: str) -> JsonObject:
         rows = self.devices.find(node=node, name=name)
         if not rows:
             raise NotFound(f"node {node!r} has no device {name!r}")

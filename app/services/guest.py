@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.clock import utc_now
 from app.errors import Conflict, FieldError
 from app.kinds import INSTANCES
 from app.repositories import workqueue
 from app.repositories.instances import intent_of, set_intent
+from app.schemas.common import JsonObject
 from app.schemas.conditions import find_condition
 from app.services.instances import InstanceService
 
 
 class GuestService(InstanceService):
-    def report(self, namespace: str, name: str) -> dict[str, Any]:
+    def report(self, namespace: str, name: str) -> JsonObject:
         """The stored report; 409 while the agent is not connected (its data would be stale)."""
         row = self._row(namespace, name)
         connected = find_condition(row.status or {}, "AgentConnected") or {}

@@ -15,6 +15,7 @@ from app.kinds import INSTANCES
 from app.repositories import idempotency
 from app.repositories.instances import intent_of, set_intent, set_progress
 from app.repositories.resources import to_object
+from app.schemas.common import JsonObject
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
 from app.schemas.records import InstanceIntent, InstanceProgress
@@ -41,7 +42,7 @@ class InstanceService(ResourceService):
         set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
         set_progress(row, InstanceProgress())
 
-    def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+    def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
         DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
         strategy = row.spec.get("runStrategy")
         if strategy is not None and strategy != old_spec.get("runStrategy"):
@@ -56,7 +57,7 @@ class InstanceService(ResourceService):
         principal: str,
         idempotency_key: str | None,
         request: str,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, JsonObject]:
         """Record an action as desired state and wake the worker; (status code, instance) for the API."""
         if idempotency_key is not None:
             earlier = self._replay(principal, idempotency_key, request)
@@ -80,7 +81,7 @@ class InstanceService(ResourceService):
             idempotency.remember(self.session, principal, idempotency_key, request, 202, answer)
         return 202, answer
 
-    def _replay(self, principal: str, key: str, request: str) -> tuple[int, dict[str, Any]] | None:
+    def _replay(self, principal: str, key: str, request: str) -> tuple[int, JsonObject] | None:
         """The stored answer to an earlier request with this Idempotency-Key; 409 for another request."""
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise BadRequest(

@@ -12,6 +12,7 @@ from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.models import InstanceRow
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository, to_object
+from app.schemas.common import JsonObject
 from app.schemas.conditions import find_condition
 from app.schemas.migration import (
     DRAIN_LABEL,
@@ -79,13 +80,13 @@ class MigrationService(ResourceService):
         row.intent = MigrationIntent().dump()
         row.status = {"phase": "Pending"}
 
-    def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+    def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
         raise Invalid(
             "a migration's spec cannot change; delete it and create another",
             [FieldError("spec", "is immutable")],
         )
 
-    def cancel(self, namespace: str, name: str) -> dict[str, Any]:
+    def cancel(self, namespace: str, name: str) -> JsonObject:
         """Ask the worker to abort; the instance keeps running on its source node."""
         row = self._row(namespace, name, for_update=True)
         phase = (row.status or {}).get("phase")
@@ -97,7 +98,7 @@ class MigrationService(ResourceService):
             self._wake(namespace, name)
         return to_object(MIGRATIONS, row)
 
-    def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> dict[str, Any]:
+    def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> JsonObject:
         """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""
         spec = {"vmiName": name, **options.model_dump(by_alias=True, mode="json", exclude_none=True)}
         body = {"metadata": {"generateName": f"{name}-migration-"}, "spec": spec}

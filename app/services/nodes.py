@@ -12,7 +12,7 @@ from app.kinds import INSTANCES, NODES
 from app.models import InstanceRow
 from app.repositories.resources import ResourceRepository
 from app.repositories.settings import get_setting, set_setting
-from app.schemas.common import parse_time
+from app.schemas.common import JsonObject, parse_time
 from app.schemas.conditions import find_condition, set_condition
 from app.services.resources import ResourceService
 
@@ -38,7 +38,7 @@ class NodeService(ResourceService):
         """Register the local libvirt as node `local`, once per installation (an admin may delete it)."""
         if get_setting(self.session, _REGISTERED) is not None:
             return False
-        spec: dict[str, Any] = {"uri": uri}
+        spec: JsonObject = {"uri": uri}
         if virt_type:
             spec["virtType"] = virt_type
         if self.repo.get("", LOCAL_NODE) is None:
@@ -49,7 +49,7 @@ class NodeService(ResourceService):
         return True
 
 
-def _silent_for(status: dict[str, Any], at: datetime) -> timedelta | None:
+def _silent_for(status: JsonObject, at: datetime) -> timedelta | None:
     """How long no worker has reported the node; None when none ever did or it is already Unknown."""
     last = parse_time(status.get("lastHeartbeatTime"))
     if last is None or (find_condition(status, "Ready") or {}).get("status") == "Unknown":

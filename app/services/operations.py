@@ -12,6 +12,7 @@ from app.errors import BY_STATUS, BadGateway, BadRequest, FieldError
 from app.kinds import INSTANCES
 from app.models import OperationRow
 from app.repositories import operations, workqueue
+from app.schemas.common import JsonObject
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest, OperationKind, audit_view
 from app.services.guest import GuestService
 from app.services.validation import invalid
@@ -28,7 +29,7 @@ REQUESTS: dict[str, type[BaseModel] | None] = {
 class OperationService(GuestService):
     def submit(self, namespace: str, name: str, kind: OperationKind, body: Any, principal: str) -> str:
         model = REQUESTS[kind]
-        request: dict[str, Any] = {}
+        request: JsonObject = {}
         if model is not None:
             try:
                 request = model.model_validate(body if body is not None else {}).model_dump(by_alias=True)
@@ -54,7 +55,7 @@ class OperationService(GuestService):
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, name))
         return operation.id
 
-    def outcome(self, operation_id: str) -> dict[str, Any] | None:
+    def outcome(self, operation_id: str) -> JsonObject | None:
         """The result once the worker ran it (None before); a failure is raised as its HTTP error."""
         row = operations.get(self.session, operation_id)
         if row is None or row.state == "Pending":
@@ -63,12 +64,12 @@ class OperationService(GuestService):
             raise BY_STATUS.get(row.error_status or 502, BadGateway)(row.error or "the operation failed")
         return dict(row.result)
 
-    def history(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    def history(self, namespace: str, name: str) -> list[JsonObject]:
         row = self._row(namespace, name)
         return [record(op) for op in operations.recent(self.session, row.uid)]
 
 
-def record(op: OperationRow) -> dict[str, Any]:
+def record(op: OperationRow) -> JsonObject:
     return {
         "id": op.id,
         "kind": op.kind,

@@ -15,6 +15,7 @@ from app.kinds import INSTANCES, POOLS
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
+from app.schemas.common import JsonObject
 from app.schemas.pool import (
     CLAIMED_AT,
     CLAIMED_LABEL,
@@ -41,7 +42,7 @@ class PoolService(ResourceService):
         super().__init__(session, POOLS)
         self.instances = InstanceRepository(session)
 
-    def claim(self, namespace: str, name: str, body: Any) -> dict[str, Any] | None:
+    def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
         """Hand over one available member, or None when there is none. The pool row's lock serializes claims
         of one pool, so two claims never get the same member."""
         try:

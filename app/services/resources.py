@@ -31,7 +31,7 @@ from app.kinds import Kind
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository, to_object
 from app.repositories.revisions import current_revision
-from app.schemas.common import ObjectMeta
+from app.schemas.common import JsonObject, ObjectMeta
 from app.services.selectors import parse_selector
 from app.services.validation import invalid, merge_patch
 
@@ -46,12 +46,12 @@ class ResourceService:
         self.repo: ResourceRepository[Any] = ResourceRepository(session, kind)
 
     # -- reads ---------------------------------------------------------------------------------------
-    def get(self, namespace: str, name: str) -> dict[str, Any]:
+    def get(self, namespace: str, name: str) -> JsonObject:
         return to_object(self.kind, self._row(namespace, name))
 
     def list(
         self, namespace: str | None, label_selector: str | None, limit: int | None, continue_: str | None
-    ) -> dict[str, Any]:
+    ) -> JsonObject:
         if limit is not None and not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(
                 f"limit must be 1..{MAX_LIMIT}", [FieldError("limit", f"must be 1..{MAX_LIMIT}")]
@@ -59,7 +59,7 @@ class ResourceService:
         rows, more = self.repo.page(
             namespace, selector=parse_selector(label_selector), after=_decode_continue(continue_), limit=limit
         )
-        meta: dict[str, Any] = {"resourceVersion": str(current_revision(self.session))}
+        meta: JsonObject = {"resourceVersion": str(current_revision(self.session))}
         if more and rows:
             meta["continue"] = _encode_continue(rows[-1].namespace, rows[-1].name)
         return {
@@ -70,7 +70,7 @@ class ResourceService:
         }
 
     # -- writes --------------------------------------------------------------------------------------
-    def create(self, namespace: str, body: Any) -> dict[str, Any]:
+    def create(self, namespace: str, body: Any) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
         name = meta.name
         if name is None:
@@ -97,7 +97,7 @@ class ResourceService:
         self._wake(namespace, name)
         return to_object(self.kind, row)
 
-    def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> dict[str, Any]:
+    def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
         if meta.name is not None and meta.name != name:
             raise Invalid(
@@ -108,7 +108,7 @@ class ResourceService:
         _check_version(row.resource_version, if_match, meta.resource_version)
         return self._update(row, meta.labels, meta.annotations, spec)
 
-    def patch(self, namespace: str, name: str, patch: Any, if_match: str | None) -> dict[str, Any]:
+    def patch(self, namespace: str, name: str, patch: Any, if_match: str | None) -> JsonObject:
         if not isinstance(patch, dict):
             raise BadRequest("a merge patch must be a JSON object", [FieldError("body", "must be an object")])
         row = self._row(namespace, name, for_update=True)
@@ -127,7 +127,7 @@ class ResourceService:
             raise Invalid("metadata.name cannot be changed", [FieldError("metadata.name", "is immutable")])
         return self._update(row, meta.labels, meta.annotations, spec)
 
-    def delete(self, namespace: str, name: str, if_match: str | None) -> dict[str, Any]:
+    def delete(self, namespace: str, name: str, if_match: str | None) -> JsonObject:
         """Mark for deletion; the worker tears down what the object owns and then removes the row."""
         row = self._row(namespace, name, for_update=True)
         _check_version(row.resource_version, if_match, None)
@@ -144,7 +144,7 @@ class ResourceService:
     def prepare_new(self, row: Any) -> None:
         """Kinds fill their own columns of a new row by overriding this."""
 
-    def spec_changed(self, row: Any, old_spec: dict[str, Any]) -> None:
+    def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
         """Kinds react to a spec change (already stored on `row`) by overriding this."""
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -156,8 +156,8 @@ class ResourceService:
         return row
 
     def _update(
-        self, row: Any, labels: dict[str, str], annotations: dict[str, str], spec: dict[str, Any]
-    ) -> dict[str, Any]:
+        self, row: Any, labels: dict[str, str], annotations: dict[str, str], spec: JsonObject
+    ) -> JsonObject:
         if row.deleted_at is not None:
             raise Conflict(f"{self.kind.kind} {row.name!r} is being deleted")
         changed = False
@@ -174,7 +174,7 @@ class ResourceService:
             self._wake(row.namespace, row.name)
         return to_object(self.kind, row)
 
-    def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, dict[str, Any]]:
+    def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, JsonObject]:
         """Validate a whole object (from JSON, YAML or a merged patch); returns metadata and stored spec."""
         if not isinstance(body, dict):
             raise BadRequest("the body must be an object", [FieldError("body", "must be an object")])

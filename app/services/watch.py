@@ -15,6 +15,7 @@ from app.errors import BadRequest, FieldError, Gone
 from app.kinds import Kind
 from app.repositories import revisions
 from app.repositories.resources import ResourceRepository, to_object
+from app.schemas.common import JsonObject
 from app.services.selectors import Predicate, parse_selector
 
 BOOKMARK_SECONDS = 30.0
@@ -40,7 +41,7 @@ class Watch:
         self.namespace = namespace
         self.selector: Predicate | None = parse_selector(label_selector)
         self.bookmarks = bookmarks
-        self.initial: list[dict[str, Any]] = []
+        self.initial: list[JsonObject] = []
         self.rv = self._start(resource_version)
         # With a selector: whether the client last saw each object (by uid) inside it.
         self.inside: dict[str, bool] = {obj["metadata"]["uid"]: True for obj in self.initial}
@@ -80,10 +81,10 @@ class Watch:
             conn.rollback()
         return current
 
-    def _line(self, event_type: str, obj: dict[str, Any]) -> bytes:
+    def _line(self, event_type: str, obj: JsonObject) -> bytes:
         return (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
 
-    def _fetch(self) -> tuple[int, int, list[tuple[str, dict[str, Any]]]]:
+    def _fetch(self) -> tuple[int, int, list[tuple[str, JsonObject]]]:
         """The next events after self.rv: how many, the resourceVersion they reach, and what this client
         sees of them."""
         with self.db.read() as session:
@@ -91,7 +92,7 @@ class Watch:
             seen = [(t, r.object) for r in rows if (t := self._as_seen(session, r.rv, r.type, r.object))]
             return len(rows), (rows[-1].rv if rows else self.rv), seen
 
-    def _as_seen(self, session: Session, rv: int, event_type: str, obj: dict[str, Any]) -> str | None:
+    def _as_seen(self, session: Session, rv: int, event_type: str, obj: JsonObject) -> str | None:
         """Kubernetes' rule for a label-filtered watch: an object that comes to match is ADDED, one that stops
         matching is DELETED, others are not shown. Whether it matched before is what this stream showed, or
         else its previous retained event (unknown when there is none: then a change shows as MODIFIED)."""

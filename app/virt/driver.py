@@ -298,7 +298,7 @@ class Connector(Protocol):
     def __call__(self, uri: str) -> Hypervisor: ...
 
 
-class HypervisorPool(Protocol):
+class NodeHypervisors(Protocol):
     """Open connections by node, reconnecting when a node's URI changes or its connection died."""
 
     def get(self, node: str, uri: str) -> Hypervisor: ...
