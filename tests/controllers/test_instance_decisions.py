@@ -17,6 +17,7 @@ from app.controllers.instance_decisions import (
     Act,
     Desired,
     Plan,
+    crash_backoff,
     decide,
     decide_teardown,
     guest_report_due,
@@ -330,3 +331,8 @@ def test_guest_reports_are_refreshed_when_due(
     observed_at = None if observed_ago is None else NOW - timedelta(seconds=observed_ago)
     intent = InstanceIntent(guest_refresh=asked)
     assert guest_report_due(observed_at, refreshed, intent, connected, NOW) == due
+
+
+def test_crash_backoff_grows_and_caps() -> None:
+    assert [crash_backoff(n) for n in range(1, 7)] == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0]
+    assert crash_backoff(50) == 300.0

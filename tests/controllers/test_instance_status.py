@@ -1,0 +1,55 @@
+"""What an instance's status says, from libvirt's state and the guest agent's report."""
+
+from __future__ import annotations
+
+import typing
+from datetime import UTC, datetime
+
+import pytest
+
+from app.controllers.instance_status import add_guest_report, phase_of
+from app.virt.driver import DomainInfo, DomainState
+from tests.virt.test_guest_parsing import real_report
+
+
+def info(state: DomainState, reason: str) -> DomainInfo:
+    return DomainInfo("d", "u", state, reason)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "stopping", "started", "expected"),
+    [
+        (DomainState.RUNNING, "booted", False, True, ("Running", "Running")),
+        (DomainState.RUNNING, "unpaused", True, True, ("Stopping", "StopRequested")),
+        (DomainState.PAUSED, "user", False, True, ("Paused", "PausedByUser")),
+        (DomainState.PAUSED, "ioerror", False, True, ("Paused", "PausedIOError")),
+        (DomainState.PAUSED, "starting up", False, True, ("Starting", "StartingUp")),
+        (DomainState.PAUSED, "migration", False, True, ("Migrating", "PausedMigration")),
+        (DomainState.SHUTDOWN, "user", False, True, ("Stopping", "ShuttingDown")),
+        (DomainState.SHUTOFF, "shutdown", False, True, ("Stopped", "GuestShutdown")),
+        (DomainState.SHUTOFF, "crashed", False, True, ("Stopped", "Crashed")),
+        (DomainState.SHUTOFF, "unknown", False, False, ("Scheduled", "Defined")),
+        (DomainState.CRASHED, "panicked", False, True, ("Failed", "Crashed")),
+    ],
+)
+def test_libvirt_state_to_phase(
+    state: DomainState, reason: str, stopping: bool, started: bool, expected: tuple[str, str]
+) -> None:
+    assert phase_of(info(state, reason), stopping=stopping, ever_started=started) == expected
+
+
+def test_a_guest_report_in_the_status() -> None:
+    status: dict[str, typing.Any] = {}
+    add_guest_report(status, real_report(), datetime.now(UTC))
+    assert status["guestOSInfo"]["kernelRelease"] == "6.1.0-41-cloud-amd64"
+    assert status["interfaces"] == [
+        {
+            "interfaceName": "eth0",
+            "mac": "52:54:00:12:34:56",
+            "ipAddress": "10.0.2.15",
+            "ipAddresses": ["10.0.2.15", "fe80::5054:ff:fe12:3456"],
+            "infoSource": "guest-agent",
+        }
+    ]
+    agent = {c["type"]: (c["status"], c["message"]) for c in status["conditions"]}["AgentVersionNotSupported"]
+    assert agent[0] == "True" and agent[1].startswith("qemu-ga 7.2.22 lacks ")
