@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.clock import utc_now
+from app.clock import Clock, utc_now
 from app.controllers.base import Result
 from app.controllers.placement import device_slot, mdev_slots, wake_unschedulable
 from app.db import Database
@@ -50,12 +50,12 @@ def host_status(
     reason: str,
     generation: int,
     previous: JsonObject,
+    at: datetime,
     cpu_ratio: int = 1,
     devices: dict[str, tuple[int, int]] | None = None,
 ) -> JsonObject:
     """Ready with capacity; allocatable cpu is capacity times the allocation ratio (vCPU overcommit).
     Permitted host devices count per resourceName ({name: (capacity, allocated)})."""
-    at = utc_now()
     status: JsonObject = {"conditions": [dict(c) for c in previous.get("conditions", [])]}
     set_condition(status, "Ready", "True", "HeartbeatOK", f"libvirt {host.libvirt_version} answers", at)
     memory = f"{host.memory_bytes // (1024 * 1024)}Mi"
@@ -128,7 +128,7 @@ def device_resources(rows: list[Any], rules: PermittedHostDevices) -> dict[str, 
     return counts
 
 
-def _same_but_heartbeat(old: JsonObject, new: JsonObject, min_age: float) -> bool:
+def _same_but_heartbeat(old: JsonObject, new: JsonObject, min_age: float, now: datetime) -> bool:
     """Nothing changed but a heartbeat younger than `min_age`: skip the write (and its watch event)."""
     if {k: v for k, v in old.items() if k != "lastHeartbeatTime"} != {
         k: v for k, v in new.items() if k != "lastHeartbeatTime"
@@ -137,7 +137,7 @@ def _same_but_heartbeat(old: JsonObject, new: JsonObject, min_age: float) -> boo
     last = old.get("lastHeartbeatTime")
     if last is None:
         return "lastHeartbeatTime" not in new
-    age = utc_now() - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+    age = now - datetime.fromisoformat(str(last).replace("Z", "+00:00"))
     return age.total_seconds() < min_age
 
 
@@ -151,8 +151,10 @@ class NodeReconciler:
         heartbeat_seconds: float,
         cpu_allocation_ratio: int = 10,
         inventory_seconds: float = 60.0,
+        clock: Clock = utc_now,
     ) -> None:
         self.db = db
+        self.clock = clock
         self.hypervisors = hypervisors
         self.heartbeat = heartbeat_seconds
         self.cpu_ratio = cpu_allocation_ratio
@@ -182,11 +184,13 @@ class NodeReconciler:
         except HypervisorError as exc:
             self.hypervisors.forget(name)
             self._inventoried.pop(name, None)
-            self._write(namespace, name, self._unreachable(previous, generation, str(exc)))
+            self._write(namespace, name, self._unreachable(previous, generation, str(exc), self.clock()))
             return Result(requeue_after=self.heartbeat)
         virt_type, reason = decide_virt_type(host, spec.virt_type)
         devices = self._record_devices(name, inventory)
-        status = host_status(host, virt_type, reason, generation, previous, self.cpu_ratio, devices)
+        status = host_status(
+            host, virt_type, reason, generation, previous, self.clock(), self.cpu_ratio, devices
+        )
         self._write(namespace, name, status)
         return Result(requeue_after=self.heartbeat)
 
@@ -200,7 +204,7 @@ class NodeReconciler:
             if inventory is not None:
                 devices, in_use = inventory
                 reported = {d.name: (d.capability, device_facts(d, in_use)) for d in devices}
-                if ledger.replace_inventory(node, reported, utc_now()):
+                if ledger.replace_inventory(node, reported, self.clock()):
                     wake_unschedulable(session)  # a new device may be what an instance waits for
             resources = device_resources(ledger.on_node(node), permitted(session))
         if inventory is not None:
@@ -208,10 +212,10 @@ class NodeReconciler:
         return resources
 
     @staticmethod
-    def _unreachable(previous: JsonObject, generation: int, message: str) -> JsonObject:
+    def _unreachable(previous: JsonObject, generation: int, message: str, at: datetime) -> JsonObject:
         status = dict(previous)
         status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
-        set_condition(status, "Ready", "False", "Unreachable", message[:500], utc_now())
+        set_condition(status, "Ready", "False", "Unreachable", message[:500], at)
         status.update(phase="NotReady", observedGeneration=generation)
         return status
 
@@ -219,7 +223,7 @@ class NodeReconciler:
         with self.db.transaction() as session:
             repo = ResourceRepository[Any](session, NODES)
             row = repo.get(namespace, name, for_update=True)
-            if row is None or _same_but_heartbeat(row.status, status, self.heartbeat / 2):
+            if row is None or _same_but_heartbeat(row.status, status, self.heartbeat / 2, self.clock()):
                 return
             row.status = status
             repo.touch(row)

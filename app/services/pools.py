@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.clock import utc_now
 from app.errors import AlreadyExists, Conflict
 from app.kinds import INSTANCES, POOLS
+from app.models import InstanceRow, PoolRow
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
@@ -73,11 +74,7 @@ class PoolService(ResourceService):
         member.annotations = {**kept, **request.annotations, CLAIMED_AT: utc_now().isoformat()}
         if spec.warm_state == "Paused":
             # Resume at once: the worker acts on the unpause request this write carries.
-            intent = dict(member.intent or {})
-            intent.update(
-                pause=int(intent.get("pause", 0)) + 1, paused=False, requestedAt=utc_now().isoformat()
-            )
-            member.intent = intent
+            set_intent(member, intent_of(member).pause_requested(False, utc_now()))
         if request.name is not None and request.name != member.name:
             self.instances.rename(member, request.name)
         else:
@@ -86,7 +83,7 @@ class PoolService(ResourceService):
         workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
         return to_object(INSTANCES, member)
 
-    def add_member(self, pool: Any, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
+    def add_member(self, pool: PoolRow, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
         index = 0
         while f"{pool.name}-{index}" in taken:
             index += 1
@@ -107,11 +104,11 @@ class PoolService(ResourceService):
         taken.add(member_name)
         return member_name
 
-    def remove_member(self, member: Any) -> None:
+    def remove_member(self, member: InstanceRow) -> None:
         if member.deleted_at is None:
             InstanceService(self.session).delete(member.namespace, member.name, None)
 
-    def request_pause(self, member: Any, paused: bool) -> None:
+    def request_pause(self, member: InstanceRow, paused: bool) -> None:
         """Pause a warm member (its guest agent answered) or resume it; marks it so claims know."""
         set_intent(member, intent_of(member).pause_requested(paused, utc_now()))
         annotations = dict(member.annotations or {})
@@ -123,7 +120,7 @@ class PoolService(ResourceService):
         self.instances.touch(member)
         workqueue.enqueue(self.session, INSTANCES.work_key(member.namespace, member.name))
 
-    def claimed(self, namespace: str, name: str) -> list[Any]:
+    def claimed(self, namespace: str, name: str) -> list[InstanceRow]:
         """Instances claimed from the pool that still exist."""
         rows, _ = self.instances.page(namespace, selector=lambda labels: labels.get(CLAIMED_LABEL) == name)
         return rows

@@ -192,6 +192,8 @@ def test_seed_migration_moves_the_running_guest(cluster: Cluster) -> None:
     # bookkeeping on the target after the guest runs again.
     assert 0 < state["downtimeMs"] < state["libvirtDowntimeMs"], state
 
+    # The watch stream is read by its own thread: the last event may land just after the GET saw it.
+    wait_for(lambda: phases_in(migrations, "test-vmi-migration")[-1:] == ["Succeeded"], timeout=5)
     assert phases_in(migrations, "test-vmi-migration") == [
         "Pending",
         "Scheduling",
@@ -399,6 +401,9 @@ def test_a_cut_network_fails_the_migration_and_the_guest_stays_on_its_source(clu
         assert_failed_on_source(cluster, name, source, timeout=120)
     finally:
         subprocess.run([*link, "up"], check=True)
+        # The node that could not resolve its peer during the cut keeps that failure for a while; the next
+        # test must start on a healed link, so wait until each node's libvirtd reaches the other's again.
+        wait_for(lambda: all(reaches(n, 3 - n) for n in (1, 2)), timeout=60, what="the migration link healed")
     instance = cluster.serve.get("test-vmi")
     assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {source: "Running"}
 
@@ -419,6 +424,13 @@ def test_a_target_libvirtd_killed_mid_migration_leaves_the_guest_on_its_source(c
     )
     instance = cluster.serve.get("test-vmi")
     assert where(instance["status"]["domainName"], instance["metadata"]["uid"]) == {source: "Running"}
+
+
+def reaches(node: int, peer: int) -> bool:
+    """Whether rig node `node` opens a TCP connection to the libvirtd of node `peer`."""
+    probe = f"exec 3<>/dev/tcp/10.99.0.{peer}/16509"
+    command = ["ip", "netns", "exec", f"corralmig{node}", "timeout", "2", "bash", "-c", probe]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
 
 
 def start_slow_migration(cluster: Cluster) -> tuple[str, str]:
