@@ -69,9 +69,10 @@ def _serve_http(db: Any, host: str, port: int) -> None:
 
     from app.main import create_app
 
+    settings = get_settings()
     # Watches stream until the client leaves: bound the wait for them at shutdown.
     uvicorn.run(
-        create_app(db, get_settings().node_grace_seconds),
+        create_app(db, settings.node_grace_seconds, settings.metrics_tenant_labels),
         host=host,
         port=port,
         log_level="info",

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How often each node's devices are listed again."
     )
     lease_seconds: float = Field(default=30.0, gt=1)
+    metrics_tenant_labels: bool = Field(
+        default=False,
+        description="Show series labelled with namespaces and pool names on /metrics to callers without a "
+        "cluster-wide token (for a scraper behind its own access control).",
+    )
     event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
 
     def resolved_database_url(self) -> str:

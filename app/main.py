@@ -65,7 +65,9 @@ async def _mark_unreported_nodes(db: Database, grace_seconds: float) -> None:
             log.warning("could not check node heartbeats", exc_info=True)
 
 
-def create_app(db: Database, node_grace_seconds: float = 40.0) -> FastAPI:
+def create_app(
+    db: Database, node_grace_seconds: float = 40.0, metrics_tenant_labels: bool = False
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         db.start_listener()
@@ -75,6 +77,7 @@ def create_app(db: Database, node_grace_seconds: float = 40.0) -> FastAPI:
 
     app = FastAPI(title="Corral", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.db = db
+    app.state.metrics_tenant_labels = metrics_tenant_labels
     problems.install(app)
     app.include_router(system.router)
     for kind in KINDS.values():

@@ -12,6 +12,7 @@ from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
 from app.kinds import INSTANCES, POOLS
 from app.schemas.instance import Instance
+from app.services.health import TENANT_REGISTRY
 from app.services.pools import PoolService
 
 router = APIRouter(tags=["pools"])
@@ -25,6 +26,7 @@ CLAIMS = Counter(
     "corral_pool_claims_total",
     "Claims by outcome: hit (a member) or miss (none ready)",
     ["namespace", "pool", "result"],
+    registry=TENANT_REGISTRY,
 )
 RETRY_AFTER_SECONDS = 5
 

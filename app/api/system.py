@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from app.api.deps import DB, Caller, ObjectBody
 from app.api.resources import PROBLEMS, request_body
+from app.db import Database
 from app.schemas.auth import Role, TokenCreated, TokenList, TokenRequest, WhoAmI
 from app.services import auth, health
 from app.services.validation import invalid
@@ -45,9 +46,22 @@ def readyz(db: DB) -> Any:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
-def metrics(db: DB) -> Response:
+def metrics(request: Request, db: DB) -> Response:
     health.refresh_gauges(db)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest()
+    if request.app.state.metrics_tenant_labels or _sees_every_namespace(
+        db, request.headers.get("authorization")
+    ):
+        body += generate_latest(health.TENANT_REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _sees_every_namespace(db: Database, authorization: str | None) -> bool:
+    """Whether the caller holds a cluster-wide role (a bad token is refused; no token sees aggregates)."""
+    if authorization is None:
+        return False
+    with db.read() as session:
+        return auth.authenticate(session, authorization).cluster_role is not None
 
 
 @router.get(

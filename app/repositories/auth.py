@@ -20,6 +20,11 @@ def list_tokens(session: Session) -> list[TokenRow]:
     return list(session.scalars(select(TokenRow).order_by(TokenRow.name)))
 
 
+def lock_tokens(session: Session) -> list[TokenRow]:
+    """Every token, locked for this transaction, in name order."""
+    return list(session.scalars(select(TokenRow).order_by(TokenRow.name).with_for_update()))
+
+
 def add_token(session: Session, token: TokenRow, grants: list[GrantRow]) -> TokenRow:
     token.grants = grants
     session.add(token)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
-from app.errors import AlreadyExists, Forbidden, NotFound, Unauthorized
+from app.errors import AlreadyExists, Conflict, FieldError, Forbidden, NotFound, Unauthorized
 from app.models import GrantRow, TokenRow
 from app.repositories import auth as repo
 from app.schemas.auth import Role
@@ -91,10 +91,30 @@ def list_tokens(session: Session) -> list[TokenRow]:
 
 
 def delete_token(session: Session, name: str) -> None:
+    """Revoke a token, never the bootstrap admin (it is how an operator gets back in) nor the last
+    cluster admin: either would lock every client out until a restart."""
     row = repo.token_by_name(session, name)
     if row is None:
         raise NotFound(f"token {name!r} not found")
+    if name == BOOTSTRAP_NAME:
+        raise Conflict(
+            f"token {name!r} is the bootstrap admin token and cannot be deleted; rotate it by changing "
+            "CORRAL_ADMIN_TOKEN",
+            [FieldError("name", "is the bootstrap admin token")],
+        )
+    if is_cluster_admin(row):
+        # Locked, so two admins revoking each other at once cannot both pass this check.
+        admins = [t for t in repo.lock_tokens(session) if is_cluster_admin(t)]
+        if all(t.name == name for t in admins):
+            raise Conflict(
+                f"token {name!r} is the last cluster admin token and cannot be deleted",
+                [FieldError("name", "is the last cluster admin token")],
+            )
     repo.delete_token(session, row)
+
+
+def is_cluster_admin(token: TokenRow) -> bool:
+    return any(g.namespace == ALL_NAMESPACES and g.role == Role.admin.name for g in token.grants)
 
 
 def bootstrap_admin(session: Session, secret: str | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import text
 
 from app import migrate
@@ -14,9 +14,14 @@ from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
 from app.schemas.conditions import condition_true
 
+# Series labelled with tenants' namespaces and names: shown to callers who may see every namespace, or to
+# anyone when CORRAL_METRICS_TENANT_LABELS is set (a scraper behind its own access control).
+TENANT_REGISTRY = CollectorRegistry()
 WORK_DEPTH = Gauge("corral_workqueue_depth", "Keys waiting for or in a reconcile pass")
 OBJECTS = Gauge("corral_objects", "Stored objects by kind", ["kind"])
-POOL_MEMBERS = Gauge("corral_pool_members", "Pool members by state", ["namespace", "pool", "state"])
+POOL_MEMBERS = Gauge(
+    "corral_pool_members", "Pool members by state", ["namespace", "pool", "state"], registry=TENANT_REGISTRY
+)
 POOL_STATES = {
     "available": "availableReplicas",
     "warming": "warming",

@@ -28,6 +28,37 @@ def test_health_and_metrics_need_no_token(anon: httpx.Client) -> None:
     assert metrics.status_code == 200 and "corral_workqueue_depth" in metrics.text
 
 
+def test_metrics_name_tenants_only_to_callers_who_see_every_namespace(
+    api: httpx.Client, anon: httpx.Client
+) -> None:
+    pool = {"metadata": {"name": "secretpool"}, "spec": {"size": 0, "template": {}}}
+    assert api.post("/v1/namespaces/team-b/pools", json=pool).status_code == 201
+    tenant = 'corral_pool_members{namespace="team-b",pool="secretpool"'
+    assert tenant not in anon.get("/metrics").text
+    scoped = bearer(make_token(api, "team-a-admin", [{"namespace": "team-a", "role": "admin"}]))
+    assert tenant not in anon.get("/metrics", headers=scoped).text
+    assert tenant in api.get("/metrics").text
+    watcher = bearer(make_token(api, "scraper", [{"namespace": "*", "role": "viewer"}]))
+    assert tenant in anon.get("/metrics", headers=watcher).text
+    problem(anon.get("/metrics", headers=bearer("crl_nope")), 401)
+
+
+def test_the_bootstrap_and_the_last_admin_token_cannot_be_deleted(
+    api: httpx.Client, anon: httpx.Client, db: Database
+) -> None:
+    answer = problem(api.delete("/v1/tokens/bootstrap-admin"), 409)
+    assert answer["errors"][0]["field"] == "name" and "CORRAL_ADMIN_TOKEN" in answer["detail"]
+    assert api.get("/v1/tokens").status_code == 200  # still let in
+    admin = [{"namespace": "*", "role": "admin"}]
+    first, second = bearer(make_token(api, "ops-1", admin)), bearer(make_token(api, "ops-2", admin))
+    assert anon.delete("/v1/tokens/ops-1", headers=first).status_code == 204  # itself: others remain
+    with db.transaction() as session:  # a database whose bootstrap token is gone (an older install)
+        session.delete(session.scalars(select(TokenRow).where(TokenRow.name == "bootstrap-admin")).one())
+    answer = problem(anon.delete("/v1/tokens/ops-2", headers=second), 409)
+    assert answer["detail"] == "token 'ops-2' is the last cluster admin token and cannot be deleted"
+    assert anon.get("/v1/tokens", headers=second).status_code == 200
+
+
 def test_roles_per_namespace(api: httpx.Client, anon: httpx.Client) -> None:
     viewer = bearer(make_token(api, "alice", [{"namespace": "team-a", "role": "viewer"}]))
     operator = bearer(make_token(api, "bob", [{"namespace": "team-a", "role": "operator"}]))
