@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, String, UniqueConstraint
+from sqlalchemy import Boolean, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, BigIntKey, JSONType
+from app.models.base import Base, BigIntKey, JSONType, UtcDateTime
 
 
 class HostDeviceRow(Base):
@@ -23,7 +23,7 @@ class HostDeviceRow(Base):
     # mediated device types): replaced on every inventory refresh.
     facts: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     present: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
-    observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    observed_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     # The ledger: the instance holding the device (uid, and namespace/name to answer ?holder= queries).
     holder_uid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     holder: Mapped[str | None] = mapped_column(String(127), nullable=True, index=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String
+from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, JSONType
+from app.models.base import Base, JSONType, UtcDateTime
 
 
 class RevisionRow(Base):
@@ -32,4 +32,4 @@ class EventRow(Base):
     name: Mapped[str] = mapped_column(String(63), nullable=False)
     type: Mapped[str] = mapped_column(String(16), nullable=False)
     object: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

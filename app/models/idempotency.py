@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String
+from sqlalchemy import Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, JSONType
+from app.models.base import Base, JSONType, UtcDateTime
 
 
 class IdempotencyRow(Base):
@@ -19,4 +19,4 @@ class IdempotencyRow(Base):
     request: Mapped[str] = mapped_column(String(1024), nullable=False)  # method and path it answered
     status_code: Mapped[int] = mapped_column(Integer, nullable=False)
     body: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False, index=True)

@@ -8,7 +8,7 @@ from typing import Any, Generic
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.clock import utc_now
+from app.clock import rfc3339, utc_now
 from app.kinds import Kind, RowT
 from app.models import ResourceRow
 from app.repositories.revisions import next_revision, record_event
@@ -25,12 +25,12 @@ def to_object(info: Kind[Any], row: ResourceRow) -> dict[str, Any]:
         "annotations": dict(row.annotations or {}),
         "resourceVersion": str(row.resource_version),
         "generation": row.generation,
-        "creationTimestamp": _iso(row.created_at),
+        "creationTimestamp": rfc3339(row.created_at),
     }
     if info.namespaced:
         meta["namespace"] = row.namespace
     if row.deleted_at is not None:
-        meta["deletionTimestamp"] = _iso(row.deleted_at)
+        meta["deletionTimestamp"] = rfc3339(row.deleted_at)
     return {
         "apiVersion": info.api_version,
         "kind": info.kind,
@@ -38,12 +38,6 @@ def to_object(info: Kind[Any], row: ResourceRow) -> dict[str, Any]:
         "spec": row.spec,
         "status": row.status,
     }
-
-
-def _iso(value: Any) -> str:
-    text = value.isoformat()
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return str(text.replace("+00:00", "Z") if "+" in text else text + "Z")
 
 
 class ResourceRepository(Generic[RowT]):

@@ -103,7 +103,9 @@ def test_tokens_are_stored_hashed_and_revocable(api: httpx.Client, anon: httpx.C
         digests = list(session.scalars(select(TokenRow.digest)))
     assert secret not in digests and ADMIN_TOKEN not in digests and all(len(d) == 64 for d in digests)
     assert anon.get("/v1/nodes", headers=bearer(secret)).status_code == 200
-    names = [t["name"] for t in api.get("/v1/tokens").json()["items"]]
+    listed = api.get("/v1/tokens").json()["items"]
+    assert all(t["createdAt"].endswith("Z") for t in listed)  # RFC 3339 UTC on SQLite too
+    names = [t["name"] for t in listed]
     assert names == ["bootstrap-admin", "ci"] and "token" not in api.get("/v1/tokens").json()["items"][0]
     problem(
         api.post("/v1/tokens", json={"name": "ci", "grants": [{"namespace": "*", "role": "viewer"}]}), 409
