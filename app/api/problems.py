@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.errors import CorralError, FieldError
 from app.services.validation import field_path
@@ -38,6 +39,21 @@ def problem_response(
     if instance:
         body["instance"] = instance
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (each method is its own route, and the router names only
+    the first route that matched the path)."""
+    routes = request.app.router.routes
+    served = [
+        m
+        for m in HTTP_METHODS
+        if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
+    ]
+    return ", ".join(served)
 
 
 def install(app: FastAPI) -> None:
@@ -70,14 +86,18 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         reasons = {404: "NotFound", 405: "MethodNotAllowed"}
         detail = str(exc.detail) if exc.detail else "error"
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             detail = f"no route {request.url.path}"
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
         return problem_response(
             exc.status_code,
-            detail.split(":")[0],
+            "Method Not Allowed" if exc.status_code == 405 else detail.split(":")[0],
             detail,
             reasons.get(exc.status_code, "Error"),
-            headers=dict(exc.headers or {}),
+            headers=headers,
             instance=request.url.path,
         )
 

@@ -283,3 +283,19 @@ def test_nodes_are_cluster_scoped_and_validated(api: httpx.Client) -> None:
         ),
         422,
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/v1/nodes", "GET, POST"),
+        ("DELETE", "/v1/tokens", "GET, POST"),
+        ("PATCH", "/v1/nodes/local/drain", "DELETE, GET, POST"),
+        ("POST", "/v1/namespaces/default/instances/x", "DELETE, GET, PATCH, PUT"),
+    ],
+)
+def test_405_names_every_allowed_method(api: httpx.Client, method: str, path: str, allowed: str) -> None:
+    answer = api.request(method, path)
+    assert answer.status_code == 405 and answer.headers["Allow"] == allowed
+    body = problem(answer, 405)
+    assert body["title"] == "Method Not Allowed" and allowed in body["detail"]
