@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from app.schemas.common import ApiModel, ListMeta, parse_quantity
 from app.schemas.instance import InstanceSpec
@@ -25,7 +25,7 @@ class PciHostDevice(ApiModel):
         pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$", description="vendor:product ids, e.g. 10de:1eb8."
     )
     resource_name: ResourceName
-    external_resource_provider: bool = Field(
+    external_resource_provider: StrictBool = Field(
         default=False, description="Accepted for KubeVirt compatibility; Corral always allocates devices."
     )
 
@@ -88,7 +88,7 @@ class HostDeviceSpec(ApiModel):
 
 class HostDeviceStatus(ApiModel):
     capability: str = Field(description="libvirt's capability type: pci, usb_device, net, ...")
-    present: bool = Field(description="False once the node stopped reporting it (kept while held).")
+    present: StrictBool = Field(description="False once the node stopped reporting it (kept while held).")
     address: str | None = None
     vendor_id: str | None = None
     product_id: str | None = None

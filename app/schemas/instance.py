@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from app.schemas.common import (
     ApiModel,
@@ -54,7 +54,7 @@ class Memory(ApiModel):
 
 class DiskTarget(ApiModel):
     bus: Literal["virtio", "sata", "scsi"] = "virtio"
-    readonly: bool = False
+    readonly: StrictBool = False
 
 
 class Disk(ApiModel):
@@ -205,7 +205,7 @@ def requested_memory(spec: InstanceSpec) -> int:
 
 
 class StopOptions(ApiModel):
-    force: bool = Field(default=False, description="Power off now instead of a graceful shutdown.")
+    force: StrictBool = Field(default=False, description="Power off now instead of a graceful shutdown.")
     grace_period_seconds: int | None = Field(
         default=None, ge=0, le=3600, description="Override spec.terminationGracePeriodSeconds for this stop."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from app.schemas.common import ApiModel, Condition, DnsLabel, ListMeta, ObjectMeta, ObjectMetaOut
 
@@ -61,10 +61,10 @@ class MigrationPolicy(ApiModel):
         description="Seconds allowed per GiB of guest memory before the migration is aborted "
         "(or switched to post-copy when allowed).",
     )
-    allow_auto_converge: bool | None = Field(
+    allow_auto_converge: StrictBool | None = Field(
         default=None, description="Let QEMU throttle the guest's vCPUs when memory is dirtied too fast."
     )
-    allow_post_copy: bool | None = Field(
+    allow_post_copy: StrictBool | None = Field(
         default=None,
         description="Switch to post-copy at the completion timeout instead of aborting: the guest runs on "
         "the target while the rest of its memory follows.",
@@ -84,8 +84,8 @@ class MigrationConfiguration(ApiModel):
     downtime_steps: int
     downtime_delay_per_gib: int = Field(alias="downtimeDelayPerGiB")
     completion_timeout_per_gib: int = Field(alias="completionTimeoutPerGiB")
-    allow_auto_converge: bool
-    allow_post_copy: bool
+    allow_auto_converge: StrictBool
+    allow_post_copy: StrictBool
 
 
 class MigrationState(ApiModel):
@@ -95,9 +95,9 @@ class MigrationState(ApiModel):
     target_node: str | None = None
     source_pod: str | None = Field(default=None, description="The domain's name on the source node.")
     target_pod: str | None = Field(default=None, description="The domain's name on the target node.")
-    completed: bool = False
-    failed: bool = False
-    abort_requested: bool = False
+    completed: StrictBool = False
+    failed: StrictBool = False
+    abort_requested: StrictBool = False
     abort_status: Literal["Aborting", "Succeeded", "Failed"] | None = None
     failure_reason: str | None = None
     mode: Literal["PreCopy", "PostCopy"] | None = None
@@ -195,7 +195,7 @@ class DrainStatus(ApiModel):
     """A node's drain: the migrations it started and the instances it could not move."""
 
     node: str
-    unschedulable: bool
+    unschedulable: StrictBool
     migrations: list[DrainMigration] = Field(default_factory=list)
     not_migratable: list[NotMigratable] = Field(default_factory=list)
     remaining_instances: int = Field(description="Instances still placed on the node.")

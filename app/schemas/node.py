@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, StrictBool
 
 from app.schemas.common import ApiModel, Condition, ListMeta, ObjectMeta, ObjectMetaOut
 
@@ -39,7 +39,7 @@ class NodeSpec(ApiModel):
         description="The URI other nodes' libvirtd dial to migrate guests here (peer to peer), when it "
         "differs from uri, e.g. qemu+tcp://10.0.0.2/system on a migration network. Default: uri.",
     )
-    unschedulable: bool = Field(
+    unschedulable: StrictBool = Field(
         default=False, description="No new instances are placed here (set by a drain, cleared by an admin)."
     )
     virt_type: VirtType | None = Field(

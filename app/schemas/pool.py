@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from app.schemas.common import (
     Annotations,
@@ -37,7 +37,7 @@ class InstanceTemplate(ApiModel):
 class VirtualMachineSpec(ApiModel):
     """KubeVirt's VirtualMachineSpec, as far as a pool member needs it."""
 
-    running: bool | None = None
+    running: StrictBool | None = None
     run_strategy: RunStrategy | None = None
     template: InstanceTemplate
 
@@ -62,7 +62,7 @@ class PoolSpec(ApiModel):
         le=MAX_POOL_SIZE,
         description="Floor of Ready unclaimed members that maintenance never goes below.",
     )
-    auto_replenish: bool = Field(default=True, description="Replace a claimed member.")
+    auto_replenish: StrictBool = Field(default=True, description="Replace a claimed member.")
     template: InstanceTemplate | None = None
     virtual_machine_template: VirtualMachineTemplate | None = Field(
         default=None, description="KubeVirt's spelling of the member template."
@@ -70,7 +70,7 @@ class PoolSpec(ApiModel):
     warm_state: Literal["Running", "Paused"] = Field(
         default="Running", description="Paused: members wait with their vCPUs paused and resume on claim."
     )
-    paused: bool = Field(default=False, description="Stop reconciling the pool.")
+    paused: StrictBool = Field(default=False, description="Stop reconciling the pool.")
     selector: LabelSelector | None = None
 
     @model_validator(mode="after")

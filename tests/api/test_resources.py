@@ -299,3 +299,28 @@ def test_405_names_every_allowed_method(api: httpx.Client, method: str, path: st
     assert answer.status_code == 405 and answer.headers["Allow"] == allowed
     body = problem(answer, 405)
     assert body["title"] == "Method Not Allowed" and allowed in body["detail"]
+
+
+PCI_RULE = {"pciVendorSelector": "10de:1eb8", "resourceName": "nvidia.com/T4", "externalResourceProvider": 0}
+NODE = {"metadata": {"name": "n"}, "spec": {"uri": "test:///default", "unschedulable": "yes"}}
+POOL = {"metadata": {"name": "p"}, "spec": {"template": {}, "paused": 1}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        (
+            "PUT",
+            "/v1/config/permittedHostDevices",
+            {"pciHostDevices": [PCI_RULE]},
+            "pciHostDevices[0].externalResourceProvider",
+        ),
+        ("POST", "/v1/nodes", NODE, "spec.unschedulable"),
+        ("POST", "/v1/namespaces/default/pools", POOL, "spec.paused"),
+    ],
+)
+def test_booleans_must_be_booleans(
+    api: httpx.Client, method: str, path: str, body: object, field: str
+) -> None:
+    answer = problem(api.request(method, path, json=body), 422)
+    assert answer["errors"][0]["field"] == field
