@@ -155,6 +155,7 @@ def pool_status(
         "readyReplicas": sum(m.up and m.state != "failed" for m in kept),
         "availableReplicas": available,
         "warming": sum(m.state == "warming" for m in kept),
+        "updatedReplicas": sum(m.current and m.warm_paused == (spec.warm_state == "Paused") for m in kept),
         "claimed": claimed,
         "failed": failed,
         "conditions": [dict(c) for c in previous.get("conditions", [])],

@@ -108,6 +108,11 @@ class PoolStatus(ApiModel):
     ready_replicas: int = 0
     available_replicas: int = 0
     warming: int = 0
+    updated_replicas: int = Field(
+        default=0,
+        description="Members that match the current spec: made from its template and in its warmState. The "
+        "spec has rolled out when observedGeneration is metadata.generation and this equals replicas.",
+    )
     claimed: int = 0
     failed: int = 0
     conditions: list[Condition] = Field(default_factory=list)

@@ -140,3 +140,20 @@ def test_status_counts_and_conditions() -> None:
     assert conditions["BelowMinAvailable"] == ("True", "BelowMinAvailable")
     assert conditions["ReplicaFailure"] == ("True", "MemberFailed")
     assert "failures" not in status and status["retryAfter"].endswith("Z")  # an available member ends the run
+
+
+@pytest.mark.parametrize(
+    ("warm_state", "members", "updated"),
+    [
+        ("Running", [member(0), member(1), member(2)], 3),
+        ("Paused", [member(0), member(1), member(2)], 0),  # the change is seen, not yet rolled out
+        ("Paused", [member(0, paused=True), member(1, paused=True), member(2)], 2),
+        ("Running", [member(0, current=False), member(1), member(2, paused=True)], 1),
+    ],
+)
+def test_updated_replicas_say_when_the_spec_has_rolled_out(
+    warm_state: str, members: list[Member], updated: int
+) -> None:
+    plan = decide(spec(warmState=warm_state, paused=True), members, Bookkeeping(), None, NOW, 2)
+    status = pool_status({}, spec(warmState=warm_state), 2, plan, failed=0, claimed=0, now=NOW)
+    assert status["updatedReplicas"] == updated

@@ -123,13 +123,15 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
     )
 
     # Warm members parked with paused vCPUs: a claim resumes one and its agent answers at once.
-    api.patch(f"{POOLS}/fast-start-pool", json={"spec": {"warmState": "Paused"}}, headers=MERGE)
-    wait_for(
-        lambda: pool_status(api).get("availableReplicas") == 3,
-        timeout=60,
-        interval=0.2,
-        what="members paused",
-    )
+    patched = api.patch(f"{POOLS}/fast-start-pool", json={"spec": {"warmState": "Paused"}}, headers=MERGE)
+    generation = patched.json()["metadata"]["generation"]
+
+    def rolled_out() -> bool:
+        status = pool_status(api)  # the counts before the pool saw the change would already say 3
+        return status.get("observedGeneration") == generation and status.get("updatedReplicas") == 3
+
+    wait_for(rolled_out, timeout=60, interval=0.2, what="members paused")
+    assert pool_status(api)["availableReplicas"] == 3
     members = api.get(INSTANCES, params={"labelSelector": "corral.dev/pool=fast-start-pool"}).json()["items"]
     assert {m["status"]["phase"] for m in members} == {"Paused"}
     claimed = api.post(f"{POOLS}/fast-start-pool/claim", json={"name": "from-paused"})
