@@ -352,6 +352,8 @@ class LibvirtHypervisor:
             else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
         )
         dom = self._domain(name)
+        if mode is ShutdownMode.AGENT:
+            self._bound_agent_waits(dom)
         self._with_flag_fallback(lambda: dom.shutdownFlags(flag), dom.shutdown)
 
     def reboot(self, name: str, mode: ShutdownMode) -> None:
@@ -361,7 +363,16 @@ class LibvirtHypervisor:
             else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
         )
         dom = self._domain(name)
+        if mode is ShutdownMode.AGENT:
+            self._bound_agent_waits(dom)
         self._with_flag_fallback(lambda: dom.reboot(flag), lambda: dom.reboot(0))
+
+    @staticmethod
+    def _bound_agent_waits(dom: Any) -> None:
+        """libvirt's own agent calls (guest info, agent shutdown) wait for an answer without end by default:
+        a guest paused while one is in flight would hold the reconcile pass until someone resumes it."""
+        with suppress(libvirt.libvirtError):  # drivers without agents (the test driver) need no bound
+            dom.agentSetResponseTimeout(AGENT_TIMEOUT, 0)
 
     def _with_flag_fallback(self, flagged: Callable[[], Any], plain: Callable[[], Any]) -> None:
         """Drivers that take no mode flags (the test driver) get the plain call: libvirt's default mode."""
@@ -418,6 +429,7 @@ class LibvirtHypervisor:
 
     def guest_report(self, name: str) -> dict[str, Any]:
         dom = self._domain(name)
+        self._bound_agent_waits(dom)
         try:
             params = self._call(lambda: dom.guestInfo(0, 0))
         except (DomainNotFound, HypervisorUnavailable):

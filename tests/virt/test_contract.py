@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import threading
 import time
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,10 +141,42 @@ def guest_agent_round_trip(hv: Hypervisor, config: DomainConfig, tmp_path: Path)
     hostname = hv.agent_command(config.name, {"execute": "guest-get-host-name"}, 5)
     assert hostname == {"host-name": config.name}
     assert agent_after < 60
+    assert_a_pause_does_not_hold_a_report(hv, config.name)
     hv.shutdown(config.name, ShutdownMode.ACPI)
     next_event(received, config.uuid, EventKind.LIFECYCLE, "Stopped", timeout=30)
     assert hv.lookup(config.name).reason == "shutdown"
     assert "corral-init" in (tmp_path / "console.log").read_text(errors="replace")
+
+
+def assert_a_pause_does_not_hold_a_report(hv: Hypervisor, name: str) -> None:
+    """A guest paused while libvirt gathers a report cannot answer: the call must end (answered or
+    AgentUnavailable) instead of waiting until someone resumes the guest."""
+    finished = threading.Event()
+
+    def report() -> None:
+        with suppress(AgentUnavailable):
+            hv.guest_report(name)
+        finished.set()
+
+    threading.Thread(target=report, daemon=True).start()
+    time.sleep(0.002)  # the report's first agent commands are in flight
+    hv.suspend(name)
+    try:
+        assert finished.wait(20), "a guest paused during a report held the call until it was resumed"
+    finally:
+        hv.resume(name)
+    wait_until_agent_answers(hv, name)
+
+
+def wait_until_agent_answers(hv: Hypervisor, name: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            hv.agent_command(name, {"execute": "guest-ping"}, 2)
+            return
+        except AgentUnavailable:
+            if time.monotonic() > deadline:
+                raise
 
 
 def test_node_devices_and_passthrough_on_a_host_without_an_iommu(
@@ -151,13 +185,13 @@ def test_node_devices_and_passthrough_on_a_host_without_an_iommu(
     """Both drivers report the host's PCI devices; a hostdev domain defines on both, and the real QEMU
     driver refuses to start it on a host without an IOMMU (these machines): the error a user sees there."""
     pci = [d for d in hypervisor.node_devices() if d.capability == "pci"]
-    if hypervisor.uri.startswith("qemu"):
+    if hypervisor.capabilities.runs_guests:
         assert pci and all(d.address and d.vendor_id and d.product_id for d in pci)
         assert all(d.iommu_group is None for d in pci)  # no /sys/kernel/iommu_groups here
     config = replace(guest_config(hypervisor, tmp_path), pci_devices=(pci[0].address or "",) if pci else ())
     cleanup.append(config.name)
     hypervisor.define(build_domain_xml(config))
-    if hypervisor.uri.startswith("qemu"):
+    if hypervisor.capabilities.runs_guests:
         with pytest.raises(InvalidDomainConfig, match="passthrough"):
             hypervisor.start(config.name)
         assert hypervisor.lookup(config.name).state is DomainState.SHUTOFF
