@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -168,3 +169,22 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+# SQLSTATEs of failures that say nothing about the request: a retry (now, or after a moment) succeeds.
+CONTENTION = frozenset({"40001", "40P01", "55P03"})  # serialization failure, deadlock, lock not available
+OUTAGE_CLASSES = ("08", "57P", "53")  # connection exceptions, shutdown/starting up, insufficient resources
+
+
+def transient_failure(exc: BaseException) -> str | None:
+    """'contention' (retry at once), 'outage' (the database is away: retry later) or None (a real error)."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code in CONTENTION or "database is locked" in str(exc.orig):
+        return "contention"
+    if exc.connection_invalidated or (code is not None and code.startswith(OUTAGE_CLASSES)):
+        return "outage"
+    if code is None and isinstance(exc, OperationalError):  # no answer at all: refused, reset, timed out
+        return "outage"
+    return None

@@ -2,16 +2,17 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, read_body
 from app.api.resources import PROBLEMS, NamePath
+from app.api.routing import api_router
 from app.schemas.auth import Role
 from app.schemas.devices import HostDevice, HostDeviceList, PermittedHostDevices
 from app.services.devices import DeviceService
 
-router = APIRouter(tags=["devices"])
+router = api_router(tags=["devices"])
 DeviceName = Annotated[str, Path(min_length=1, max_length=253, description="libvirt's node-device name")]
 RULES = "/v1/config/permittedHostDevices"
 

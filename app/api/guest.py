@@ -2,18 +2,19 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.routing import api_router
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
 from app.kinds import INSTANCES
 from app.schemas.guest import SECTIONS, GuestView, Items, OSInfo, guest_view
 from app.services.guest import GuestService
 
-router = APIRouter(tags=["guest"])
+router = api_router(tags=["guest"])
 REFRESH_WAIT = 10.0  # seconds a refresh waits for the agent's answer (libvirt's own agent timeout is 5 s)
 Refresh = Annotated[bool, Query(description="Ask the guest agent now instead of serving the last report.")]
 BASE = "/v1/namespaces/{namespace}/instances/{name}/guest"

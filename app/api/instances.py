@@ -2,17 +2,18 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.routing import api_router
 from app.kinds import INSTANCES
 from app.schemas.instance import Instance
 from app.schemas.phases import Action
 from app.services.instances import INSTANCE_ACTIONS, InstanceService, request_fingerprint
 
-router = APIRouter(tags=["instances"])
+router = api_router(tags=["instances"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 SUMMARIES = {
     Action.START: "Start (or retry) the instance",

@@ -3,18 +3,19 @@
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, optional_body
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.routing import api_router
 from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.schemas.migration import DrainStatus, MigrateOptions, Migration
 from app.services.migrations import MigrationService
 from app.services.validation import invalid
 
-router = APIRouter(tags=["migrations"])
+router = api_router(tags=["migrations"])
 DRAIN = "/v1/nodes/{name}/drain"
 
 

@@ -2,11 +2,12 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.routing import api_router
 from app.db import OPERATIONS_CHANNEL
 from app.errors import GatewayTimeout
 from app.kinds import INSTANCES
@@ -14,7 +15,7 @@ from app.schemas.auth import Role
 from app.schemas.operations import OperationKind, OperationList
 from app.services.operations import OperationService
 
-router = APIRouter(tags=["guest"])
+router = api_router(tags=["guest"])
 BASE = "/v1/namespaces/{namespace}/instances/{name}/guest"
 # Running programs and touching files inside a guest goes beyond operating the VM: namespace admins only.
 ROLES: dict[str, Role] = {

@@ -3,11 +3,12 @@
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from prometheus_client import Counter, Histogram
 
 from app.api.deps import DB, Caller, optional_body, poll_until
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.routing import api_router
 from app.db import EVENTS_CHANNEL
 from app.errors import Unavailable
 from app.kinds import INSTANCES, POOLS
@@ -15,7 +16,7 @@ from app.schemas.instance import Instance
 from app.services.health import TENANT_REGISTRY
 from app.services.pools import PoolService
 
-router = APIRouter(tags=["pools"])
+router = api_router(tags=["pools"])
 CLAIM_SECONDS = Histogram(
     "corral_pool_claim_duration_seconds",
     "Claim latency (answered claims)",

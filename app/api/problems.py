@@ -8,15 +8,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from app.db import transient_failure
 from app.errors import CorralError, FieldError
 from app.services.validation import field_path
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://corral.dev/problems/"
+DATABASE_RETRY_SECONDS = 2  # a restarting Postgres answers again within a few seconds
 
 
 def problem_response(
@@ -98,6 +101,27 @@ def install(app: FastAPI) -> None:
             detail,
             reasons.get(exc.status_code, "Error"),
             headers=headers,
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        kind = transient_failure(exc)
+        if kind is None:
+            return await unexpected(request, exc)
+        log.warning("database %s on %s %s: %s", kind, request.method, request.url.path, exc.orig)
+        outage = kind == "outage"
+        detail = (
+            "the database is not answering; retry shortly"
+            if outage
+            else "the request kept losing races with other writers; retry"
+        )
+        return problem_response(
+            503,
+            "Service Unavailable",
+            detail,
+            "DatabaseUnavailable" if outage else "DatabaseBusy",
+            headers={"Retry-After": str(DATABASE_RETRY_SECONDS if outage else 1)},
             instance=request.url.path,
         )
 

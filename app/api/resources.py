@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
+from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
 from app.services.registry import service_for
@@ -52,7 +53,7 @@ def request_body(model: str, *, patch: bool = False) -> dict[str, Any]:
 
 
 def resource_router(kind: Kind[Any]) -> APIRouter:
-    router = APIRouter(tags=[kind.plural])
+    router = api_router(tags=[kind.plural])
     base = f"/v1/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"/v1/{kind.plural}"
     item = base + "/{name}"
     one, many = kind.singular, kind.singular + "s"

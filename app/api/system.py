@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from app.api.deps import DB, Caller, ObjectBody
 from app.api.resources import PROBLEMS, request_body
+from app.api.routing import api_router
 from app.db import Database
 from app.schemas.auth import Role, TokenCreated, TokenList, TokenRequest, WhoAmI
 from app.services import auth, health
 from app.services.validation import invalid
 
-router = APIRouter()
+router = api_router()
 
 
 @router.get("/healthz", operation_id="healthz", tags=["system"], summary="Liveness: the process answers")

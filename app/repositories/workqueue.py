@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -22,20 +22,36 @@ class Lease:
     attempts: int
 
 
+PENDING = "corral.enqueued"  # session.info: key -> earliest due time, written when the transaction commits
+
+
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
-    """Ask for a reconcile of `key` after `delay` seconds (earlier requests win)."""
+    """Ask for a reconcile of `key` after `delay` seconds (earlier requests win). The queue rows are written
+    just before the transaction commits, in key order, after every other write of the transaction: a
+    transaction never holds a queue row while it waits for a resource row or the revision counter, and two
+    transactions take queue rows in one order, so enqueues cannot deadlock with each other or with writes."""
     due = utc_now() + timedelta(seconds=delay)
+    pending: dict[str, datetime] | None = session.info.get(PENDING)
+    if pending is None:
+        pending = session.info[PENDING] = {}
+        event.listen(session, "before_commit", _write_enqueued, once=True)
+    pending[key] = min(due, pending.get(key, due))
+
+
+def _write_enqueued(session: Session) -> None:
+    pending: dict[str, datetime] = session.info.pop(PENDING, {})
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(WorkItemRow).values(key=key, due_at=due, seq=1, attempts=0)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[WorkItemRow.key],
-        set_={
-            "seq": WorkItemRow.seq + 1,
-            "due_at": case((WorkItemRow.due_at < due, WorkItemRow.due_at), else_=due),
-        },
-    )
-    session.execute(stmt)
-    if delay <= 0:
+    for key, due in sorted(pending.items()):
+        stmt = insert(WorkItemRow).values(key=key, due_at=due, seq=1, attempts=0)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[WorkItemRow.key],
+            set_={
+                "seq": WorkItemRow.seq + 1,
+                "due_at": case((WorkItemRow.due_at < due, WorkItemRow.due_at), else_=due),
+            },
+        )
+        session.execute(stmt)
+    if any(due <= utc_now() for due in pending.values()):
         signal(session, WORK_CHANNEL)
 
 

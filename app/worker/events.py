@@ -1,8 +1,9 @@
 """The bridge from libvirt events to work-queue wake-ups.
 
 libvirt calls back on its event-loop thread, which must never block on the database: events go through a
-queue to a bridge thread that asks every reconciler which keys the event concerns and enqueues them.
-Observers that only note an event (and never wait) see it on the event-loop thread, on arrival.
+queue to a bridge thread that asks every reconciler which keys the event concerns and enqueues them. While
+the database is away the bridge retries the event at hand and the queue keeps the ones behind it: none is
+lost. Observers that only note an event (and never wait) see it on the event-loop thread, on arrival.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from app.repositories import workqueue
 from app.virt.driver import EventCallback, HypervisorEvent
 
 log = logging.getLogger(__name__)
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between attempts to deliver an event while the database is away
 EVENTS = Counter("corral_libvirt_events_total", "libvirt events received", ["kind", "event"])
 
 
@@ -29,11 +31,13 @@ class EventBridge:
         self.observers: list[EventCallback] = []
         self._queue: queue.Queue[tuple[str, HypervisorEvent] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(5)
 
@@ -45,11 +49,19 @@ class EventBridge:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            node, event = item
-            try:
-                with self.db.transaction() as session:
-                    for reconciler in self.reconcilers:
-                        for key in reconciler.keys_for_event(session, node, event):
-                            workqueue.enqueue(session, key)
-            except Exception:
-                log.warning("could not enqueue for %s on %s", event, node, exc_info=True)
+            delay = RETRY_FIRST
+            while not self._deliver(*item):
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _deliver(self, node: str, event: HypervisorEvent) -> bool:
+        try:
+            with self.db.transaction() as session:
+                for reconciler in self.reconcilers:
+                    for key in reconciler.keys_for_event(session, node, event):
+                        workqueue.enqueue(session, key)
+        except Exception as exc:
+            log.warning("could not enqueue for %s on %s (kept, retrying): %s", event, node, exc)
+            return False
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -126,6 +127,37 @@ def test_racing_claims_never_share_a_member(api: httpx.Client, server: Any) -> N
     uids = [r.json()["metadata"]["uid"] for r in answers if r.status_code == 201]
     assert len(uids) == len(set(uids)), "a member was handed out twice"
     settled(api, "race", 4, replicas=4)  # the pool refills
+
+
+def test_claims_racing_deletes_of_claimed_instances_answer_no_5xx(api: httpx.Client, server: Any) -> None:
+    """16 clients claim and at once delete what they claimed (Postgres, real worker): every answer is a 201,
+    a 503 with Retry-After or a 2xx delete; no deadlock reaches a client, no connection drops."""
+    api.post(POOLS, json=pool("churn", 6))
+    settled(api, "churn", 6)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 8
+
+    def churn() -> None:
+        with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
+            while time.monotonic() < deadline:
+                claimed = client.post(f"{POOLS}/churn/claim")
+                mine = [claimed]
+                if claimed.status_code == 201:
+                    mine.append(client.delete(f"{INSTANCES}/{claimed.json()['metadata']['name']}"))
+                with lock:
+                    answers.extend(mine)
+
+    threads = [threading.Thread(target=churn) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = Counter(r.status_code for r in answers)
+    assert set(codes) <= {200, 201, 202, 503}, {
+        r.status_code: r.text for r in answers if r.status_code >= 500
+    }
+    assert codes[201] >= 6 and all(r.headers.get("Retry-After") for r in answers if r.status_code == 503)
 
 
 def test_scale_template_rollout_and_deletion(api: httpx.Client) -> None:
