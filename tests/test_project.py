@@ -29,6 +29,16 @@ def test_operation_ids_are_unique_and_readable() -> None:
         assert f"{verb}Node{'s' if verb == 'list' else ''}" in ids
 
 
+def test_public_endpoints_say_so_and_every_other_operation_needs_the_bearer_token() -> None:
+    document = json.loads(openapi_document())
+    assert document["security"] == [{"bearer": []}]
+    operations = {(path, verb): op for path, ops in document["paths"].items() for verb, op in ops.items()}
+    assert operations["/healthz", "get"]["security"] == operations["/readyz", "get"]["security"] == []
+    assert operations["/metrics", "get"]["security"] == [{}, {"bearer": []}]
+    declared = {key for key, op in operations.items() if "security" in op}
+    assert declared == {("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")}
+
+
 def test_request_bodies_name_their_schema_and_accept_yaml() -> None:
     document = json.loads(openapi_document())
     create = document["paths"]["/v1/namespaces/{namespace}/instances"]["post"]["requestBody"]["content"]

@@ -18,9 +18,17 @@ from app.services import auth, health
 from app.services.validation import invalid
 
 router = api_router()
+PUBLIC: dict[str, object] = {"security": []}  # OpenAPI: no token needed
+TOKEN_OPTIONAL: dict[str, object] = {"security": [{}, {"bearer": []}]}  # a token adds to the answer
 
 
-@router.get("/healthz", operation_id="healthz", tags=["system"], summary="Liveness: the process answers")
+@router.get(
+    "/healthz",
+    operation_id="healthz",
+    tags=["system"],
+    summary="Liveness: the process answers",
+    openapi_extra=PUBLIC,
+)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -31,6 +39,7 @@ def healthz() -> dict[str, str]:
     tags=["system"],
     summary="Readiness: the database answers at the expected schema revision",
     responses={503: {"description": "Not ready"}},
+    openapi_extra=PUBLIC,
 )
 def readyz(db: DB) -> Any:
     problems = health.readiness(db)
@@ -43,9 +52,10 @@ def readyz(db: DB) -> Any:
     "/metrics",
     operation_id="metrics",
     tags=["system"],
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (series naming namespaces and pools need a token with a cluster-wide role)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    openapi_extra=TOKEN_OPTIONAL,
 )
 def metrics(request: Request, db: DB) -> Response:
     health.refresh_gauges(db)
