@@ -121,7 +121,10 @@ def test_local_node_is_registered_once(db: Database) -> None:
 def test_libvirt_events_wake_the_owning_instance(db: Database) -> None:
     with db.transaction() as session:
         uid = ResourceService(session, INSTANCES).create("default", vmi("evented"))["metadata"]["uid"]
-        session.execute(delete(WorkItemRow))  # only the events' wake-ups count below
+    with (
+        db.transaction() as session
+    ):  # the create's wake-up is written at its commit: only events count below
+        session.execute(delete(WorkItemRow))
     bridge = EventBridge(db, [InstanceReconciler(db, NodeConnections(connect), Path("/nonexistent"))])
     bridge.start()
     pool = NodeConnections(connect, bridge)
