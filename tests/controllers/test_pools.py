@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -104,24 +105,35 @@ def test_empty_pool_answers_503_with_retry_after_or_waits(api: httpx.Client) -> 
     assert api.post(f"{POOLS}/missing/claim").status_code == 404
 
 
-def test_racing_claims_never_share_a_member(api: httpx.Client, server: Any) -> None:
-    api.post(POOLS, json=pool("race", 4))
-    settled(api, "race", 4)
+def concurrently(
+    server: Any, calls: Callable[[httpx.Client], list[httpx.Response]], clients: int
+) -> list[httpx.Response]:
+    """`calls` run by `clients` threads at once, each with its own connection; every answer they got."""
     answers: list[httpx.Response] = []
     lock = threading.Lock()
 
-    def claimer() -> None:
+    def run() -> None:
         with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
-            for _ in range(3):
-                response = client.post(f"{POOLS}/race/claim")
-                with lock:
-                    answers.append(response)
+            mine = calls(client)
+        with lock:
+            answers.extend(mine)
 
-    threads = [threading.Thread(target=claimer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_racing_claims_never_share_a_member(api: httpx.Client, server: Any) -> None:
+    api.post(POOLS, json=pool("race", 4))
+    settled(api, "race", 4)
+
+    def claimer(client: httpx.Client) -> list[httpx.Response]:
+        return [client.post(f"{POOLS}/race/claim") for _ in range(3)]
+
+    answers = concurrently(server, claimer, clients=8)
     codes = Counter(r.status_code for r in answers)
     assert set(codes) <= {201, 503} and codes[201] >= 4
     uids = [r.json()["metadata"]["uid"] for r in answers if r.status_code == 201]
@@ -134,25 +146,18 @@ def test_claims_racing_deletes_of_claimed_instances_answer_no_5xx(api: httpx.Cli
     a 503 with Retry-After or a 2xx delete; no deadlock reaches a client, no connection drops."""
     api.post(POOLS, json=pool("churn", 6))
     settled(api, "churn", 6)
-    answers: list[httpx.Response] = []
-    lock = threading.Lock()
     deadline = time.monotonic() + 8
 
-    def churn() -> None:
-        with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=30) as client:
-            while time.monotonic() < deadline:
-                claimed = client.post(f"{POOLS}/churn/claim")
-                mine = [claimed]
-                if claimed.status_code == 201:
-                    mine.append(client.delete(f"{INSTANCES}/{claimed.json()['metadata']['name']}"))
-                with lock:
-                    answers.extend(mine)
+    def churn(client: httpx.Client) -> list[httpx.Response]:
+        answers = []
+        while time.monotonic() < deadline:
+            claimed = client.post(f"{POOLS}/churn/claim")
+            answers.append(claimed)
+            if claimed.status_code == 201:
+                answers.append(client.delete(f"{INSTANCES}/{claimed.json()['metadata']['name']}"))
+        return answers
 
-    threads = [threading.Thread(target=churn) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = concurrently(server, churn, clients=16)
     codes = Counter(r.status_code for r in answers)
     assert set(codes) <= {200, 201, 202, 503}, {
         r.status_code: r.text for r in answers if r.status_code >= 500

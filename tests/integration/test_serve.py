@@ -308,7 +308,9 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
     wait_for(
         lambda: serve.client.get(f"{INSTANCES}/test-vmi").status_code == 404, timeout=60, what="deletion"
     )
-    assert serve.events[-1]["type"] == "DELETED" and serve.phases_seen("test-vmi")[-1] == "Terminating"
+    # The watch is read by its own thread: its last event may land just after the GET saw the 404.
+    wait_for(lambda: serve.events[-1]["type"] == "DELETED", timeout=5, what="the DELETED event on the watch")
+    assert serve.phases_seen("test-vmi")[-1] == "Terminating"
     if hv is not None:
         with pytest.raises(DomainNotFound):
             hv.lookup(domain)
