@@ -21,15 +21,16 @@ class RetryingRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def retrying(request: Request) -> Response:
-            for attempt in range(1, ATTEMPTS + 1):
+            attempt = 1
+            while True:
                 try:
                     return await handle(request)
                 except Exception as exc:
                     if attempt == ATTEMPTS or transient_failure(exc) != "contention":
                         raise
-                    # The body was read once and is cached on the request; the handler runs again whole.
-                    await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
-            raise AssertionError("unreachable")
+                # The body was read once and is cached on the request; the handler runs again whole.
+                await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
+                attempt += 1
 
         return retrying
 

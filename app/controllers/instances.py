@@ -23,6 +23,7 @@ from app.controllers.definitions import Definer, Owner
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
     NODE_RETRY,
+    STOPPING_POLL,
     UNSCHEDULABLE_RETRY,
     Act,
     Desired,
@@ -169,7 +170,7 @@ class InstanceReconciler:
         if loaded.migration is not None:
             agent = (find_condition(loaded.status, "AgentConnected") or {}).get("status", "False")
             self._write(loaded, Outcome(while_migrating(loaded.desired, agent)))
-            return Result(requeue_after=1.0 if loaded.deleting else None)
+            return Result(requeue_after=STOPPING_POLL if loaded.deleting else None)
         if loaded.deleting:
             return self._teardown(loaded)
         if loaded.node_name is None:
