@@ -327,9 +327,18 @@ def while_migrating(desired: Desired, agent: str) -> Observed:
 
 
 def guest_report_due(
-    observed_at: datetime | None, refreshed: int, intent: InstanceIntent, was_connected: bool, now: datetime
+    observed_at: datetime | None,
+    refreshed: int,
+    intent: InstanceIntent,
+    progress: InstanceProgress,
+    was_connected: bool,
+    now: datetime,
 ) -> bool:
-    """Report again when the agent just connected, a refresh was asked, or the last report is a minute old."""
+    """Report again when a refresh was asked, the last report is a minute old, or the agent just connected
+    in a run the last report predates. An agent that reconnects after a pause in the same run finds the guest
+    as it was: reporting then would only hold the pass (a pause during the report waits out the agent)."""
     asked = intent.guest_refresh > refreshed
     fresh = observed_at is not None and (now - observed_at).total_seconds() < GUEST_REFRESH
-    return not was_connected or asked or not fresh
+    started = progress.last_start_at
+    new_run = observed_at is None or (started is not None and observed_at < started)
+    return asked or not fresh or (not was_connected and new_run)

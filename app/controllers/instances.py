@@ -280,7 +280,7 @@ class InstanceReconciler:
         was_connected = (find_condition(loaded.status, "AgentConnected") or {}).get("status") == "True"
         observed_at = parse_time(loaded.guest.get("observedAt"))
         refreshed = int(loaded.guest.get("refresh", 0))
-        if not guest_report_due(observed_at, refreshed, loaded.intent, was_connected, at):
+        if not guest_report_due(observed_at, refreshed, loaded.intent, loaded.progress, was_connected, at):
             return None
         try:
             answer = hv.guest_report(loaded.domain)

@@ -17,7 +17,6 @@ from app.controllers.instance_decisions import (
     Act,
     Desired,
     Plan,
-    crash_backoff,
     decide,
     decide_teardown,
     guest_report_due,
@@ -315,24 +314,21 @@ def test_agent_and_migratability_in_the_report() -> None:
 
 
 @pytest.mark.parametrize(
-    ("observed_ago", "refreshed", "asked", "connected", "due"),
+    ("observed_ago", "refreshed", "asked", "connected", "started_ago", "due"),
     [
-        (None, 0, 0, True, True),
-        (10, 0, 0, True, False),
-        (GUEST_REFRESH + 1, 0, 0, True, True),
-        (10, 0, 1, True, True),
-        (10, 1, 1, True, False),
-        (10, 0, 0, False, True),
+        (None, 0, 0, True, 100, True),  # never reported
+        (10, 0, 0, True, 100, False),
+        (GUEST_REFRESH + 1, 0, 0, True, 100, True),  # a minute old
+        (10, 0, 1, True, 100, True),  # a refresh asked
+        (10, 1, 1, True, 100, False),  # ... and answered
+        (10, 0, 0, False, 5, True),  # the agent connected in a new run: a new boot
+        (10, 0, 0, False, 100, False),  # reconnected after a pause in the same run: nothing new to see
     ],
 )
 def test_guest_reports_are_refreshed_when_due(
-    observed_ago: float | None, refreshed: int, asked: int, connected: bool, due: bool
+    observed_ago: float | None, refreshed: int, asked: int, connected: bool, started_ago: float, due: bool
 ) -> None:
     observed_at = None if observed_ago is None else NOW - timedelta(seconds=observed_ago)
     intent = InstanceIntent(guest_refresh=asked)
-    assert guest_report_due(observed_at, refreshed, intent, connected, NOW) == due
-
-
-def test_crash_backoff_grows_and_caps() -> None:
-    assert [crash_backoff(n) for n in range(1, 7)] == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0]
-    assert crash_backoff(50) == 300.0
+    progress = RUNNING.but(last_start_at=NOW - timedelta(seconds=started_ago))
+    assert guest_report_due(observed_at, refreshed, intent, progress, connected, NOW) == due
