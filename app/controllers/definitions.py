@@ -12,13 +12,12 @@ from pathlib import Path
 
 from app.controllers.instance_status import Observed
 from app.controllers.naming import STORAGE_POOL
+from app.controllers.placement import MIB
 from app.controllers.volumes import PlannedVolume, plan_volumes
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import Hypervisor, InvalidDomainConfig
-
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

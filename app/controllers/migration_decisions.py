@@ -159,6 +159,11 @@ def where_the_guest_is(
     return Location.UNSETTLED
 
 
+def merged(*parts: MigrationState) -> MigrationState:
+    """One partial migrationState of several: the fields each sets, later parts winning."""
+    return MigrationState.model_validate({k: getattr(p, k) for p in parts for k in p.model_fields_set})
+
+
 def progress_state(job: JobProgress) -> MigrationState:
     """migrationState's progress fields from libvirt's job statistics (only those libvirt reported)."""
     fields = {

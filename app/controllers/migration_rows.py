@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339
-from app.controllers.migration_decisions import MigratingInstance
+from app.controllers.migration_decisions import MigratingInstance, merged
 from app.controllers.naming import domain_name
 from app.db import Database
 from app.kinds import INSTANCES, NODES
@@ -205,8 +205,6 @@ class MigrationRows:
             fields["failure_reason"] = message
         if aborted:
             fields.update(abort_requested=True, abort_status="Succeeded")
-        if figures is not None:
-            fields.update({k: getattr(figures, k) for k in figures.model_fields_set})
         phase = "Succeeded" if succeeded else "Failed"
         release = lambda session: self.hold(session, m, None, moved_to)  # noqa: E731
         self.update(
@@ -214,7 +212,7 @@ class MigrationRows:
             phase,
             reason=phase_reason or reason,
             message=message,
-            state=MigrationState.model_validate(fields),
+            state=merged(MigrationState.model_validate(fields), figures or MigrationState()),
             also=release,
         )
         log.info("migration %s/%s: %s (%s)", m.namespace, m.name, reason, message)

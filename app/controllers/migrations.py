@@ -28,6 +28,7 @@ from app.controllers.migration_decisions import (
     admit,
     candidates,
     is_the_guest,
+    merged,
     progress_state,
     steer,
     waiting_for_room,
@@ -255,7 +256,7 @@ class MigrationReconciler:
             fresh = self.rows.load(m.namespace, m.name)
             abort_wanted = fresh is not None and fresh.abort_wanted
             wheel, steering = steer(steering, time.monotonic() - began, abort_wanted, policy, ramp, timeout)
-            fields = {k: getattr(wheel.state, k) for k in wheel.state.model_fields_set}
+            state = wheel.state
             try:
                 if wheel.abort:
                     source_hv.abort_job(domain)
@@ -268,10 +269,9 @@ class MigrationReconciler:
                 log.info("migration %s/%s: %s", m.namespace, m.name, exc)
                 job = None
             if job is not None and job.active:
-                job_state = progress_state(job)
-                fields.update({k: getattr(job_state, k) for k in job_state.model_fields_set})
-            if fields:
-                self.rows.update(m, state=MigrationState(**fields))
+                state = merged(state, progress_state(job))
+            if state.model_fields_set:
+                self.rows.update(m, state=state)
         return steering
 
     def _conclude(
@@ -352,26 +352,18 @@ class MigrationReconciler:
         self, m: LoadedMigration, target: str, domain: str, on_target: DomainInfo, since: float | None
     ) -> None:
         """Finish as Succeeded with the finished job's figures and the guest's pause at the switch-over."""
-        fields: dict[str, object] = {}
+        figures = MigrationState()
         try:  # the figures of the finished job live on the target
             done = self._hypervisor(m, target).job_progress(domain, completed=True)
         except HypervisorError:
             done = None
         if done is not None:
-            job_state = progress_state(done)
-            fields = {k: getattr(job_state, k) for k in job_state.model_fields_set}
-            fields["libvirt_downtime_ms"] = done.downtime_ms
+            figures = merged(progress_state(done), MigrationState(libvirt_downtime_ms=done.downtime_ms))
         if on_target.state is not DomainState.PAUSED:  # paused by its user all along: no pause to tell
             paused = self.switchovers.pause_ms(m.instance_uid or "", since) if since is not None else None
-            fields["downtime_ms"] = paused if paused is not None else fields.get("libvirt_downtime_ms")
-        self.rows.finish(
-            m,
-            None,
-            "Succeeded",
-            f"moved to {target}",
-            moved_to=target,
-            figures=MigrationState.model_validate(fields),
-        )
+            pause = MigrationState(downtime_ms=paused if paused is not None else figures.libvirt_downtime_ms)
+            figures = merged(figures, pause)
+        self.rows.finish(m, None, "Succeeded", f"moved to {target}", moved_to=target, figures=figures)
 
     def _probe(self, m: LoadedMigration, node: str, domain: str) -> tuple[DomainInfo | None, str]:
         """The domain on `node` if it is ours (same uuid), and what went wrong asking."""

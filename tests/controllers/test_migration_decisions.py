@@ -13,6 +13,7 @@ from app.controllers.migration_decisions import (
     Steering,
     admit,
     candidates,
+    merged,
     progress_state,
     steer,
     where_the_guest_is,
@@ -20,6 +21,7 @@ from app.controllers.migration_decisions import (
 from app.controllers.migration_policy import Policy, downtime_ramp
 from app.controllers.placement import NodeView
 from app.schemas.instance import InstanceSpec
+from app.schemas.migration import MigrationState
 from app.schemas.records import MigrationLock
 from app.virt.driver import DomainInfo, DomainState, JobProgress
 
@@ -139,4 +141,15 @@ def test_progress_reports_only_what_libvirt_said() -> None:
         "dataTotalBytes": 10,
         "dataRemainingBytes": 4,
         "iteration": 2,
+    }
+
+
+def test_partial_states_merge_by_the_fields_they_set() -> None:
+    steering = MigrationState(current_max_downtime_ms=100, mode="PostCopy")
+    state = merged(steering, MigrationState(iteration=3, mode="PreCopy"), MigrationState(downtime_ms=None))
+    assert state.model_dump(exclude_unset=True) == {
+        "current_max_downtime_ms": 100,
+        "mode": "PreCopy",
+        "iteration": 3,
+        "downtime_ms": None,  # set to nothing is still set: libvirt had no figure
     }
