@@ -22,6 +22,24 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(default=None, description="Bootstraps the first admin token.")
     image_dir: Path = Field(default=Path("/var/lib/corral/images"), description="The image catalog.")
+    image_registries: str = Field(
+        default="quay.io/containerdisks",
+        description="Where short containerDisk names (ubuntu:22.04) are looked for, in order: "
+        "comma-separated host[/namespace] prefixes.",
+    )
+    insecure_registries: str = Field(
+        default="", description="Registries (host[:port], comma-separated) spoken to over plain HTTP."
+    )
+    registry_auth_file: Path | None = Field(
+        default=None, description="Registry logins, in the containers-auth.json format (podman, skopeo)."
+    )
+    image_cache_bytes: int = Field(
+        default=20 << 30, ge=0, description="Unused pulled images are removed while a node's cache is larger."
+    )
+    max_disk_bytes: int = Field(
+        default=2 << 40, gt=0, description="The largest virtual size a pulled or imported disk may have."
+    )
+    concurrent_pulls: int = Field(default=2, ge=1, le=16, description="Image pulls at once per worker.")
     virt_type: str | None = Field(
         default=None, description="Force the local node's virtualization type (kvm or qemu)."
     )
@@ -61,6 +79,14 @@ class Settings(BaseSettings):
         "cluster-wide token (for a scraper behind its own access control).",
     )
     event_retention: int = Field(default=100_000, ge=100, description="Watch events kept for resuming.")
+
+    @property
+    def registry_search(self) -> tuple[str, ...]:
+        return tuple(r.strip() for r in self.image_registries.split(",") if r.strip())
+
+    @property
+    def insecure_registry_hosts(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.insecure_registries.split(",") if r.strip())
 
     def resolved_database_url(self) -> str:
         if self.database_url:

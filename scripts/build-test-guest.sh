@@ -3,11 +3,14 @@
 # real qemu-guest-agent (no disk, boots in ~3 s under TCG). Nothing is installed on the host: packages are
 # fetched with `apt-get download` and unpacked with dpkg-deb.
 # Output: an image bundle in the catalog, $CORRAL_IMAGE_DIR/corral/test-guest/latest/{vmlinuz,initrd.img,cmdline},
-# with `default` pointing at it (an instance that names no boot volume boots the default image).
+# with `default` pointing at it (an instance that names no boot volume boots the default image), and beside
+# it containerdisk.qcow2: the same guest as a self-booting disk (SYSLINUX on FAT, built with mtools, no loop
+# mounts), which the tests push to a registry as containerDisks.
 set -euo pipefail
 catalog=${CORRAL_IMAGE_DIR:-/var/lib/corral/images}
 out=$catalog/corral/test-guest/latest
-if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ "${1:-}" != --force ]; then
+if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ -s "$out/containerdisk.qcow2" ] \
+  && [ "${1:-}" != --force ]; then
   echo "[build-test-guest] $out exists (use --force to rebuild)" >&2; exit 0
 fi
 work=$(mktemp -d /tmp/corral-guest-build.XXXXXX)
@@ -104,6 +107,14 @@ echo "$kver" > "$out.tmp/kernel-version"
 # A small ext4 data disk: instances get a qcow2 overlay on it (the guest mounts it at /mnt/data).
 truncate -s 64M "$work/disk.raw" && mkfs.ext4 -q -F -L corral-data "$work/disk.raw"
 qemu-img convert -q -f raw -O qcow2 "$work/disk.raw" "$out.tmp/disk.qcow2"
+# The self-booting disk: SeaBIOS runs SYSLINUX from the FAT volume's boot sector (no partition table).
+size_mib=$(( ($(stat -c%s "$out.tmp/vmlinuz") + $(stat -c%s "$out.tmp/initrd.img")) / 1048576 + 8 ))
+truncate -s "${size_mib}M" "$work/boot.raw" && mkfs.vfat -n CORRAL "$work/boot.raw" >/dev/null
+printf 'DEFAULT corral\nPROMPT 0\nTIMEOUT 0\nLABEL corral\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND %s\n' \
+  "console=ttyS0 quiet panic=-1" > "$work/syslinux.cfg"
+mcopy -i "$work/boot.raw" "$out.tmp/vmlinuz" "$out.tmp/initrd.img" "$work/syslinux.cfg" ::/
+syslinux --install "$work/boot.raw"
+qemu-img convert -q -c -f raw -O qcow2 "$work/boot.raw" "$out.tmp/containerdisk.qcow2"
 rm -rf "$out"; mv "$out.tmp" "$out"
 ln -sfn corral/test-guest/latest "$catalog/default"
 echo "[build-test-guest] $out: $(du -sh "$out" | cut -f1)" >&2

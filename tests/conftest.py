@@ -24,6 +24,7 @@ from app import migrate
 from app.db import Database
 from app.main import create_app
 from app.services.auth import bootstrap_admin
+from tests.registry import Registry, disk_layer
 
 ADMIN_TOKEN = "crl_test-admin-" + uuid.uuid4().hex
 PG_ADMIN_URL = os.environ.get(
@@ -215,19 +216,48 @@ def conditions(obj: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
 
 
-@pytest.fixture
-def worker(pg: Database) -> Iterator[Any]:
-    """The real worker (reconcilers, libvirt connections, event bridge) in this process, on Postgres."""
+TEST_GUEST_DISK = IMAGE_DIR / "corral" / "test-guest" / "latest" / "containerdisk.qcow2"
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry on loopback holding the test guest as containerDisks: `containerdisks/test-guest`
+    (tags latest and gzip-free `plain`) and, under the founding manifests' name, `containerdisks/ubuntu:22.04`
+    (it is the test guest, not Ubuntu)."""
+    served = Registry(tmp_path_factory.mktemp("registry"))
+    served.start()
+    layer = disk_layer(TEST_GUEST_DISK)
+    for repository, tag in (("containerdisks/test-guest", "latest"), ("containerdisks/ubuntu", "22.04")):
+        served.push_image(repository, tag, [layer])
+    served.push_image(
+        "containerdisks/test-guest", "plain", [disk_layer(TEST_GUEST_DISK, compress=False)], compressed=False
+    )
+    yield served
+    served.stop()
+
+
+def worker_settings(registry: Registry, **overrides: Any) -> Any:
+    """Settings for a test worker: fast heartbeats, the test registry searched for short image names."""
     from app.config import Settings
+
+    values: dict[str, Any] = {
+        "image_dir": IMAGE_DIR,
+        "heartbeat_seconds": 2,
+        "resync_seconds": 30,
+        "lease_seconds": 10,
+        "device_inventory_seconds": 2,
+        "image_registries": f"{registry.host}/containerdisks",
+        "insecure_registries": registry.host,
+    }
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture
+def worker(pg: Database, registry: Registry, tmp_path: Path) -> Iterator[Any]:
+    """The real worker (reconcilers, libvirt connections, event bridge) in this process, on Postgres."""
     from app.worker.main import build_worker
 
-    settings = Settings(
-        image_dir=IMAGE_DIR,
-        heartbeat_seconds=2,
-        resync_seconds=30,
-        lease_seconds=10,
-        device_inventory_seconds=2,
-    )
+    settings = worker_settings(registry, data_dir=tmp_path)
     process = build_worker(pg, settings)
     process.start()
     yield process

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
+from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
 from app.controllers.naming import STORAGE_POOL
 from app.controllers.placement import MIB
-from app.controllers.volumes import PlannedVolume, plan_volumes
+from app.controllers.volumes import ImageResolver, PlannedVolume, plan_volumes
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
@@ -36,17 +36,20 @@ class Owner:
 class Definer:
     """Defines domains on nodes; remembers which nodes' storage pools are known to exist."""
 
-    def __init__(self, image_dir: Path, volume_dir: str) -> None:
-        self.image_dir = image_dir
+    def __init__(self, volume_dir: str) -> None:
         self.volume_dir = volume_dir
         self._pools_ready: set[str] = set()  # node URIs
 
-    def define(self, hv: Hypervisor, owner: Owner, spec: InstanceSpec) -> Observed | None:
-        """Create the volumes and define the domain; None when done, else the failure to report."""
+    def define(
+        self, hv: Hypervisor, owner: Owner, spec: InstanceSpec, resolve: ImageResolver
+    ) -> Observed | None:
+        """Create the volumes and define the domain; None when done, else what to report instead."""
         try:
-            boot_image, planned = plan_volumes(spec, self.image_dir, owner.uid)
+            boot_image, planned = plan_volumes(spec, resolve, owner.uid)
         except images.ImageNotFound as exc:
             return Observed("Failed", "ImageNotFound", str(exc))
+        except ImageNotReady as exc:
+            return Observed("Scheduled", exc.reason, str(exc))
         with ExitStack() as undo:
             self._ensure_pool(hv, undo)
             disks = [self._volume(hv, volume, undo) for volume in planned]

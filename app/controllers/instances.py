@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.clock import Clock, rfc3339, utc_now
 from app.controllers.base import Result
 from app.controllers.definitions import Definer, Owner
+from app.controllers.image_cache import ImageCache, resolver
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
     NODE_RETRY,
@@ -101,6 +103,7 @@ class LoadedInstance:
     status: JsonObject  # the API's status object, as last written
     node_name: str | None
     deleting: bool
+    created: datetime
     node: NodeAddress | None = None  # the placed node, while it exists
     guest: JsonObject = field(default_factory=dict)  # the guest agent's last report, as qemu-ga gave it
     migration: MigrationLock | None = None  # the unfinished migration holding it
@@ -159,7 +162,9 @@ class InstanceReconciler:
     ) -> None:
         self.db = db
         self.hypervisors = hypervisors
-        self.definer = Definer(image_dir, volume_dir)
+        self.image_dir = image_dir
+        self.images = ImageCache(db, clock)
+        self.definer = Definer(volume_dir)
         self.clock = clock
 
     # -- entry ---------------------------------------------------------------------------------------
@@ -215,7 +220,8 @@ class InstanceReconciler:
             return Outcome(plan.hold, plan, plan.requeue)
         failure = self._execute(loaded, hv, plan)
         if failure is not None:
-            return Outcome(failure, requeue=CONFIG_RETRY if failure.reason == "ImageNotFound" else None)
+            retried = failure.phase == "Scheduled" or failure.reason == "ImageNotFound"
+            return Outcome(failure, requeue=CONFIG_RETRY if retried else None)
         domain = _lookup(hv, loaded.domain) or plan.domain
         assert domain is not None
         agent: bool | None = None  # None: the backend runs no guests, so it cannot tell
@@ -228,7 +234,10 @@ class InstanceReconciler:
         """Carry the plan's actions out in order; the failure to report when one cannot be done."""
         for act in plan.actions:
             if act is Act.DEFINE:
-                failure = self.definer.define(hv, loaded.owner, loaded.spec)
+                waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
+                node = loaded.node_name or ""
+                resolve = resolver(self.image_dir, self.images, node, waiter, loaded.created)
+                failure = self.definer.define(hv, loaded.owner, loaded.spec, resolve)
                 if failure is not None:
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
@@ -385,6 +394,7 @@ class InstanceReconciler:
                 dict(row.status or {}),
                 row.node_name,
                 row.deleted_at is not None,
+                row.created_at,
                 node=_address(node) if node is not None else None,
                 guest=dict(row.guest or {}),
                 migration=_unfinished(session, progress.migration),

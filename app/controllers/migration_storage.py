@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from pathlib import Path
 
+from app.controllers.image_cache import ImageNotReady
 from app.controllers.migration_decisions import MigratingInstance
 from app.controllers.naming import STORAGE_POOL, volume_file
 from app.controllers.placement import MIB
-from app.controllers.volumes import plan_volumes
+from app.controllers.volumes import ImageResolver, plan_volumes
 from app.virt import images
 from app.virt.driver import DomainInfo, DomainNotFound, DomainState, Hypervisor, HypervisorError
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # A QEMU process exists for the domain: never undefine or remove volumes under it.
 HAS_PROCESS = (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
 NodeConnector = Callable[[str], Hypervisor]  # a node's name -> its hypervisor; raises HypervisorError
+ResolverOn = Callable[[str], ImageResolver]  # a node's name -> how the instance's images are found there
 
 
 class StorageProblem(Exception):
@@ -30,9 +31,9 @@ class StorageProblem(Exception):
 
 
 class MigrationStorage:
-    def __init__(self, connect: NodeConnector, image_dir: Path, volume_dir: str) -> None:
+    def __init__(self, connect: NodeConnector, resolver_on: ResolverOn, volume_dir: str) -> None:
         self.connect = connect
-        self.image_dir = image_dir
+        self.resolver_on = resolver_on
         self.volume_dir = volume_dir
 
     def volumes_to_copy(
@@ -66,10 +67,10 @@ class MigrationStorage:
         """Empty volumes on the same images for the migration to fill. Raises StorageProblem."""
         try:
             target_hv = self.connect(target)
-            for volume in plan_volumes(instance.spec, self.image_dir, instance.uid)[1]:
+            for volume in plan_volumes(instance.spec, self.resolver_on(target), instance.uid)[1]:
                 if volume.volume_id in copies:
                     target_hv.create_volume(STORAGE_POOL, volume.volume_id, volume.capacity, volume.backing)
-        except (HypervisorError, images.ImageNotFound) as exc:
+        except (HypervisorError, images.ImageNotFound, ImageNotReady) as exc:
             message = (
                 f"node {target} does not see {', '.join(copies)} in its {STORAGE_POOL} pool and could not "
                 f"create a copy there: {exc}"
@@ -78,7 +79,7 @@ class MigrationStorage:
 
     def copied_disks(self, instance: MigratingInstance, copies: list[str]) -> tuple[str, ...]:
         """The guest's disk targets (vda, ...) of the copied volumes. Raises images.ImageNotFound."""
-        planned = plan_volumes(instance.spec, self.image_dir, instance.uid)[1]
+        planned = plan_volumes(instance.spec, self.resolver_on(str(instance.node)), instance.uid)[1]
         return tuple(v.target for v in planned if v.volume_id in copies)
 
     def domain_on(self, node: str, domain: str, uid: str | None) -> DomainInfo | None:

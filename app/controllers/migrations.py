@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
 from app.controllers.base import Result
+from app.controllers.image_cache import ANY_TIME, ImageCache, ImageNotReady, resolver
 from app.controllers.migration_decisions import (
     Location,
     Steering,
@@ -39,6 +40,7 @@ from app.controllers.migration_rows import LoadedMigration, MigrationRows, NodeE
 from app.controllers.migration_storage import MigrationStorage, StorageProblem
 from app.controllers.placement import Request, choose, cluster_views, unschedulable_message, why_not
 from app.controllers.switchover import SwitchoverClock
+from app.controllers.volumes import ImageResolver
 from app.db import Database
 from app.kinds import MIGRATIONS
 from app.schemas.instance import requested_memory, requested_vcpus
@@ -81,6 +83,7 @@ class MigrationReconciler:
         self.rows = MigrationRows(db, clock)
         self.switchovers = SwitchoverClock()  # fed by the worker with every libvirt event
         self.image_dir = image_dir
+        self.images = ImageCache(db, clock)
         self.volume_dir = volume_dir
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
@@ -209,7 +212,7 @@ class MigrationReconciler:
             destination = self._hypervisor_endpoints(m, target).destination
             source_hv.set_max_downtime(domain, ramp[0][1])
             disks = self._storage(m).copied_disks(instance, m.copies)
-        except (HypervisorError, images.ImageNotFound) as exc:
+        except (HypervisorError, images.ImageNotFound, ImageNotReady) as exc:
             missing = isinstance(exc, images.ImageNotFound)
             self._storage(m).clean_target(target, domain, instance.uid, m.copies)
             message = str(exc) if missing else f"node {source}: {exc}"
@@ -387,7 +390,14 @@ class MigrationReconciler:
         return m.nodes[node]
 
     def _storage(self, m: LoadedMigration) -> MigrationStorage:
-        return MigrationStorage(partial(self._hypervisor, m), self.image_dir, self.volume_dir)
+        return MigrationStorage(partial(self._hypervisor, m), partial(self._resolver, m), self.volume_dir)
+
+    def _resolver(self, m: LoadedMigration, node: str) -> ImageResolver:
+        """Images on `node` for the migrating instance: on the target, the digests the source holds."""
+        assert m.instance is not None
+        source, waiter = str(m.instance.node), MIGRATIONS.work_key(m.namespace, m.name)
+        same_as = None if node == source else source
+        return resolver(self.image_dir, self.images, node, waiter, ANY_TIME, same_as=same_as)
 
 
 def _joined(thread: threading.Thread) -> Callable[[float], bool]:

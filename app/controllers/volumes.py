@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.controllers.naming import volume_file
 from app.schemas.common import parse_quantity
-from app.schemas.instance import InstanceSpec
+from app.schemas.instance import ContainerDiskSource, InstanceSpec
 from app.schemas.records import InstanceProgress
 from app.virt import images
 
 TARGETS = "abcdefghijklmnopqrstuvwxyz"
+# A containerDisk (None: the catalog's default image) -> the image on the node. Raises images.ImageNotFound,
+# or app.controllers.image_cache.ImageNotReady while a registry image is being pulled.
+ImageResolver = Callable[[ContainerDiskSource | None], images.Image]
 
 
 @dataclass(frozen=True)
@@ -26,16 +28,14 @@ class PlannedVolume:
     target: str  # the guest's disk: vda, vdb, ...
 
 
-def plan_volumes(spec: InstanceSpec, image_dir: Path, uid: str) -> tuple[images.Image, list[PlannedVolume]]:
+def plan_volumes(
+    spec: InstanceSpec, resolve: ImageResolver, uid: str
+) -> tuple[images.Image, list[PlannedVolume]]:
     """The boot image and the instance's volumes, in disk order. The first containerDisk is the boot image;
-    an instance with none boots the catalog's default. Raises images.ImageNotFound."""
+    an instance with none boots the catalog's default."""
     boot = next((v for v in spec.volumes if v.container_disk is not None), None)
-    volume_images = {
-        v.name: images.resolve(image_dir, v.container_disk.image)
-        for v in spec.volumes
-        if v.container_disk is not None
-    }
-    boot_image = volume_images[boot.name] if boot else images.resolve(image_dir, None)
+    volume_images = {v.name: resolve(v.container_disk) for v in spec.volumes if v.container_disk is not None}
+    boot_image = volume_images[boot.name] if boot else resolve(None)
     sources: list[tuple[str, int, tuple[str, str] | None]] = []
     if boot is None and boot_image.disk is not None:
         sources.append(("root", *_overlay_of(boot_image)))

@@ -5,6 +5,7 @@ from app.models.base import Base, ResourceRow
 from app.models.devices import HostDeviceRow
 from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
+from app.models.images import CachedImageRow
 from app.models.operations import OperationRow
 from app.models.resources import InstanceRow, MigrationRow, NodeRow, PoolRow
 from app.models.settings import SettingRow
@@ -12,6 +13,7 @@ from app.models.workqueue import WorkItemRow
 
 __all__ = [
     "Base",
+    "CachedImageRow",
     "EventRow",
     "GrantRow",
     "HostDeviceRow",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictBool, model_validator
 
+from app.disks.reference import REFERENCE_PATTERN
 from app.schemas.common import (
     ApiModel,
     Condition,
@@ -124,8 +125,16 @@ class ContainerDiskSource(ApiModel):
     image: str = Field(
         min_length=1,
         max_length=255,
-        pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$",
-        description="An image catalog name, e.g. ubuntu:22.04.",
+        pattern=REFERENCE_PATTERN,
+        description="A containerDisk image: an OCI reference (`quay.io/containerdisks/fedora:40`, "
+        "`host:port/repo@sha256:...`) or a short name (`ubuntu:22.04`) looked up in the node's image "
+        "catalog, then in the configured search registries. The image holds one qcow2 or raw file "
+        "under /disk/.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent",
+        description="IfNotPresent: use the node's cached copy when there is one. Always: ask the registry "
+        "for the tag's current digest for every new instance. Never: use only what the node has.",
     )
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -178,6 +179,7 @@ class Capabilities:
     guest_agent: bool = True  # a running guest can have a connected qemu-guest-agent
     mediated_devices: bool = True  # mediated devices can be created and removed on the host
     console_log: bool = True  # the guest's serial console can be logged to a file on the host
+    volume_upload: bool = True  # bytes can be streamed into a storage volume
     domain_type: str | None = None  # the one domain type the backend accepts, when it decides (test: "test")
 
 
@@ -256,7 +258,17 @@ class Hypervisor(Protocol):
         """Delete if present."""
         ...
 
+    def upload_volume(self, pool: str, volume: str, source: Path, progress: Callable[[int], None]) -> str:
+        """A volume holding exactly the bytes of the local file `source`, sent through libvirt's storage
+        stream (the node needs no shared filesystem); any volume of that name is replaced. Calls
+        `progress(bytes sent)`; returns the volume's path."""
+        ...
+
     def volume_path(self, pool: str, volume: str) -> str | None: ...
+
+    def volume_backings(self, pool: str) -> set[str]:
+        """Paths of the backing files the pool's volumes are overlays on (what must not be removed)."""
+        ...
 
     def node_devices(self) -> list[NodeDevice]:
         """Every device libvirt's node-device API reports on this host."""

@@ -14,8 +14,9 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
@@ -56,10 +57,16 @@ log = logging.getLogger(__name__)
 AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agent never hangs a pass
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
 KILL_WAIT = 2.0  # seconds for a timed-out guest program to be killed and reaped
+UPLOAD_CHUNK = 1 << 20
 T = TypeVar("T")
 # libvirt's test driver keeps domains in memory: no guest runs, so no agent, console or mediated device.
 TEST_DRIVER = Capabilities(
-    runs_guests=False, guest_agent=False, mediated_devices=False, console_log=False, domain_type="test"
+    runs_guests=False,
+    guest_agent=False,
+    mediated_devices=False,
+    console_log=False,
+    volume_upload=False,
+    domain_type="test",
 )
 
 _loop_lock = threading.Lock()
@@ -605,6 +612,62 @@ class LibvirtHypervisor:
     def volume_path(self, pool: str, volume: str) -> str | None:
         found = self._volume(pool, volume)
         return None if found is None else str(self._call(found.path))
+
+    def volume_backings(self, pool: str) -> set[str]:
+        try:
+            volumes = self._call(lambda: self._pool(pool).listAllVolumes(0))
+        except HypervisorError as exc:
+            if exc.code == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return set()
+            raise
+        backings = set()
+        for volume in volumes:
+            try:
+                xml = ET.fromstring(self._call(partial(volume.XMLDesc, 0)))
+            except HypervisorError as exc:
+                if exc.code == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    continue  # deleted since the listing
+                raise
+            path = xml.findtext("backingStore/path")
+            if path:
+                backings.add(path)
+        return backings
+
+    def upload_volume(self, pool: str, volume: str, source: Path, progress: Callable[[int], None]) -> str:
+        self.delete_volume(pool, volume)
+        size = source.stat().st_size
+        xml = ET.Element("volume")
+        ET.SubElement(xml, "name").text = volume
+        ET.SubElement(xml, "capacity", {"unit": "bytes"}).text = str(size)
+        ET.SubElement(xml, "allocation", {"unit": "bytes"}).text = "0"
+        # raw: libvirt writes no header of its own; the bytes sent are the file, whatever their format.
+        ET.SubElement(ET.SubElement(xml, "target"), "format", {"type": "raw"})
+        created = self._call(lambda: self._pool(pool).createXML(ET.tostring(xml, encoding="unicode"), 0))
+        sent = 0
+
+        def send(_stream: Any, nbytes: int, handle: BinaryIO) -> bytes:
+            nonlocal sent
+            chunk = handle.read(min(nbytes, UPLOAD_CHUNK))
+            sent += len(chunk)
+            progress(sent)
+            return chunk
+
+        try:
+            with source.open("rb") as handle:
+                stream = self._call(lambda: self._conn.newStream(0))
+                self._call(lambda: created.upload(stream, 0, size, 0))
+                try:
+                    self._call(lambda: stream.sendAll(send, handle))
+                    self._call(stream.finish)
+                except BaseException:
+                    with suppress(libvirt.libvirtError):
+                        stream.abort()
+                    raise
+        except BaseException:
+            with suppress(HypervisorError, libvirt.libvirtError):
+                created.delete(0)
+            raise
+        return str(self._call(created.path))
 
     # -- host devices --------------------------------------------------------------------------------
     def node_devices(self) -> list[NodeDevice]:

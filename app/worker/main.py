@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.controllers.base import Reconciler
+from app.controllers.image_cache import ImagePuller, RegistryConfig
 from app.controllers.instances import InstanceReconciler
 from app.controllers.migration_policy import Policy
 from app.controllers.migrations import MigrationReconciler
@@ -75,6 +76,18 @@ def migration_defaults(settings: Settings) -> Policy:
     )
 
 
+def registry_config(settings: Settings) -> RegistryConfig:
+    return RegistryConfig(
+        search=settings.registry_search,
+        insecure=settings.insecure_registry_hosts,
+        auth_file=settings.registry_auth_file,
+        max_disk_bytes=settings.max_disk_bytes,
+        cache_bytes=settings.image_cache_bytes,
+        scratch=settings.data_dir / "pulls",
+        concurrent_pulls=settings.concurrent_pulls,
+    )
+
+
 def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     reconcilers: list[Reconciler] = []
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
@@ -95,6 +108,8 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     )
     reconcilers.append(migrations)
     bridge.observers.append(migrations.switchovers.observe)
+    puller = ImagePuller(db, connections, registry_config(settings))
+    reconcilers.append(puller)
     worker = Worker(
         db,
         {r.kind: r for r in reconcilers},
@@ -102,5 +117,6 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
         lease_seconds=settings.lease_seconds,
         resync_seconds=settings.resync_seconds,
         event_retention=settings.event_retention,
+        resync_sources=[puller.resync_keys],
     )
     return WorkerProcess(worker, bridge, connections)

@@ -11,12 +11,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy.orm import Session
 
 from app.controllers.base import Reconciler
 from app.db import WORK_CHANNEL, Database
@@ -62,9 +63,11 @@ class Worker:
         lease_seconds: float = 30.0,
         resync_seconds: float = 60.0,
         event_retention: int = 100_000,
+        resync_sources: Sequence[Callable[[Session], list[str]]] = (),
     ) -> None:
         self.db = db
         self.reconcilers = dict(reconcilers)
+        self.resync_sources = tuple(resync_sources)  # work keys of what is not an API kind (image pulls)
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.resync_seconds = resync_seconds
@@ -186,9 +189,13 @@ class Worker:
     def resync(self) -> None:
         with self.db.transaction() as session:
             for kind_name in self.reconcilers:
-                kind = KINDS[kind_name]
-                for namespace, name in ResourceRepository[Any](session, kind).all_keys():
-                    workqueue.enqueue(session, kind.work_key(namespace, name))
+                kind = KINDS.get(kind_name)
+                if kind is not None:
+                    for namespace, name in ResourceRepository[Any](session, kind).all_keys():
+                        workqueue.enqueue(session, kind.work_key(namespace, name))
+            for source in self.resync_sources:
+                for key in source(session):
+                    workqueue.enqueue(session, key)
             revisions.compact_events(session, self.event_retention)
             idempotency.expire(session, IDEMPOTENCY_TTL)
             operations.expire(session, OPERATIONS_TTL)

@@ -202,11 +202,13 @@ def test_unschedulable_until_capacity_appears(api: httpx.Client) -> None:
     wait_for(lambda: api.get(f"{BASE}/big").status_code == 404, what="deleting an unscheduled instance")
 
 
-def test_missing_image_fails_cleanly(api: httpx.Client) -> None:
+def test_missing_image_waits_cleanly(api: httpx.Client) -> None:
+    """Neither in the catalog nor in the search registry: ErrImagePull with the registry's answer, retried."""
     body = instance("noimage", volumes=[{"name": "root", "containerDisk": {"image": "nosuch/image:1"}}])
     api.post(BASE, json=body)
-    failed = wait_phase(api, "noimage", "Failed", "ImageNotFound")
-    assert "nosuch/image:1" in failed["status"]["message"]
+    waiting = wait_phase(api, "noimage", "Scheduled", "ErrImagePull")
+    assert "nosuch/image:1" in waiting["status"]["message"]
+    assert "MANIFEST_UNKNOWN" in waiting["status"]["message"] or "NAME_UNKNOWN" in waiting["status"]["message"]
     assert api.post(f"{BASE}/noimage/start").status_code == 202
     api.delete(f"{BASE}/noimage")
     wait_for(lambda: api.get(f"{BASE}/noimage").status_code == 404, what="deletion")

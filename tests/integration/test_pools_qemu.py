@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from app.config import Settings
 from app.db import Database
+from app.models import CachedImageRow
 from app.virt.libvirt_driver import connect
 from app.worker.main import build_worker
-from tests.conftest import ADMIN_TOKEN, IMAGE_DIR, add_node, bearer, conditions, wait_for
+from tests.conftest import ADMIN_TOKEN, IMAGE_DIR, add_node, bearer, conditions, wait_for, worker_settings
+from tests.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLS = "/v1/namespaces/default/pools"
@@ -25,20 +27,21 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Path:
-    """The seed manifest asks for ubuntu:22.04: this rig's catalog serves the tiny test guest by that name."""
+    """A catalog without ubuntu:22.04, as on a fresh install: the seed manifest's image comes from the test
+    registry (where containerdisks/ubuntu:22.04 is the tiny test guest as a self-booting disk)."""
     guest = IMAGE_DIR / "corral" / "test-guest" / "latest"
-    assert (guest / "vmlinuz").is_file(), (
+    assert (guest / "containerdisk.qcow2").is_file(), (
         f"the test guest is missing at {guest}: run scripts/build-test-guest.sh"
     )
-    (tmp_path / "ubuntu").mkdir()
-    (tmp_path / "ubuntu" / "22.04").symlink_to(guest)
-    (tmp_path / "default").symlink_to(guest)
-    return tmp_path
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "default").symlink_to(guest)
+    return tmp_path / "catalog"
 
 
 @pytest.fixture
-def api(pg: Database, catalog: Path, server: Any) -> Iterator[httpx.Client]:
-    process = build_worker(pg, Settings(image_dir=catalog, heartbeat_seconds=2, resync_seconds=30))
+def api(pg: Database, catalog: Path, registry: Registry, server: Any) -> Iterator[httpx.Client]:
+    settings = worker_settings(registry, image_dir=catalog, data_dir=catalog.parent, resync_seconds=30)
+    process = build_worker(pg, settings)
     process.start()
     with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=60) as client:
         add_node(client, "local", "qemu:///system")
@@ -79,7 +82,7 @@ def _ping(hv: Any, domain: str) -> bool:
         return False
 
 
-def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
+def test_seed_pool_manifest_on_real_guests(api: httpx.Client, pg: Database, registry: Registry) -> None:
     seed = (ROOT / "examples" / "pool-fast-start.yaml").read_bytes()
     created = api.post(POOLS, content=seed, headers={"Content-Type": "application/yaml"})
     assert created.status_code == 201, created.text
@@ -102,6 +105,10 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client) -> None:
     status = pool_status(api)
     assert seen_below and conditions({"status": status})["BelowMinAvailable"] == "False"
     assert (status["warming"], status["claimed"], status["failed"]) == (0, 0, 0)
+    with pg.read() as session:  # the pool pulled its image once, from the registry, for all members
+        pulled = [(r.node, r.name, r.state, r.reference) for r in session.scalars(select(CachedImageRow))]
+    assert len(pulled) == 1 and pulled[0][:3] == ("local", "ubuntu:22.04", "Ready")
+    assert str(pulled[0][3]).startswith(f"{registry.host}/containerdisks/ubuntu:22.04@sha256:")
 
     for i in range(2):
         started = time.monotonic()

@@ -1,0 +1,427 @@
+"""Registry images on nodes: an instance's pass asks the cache (ImageCache), a pull reconciler
+(ImagePuller, work keys `ImagePull/<node>/<row id>`) fetches, checks and uploads, and collects unused images.
+
+One row per node and image name, so a pool's members on one node share one pull. The disk is pulled on the
+worker's host, checked as untrusted input (app.disks.untrusted), converted to qcow2 and streamed into the
+node's storage pool through libvirt (a remote node needs no shared filesystem). Volumes are named by the
+manifest digest; a row is trusted only when Ready, so a pull killed half-way is redone from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.clock import Clock, rfc3339, utc_now
+from app.controllers.base import Result
+from app.controllers.naming import STORAGE_POOL
+from app.db import Database
+from app.disks import reference as references
+from app.disks import untrusted
+from app.disks.registry import Credentials, Manifest, ManifestUnknown, RegistryClient, RegistryError
+from app.kinds import NODES
+from app.models import CachedImageRow, NodeRow
+from app.repositories import workqueue
+from app.repositories.images import FAILED, PENDING, PULLING, READY, ImageCacheRepository
+from app.repositories.resources import ResourceRepository
+from app.schemas.instance import ContainerDiskSource
+from app.virt import images
+from app.virt.driver import (
+    Hypervisor,
+    HypervisorError,
+    HypervisorEvent,
+    HypervisorUnavailable,
+    NodeHypervisors,
+)
+
+log = logging.getLogger(__name__)
+IMAGE_PULL = "ImagePull"
+BACKOFF_FIRST, BACKOFF_MAX = 10.0, 300.0
+PROGRESS_EVERY = 1.0  # seconds between two progress writes (each wakes the waiting instances)
+BUSY_RETRY = 2.0
+IN_USE_GRACE = timedelta(minutes=10)  # an image an instance wanted this recently is not collected
+ANY_TIME = datetime.min.replace(tzinfo=UTC)  # as `created`: any cached copy is recent enough
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    search: tuple[str, ...]
+    insecure: frozenset[str] = frozenset()
+    auth_file: Path | None = None
+    max_disk_bytes: int = 2 << 40
+    cache_bytes: int = 20 << 30
+    scratch: Path = Path(".corral/pulls")
+    concurrent_pulls: int = 2
+
+
+class ImageNotReady(Exception):
+    """The image is being pulled, or its pull failed and is retried: the instance waits (reason, message)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def resolver(
+    catalog: Path, cache: ImageCache, node: str, waiter: str, created: datetime, *, same_as: str | None = None
+) -> Callable[[ContainerDiskSource | None], images.Image]:
+    """How an instance on `node` finds its images: a short name in the node's catalog directory first, then
+    (and a qualified reference always) through the registry cache. With `same_as` (a migration's source
+    node) a registry image is the very digest that node holds, so an overlay copied over fits its base."""
+
+    def resolve(source: ContainerDiskSource | None) -> images.Image:
+        if source is None:
+            return images.resolve(catalog, None)
+        if not references.is_qualified(source.image):
+            try:
+                return images.resolve(catalog, source.image)
+            except images.ImageNotFound:
+                pass
+        if same_as is None:
+            return cache.image(node, source.image, source.image_pull_policy, waiter, created)
+        pinned = cache.pinned(same_as, source.image)
+        if pinned is None:
+            raise images.ImageNotFound(f"node {same_as} holds no pulled copy of {source.image!r}")
+        return cache.image(node, pinned, "IfNotPresent", waiter, created)
+
+    return resolve
+
+
+def pull_key(node: str, row_id: int) -> str:
+    return f"{IMAGE_PULL}/{node}/{row_id}"
+
+
+def _wake(session: Session, row: CachedImageRow, *, clear: bool = False) -> None:
+    for key in row.waiters:
+        workqueue.enqueue(session, key)
+    if clear:
+        row.waiters = []
+
+
+def _image_of(row: CachedImageRow) -> images.Image:
+    assert row.path is not None
+    disk = Path(row.path)
+    return images.Image(row.name, disk.parent, disk, "qcow2", row.virtual_size, None, None, "")
+
+
+class ImageCache:
+    """What an instance pass asks: the cached image on its node, or why it has to wait."""
+
+    def __init__(self, db: Database, clock: Clock = utc_now) -> None:
+        self.db = db
+        self.clock = clock
+
+    def image(self, node: str, name: str, policy: str, waiter: str, created: datetime) -> images.Image:
+        """The image `name` as a disk on `node`. Raises ImageNotReady while it is not there, after asking
+        for a pull. Policy Always wants a registry check newer than the instance (`created`)."""
+        now = self.clock()
+        if policy == "Never":
+            with self.db.transaction() as session:
+                found = ImageCacheRepository(session).find(node, name)
+                if found is not None and found.path is not None and found.state != FAILED:
+                    found.wanted_at = now
+                    return _image_of(found)
+            raise ImageNotReady("ErrImageNeverPull", f"image {name!r} is not on node {node} (policy Never)")
+        with self.db.transaction() as session:  # the wait is raised after the commit: the request stays
+            row, added = ImageCacheRepository(session).find_or_add(node, name, now)
+            row.wanted_at = now
+            if row.path is not None and row.state != FAILED:
+                fresh = row.checked_at is not None and row.checked_at >= created
+                if policy != "Always" or (row.state == READY and fresh):
+                    return _image_of(row)
+                if row.state == READY:
+                    row.state = PENDING  # Always: ask the registry whether the tag moved
+            if policy == "Never":
+                wait = ImageNotReady(
+                    "ErrImageNeverPull", f"image {name!r} is not on node {node} (Never pull)"
+                )
+            else:
+                if waiter not in row.waiters:
+                    row.waiters = [*row.waiters, waiter]
+                if row.state == FAILED and (row.retry_at is None or row.retry_at <= now):
+                    row.state = PENDING
+                if added or row.state == PENDING:
+                    workqueue.enqueue(session, pull_key(node, row.id))
+                wait = _waiting(row)
+        raise wait
+
+    def pinned(self, node: str, name: str) -> str | None:
+        """The digest-pinned reference of the image `name` as pulled onto `node`."""
+        with self.db.read() as session:
+            row = ImageCacheRepository(session).find(node, name, for_update=False)
+            return row.reference if row is not None and row.path is not None else None
+
+
+def _waiting(row: CachedImageRow) -> ImageNotReady:
+    if row.state == FAILED:
+        retry = f"retry at {rfc3339(row.retry_at)}" if row.retry_at else "retrying"
+        if row.attempts <= 1:
+            return ImageNotReady("ErrImagePull", f"pulling {row.name!r} failed ({retry}): {row.message}")
+        return ImageNotReady(
+            "ImagePullBackOff",
+            f"back-off pulling {row.name!r}: {row.attempts} failures, {retry}; last: {row.message}",
+        )
+    if row.bytes_total:
+        done = f"{row.bytes_done} of {row.bytes_total} bytes"
+        return ImageNotReady("ImagePulling", f"pulling {row.reference or row.name}: {done}")
+    return ImageNotReady("ImagePulling", f"pulling {row.name!r}: {row.message or 'waiting to start'}")
+
+
+class ImagePuller:
+    kind = IMAGE_PULL
+
+    def __init__(
+        self,
+        db: Database,
+        hypervisors: NodeHypervisors,
+        config: RegistryConfig,
+        volume_dir: str = "/var/lib/corral/instances",
+        clock: Clock = utc_now,
+    ) -> None:
+        self.db = db
+        self.hypervisors = hypervisors
+        self.config = config
+        self.volume_dir = volume_dir
+        self.clock = clock
+        self._slots = threading.BoundedSemaphore(config.concurrent_pulls)
+
+    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+        return []
+
+    def resync_keys(self, session: Session) -> list[str]:
+        return [pull_key(node, row_id) for node, row_id in ImageCacheRepository(session).unfinished()]
+
+    def reconcile(self, namespace: str, name: str) -> Result:
+        node, row_id = namespace, int(name)
+        with self.db.transaction() as session:
+            row = ImageCacheRepository(session).get(row_id, for_update=True)
+            if row is None:
+                return Result()
+            if row.state == READY:
+                _wake(session, row, clear=True)
+                return Result()
+            if row.state == FAILED:
+                if not row.waiters:
+                    return Result()  # nobody wants it now; the next instance that does asks again
+                wait = (row.retry_at - self.clock()).total_seconds() if row.retry_at else 0.0
+                if wait > 0:
+                    return Result(requeue_after=wait)
+            uri = self._node_uri(session, node)
+            if uri is None:
+                return Result()
+        if not self._slots.acquire(blocking=False):
+            return Result(requeue_after=BUSY_RETRY)
+        try:
+            hv = self.hypervisors.get(node, uri)
+            return self._pull(hv, node, row_id)
+        except HypervisorUnavailable:
+            self.hypervisors.forget(node)
+            raise
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _node_uri(session: Session, node: str) -> str | None:
+        row = ResourceRepository[NodeRow](session, NODES).get("", node)
+        return None if row is None else str(row.spec["uri"])
+
+    # -- pulling -------------------------------------------------------------------------------------
+    def _pull(self, hv: Hypervisor, node: str, row_id: int) -> Result:
+        scratch = self.config.scratch / f"{node}-{row_id}"
+        shutil.rmtree(scratch, ignore_errors=True)  # what a killed pull left
+        progress = _Progress(self, row_id)
+        try:
+            name = self._update(row_id, state=PULLING, message="asking the registry", bytes_done=0)
+            manifest = self._manifest(name)
+            volume = f"image-{manifest.digest.removeprefix('sha256:')}.qcow2"
+            stored = self._cached_volume(hv, node, volume)
+            if stored is None:
+                scratch.mkdir(parents=True)
+                total = sum(layer.size for layer in manifest.layers)
+                self._update(row_id, reference=str(manifest.reference), bytes_total=total, message="")
+                disk, facts = self._fetch(manifest, scratch, progress)
+                stored = self._store(hv, disk, volume, progress.row_id), facts
+            path, facts = stored
+        except (RegistryError, untrusted.UnsafeDisk, OSError) as exc:
+            return self._failed(row_id, str(exc))
+        except HypervisorError as exc:
+            if isinstance(exc, HypervisorUnavailable):
+                raise
+            return self._failed(row_id, f"storing the image on node {node}: {exc}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._ready(row_id, manifest, volume, path, facts)
+        self._collect(hv, node)
+        return Result()
+
+    def _manifest(self, name: str) -> Manifest:
+        """The manifest of the first search registry that has the image; every registry's answer when
+        none has it."""
+        client = self._client()
+        answers = []
+        try:
+            for candidate in references.candidates(name, self.config.search):
+                try:
+                    return client.manifest(candidate)
+                except ManifestUnknown as exc:
+                    answers.append(str(exc))
+            if not answers:
+                raise RegistryError(f"{name!r} names no registry and none is configured to search")
+            raise RegistryError("; ".join(answers))
+        except references.InvalidReference as exc:
+            raise RegistryError(str(exc)) from None
+        finally:
+            client.close()
+
+    def _client(self) -> RegistryClient:
+        return RegistryClient(
+            insecure=self.config.insecure, credentials=Credentials.from_file(self.config.auth_file)
+        )
+
+    def _cached_volume(
+        self, hv: Hypervisor, node: str, volume: str
+    ) -> tuple[str, untrusted.DiskFacts] | None:
+        """(path, facts) of `volume` when a Ready row on the node holds it (the same digest under another
+        name, or this row's image again), and libvirt still has it."""
+        with self.db.read() as session:
+            rows = ImageCacheRepository(session).on_node(node, for_update=False)
+            holder = next((r for r in rows if r.volume == volume and r.state == READY), None)
+            if holder is None:
+                return None
+            facts = untrusted.DiskFacts("qcow2", holder.virtual_size, holder.size)
+        path = hv.volume_path(STORAGE_POOL, volume)
+        return None if path is None else (path, facts)
+
+    def _fetch(
+        self, manifest: Manifest, scratch: Path, progress: _Progress
+    ) -> tuple[Path, untrusted.DiskFacts]:
+        """The image's disk, downloaded, verified, checked and converted: (qcow2 file, its facts)."""
+        client, layers = self._client(), []
+        try:
+            for index, blob in enumerate(manifest.layers):
+                layer = scratch / f"layer-{index}"
+                with layer.open("wb") as sink:
+                    client.fetch_blob(manifest.reference, blob, sink, progress.fetched)
+                progress.base += blob.size
+                layers.append(layer)
+        finally:
+            client.close()
+        progress.flush()
+        extracted = scratch / "disk"
+        untrusted.disk_from_layers(layers, extracted)
+        for layer in layers:
+            layer.unlink()
+        facts = untrusted.inspect(extracted, self.config.max_disk_bytes)
+        converted = scratch / "disk.qcow2"
+        return converted, untrusted.to_qcow2(extracted, facts, converted)
+
+    def _store(self, hv: Hypervisor, disk: Path, volume: str, row_id: int) -> str:
+        hv.ensure_pool(STORAGE_POOL, self.volume_dir)
+        self._update(row_id, message="uploading to the node")
+        if not hv.capabilities.volume_upload:  # libvirt's test driver keeps no bytes: a volume will do
+            hv.delete_volume(STORAGE_POOL, volume)
+            return hv.create_volume(STORAGE_POOL, volume, disk.stat().st_size, None)
+        return hv.upload_volume(STORAGE_POOL, volume, disk, lambda _sent: None)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def _update(self, row_id: int, **fields: object) -> str:
+        """Set fields on the row and wake its waiters; the row's image name."""
+        with self.db.transaction() as session:
+            row = ImageCacheRepository(session).get(row_id, for_update=True)
+            if row is None:
+                raise RegistryError("the cache entry was removed")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            _wake(session, row)
+            return row.name
+
+    def _ready(
+        self, row_id: int, manifest: Manifest, volume: str, path: str, facts: untrusted.DiskFacts
+    ) -> None:
+        self._update_final(
+            row_id,
+            state=READY,
+            reference=str(manifest.reference),
+            volume=volume,
+            path=path,
+            virtual_size=facts.virtual_size,
+            size=facts.file_size,
+            message="",
+            attempts=0,
+            retry_at=None,
+            checked_at=self.clock(),
+        )
+
+    def _failed(self, row_id: int, message: str) -> Result:
+        log.warning("image pull %s failed: %s", row_id, message)
+        with self.db.transaction() as session:
+            row = ImageCacheRepository(session).get(row_id, for_update=True)
+            if row is None:
+                return Result()
+            row.attempts += 1
+            wait = min(BACKOFF_FIRST * 2 ** (row.attempts - 1), BACKOFF_MAX)
+            row.state, row.message = FAILED, message[:2000]
+            row.retry_at = self.clock() + timedelta(seconds=wait)
+            _wake(session, row)
+            return Result(requeue_after=wait if row.waiters else None)
+
+    def _update_final(self, row_id: int, **fields: object) -> None:
+        with self.db.transaction() as session:
+            row = ImageCacheRepository(session).get(row_id, for_update=True)
+            if row is None:
+                return
+            for key, value in fields.items():
+                setattr(row, key, value)
+            _wake(session, row, clear=True)
+
+    # -- collection ----------------------------------------------------------------------------------
+    def _collect(self, hv: Hypervisor, node: str) -> None:
+        """Remove unused images, least recently wanted first, while the node's cache is over budget."""
+        with self.db.transaction() as session:
+            cached = ImageCacheRepository(session).on_node(node, for_update=True)
+            rows = [r for r in cached if r.state == READY]
+            sizes = {r.volume: r.size for r in rows if r.volume}
+            total = sum(sizes.values())
+            if total <= self.config.cache_bytes:
+                return
+            in_use = hv.volume_backings(STORAGE_POOL)
+            recent = self.clock() - IN_USE_GRACE
+            used_volumes = {r.volume for r in rows if r.path in in_use or r.wanted_at > recent}
+            for row in rows:
+                if total <= self.config.cache_bytes:
+                    break
+                if row.volume is None or row.volume in used_volumes or row.volume not in sizes:
+                    continue
+                hv.delete_volume(STORAGE_POOL, row.volume)
+                total -= sizes.pop(row.volume)
+                for sharer in rows:
+                    if sharer.volume == row.volume:
+                        session.delete(sharer)
+                log.info("image cache on %s: removed %s (%s)", node, row.volume, row.name)
+
+
+class _Progress:
+    """Pull progress, written at most once per PROGRESS_EVERY seconds."""
+
+    def __init__(self, puller: ImagePuller, row_id: int) -> None:
+        self.puller, self.row_id = puller, row_id
+        self.base = 0  # bytes of the layers fetched before the current one
+        self.done, self._written_at, self._written = 0, 0.0, -1
+
+    def fetched(self, done_in_layer: int) -> None:
+        self.done = self.base + done_in_layer
+        if time.monotonic() - self._written_at >= PROGRESS_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.done != self._written:
+            self.puller._update(self.row_id, bytes_done=self.done)
+            self._written, self._written_at = self.done, time.monotonic()
