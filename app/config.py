@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         default=2 << 40, gt=0, description="The largest virtual size a pulled or imported disk may have."
     )
     concurrent_pulls: int = Field(default=2, ge=1, le=16, description="Image pulls at once per worker.")
+    image_pull_backoff_seconds: float = Field(
+        default=10.0, gt=0, description="Wait after a failed pull; doubles per failure, up to 5 minutes."
+    )
+    image_keep_unused_seconds: float = Field(
+        default=600.0, ge=0, description="An image wanted this recently is never collected."
+    )
     virt_type: str | None = Field(
         default=None, description="Force the local node's virtualization type (kvm or qemu)."
     )

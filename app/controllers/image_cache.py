@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -27,7 +28,7 @@ from app.db import Database
 from app.disks import reference as references
 from app.disks import untrusted
 from app.disks.registry import Credentials, Manifest, ManifestUnknown, RegistryClient, RegistryError
-from app.kinds import NODES
+from app.kinds import KINDS, NODES, split_work_key
 from app.models import CachedImageRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.images import FAILED, PENDING, PULLING, READY, ImageCacheRepository
@@ -44,10 +45,9 @@ from app.virt.driver import (
 
 log = logging.getLogger(__name__)
 IMAGE_PULL = "ImagePull"
-BACKOFF_FIRST, BACKOFF_MAX = 10.0, 300.0
+BACKOFF_MAX = 300.0
 PROGRESS_EVERY = 1.0  # seconds between two progress writes (each wakes the waiting instances)
 BUSY_RETRY = 2.0
-IN_USE_GRACE = timedelta(minutes=10)  # an image an instance wanted this recently is not collected
 ANY_TIME = datetime.min.replace(tzinfo=UTC)  # as `created`: any cached copy is recent enough
 
 
@@ -60,6 +60,8 @@ class RegistryConfig:
     cache_bytes: int = 20 << 30
     scratch: Path = Path(".corral/pulls")
     concurrent_pulls: int = 2
+    backoff_seconds: float = 10.0  # after the first failure; doubles per failure up to BACKOFF_MAX
+    keep_unused: timedelta = timedelta(minutes=10)  # an image wanted this recently is not collected
 
 
 class ImageNotReady(Exception):
@@ -99,11 +101,17 @@ def pull_key(node: str, row_id: int) -> str:
     return f"{IMAGE_PULL}/{node}/{row_id}"
 
 
-def _wake(session: Session, row: CachedImageRow, *, clear: bool = False) -> None:
+def _wake(session: Session, row: CachedImageRow) -> None:
+    """Wake the instances (and migrations) waiting for the image; forget those that no longer exist."""
+    alive = []
     for key in row.waiters:
-        workqueue.enqueue(session, key)
-    if clear:
-        row.waiters = []
+        kind_name, namespace, name = split_work_key(key)
+        kind = KINDS.get(kind_name)
+        if kind is not None and ResourceRepository[Any](session, kind).get(namespace, name) is not None:
+            alive.append(key)
+            workqueue.enqueue(session, key)
+    if alive != row.waiters:
+        row.waiters = alive
 
 
 def _image_of(row: CachedImageRow) -> images.Image:
@@ -126,16 +134,18 @@ class ImageCache:
         if policy == "Never":
             with self.db.transaction() as session:
                 found = ImageCacheRepository(session).find(node, name)
-                if found is not None and found.path is not None and found.state != FAILED:
+                if found is not None and found.path is not None:
                     found.wanted_at = now
+                    found.waiters = [w for w in found.waiters if w != waiter]
                     return _image_of(found)
             raise ImageNotReady("ErrImageNeverPull", f"image {name!r} is not on node {node} (policy Never)")
         with self.db.transaction() as session:  # the wait is raised after the commit: the request stays
             row, added = ImageCacheRepository(session).find_or_add(node, name, now)
             row.wanted_at = now
-            if row.path is not None and row.state != FAILED:
+            if row.path is not None:  # even after a failed re-check: the image it holds is still good
                 fresh = row.checked_at is not None and row.checked_at >= created
                 if policy != "Always" or (row.state == READY and fresh):
+                    row.waiters = [w for w in row.waiters if w != waiter]
                     return _image_of(row)
                 if row.state == READY:
                     row.state = PENDING  # Always: ask the registry whether the tag moved
@@ -206,7 +216,7 @@ class ImagePuller:
             if row is None:
                 return Result()
             if row.state == READY:
-                _wake(session, row, clear=True)
+                _wake(session, row)
                 return Result()
             if row.state == FAILED:
                 if not row.waiters:
@@ -346,7 +356,8 @@ class ImagePuller:
     def _ready(
         self, row_id: int, manifest: Manifest, volume: str, path: str, facts: untrusted.DiskFacts
     ) -> None:
-        self._update_final(
+        self._keep_replaced(row_id, volume)
+        self._update(
             row_id,
             state=READY,
             reference=str(manifest.reference),
@@ -360,6 +371,20 @@ class ImagePuller:
             checked_at=self.clock(),
         )
 
+    def _keep_replaced(self, row_id: int, volume: str) -> None:
+        """A tag that moved (policy Always) gets a new volume; the old one stays cached under its pinned
+        reference, for the instances still on it and for collection when they are gone."""
+        with self.db.transaction() as session:
+            repo = ImageCacheRepository(session)
+            row = repo.get(row_id, for_update=True)
+            if row is None or row.volume in (None, volume) or row.reference is None:
+                return
+            kept, _ = repo.find_or_add(row.node, row.reference, row.wanted_at)
+            if kept.path is None:
+                for field in ("reference", "volume", "path", "virtual_size", "size", "checked_at"):
+                    setattr(kept, field, getattr(row, field))
+                kept.state = READY
+
     def _failed(self, row_id: int, message: str) -> Result:
         log.warning("image pull %s failed: %s", row_id, message)
         with self.db.transaction() as session:
@@ -367,20 +392,11 @@ class ImagePuller:
             if row is None:
                 return Result()
             row.attempts += 1
-            wait = min(BACKOFF_FIRST * 2 ** (row.attempts - 1), BACKOFF_MAX)
+            wait = min(self.config.backoff_seconds * 2 ** (row.attempts - 1), BACKOFF_MAX)
             row.state, row.message = FAILED, message[:2000]
             row.retry_at = self.clock() + timedelta(seconds=wait)
             _wake(session, row)
             return Result(requeue_after=wait if row.waiters else None)
-
-    def _update_final(self, row_id: int, **fields: object) -> None:
-        with self.db.transaction() as session:
-            row = ImageCacheRepository(session).get(row_id, for_update=True)
-            if row is None:
-                return
-            for key, value in fields.items():
-                setattr(row, key, value)
-            _wake(session, row, clear=True)
 
     # -- collection ----------------------------------------------------------------------------------
     def _collect(self, hv: Hypervisor, node: str) -> None:
@@ -393,8 +409,8 @@ class ImagePuller:
             if total <= self.config.cache_bytes:
                 return
             in_use = hv.volume_backings(STORAGE_POOL)
-            recent = self.clock() - IN_USE_GRACE
-            used_volumes = {r.volume for r in rows if r.path in in_use or r.wanted_at > recent}
+            recent = self.clock() - self.config.keep_unused
+            used_volumes = {r.volume for r in rows if r.path in in_use or r.wanted_at > recent or r.waiters}
             for row in rows:
                 if total <= self.config.cache_bytes:
                     break

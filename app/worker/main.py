@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from app.config import Settings
 from app.controllers.base import Reconciler
@@ -85,6 +86,8 @@ def registry_config(settings: Settings) -> RegistryConfig:
         cache_bytes=settings.image_cache_bytes,
         scratch=settings.data_dir / "pulls",
         concurrent_pulls=settings.concurrent_pulls,
+        backoff_seconds=settings.image_pull_backoff_seconds,
+        keep_unused=timedelta(seconds=settings.image_keep_unused_seconds),
     )
 
 

@@ -208,7 +208,9 @@ def test_missing_image_waits_cleanly(api: httpx.Client) -> None:
     api.post(BASE, json=body)
     waiting = wait_phase(api, "noimage", "Scheduled", "ErrImagePull")
     assert "nosuch/image:1" in waiting["status"]["message"]
-    assert "MANIFEST_UNKNOWN" in waiting["status"]["message"] or "NAME_UNKNOWN" in waiting["status"]["message"]
+    assert (
+        "MANIFEST_UNKNOWN" in waiting["status"]["message"] or "NAME_UNKNOWN" in waiting["status"]["message"]
+    )
     assert api.post(f"{BASE}/noimage/start").status_code == 202
     api.delete(f"{BASE}/noimage")
     wait_for(lambda: api.get(f"{BASE}/noimage").status_code == 404, what="deletion")
