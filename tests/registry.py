@@ -162,3 +162,41 @@ class Registry:
 
 def _plain(layer: bytes) -> bytes:
     return gzip.decompress(layer) if layer[:2] == b"\x1f\x8b" else layer
+
+
+def main() -> None:
+    """`python -m tests.registry --port 5055 --dir DIR`: serve a registry holding the test guest as the
+    containerDisks `containerdisks/test-guest:latest` and `containerdisks/ubuntu:22.04` until stopped."""
+    import argparse
+    import os
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=5055)
+    parser.add_argument("--dir", type=Path, default=Path("/var/lib/corral/registry"))
+    parser.add_argument(
+        "--disk",
+        type=Path,
+        default=Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
+        / "corral/test-guest/latest/containerdisk.qcow2",
+    )
+    args = parser.parse_args()
+    served = Registry(args.dir, args.port)
+    served.start()
+    layer = disk_layer(args.disk)
+    for repository, tag in (("containerdisks/test-guest", "latest"), ("containerdisks/ubuntu", "22.04")):
+        served.push_image(repository, tag, [layer])
+    print(
+        f"registry on {served.host}: containerdisks/test-guest:latest, containerdisks/ubuntu:22.04",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: served.stop())
+    try:
+        assert served.process is not None
+        served.process.wait()
+    except KeyboardInterrupt:
+        served.stop()
+
+
+if __name__ == "__main__":
+    main()
