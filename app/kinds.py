@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from app.models import InstanceRow, MigrationRow, NodeRow, PoolRow, ResourceRow
+from app.models import DataVolumeRow, InstanceRow, MigrationRow, NodeRow, PoolRow, ResourceRow
 from app.schemas.auth import Role
 from app.schemas.common import ApiModel
+from app.schemas.datavolume import DataVolume, DataVolumeBody, DataVolumeList, DataVolumeSpec
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
 from app.schemas.migration import Migration, MigrationBody, MigrationList, MigrationSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
@@ -102,4 +103,19 @@ MIGRATIONS = Kind(
     write_role=Role.operator,
 )
 
-KINDS: dict[str, Kind[Any]] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS)}
+DATAVOLUMES = Kind(
+    kind="DataVolume",
+    api_version="cdi.kubevirt.io/v1beta1",
+    row=DataVolumeRow,
+    namespaced=True,
+    plural="datavolumes",
+    singular="DataVolume",
+    api_versions=("cdi.kubevirt.io/v1beta1", "cdi.kubevirt.io/v1alpha1"),
+    spec_model=DataVolumeSpec,
+    body_model=DataVolumeBody,
+    object_model=DataVolume,
+    list_model=DataVolumeList,
+    write_role=Role.operator,
+)
+
+KINDS: dict[str, Kind[Any]] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS, DATAVOLUMES)}

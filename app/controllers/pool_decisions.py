@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from app.clock import rfc3339
 from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
+from app.schemas.instance import IMAGE_PULL_FAILURES
 from app.schemas.pool import PoolSpec, PoolStatus
 
 # A replacement starts this long after a claim: the claimed guest's first moments (its owner's first
@@ -165,8 +166,14 @@ def pool_status(
     reason = "BelowMinAvailable" if below else "EnoughAvailable"
     set_condition(status, "BelowMinAvailable", "True" if below else "False", reason, message, now)
     book = plan.bookkeeping
+    pulling = next((m for m in kept if m.failure.partition(":")[0] in IMAGE_PULL_FAILURES), None)
     if plan.failure_message is not None:
         set_condition(status, "ReplicaFailure", "True", "MemberFailed", plan.failure_message, now)
+    elif pulling is not None:  # replacing it would pull again: it waits, and the pool says why
+        reason = pulling.failure.partition(":")[0]
+        set_condition(
+            status, "ReplicaFailure", "True", reason, f"member {pulling.name}: {pulling.failure}", now
+        )
     elif book.failures == 0:
         set_condition(status, "ReplicaFailure", "False", "NoFailures", "", now)
     if spec.paused:

@@ -7,13 +7,14 @@ from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
 from app.models.images import CachedImageRow
 from app.models.operations import OperationRow
-from app.models.resources import InstanceRow, MigrationRow, NodeRow, PoolRow
+from app.models.resources import DataVolumeRow, InstanceRow, MigrationRow, NodeRow, PoolRow
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
 
 __all__ = [
     "Base",
     "CachedImageRow",
+    "DataVolumeRow",
     "EventRow",
     "GrantRow",
     "HostDeviceRow",

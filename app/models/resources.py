@@ -45,3 +45,13 @@ class MigrationRow(ResourceRow, Base):
     vmi_name: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
     # Requests beside the spec (abort), written by the API and read by the worker driving the migration.
     intent: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+
+class DataVolumeRow(ResourceRow, Base):
+    __tablename__ = "datavolumes"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_datavolumes_namespace_name"),)
+
+    # The node holding the disk, once chosen; a column so placement finds it without JSON lookups.
+    node_name: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    # The worker's bookkeeping (import attempts, the volume's name), so a restarted worker resumes.
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)

@@ -121,6 +121,10 @@ class DomainSpec(ApiModel):
     machine: Machine | None = None
 
 
+# Reasons an instance waits on its containerDisk after the pull failed (phase Scheduled, retried).
+IMAGE_PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull")
+
+
 class ContainerDiskSource(ApiModel):
     image: str = Field(
         min_length=1,

@@ -236,7 +236,8 @@ def test_paused_pool_and_validation(api: httpx.Client) -> None:
         assert response.json()["errors"][0]["field"].startswith(field)
 
 
-def test_failed_members_are_replaced_with_a_condition(api: httpx.Client) -> None:
+def test_a_member_whose_image_cannot_be_pulled_waits_and_the_pool_says_why(api: httpx.Client) -> None:
+    """Replacing it would only pull again: the member stays, ReplicaFailure names the registry's answer."""
     broken = pool("broken", 1)
     broken["spec"]["template"]["spec"]["volumes"] = [
         {"name": "root", "containerDisk": {"image": "no/such:1"}}
@@ -251,4 +252,5 @@ def test_failed_members_are_replaced_with_a_condition(api: httpx.Client) -> None
         what="ReplicaFailure",
     )
     condition = next(c for c in failing["conditions"] if c["type"] == "ReplicaFailure")
-    assert "ImageNotFound" in condition["message"] and failing["failures"] >= 1 and failing["retryAfter"]
+    assert condition["reason"] in ("ErrImagePull", "ImagePullBackOff") and "no/such:1" in condition["message"]
+    assert (failing["replicas"], failing["warming"], failing["failed"]) == (1, 1, 0)
