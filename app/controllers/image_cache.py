@@ -27,6 +27,7 @@ from app.controllers.naming import STORAGE_POOL
 from app.db import Database
 from app.disks import reference as references
 from app.disks import untrusted
+from app.disks.containerdisk import pull_disk
 from app.disks.registry import Credentials, Manifest, ManifestUnknown, RegistryClient, RegistryError
 from app.kinds import KINDS, NODES, split_work_key
 from app.models import CachedImageRow, NodeRow
@@ -313,30 +314,18 @@ class ImagePuller:
     def _fetch(
         self, manifest: Manifest, scratch: Path, progress: _Progress
     ) -> tuple[Path, untrusted.DiskFacts]:
-        """The image's disk, downloaded, verified, checked and converted: (qcow2 file, its facts)."""
-        client, layers = self._client(), []
+        client = self._client()
         try:
-            for index, blob in enumerate(manifest.layers):
-                layer = scratch / f"layer-{index}"
-                with layer.open("wb") as sink:
-                    client.fetch_blob(manifest.reference, blob, sink, progress.fetched)
-                progress.base += blob.size
-                layers.append(layer)
+            pulled = pull_disk(client, manifest, scratch, progress.fetched, self.config.max_disk_bytes)
         finally:
             client.close()
         progress.flush()
-        extracted = scratch / "disk"
-        untrusted.disk_from_layers(layers, extracted)
-        for layer in layers:
-            layer.unlink()
-        facts = untrusted.inspect(extracted, self.config.max_disk_bytes)
-        converted = scratch / "disk.qcow2"
-        return converted, untrusted.to_qcow2(extracted, facts, converted)
+        return pulled
 
     def _store(self, hv: Hypervisor, disk: Path, volume: str, row_id: int) -> str:
         hv.ensure_pool(STORAGE_POOL, self.volume_dir)
         self._update(row_id, message="uploading to the node")
-        if not hv.capabilities.volume_upload:  # libvirt's test driver keeps no bytes: a volume will do
+        if not hv.capabilities.volume_contents:  # libvirt's test driver keeps no bytes: a volume will do
             hv.delete_volume(STORAGE_POOL, volume)
             return hv.create_volume(STORAGE_POOL, volume, disk.stat().st_size, None)
         return hv.upload_volume(STORAGE_POOL, volume, disk, lambda _sent: None)
@@ -429,11 +418,10 @@ class _Progress:
 
     def __init__(self, puller: ImagePuller, row_id: int) -> None:
         self.puller, self.row_id = puller, row_id
-        self.base = 0  # bytes of the layers fetched before the current one
         self.done, self._written_at, self._written = 0, 0.0, -1
 
-    def fetched(self, done_in_layer: int) -> None:
-        self.done = self.base + done_in_layer
+    def fetched(self, done: int) -> None:
+        self.done = done
         if time.monotonic() - self._written_at >= PROGRESS_EVERY:
             self.flush()
 

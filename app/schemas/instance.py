@@ -146,16 +146,41 @@ class EmptyDiskSource(ApiModel):
     capacity: Quantity
 
 
+class DataVolumeSource(ApiModel):
+    name: DnsLabel = Field(description="A DataVolume in the instance's namespace.")
+
+
+class ClaimSource(ApiModel):
+    claim_name: DnsLabel = Field(
+        description="A DataVolume in the instance's namespace (CDI names its PVC so)."
+    )
+
+
 class Volume(ApiModel):
     name: DnsLabel
     container_disk: ContainerDiskSource | None = None
     empty_disk: EmptyDiskSource | None = None
+    data_volume: DataVolumeSource | None = None
+    persistent_volume_claim: ClaimSource | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Volume:
-        if (self.container_disk is None) == (self.empty_disk is None):
-            raise ValueError("a volume has exactly one source: containerDisk or emptyDisk")
+        sources = (self.container_disk, self.empty_disk, self.data_volume, self.persistent_volume_claim)
+        if sum(source is not None for source in sources) != 1:
+            names = "containerDisk, emptyDisk, dataVolume or persistentVolumeClaim"
+            raise ValueError(f"a volume has exactly one source: {names}")
         return self
+
+    @property
+    def data_volume_name(self) -> str | None:
+        """The DataVolume it attaches, by either spelling."""
+        if self.data_volume is not None:
+            return self.data_volume.name
+        return self.persistent_volume_claim.claim_name if self.persistent_volume_claim else None
+
+
+def data_volume_names(spec: InstanceSpec) -> list[str]:
+    return [name for name in (v.data_volume_name for v in spec.volumes) if name is not None]
 
 
 class InstanceSpec(ApiModel):

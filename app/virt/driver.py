@@ -179,7 +179,7 @@ class Capabilities:
     guest_agent: bool = True  # a running guest can have a connected qemu-guest-agent
     mediated_devices: bool = True  # mediated devices can be created and removed on the host
     console_log: bool = True  # the guest's serial console can be logged to a file on the host
-    volume_upload: bool = True  # bytes can be streamed into a storage volume
+    volume_contents: bool = True  # volumes hold real bytes: they can be uploaded to and resized
     domain_type: str | None = None  # the one domain type the backend accepts, when it decides (test: "test")
 
 
@@ -265,6 +265,14 @@ class Hypervisor(Protocol):
         ...
 
     def volume_path(self, pool: str, volume: str) -> str | None: ...
+
+    def clone_volume(self, pool: str, source: str, volume: str) -> str:
+        """A full copy of `source` named `volume` in the same pool (replacing any of that name); its path."""
+        ...
+
+    def resize_volume(self, pool: str, volume: str, capacity: int) -> None:
+        """Grow the volume's virtual size to `capacity` bytes (never shrinks)."""
+        ...
 
     def volume_backings(self, pool: str) -> set[str]:
         """Paths of the backing files the pool's volumes are overlays on (what must not be removed)."""

@@ -65,7 +65,7 @@ TEST_DRIVER = Capabilities(
     guest_agent=False,
     mediated_devices=False,
     console_log=False,
-    volume_upload=False,
+    volume_contents=False,
     domain_type="test",
 )
 
@@ -612,6 +612,27 @@ class LibvirtHypervisor:
     def volume_path(self, pool: str, volume: str) -> str | None:
         found = self._volume(pool, volume)
         return None if found is None else str(self._call(found.path))
+
+    def clone_volume(self, pool: str, source: str, volume: str) -> str:
+        original = self._volume(pool, source)
+        if original is None:
+            raise HypervisorError(f"no volume {source!r} in pool {pool!r}", libvirt.VIR_ERR_NO_STORAGE_VOL)
+        self.delete_volume(pool, volume)
+        info = self._call(original.info)  # (type, capacity, allocation)
+        xml = ET.Element("volume")
+        ET.SubElement(xml, "name").text = volume
+        ET.SubElement(xml, "capacity", {"unit": "bytes"}).text = str(info[1])
+        ET.SubElement(ET.SubElement(xml, "target"), "format", {"type": "qcow2"})
+        text = ET.tostring(xml, encoding="unicode")
+        created = self._call(lambda: self._pool(pool).createXMLFrom(text, original, 0))
+        return str(self._call(created.path))
+
+    def resize_volume(self, pool: str, volume: str, capacity: int) -> None:
+        found = self._volume(pool, volume)
+        if found is None:
+            raise HypervisorError(f"no volume {volume!r} in pool {pool!r}", libvirt.VIR_ERR_NO_STORAGE_VOL)
+        if self._call(found.info)[1] < capacity:
+            self._call(lambda: found.resize(capacity, 0))
 
     def volume_backings(self, pool: str) -> set[str]:
         try:
