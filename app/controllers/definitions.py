@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
-from app.controllers.naming import STORAGE_POOL
 from app.controllers.placement import MIB
 from app.controllers.volumes import ImageResolver, PlannedVolume, plan_volumes
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
-from app.virt.driver import Hypervisor, InvalidDomainConfig
+from app.virt.driver import STORAGE_POOL, Hypervisor, InvalidDomainConfig
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339, utc_now
 from app.controllers.base import Result
-from app.controllers.naming import STORAGE_POOL
 from app.db import Database
 from app.disks import reference as references
 from app.disks import untrusted
@@ -37,6 +36,7 @@ from app.repositories.resources import ResourceRepository
 from app.schemas.instance import ContainerDiskSource
 from app.virt import images
 from app.virt.driver import (
+    STORAGE_POOL,
     Hypervisor,
     HypervisorError,
     HypervisorEvent,

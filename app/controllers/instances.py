@@ -40,7 +40,7 @@ from app.controllers.instance_decisions import (
     while_migrating,
 )
 from app.controllers.instance_status import Observed, add_guest_report, render
-from app.controllers.naming import STORAGE_POOL, domain_name, volume_file
+from app.controllers.naming import domain_name, volume_file
 from app.controllers.operations import run_queued
 from app.controllers.placement import (
     Picked,
@@ -67,6 +67,7 @@ from app.schemas.migration import FINISHED
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.schemas.records import InstanceIntent, InstanceProgress, MigrationLock
 from app.virt.driver import (
+    STORAGE_POOL,
     AgentUnavailable,
     DomainInfo,
     DomainNotFound,

@@ -9,11 +9,11 @@ from contextlib import suppress
 
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.migration_decisions import MigratingInstance
-from app.controllers.naming import STORAGE_POOL, volume_file
+from app.controllers.naming import volume_file
 from app.controllers.placement import MIB
 from app.controllers.volumes import ImageResolver, plan_volumes
 from app.virt import images
-from app.virt.driver import DomainInfo, DomainNotFound, DomainState, Hypervisor, HypervisorError
+from app.virt.driver import STORAGE_POOL, DomainInfo, DomainNotFound, DomainState, Hypervisor, HypervisorError
 
 log = logging.getLogger(__name__)
 # A QEMU process exists for the domain: never undefine or remove volumes under it.

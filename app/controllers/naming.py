@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from app.schemas.records import InstanceProgress
 
-STORAGE_POOL = "corral-instances"  # the libvirt storage pool on every node that holds instances' volumes
-
 
 def domain_name(namespace: str, name: str, uid: str, progress: InstanceProgress) -> str:
     # Unique on the node even after a claim renames the instance (its domain keeps the first name).

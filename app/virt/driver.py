@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+STORAGE_POOL = "corral-instances"  # the libvirt storage pool Corral keeps on every node for its volumes
+
 
 class HypervisorError(Exception):
     """A libvirt call failed; `code` is libvirt's error code where one was given."""

@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 
 from app.controllers.instances import InstanceReconciler
-from app.controllers.naming import STORAGE_POOL
 from app.controllers.nodes import NodeReconciler
 from app.db import Database
 from app.kinds import INSTANCES
 from app.repositories.resources import ResourceRepository
 from app.services.instances import InstanceService
 from app.services.nodes import NodeService
-from app.virt.driver import DomainNotFound, Hypervisor, InvalidDomainConfig
+from app.virt.driver import STORAGE_POOL, DomainNotFound, Hypervisor, InvalidDomainConfig
 from app.virt.libvirt_driver import connect
 from app.worker.connections import NodeConnections
 from tests.conftest import IMAGE_DIR

@@ -13,7 +13,6 @@ import pytest
 from app.controllers.instances import InstanceReconciler
 from app.controllers.migration_policy import Policy
 from app.controllers.migrations import MigrationReconciler
-from app.controllers.naming import STORAGE_POOL
 from app.controllers.nodes import NodeReconciler
 from app.controllers.pools import PoolReconciler
 from app.db import Database
@@ -25,7 +24,7 @@ from app.services.instances import InstanceService
 from app.services.migrations import MigrationService
 from app.services.pools import PoolService
 from app.services.resources import ResourceService
-from app.virt.driver import DomainState
+from app.virt.driver import STORAGE_POOL, DomainState
 from tests.conftest import reset
 from tests.fakes import FakeHypervisor, FakeNodes
 

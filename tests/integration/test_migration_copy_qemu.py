@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.controllers.naming import STORAGE_POOL
+from app.virt.driver import STORAGE_POOL
 from app.virt.libvirt_driver import connect
 from tests.integration.test_migration_qemu import (
     NODE_NUMBERS,
