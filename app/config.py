@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         default=2 << 40, gt=0, description="The largest virtual size a pulled or imported disk may have."
     )
     concurrent_pulls: int = Field(default=2, ge=1, le=16, description="Image pulls at once per worker.")
+    import_allowed_hosts: str = Field(
+        default="",
+        description="Hosts DataVolume imports may fetch from although they resolve to a loopback or "
+        "link-local address (comma-separated).",
+    )
     image_pull_backoff_seconds: float = Field(
         default=10.0, gt=0, description="Wait after a failed pull; doubles per failure, up to 5 minutes."
     )
@@ -89,6 +94,10 @@ class Settings(BaseSettings):
     @property
     def registry_search(self) -> tuple[str, ...]:
         return tuple(r.strip() for r in self.image_registries.split(",") if r.strip())
+
+    @property
+    def import_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip() for h in self.import_allowed_hosts.split(",") if h.strip())
 
     @property
     def insecure_registry_hosts(self) -> frozenset[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
 from app.controllers.placement import MIB
-from app.controllers.volumes import ImageResolver, PlannedVolume, plan_volumes
+from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, PlannedVolume, plan_volumes
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
@@ -40,15 +40,17 @@ class Definer:
         self._pools_ready: set[str] = set()  # node URIs
 
     def define(
-        self, hv: Hypervisor, owner: Owner, spec: InstanceSpec, resolve: ImageResolver
+        self, hv: Hypervisor, owner: Owner, spec: InstanceSpec, resolve: ImageResolver, find_disk: DiskFinder
     ) -> Observed | None:
         """Create the volumes and define the domain; None when done, else what to report instead."""
         try:
-            boot_image, planned = plan_volumes(spec, resolve, owner.uid)
+            boot_image, planned = plan_volumes(spec, resolve, owner.uid, find_disk)
         except images.ImageNotFound as exc:
             return Observed("Failed", "ImageNotFound", str(exc))
         except ImageNotReady as exc:
             return Observed("Scheduled", exc.reason, str(exc))
+        except DataVolumeMissing as exc:
+            return Observed("Scheduled", "DataVolumeNotReady", str(exc))
         with ExitStack() as undo:
             self._ensure_pool(hv, undo)
             disks = [self._volume(hv, volume, undo) for volume in planned]
@@ -71,6 +73,8 @@ class Definer:
 
     @staticmethod
     def _volume(hv: Hypervisor, volume: PlannedVolume, undo: ExitStack) -> DiskConfig:
+        if volume.attach is not None:  # a DataVolume's disk: it exists, and outlives this instance
+            return DiskConfig(path=volume.attach, target=volume.target, serial=volume.name[:20])
         existed = hv.volume_path(STORAGE_POOL, volume.volume_id) is not None
         path = hv.create_volume(STORAGE_POOL, volume.volume_id, volume.capacity, volume.backing)
         if not existed:

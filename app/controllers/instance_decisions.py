@@ -76,6 +76,7 @@ class Desired:
     intent: InstanceIntent
     volumes: tuple[str, ...] = ()  # volume names this spec defines (remembered for deletion)
     passthrough: bool = False  # host devices: not live-migratable
+    data_volumes: bool = False  # disks that live on this node: not live-migratable (yet)
     deleting: bool = False
     migration: MigrationLock | None = None
 
@@ -292,9 +293,15 @@ def report(desired: Desired, plan: Plan, domain: DomainInfo, agent: bool | None)
         reason,
         agent=agent_status,
         agent_reason=agent_reason,
-        live_migratable=not desired.passthrough,
-        migratable_reason="HostDeviceNotLiveMigratable" if desired.passthrough else "Migratable",
+        live_migratable=not (desired.passthrough or desired.data_volumes),
+        migratable_reason=_migratable_reason(desired),
     )
+
+
+def _migratable_reason(desired: Desired) -> str:
+    if desired.passthrough:
+        return "HostDeviceNotLiveMigratable"
+    return "DataVolumeNotLiveMigratable" if desired.data_volumes else "Migratable"
 
 
 def requeue_after(plan: Plan, observed: Observed) -> float | None:
@@ -307,6 +314,26 @@ def requeue_after(plan: Plan, observed: Observed) -> float | None:
 def placed(node: str | None, why_not: str) -> Observed:
     """Scheduling once placement chose a node; Failed/Unschedulable with every node's reason otherwise."""
     return Observed("Scheduling", "Scheduled") if node else Observed("Failed", "Unschedulable", why_not)
+
+
+def disks_not_ready(
+    data_volumes: dict[str, tuple[str | None, str]], wanted: list[str]
+) -> Observed | str | None:
+    """Where the instance's DataVolumes pin it: (None) anywhere, (a node's name), or what it waits for
+    (Pending/DataVolumeNotReady) or why it cannot run (Failed/Unschedulable). `data_volumes`: name ->
+    (node, phase) of those that exist."""
+    waiting = [f"{name} does not exist" for name in wanted if name not in data_volumes]
+    waiting += [
+        f"{name} is {phase}" for name, (_, phase) in sorted(data_volumes.items()) if phase != "Succeeded"
+    ]
+    if waiting:
+        return Observed("Pending", "DataVolumeNotReady", "DataVolume " + "; ".join(waiting))
+    nodes = sorted({str(node) for node, _ in data_volumes.values()})
+    if len(nodes) > 1:
+        return Observed(
+            "Failed", "Unschedulable", f"its DataVolumes are on different nodes ({', '.join(nodes)})"
+        )
+    return nodes[0] if nodes else None
 
 
 def unreachable(message: str, *, deleting: bool = False) -> Observed:

@@ -32,6 +32,7 @@ from app.controllers.instance_decisions import (
     Plan,
     decide,
     decide_teardown,
+    disks_not_ready,
     guest_report_due,
     placed,
     report,
@@ -51,10 +52,10 @@ from app.controllers.placement import (
     unschedulable_message,
     wake_unschedulable,
 )
-from app.controllers.volumes import volume_names
+from app.controllers.volumes import DataVolumeMissing, DiskFinder, volume_names
 from app.db import Database
-from app.kinds import INSTANCES, MIGRATIONS, NODES, POOLS
-from app.models import InstanceRow, MigrationRow, NodeRow
+from app.kinds import DATAVOLUMES, INSTANCES, MIGRATIONS, NODES, POOLS
+from app.models import DataVolumeRow, InstanceRow, MigrationRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository
 from app.repositories.instances import InstanceRepository, intent_of, progress_of, set_intent, set_progress
@@ -62,10 +63,11 @@ from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject, parse_time
 from app.schemas.conditions import find_condition
 from app.schemas.devices import device_needs
-from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.schemas.instance import InstanceSpec, data_volume_names, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.schemas.records import InstanceIntent, InstanceProgress, MigrationLock
+from app.virt.disk_import import data_volume_file
 from app.virt.driver import (
     STORAGE_POOL,
     AgentUnavailable,
@@ -91,6 +93,13 @@ class NodeAddress:
 
 
 @dataclass(frozen=True)
+class DataVolumeRef:
+    uid: str
+    node: str | None
+    phase: str
+
+
+@dataclass(frozen=True)
 class LoadedInstance:
     """One pass's read of an instance row and what it holds."""
 
@@ -110,6 +119,7 @@ class LoadedInstance:
     migration: MigrationLock | None = None  # the unfinished migration holding it
     pci_devices: tuple[str, ...] = ()  # PCI addresses of the host devices it holds
     mdevs: tuple[tuple[str, str, str], ...] = ()  # its mediated devices: (parent, type, uuid)
+    data_volumes: dict[str, DataVolumeRef] = field(default_factory=dict)  # by name, those that exist
 
     @property
     def domain(self) -> str:
@@ -127,6 +137,7 @@ class LoadedInstance:
             intent=self.intent,
             volumes=tuple(v.name for v in self.spec.volumes),
             passthrough=bool(device_needs(self.spec)),
+            data_volumes=bool(self.data_volumes),
             deleting=self.deleting,
             migration=self.migration,
         )
@@ -238,7 +249,9 @@ class InstanceReconciler:
                 waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
                 node = loaded.node_name or ""
                 resolve = resolver(self.image_dir, self.images, node, waiter, loaded.created)
-                failure = self.definer.define(hv, loaded.owner, loaded.spec, resolve)
+                failure = self.definer.define(
+                    hv, loaded.owner, loaded.spec, resolve, _disk_finder(loaded, hv)
+                )
                 if failure is not None:
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
@@ -333,9 +346,16 @@ class InstanceReconciler:
         """Choose a node and take its devices, in the transaction that locks the nodes (never twice)."""
         spec, needs = loaded.spec, device_needs(loaded.spec)
         request = Request(requested_vcpus(spec), requested_memory(spec), spec.node_selector, needs)
+        disks = {name: (ref.node, ref.phase) for name, ref in loaded.data_volumes.items()}
+        pinned = disks_not_ready(disks, data_volume_names(spec))
+        if isinstance(pinned, Observed):
+            self._write(loaded, Outcome(pinned))
+            return loaded
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
             node_rows, views = cluster_views(session, loaded.uid)
+            if pinned is not None:  # its disks are there
+                views = [v for v in views if v.name == pinned]
             chosen, reasons = choose(views, request)
             row = instances.get(loaded.namespace, loaded.name, for_update=True)
             if row is None or row.uid != loaded.uid:
@@ -401,6 +421,7 @@ class InstanceReconciler:
                 migration=_unfinished(session, progress.migration),
                 pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid)),
                 mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if row.node_name else (),
+                data_volumes=_data_volumes(session, namespace, row.spec),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
@@ -455,6 +476,32 @@ class InstanceReconciler:
                 repo.touch(row)
 
         return record
+
+
+def _data_volumes(session: Session, namespace: str, spec: JsonObject) -> dict[str, DataVolumeRef]:
+    names = data_volume_names(InstanceSpec.model_validate(spec))
+    repo = ResourceRepository[DataVolumeRow](session, DATAVOLUMES)
+    found = {}
+    for name in names:
+        row = repo.get(namespace, name)
+        if row is not None and row.deleted_at is None:
+            found[name] = DataVolumeRef(
+                row.uid, row.node_name, str((row.status or {}).get("phase", "Pending"))
+            )
+    return found
+
+
+def _disk_finder(loaded: LoadedInstance, hv: Hypervisor) -> DiskFinder:
+    """Where the instance's DataVolumes' disks are on its node."""
+
+    def find(name: str) -> str:
+        ref = loaded.data_volumes.get(name)
+        path = hv.volume_path(STORAGE_POOL, data_volume_file(ref.uid)) if ref else None
+        if ref is None or ref.phase != "Succeeded" or ref.node != loaded.node_name or path is None:
+            raise DataVolumeMissing(f"DataVolume {name!r} has no disk on node {loaded.node_name}")
+        return path
+
+    return find
 
 
 def _lookup(hv: Hypervisor, domain: str) -> DomainInfo | None:

@@ -17,36 +17,64 @@ TARGETS = "abcdefghijklmnopqrstuvwxyz"
 ImageResolver = Callable[[ContainerDiskSource | None], images.Image]
 
 
+# A DataVolume's name -> the path of its disk on the instance's node. Raises DataVolumeMissing.
+DiskFinder = Callable[[str], str]
+
+
+class DataVolumeMissing(LookupError):
+    """A DataVolume the instance attaches has no disk on its node; the message says which."""
+
+
+def no_data_volumes(name: str) -> str:
+    raise DataVolumeMissing(f"DataVolume {name!r} cannot be attached here")
+
+
 @dataclass(frozen=True)
 class PlannedVolume:
-    """A disk volume Corral creates for an instance, in its node's storage pool."""
+    """A disk of the instance: a volume Corral creates in its node's storage pool, or (`attach`) a
+    DataVolume's disk that exists already and outlives the instance."""
 
     name: str  # the spec's volume name ("root" for the catalog's default image)
     volume_id: str  # the file in the pool: <uid>-<name>.qcow2
     capacity: int
     backing: tuple[str, str] | None  # (path, format) of the image under a copy-on-write overlay
     target: str  # the guest's disk: vda, vdb, ...
+    attach: str | None = None  # the DataVolume disk's path: attached as it is, never created or removed
 
 
 def plan_volumes(
-    spec: InstanceSpec, resolve: ImageResolver, uid: str
+    spec: InstanceSpec, resolve: ImageResolver, uid: str, find_disk: DiskFinder = no_data_volumes
 ) -> tuple[images.Image, list[PlannedVolume]]:
     """The boot image and the instance's volumes, in disk order. The first containerDisk is the boot image;
-    an instance with none boots the catalog's default."""
+    an instance with none boots the catalog's default (a DataVolume first in the list boots instead)."""
     boot = next((v for v in spec.volumes if v.container_disk is not None), None)
     volume_images = {v.name: resolve(v.container_disk) for v in spec.volumes if v.container_disk is not None}
-    boot_image = volume_images[boot.name] if boot else resolve(None)
-    sources: list[tuple[str, int, tuple[str, str] | None]] = []
+    disk_boots = bool(spec.volumes) and spec.volumes[0].data_volume_name is not None
+    if boot is not None:
+        boot_image = volume_images[boot.name]
+    else:
+        boot_image = images.NO_IMAGE if disk_boots else resolve(None)
+    sources: list[tuple[str, int, tuple[str, str] | None, str | None]] = []
     if boot is None and boot_image.disk is not None:
-        sources.append(("root", *_overlay_of(boot_image)))
+        sources.append(("root", *_overlay_of(boot_image), None))
     for volume in spec.volumes:
+        data_volume = volume.data_volume_name
         if volume.container_disk is not None and volume_images[volume.name].disk is not None:
-            sources.append((volume.name, *_overlay_of(volume_images[volume.name])))
+            sources.append((volume.name, *_overlay_of(volume_images[volume.name]), None))
         elif volume.empty_disk is not None:
-            sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None))
+            sources.append((volume.name, int(parse_quantity(volume.empty_disk.capacity)), None, None))
+        elif data_volume is not None:
+            sources.append((volume.name, 0, None, find_disk(data_volume)))
     planned = [
-        PlannedVolume(name, volume_file(uid, name), capacity, backing, f"vd{TARGETS[index]}")
-        for index, (name, capacity, backing) in enumerate(sources)
+        PlannedVolume(
+            name,
+            attach.rsplit("/", 1)[-1] if attach else volume_file(uid, name),
+            capacity,
+            backing,
+            f"vd{TARGETS[index]}",
+            attach,
+        )
+        for index, (name, capacity, backing, attach) in enumerate(sources)
     ]
     return boot_image, planned
 

@@ -19,6 +19,7 @@ from app.schemas.common import JsonObject
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
 from app.schemas.records import InstanceIntent, InstanceProgress
+from app.services.datavolumes import check_single_writer
 from app.services.devices import DeviceService
 from app.services.resources import ResourceService
 from app.services.validation import invalid
@@ -38,12 +39,16 @@ class InstanceService(ResourceService):
         super().__init__(session, INSTANCES)
 
     def prepare_new(self, row: Any) -> None:
-        DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
+        spec = InstanceSpec.model_validate(row.spec)
+        DeviceService(self.session).check_requests(spec)
+        check_single_writer(self.session, row.namespace, row.name, spec)
         set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
         set_progress(row, InstanceProgress())
 
     def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
-        DeviceService(self.session).check_requests(InstanceSpec.model_validate(row.spec))
+        spec = InstanceSpec.model_validate(row.spec)
+        DeviceService(self.session).check_requests(spec)
+        check_single_writer(self.session, row.namespace, row.name, spec)
         strategy = row.spec.get("runStrategy")
         if strategy is not None and strategy != old_spec.get("runStrategy"):
             set_intent(row, intent_of(row).for_run_strategy(strategy))

@@ -10,13 +10,14 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
-from app.errors import AlreadyExists, Conflict
+from app.errors import AlreadyExists, Conflict, FieldError, Invalid
 from app.kinds import INSTANCES, POOLS
 from app.models import InstanceRow, PoolRow
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
 from app.schemas.common import JsonObject
+from app.schemas.instance import data_volume_names
 from app.schemas.pool import (
     CLAIMED_AT,
     CLAIMED_LABEL,
@@ -42,6 +43,12 @@ class PoolService(ResourceService):
     def __init__(self, session: Session) -> None:
         super().__init__(session, POOLS)
         self.instances = InstanceRepository(session)
+
+    def prepare_new(self, row: Any) -> None:
+        _no_shared_disks(row.spec)
+
+    def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
+        _no_shared_disks(row.spec)
 
     def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
         """Hand over one available member, or None when there is none. The pool row's lock serializes claims
@@ -124,3 +131,12 @@ class PoolService(ResourceService):
         """Instances claimed from the pool that still exist."""
         rows, _ = self.instances.page(namespace, selector=lambda labels: labels.get(CLAIMED_LABEL) == name)
         return rows
+
+
+def _no_shared_disks(spec: JsonObject) -> None:
+    """Every member would attach the same disk, and a disk has one instance at a time."""
+    if data_volume_names(PoolSpec.model_validate(spec).member_template().spec):
+        raise Invalid(
+            "pool members cannot attach DataVolumes: a disk has one instance at a time",
+            [FieldError("spec.template.spec.volumes", "dataVolume/persistentVolumeClaim in a pool template")],
+        )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.kinds import INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
+from app.kinds import DATAVOLUMES, INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
+from app.services.datavolumes import DataVolumeService
 from app.services.instances import InstanceService
 from app.services.migrations import MigrationService
 from app.services.nodes import NodeService
@@ -21,4 +22,6 @@ def service_for(session: Session, kind_name: str) -> ResourceService:
         return PoolService(session)
     if kind_name == MIGRATIONS.kind:
         return MigrationService(session)
+    if kind_name == DATAVOLUMES.kind:
+        return DataVolumeService(session)
     return ResourceService(session, KINDS[kind_name])

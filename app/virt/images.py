@@ -39,6 +39,10 @@ class Image:
     cmdline: str
 
 
+# What an instance that boots from its own disk (a DataVolume first in its volumes) takes from the catalog.
+NO_IMAGE = Image("", Path("/"), None, None, None, None, None, "")
+
+
 def disk_virtual_size(path: Path) -> tuple[str, int]:
     """(format, virtual size in bytes) from the qcow2 header, or the file size of a raw image."""
     with path.open("rb") as handle:

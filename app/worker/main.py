@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from app.config import Settings
 from app.controllers.base import Reconciler
+from app.controllers.datavolumes import DataVolumeReconciler, ImportConfig
 from app.controllers.image_cache import ImagePuller, RegistryConfig
 from app.controllers.instances import InstanceReconciler
 from app.controllers.migration_policy import Policy
@@ -111,8 +112,10 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     )
     reconcilers.append(migrations)
     bridge.observers.append(migrations.switchovers.observe)
-    puller = ImagePuller(db, connections, registry_config(settings))
-    reconcilers.append(puller)
+    registry = registry_config(settings)
+    puller = ImagePuller(db, connections, registry)
+    imports = ImportConfig(registry, settings.import_allowed_host_set)
+    reconcilers += [puller, DataVolumeReconciler(db, connections, imports)]
     worker = Worker(
         db,
         {r.kind: r for r in reconcilers},
