@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -21,9 +22,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import migrate
+from app.api.datavolumes import Uploads
 from app.db import Database
 from app.main import create_app
 from app.services.auth import bootstrap_admin
+from app.virt.libvirt_driver import connect
 from tests.registry import Registry, disk_layer
 
 ADMIN_TOKEN = "crl_test-admin-" + uuid.uuid4().hex
@@ -130,7 +133,10 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.sock = sock
         config = uvicorn.Config(
-            create_app(db), log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+            create_app(db, uploads=Uploads(connect, Path(tempfile.gettempdir()) / "corral-test-uploads")),
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -13,7 +13,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -32,8 +31,7 @@ from app.models import DataVolumeRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject
-from app.schemas.conditions import set_condition
-from app.schemas.datavolume import DataVolumeSpec
+from app.schemas.datavolume import DataVolumeSpec, data_volume_status
 from app.services.datavolumes import users_of
 from app.virt.disk_import import data_volume_file, finish_import
 from app.virt.driver import (
@@ -74,37 +72,6 @@ class LoadedDataVolume:
     @property
     def volume(self) -> str:
         return data_volume_file(self.uid)
-
-
-def data_volume_status(
-    previous: JsonObject,
-    phase: str,
-    node: str | None,
-    at: Any,
-    *,
-    progress: str | None = None,
-    message: str = "",
-    capacity: int | None = None,
-) -> JsonObject:
-    """CDI's status: phase, progress, and the Bound/Ready/Running conditions."""
-    status: JsonObject = {k: v for k, v in previous.items() if k not in ("message",)}
-    status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
-    status["phase"] = phase
-    status["progress"] = progress or ("100.0%" if phase == "Succeeded" else previous.get("progress", "N/A"))
-    if node:
-        status["nodeName"] = node
-    if capacity is not None:
-        status["capacity"] = capacity
-    if message:
-        status["message"] = message
-    running = phase in ("ImportInProgress", "CloneInProgress")
-    bound = node is not None and phase != "Pending"
-    set_condition(status, "Bound", str(bound), "Bound" if bound else "Pending", "", at)
-    ready = phase == "Succeeded"
-    set_condition(status, "Ready", str(ready), phase, "" if ready else message, at)
-    why = phase if running else ("Completed" if ready else phase)
-    set_condition(status, "Running", str(running), why, message if phase == "Failed" else "", at)
-    return status
 
 
 class DataVolumeReconciler:

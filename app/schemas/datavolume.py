@@ -3,6 +3,7 @@ node and attached to instances by name (`dataVolume` or `persistentVolumeClaim` 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -12,12 +13,14 @@ from app.schemas.common import (
     ApiModel,
     Condition,
     DnsLabel,
+    JsonObject,
     ListMeta,
     ObjectMeta,
     ObjectMetaOut,
     Quantity,
     parse_quantity,
 )
+from app.schemas.conditions import set_condition
 
 DataVolumePhase = Literal[
     "Pending", "ImportScheduled", "ImportInProgress", "UploadReady", "CloneInProgress", "Succeeded", "Failed"
@@ -148,3 +151,34 @@ class DataVolumeList(ApiModel):
     kind: str = "DataVolumeList"
     metadata: ListMeta
     items: list[DataVolume]
+
+
+def data_volume_status(
+    previous: JsonObject,
+    phase: str,
+    node: str | None,
+    at: datetime,
+    *,
+    progress: str | None = None,
+    message: str = "",
+    capacity: int | None = None,
+) -> JsonObject:
+    """CDI's status: phase, progress, and the Bound/Ready/Running conditions."""
+    status: JsonObject = {k: v for k, v in previous.items() if k not in ("message",)}
+    status["conditions"] = [dict(c) for c in previous.get("conditions", [])]
+    status["phase"] = phase
+    status["progress"] = progress or ("100.0%" if phase == "Succeeded" else previous.get("progress", "N/A"))
+    if node:
+        status["nodeName"] = node
+    if capacity is not None:
+        status["capacity"] = capacity
+    if message:
+        status["message"] = message
+    running = phase in ("ImportInProgress", "CloneInProgress")
+    bound = node is not None and phase != "Pending"
+    set_condition(status, "Bound", str(bound), "Bound" if bound else "Pending", "", at)
+    ready = phase == "Succeeded"
+    set_condition(status, "Ready", str(ready), phase, "" if ready else message, at)
+    why = phase if running else ("Completed" if ready else phase)
+    set_condition(status, "Running", str(running), why, message if phase == "Failed" else "", at)
+    return status

@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, FieldError, Invalid
-from app.kinds import DATAVOLUMES, NODES
+from app.clock import utc_now
+from app.errors import Conflict, FieldError, Invalid, NotFound
+from app.kinds import DATAVOLUMES, INSTANCES, NODES
 from app.models import DataVolumeRow, InstanceRow
-from app.repositories.resources import ResourceRepository
+from app.repositories import workqueue
+from app.repositories.resources import ResourceRepository, to_object
 from app.schemas.common import JsonObject
-from app.schemas.datavolume import DataVolumeSpec
+from app.schemas.datavolume import DataVolumeSpec, data_volume_status
 from app.schemas.instance import InstanceSpec
 from app.services.resources import ResourceService
 
@@ -75,3 +77,37 @@ class DataVolumeService(ResourceService):
                 f"DataVolume {row.name!r} is in use by instance {users[0]!r}",
                 [FieldError("metadata.name", f"in use by instance {users[0]!r}")],
             )
+
+
+def upload_target(session: Session, namespace: str, name: str) -> tuple[str, str, str, int | None]:
+    """(uid, node, node URI, requested bytes) of a DataVolume waiting for its upload; 404 or 409 otherwise."""
+    row = ResourceRepository[DataVolumeRow](session, DATAVOLUMES).get(namespace, name)
+    if row is None:
+        raise NotFound(f"DataVolume {name!r} not found in namespace {namespace!r}")
+    phase = (row.status or {}).get("phase", "Pending")
+    if DataVolumeSpec.model_validate(row.spec).source.upload is None:
+        raise Conflict(f"DataVolume {name!r} is not an upload", [FieldError("spec.source", "not upload: {}")])
+    if phase != "UploadReady" or row.node_name is None or row.deleted_at is not None:
+        raise Conflict(
+            f"DataVolume {name!r} is {phase}, not UploadReady", [FieldError("status.phase", phase)]
+        )
+    node = ResourceRepository[Any](session, NODES).get("", row.node_name)
+    if node is None:
+        raise Conflict(f"the node {row.node_name!r} holding DataVolume {name!r} no longer exists")
+    requested = DataVolumeSpec.model_validate(row.spec).requested_bytes()
+    return row.uid, row.node_name, str(node.spec["uri"]), requested
+
+
+def record_upload(session: Session, namespace: str, name: str, uid: str, capacity: int) -> JsonObject:
+    """The upload arrived and is on the node: Succeeded."""
+    repo = ResourceRepository[DataVolumeRow](session, DATAVOLUMES)
+    row = repo.get(namespace, name, for_update=True)
+    if row is None or row.uid != uid:
+        raise NotFound(f"DataVolume {name!r} was deleted during the upload")
+    row.status = data_volume_status(
+        row.status or {}, "Succeeded", row.node_name, utc_now(), capacity=capacity
+    )
+    for user in users_of(session, namespace, name):
+        workqueue.enqueue(session, INSTANCES.work_key(namespace, user))
+    repo.touch(row)
+    return to_object(DATAVOLUMES, row)
