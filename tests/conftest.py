@@ -25,6 +25,7 @@ from app import migrate
 from app.api.datavolumes import Uploads
 from app.db import Database
 from app.main import create_app
+from app.models import Base
 from app.services.auth import bootstrap_admin
 from app.virt.libvirt_driver import connect
 from tests.registry import Registry, disk_layer
@@ -33,20 +34,8 @@ ADMIN_TOKEN = "crl_test-admin-" + uuid.uuid4().hex
 PG_ADMIN_URL = os.environ.get(
     "CORRAL_TEST_DATABASE_URL", "postgresql+psycopg://corral:corral@127.0.0.1/corral"
 )
-TABLES = (
-    "grants",
-    "tokens",
-    "nodes",
-    "instances",
-    "pools",
-    "migrations",
-    "host_devices",
-    "resource_events",
-    "work_items",
-    "settings",
-    "idempotency_keys",
-    "guest_operations",
-)
+# Every table a test may fill; the revision counter is reset, not emptied.
+TABLES = tuple(t.name for t in Base.metadata.sorted_tables if t.name != "revisions")
 
 
 def _pg_dsn(url: str) -> str:
@@ -254,6 +243,7 @@ def worker_settings(registry: Registry, **overrides: Any) -> Any:
         "device_inventory_seconds": 2,
         "image_registries": f"{registry.host}/containerdisks",
         "insecure_registries": registry.host,
+        "import_allowed_hosts": "127.0.0.1",  # the tests' import server; localhost stays refused
     }
     return Settings(**{**values, **overrides})
 

@@ -112,8 +112,12 @@ def _fetch_once(
                             done += len(chunk)
                             progress(done, total)
                     if total and done != total:
-                        raise DownloadFailed(f"{url}: the transfer ended after {done} of {total} bytes")
+                        raise DownloadFailed(
+                            f"{url}: the transfer ended early, after {done} of {total} bytes"
+                        )
                     return hasher.hexdigest()
+            except httpx.RemoteProtocolError as exc:
+                raise DownloadFailed(f"{url}: the transfer ended early: {exc}") from None
             except httpx.HTTPError as exc:
                 raise DownloadFailed(f"{url}: {exc.__class__.__name__}: {exc}") from None
     raise UnsafeDisk(f"{url}: more than {MAX_REDIRECTS} redirects")
