@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ PLURALS = {
     "VirtualMachinePool": "pools",
     "VirtualMachineInstanceMigration": "migrations",
     "Node": "nodes",
+    "DataVolume": "datavolumes",
 }
 CLUSTER_SCOPED = {"nodes", "devices"}
 ALIASES = {
@@ -34,6 +36,9 @@ ALIASES = {
     "node": "nodes",
     "migration": "migrations",
     "device": "devices",
+    "datavolume": "datavolumes",
+    "dv": "datavolumes",
+    "dvs": "datavolumes",
 }
 
 
@@ -269,6 +274,82 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(label: str, fraction: float, suffix: str = "") -> None:
+    """One line on stderr, redrawn in place: label [#####.....] 45.3% suffix."""
+    filled = int(fraction * 30)
+    print(
+        f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {suffix}",
+        end="",
+        file=sys.stderr,
+    )
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Stream a disk file into an upload DataVolume (created with --size when it does not exist)."""
+    source = Path(args.file)
+    if not source.is_file():
+        print(f"error: no file {args.file!r}", file=sys.stderr)
+        return 1
+    path = _path("datavolumes", args.namespace, args.name)
+    with _client(args) as client:
+        if client.get(path).status_code == 404:
+            if not args.size:
+                print(f"error: no DataVolume {args.name!r}; give --size to create it", file=sys.stderr)
+                return 1
+            spec = {"source": {"upload": {}}, "storage": {"resources": {"requests": {"storage": args.size}}}}
+            _check(
+                client.post(
+                    _path("datavolumes", args.namespace), json={"metadata": {"name": args.name}, "spec": spec}
+                )
+            )
+        _wait_phase(client, path, ("UploadReady",), args.timeout)
+        total, sent, started = source.stat().st_size, 0, time.monotonic()
+
+        def chunks() -> Any:
+            nonlocal sent
+            with source.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    sent += len(chunk)
+                    rate = sent / max(time.monotonic() - started, 1e-6) / (1 << 20)
+                    _progress_bar(f"uploading {source.name}", sent / max(total, 1), f"{rate:.1f} MiB/s")
+                    yield chunk
+
+        done = _check(client.put(path + "/upload", content=chunks(), timeout=None))
+    print(file=sys.stderr)
+    print(f"datavolumes/{args.name} {done['status']['phase']} ({done['status'].get('capacity')} bytes)")
+    return 0
+
+
+def _wait_phase(client: httpx.Client, path: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    """Poll until the object reaches one of `phases`, drawing its progress; exit 1 on Failed or timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = (_check(client.get(path)) or {}).get("status") or {}
+        phase, progress = status.get("phase", "Pending"), str(status.get("progress", "N/A"))
+        if phase in phases:
+            return dict(status)
+        if phase == "Failed":
+            print(f"\nerror: {path.rsplit('/', 1)[-1]} Failed: {status.get('message')}", file=sys.stderr)
+            raise SystemExit(1)
+        if progress.endswith("%"):
+            _progress_bar(phase, float(progress.rstrip("%")) / 100)
+        if time.monotonic() > deadline:
+            print(f"\nerror: still {phase} after {timeout:.0f}s", file=sys.stderr)
+            raise SystemExit(1)
+        time.sleep(0.5)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait for a DataVolume to be filled (Succeeded), with its import progress."""
+    with _client(args) as client:
+        status = _wait_phase(
+            client, _path("datavolumes", args.namespace, args.name), ("Succeeded",), args.timeout
+        )
+    print(file=sys.stderr)
+    print(f"datavolumes/{args.name} Succeeded ({status.get('capacity')} bytes on {status.get('nodeName')})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="corral", description="Virtual machines with the ergonomics of containers."
@@ -316,6 +397,18 @@ def parser() -> argparse.ArgumentParser:
     drain = client_parser("drain", cmd_drain, "live-migrate everything off a node (admin)")
     drain.add_argument("node")
     drain.add_argument("--cancel", action="store_true", help="abort the drain's unfinished migrations")
+    upload = client_parser("upload", cmd_upload, "upload a disk image into a DataVolume")
+    upload.add_argument("resource", choices=("dv", "datavolume", "datavolumes"))
+    upload.add_argument("name")
+    upload.add_argument("--file", required=True, help="a qcow2 or raw disk image")
+    upload.add_argument(
+        "--size", help="create the DataVolume with this size (e.g. 10Gi) if it does not exist"
+    )
+    upload.add_argument("--timeout", type=float, default=300, help="seconds to wait for UploadReady")
+    wait = client_parser("wait", cmd_wait, "wait for a DataVolume's import, clone or upload to finish")
+    wait.add_argument("resource", choices=("dv", "datavolume", "datavolumes"))
+    wait.add_argument("name")
+    wait.add_argument("--timeout", type=float, default=3600)
     delete = client_parser("delete", cmd_delete, "delete an object")
     delete.add_argument("resource")
     delete.add_argument("name")
