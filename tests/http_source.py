@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
 class HttpSource:
-    """Serves `root`: /files/NAME whole, /truncated/NAME with its full Content-Length but half the bytes,
-    /redirect/NAME -> /files/NAME, /to-metadata -> the cloud metadata address."""
+    """Serves `root`: /files/NAME whole, /slow/NAME whole at about 8 MiB/s, /truncated/NAME with its full
+    Content-Length but half the bytes, /redirect/NAME -> /files/NAME, /to-metadata -> the cloud metadata
+    address."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -27,6 +29,14 @@ class HttpSource:
                     self._redirect(f"/files/{name}")
                 elif kind == "to-metadata":
                     self._redirect("http://169.254.169.254/latest/meta-data/")
+                elif kind == "slow" and (source.root / name).is_file():
+                    data = (source.root / name).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for offset in range(0, len(data), 1 << 18):
+                        self.wfile.write(data[offset : offset + (1 << 18)])
+                        time.sleep(0.03)
                 elif kind in ("files", "truncated") and (source.root / name).is_file():
                     data = (source.root / name).read_bytes()
                     self.send_response(200)
