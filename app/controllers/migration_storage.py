@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 
-from app.controllers.image_cache import ImageNotReady
 from app.controllers.migration_decisions import MigratingInstance
 from app.controllers.naming import volume_file
 from app.controllers.placement import MIB
@@ -64,13 +63,14 @@ class MigrationStorage:
         return copies
 
     def create_copies(self, instance: MigratingInstance, target: str, copies: list[str]) -> None:
-        """Empty volumes on the same images for the migration to fill. Raises StorageProblem."""
+        """Empty volumes on the same images for the migration to fill. Raises StorageProblem, or
+        ImageNotReady while the target pulls the registry image the source runs on."""
         try:
             target_hv = self.connect(target)
             for volume in plan_volumes(instance.spec, self.resolver_on(target), instance.uid)[1]:
                 if volume.volume_id in copies:
                     target_hv.create_volume(STORAGE_POOL, volume.volume_id, volume.capacity, volume.backing)
-        except (HypervisorError, images.ImageNotFound, ImageNotReady) as exc:
+        except (HypervisorError, images.ImageNotFound) as exc:
             message = (
                 f"node {target} does not see {', '.join(copies)} in its {STORAGE_POOL} pool and could not "
                 f"create a copy there: {exc}"

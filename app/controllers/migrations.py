@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # progress reports and abort checks while a migration runs
 WAIT_FOR_ROOM = 2.0  # a Pending migration over the per-node limit looks again after this
 SETTLE_SECONDS = 1.0  # the domain is active on both nodes for a moment at the switch-over
+IMAGE_WAIT = 30.0  # the target pulls the instance's image; its progress wakes the migration sooner
 
 
 class MigrationReconciler:
@@ -110,10 +111,10 @@ class MigrationReconciler:
         if m.phase in ("Pending", "Scheduling") and (stop := self._schedule(m)) is not None:
             return stop
         m = self.rows.load(namespace, name) or m
-        if m.phase in ("Scheduled", "PreparingTarget") and not self._prepare_target(
-            m, str(m.state.target_node)
-        ):
-            return Result()
+        if m.phase in ("Scheduled", "PreparingTarget"):
+            stop = self._prepare_target(m, str(m.state.target_node))
+            if stop is not None:
+                return stop
         return self._run(m)
 
     # -- phases --------------------------------------------------------------------------------------
@@ -173,10 +174,11 @@ class MigrationReconciler:
         self.rows.finish(m, "Unschedulable", "Unschedulable", unschedulable_message(len(views), reasons))
         return Result()
 
-    def _prepare_target(self, m: LoadedMigration, target: str) -> bool:
-        """PreparingTarget -> TargetReady. Volumes the target's pool sees are on shared storage; the others
-        are created there, empty, on the same image, and the migration copies them (copiedVolumes is
-        written first, so a worker that dies halfway never takes its own copies for shared ones)."""
+    def _prepare_target(self, m: LoadedMigration, target: str) -> Result | None:
+        """PreparingTarget -> TargetReady (None: go on). Volumes the target's pool sees are on shared storage;
+        the others are created there, empty, on the same image (pulled there first when it came from a
+        registry), and the migration copies them (copiedVolumes is written first, so a worker that dies
+        halfway never takes its own copies for shared ones)."""
         self.rows.update(m, "PreparingTarget", reason="PreparingTarget", message=f"checking node {target}")
         instance = m.instance
         assert instance is not None
@@ -184,21 +186,24 @@ class MigrationReconciler:
             copies = self._storage(m).volumes_to_copy(instance, target, m.copies, f"{m.uid}-probe.qcow2")
         except StorageProblem as exc:
             self.rows.finish(m, None, exc.reason, str(exc)[:1000])
-            return False
+            return Result()
         if copies:
             self.rows.update(m, state=MigrationState(copied_volumes=copies))
             try:
                 self._storage(m).create_copies(instance, target, copies)
+            except ImageNotReady as exc:  # the pull wakes this migration as it goes
+                self.rows.update(m, "PreparingTarget", reason="TargetImagePulling", message=str(exc)[:1000])
+                return Result(requeue_after=IMAGE_WAIT)
             except StorageProblem as exc:
                 self._storage(m).clean_target(target, instance.domain, instance.uid, copies)
                 self.rows.finish(m, None, exc.reason, str(exc)[:1000])
-                return False
+                return Result()
         if copies:
             message = f"node {target} has empty copies of {', '.join(copies)}; the migration fills them"
         else:
             message = f"node {target} sees the volumes"
         self.rows.update(m, "TargetReady", reason="TargetReady", message=message)
-        return True
+        return None
 
     def _run(self, m: LoadedMigration) -> Result:
         """TargetReady -> Running -> Succeeded/Failed, in this pass (the lease is renewed meanwhile)."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from app.virt.driver import STORAGE_POOL
 from app.virt.libvirt_driver import connect
+from tests.conftest import wait_for
 from tests.integration.test_migration_qemu import (
+    INSTANCES,
     NODE_NUMBERS,
     Cluster,
     node_uri,
@@ -20,13 +23,16 @@ from tests.integration.test_migration_qemu import (
     seeded_cluster,
     where,
 )
+from tests.registry import Registry
 
 SECTOR = 4096  # a block of the guest's first disk, far from anything the guest uses (it boots from RAM)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with rig_running("--local-storage"), seeded_cluster(tmp_path_factory.mktemp("copy") / "data") as made:
+def cluster(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Cluster]:
+    pulls = {"image_registries": f"{registry.host}/containerdisks", "insecure_registries": registry.host}
+    data = tmp_path_factory.mktemp("copy") / "data"
+    with rig_running("--local-storage"), seeded_cluster(data, **pulls) as made:
         yield made
 
 
@@ -65,3 +71,33 @@ def test_a_migration_copies_the_disk_the_target_lacks(cluster: Cluster) -> None:
     assert read == marker  # the copy carries what the guest wrote before the move
     for volume in copied:  # the original left the source; the copy is the target's
         assert pooled(volume) == {NODE_NUMBERS[source]: False, NODE_NUMBERS[target]: True}
+
+
+def test_the_target_pulls_the_registry_image_the_source_runs_on(cluster: Cluster, registry: Registry) -> None:
+    """The base image is cached on the source only: the target pulls the very digest, then the overlay is
+    copied onto it."""
+    client = cluster.serve.client
+    spec = {
+        "domain": {"resources": {"requests": {"memory": "256Mi"}}},
+        "volumes": [{"name": "boot", "containerDisk": {"image": "test-guest"}}],
+    }
+    assert client.post(INSTANCES, json={"metadata": {"name": "pulled"}, "spec": spec}).status_code == 201
+    before = cluster.serve.wait("pulled", "Running", agent=True, timeout=90)
+    source = before["status"]["nodeName"]
+    digest = httpx.head(
+        f"http://{registry.host}/v2/containerdisks/test-guest/manifests/latest",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).headers["docker-content-digest"]
+    base = f"image-{digest.removeprefix('sha256:')}.qcow2"
+    other = next(n for n in NODE_NUMBERS if n != source)
+    assert pooled(base) == {NODE_NUMBERS[source]: True, NODE_NUMBERS[other]: False}
+
+    done = cluster.wait_migration(cluster.migrate("pulled"), ("Succeeded", "Failed"))
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    after = cluster.serve.wait("pulled", "Running", agent=True, timeout=30)
+    assert after["status"]["nodeName"] == other
+    assert pooled(base) == {1: True, 2: True}  # the same digest on both; the source keeps its cached copy
+    ran = client.post(f"{INSTANCES}/pulled/guest/exec", json={"command": ["/bin/true"]})
+    assert ran.status_code == 200 and ran.json()["exitCode"] == 0
+    client.delete(f"{INSTANCES}/pulled")
+    wait_for(lambda: client.get(f"{INSTANCES}/pulled").status_code == 404, timeout=60, what="pulled deleted")

@@ -54,12 +54,12 @@ def rig() -> Iterator[None]:
 class Cluster:
     """`corral serve` whose local node is node 1 of the rig, plus node-2; migration over the veth link."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, **extra: str) -> None:
         self.data = data
         # A cluster default bandwidth keeps a migration of the idle test guest running for a few seconds,
         # so its progress shows on the watch; the seed migration manifest stays unchanged.
         # One migration per node at a time, so a second one shows the wait for room.
-        self.settings = {"migration_bandwidth_mib": "64", "migrations_per_node": "1"}
+        self.settings = {"migration_bandwidth_mib": "64", "migrations_per_node": "1", **extra}
         self.proc, self.serve = launch(data, node_uri(1), **self.settings)
 
     def register_nodes(self) -> None:
@@ -143,10 +143,10 @@ def where(domain: str, uid: str) -> dict[str, str]:
 
 
 @contextmanager
-def seeded_cluster(data: Path) -> Iterator[Cluster]:
+def seeded_cluster(data: Path, **extra: str) -> Iterator[Cluster]:
     """A Cluster on the running rig with the seed instance Running; the instance deleted and serve stopped
-    after."""
-    made = Cluster(data)
+    after. `extra`: more CORRAL_* settings."""
+    made = Cluster(data, **extra)
     try:
         made.register_nodes()
         seed = (ROOT / "examples" / "vmi-guest-agent.yaml").read_bytes()
