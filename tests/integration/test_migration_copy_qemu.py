@@ -77,6 +77,17 @@ def test_the_target_pulls_the_registry_image_the_source_runs_on(cluster: Cluster
     """The base image is cached on the source only: the target pulls the very digest, then the overlay is
     copied onto it."""
     client = cluster.serve.client
+    digest = httpx.head(
+        f"http://{registry.host}/v2/containerdisks/test-guest/manifests/latest",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).headers["docker-content-digest"]
+    base = f"image-{digest.removeprefix('sha256:')}.qcow2"
+    for n in (1, 2):  # an earlier run (another Corral database) may have left the image on a node
+        hv = connect(node_uri(n))
+        try:
+            hv.delete_volume(STORAGE_POOL, base)
+        finally:
+            hv.close()
     spec = {
         "domain": {"resources": {"requests": {"memory": "256Mi"}}},
         "volumes": [{"name": "boot", "containerDisk": {"image": "test-guest"}}],
@@ -84,11 +95,6 @@ def test_the_target_pulls_the_registry_image_the_source_runs_on(cluster: Cluster
     assert client.post(INSTANCES, json={"metadata": {"name": "pulled"}, "spec": spec}).status_code == 201
     before = cluster.serve.wait("pulled", "Running", agent=True, timeout=90)
     source = before["status"]["nodeName"]
-    digest = httpx.head(
-        f"http://{registry.host}/v2/containerdisks/test-guest/manifests/latest",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-    ).headers["docker-content-digest"]
-    base = f"image-{digest.removeprefix('sha256:')}.qcow2"
     other = next(n for n in NODE_NUMBERS if n != source)
     assert pooled(base) == {NODE_NUMBERS[source]: True, NODE_NUMBERS[other]: False}
 
