@@ -35,6 +35,7 @@ from app.repositories.images import FAILED, PENDING, PULLING, READY, ImageCacheR
 from app.repositories.resources import ResourceRepository
 from app.schemas.instance import ContainerDiskSource
 from app.virt import images
+from app.virt.disk_import import store_file
 from app.virt.driver import (
     STORAGE_POOL,
     Hypervisor,
@@ -323,12 +324,8 @@ class ImagePuller:
         return pulled
 
     def _store(self, hv: Hypervisor, disk: Path, volume: str, row_id: int) -> str:
-        hv.ensure_pool(STORAGE_POOL, self.volume_dir)
-        self._update(row_id, message="uploading to the node")
-        if not hv.capabilities.volume_contents:  # libvirt's test driver keeps no bytes: a volume will do
-            hv.delete_volume(STORAGE_POOL, volume)
-            return hv.create_volume(STORAGE_POOL, volume, disk.stat().st_size, None)
-        return hv.upload_volume(STORAGE_POOL, volume, disk, lambda _sent: None)
+        self._update(row_id, message="storing on the node")
+        return store_file(hv, disk, volume, self.volume_dir, disk.stat().st_size)
 
     # -- writing -------------------------------------------------------------------------------------
     def _update(self, row_id: int, **fields: object) -> str:

@@ -22,7 +22,6 @@ from app.disks.untrusted import UnsafeDisk
 
 MAX_REDIRECTS = 5
 ATTEMPTS = 3
-_CHUNK = 1 << 20
 _METADATA_HOSTS = {"metadata.google.internal", "metadata"}
 
 
@@ -89,7 +88,7 @@ def _fetch_once(
     checksum: str | None,
     progress: Callable[[int, int], None],
 ) -> str:
-    hasher = hashlib.new(checksum.partition(":")[0] if checksum else "sha256")
+    hasher = hashlib.new(checksum.partition(":")[0]) if checksum else None
     with httpx.Client(timeout=60, follow_redirects=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
             check_url(url, allowed_hosts)
@@ -105,17 +104,20 @@ def _fetch_once(
                         raise UnsafeDisk(text)
                     total = int(response.headers.get("content-length") or 0)
                     done = 0
+                    # The bytes as sent (no re-chunking) unless a content-encoding must be undone.
+                    encoded = response.headers.get("content-encoding", "identity") != "identity"
                     with target.open("wb") as sink:
-                        for chunk in response.iter_bytes(_CHUNK):
+                        for chunk in response.iter_bytes() if encoded else response.iter_raw():
                             sink.write(chunk)
-                            hasher.update(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
                             done += len(chunk)
                             progress(done, total)
-                    if total and done != total:
+                    if total and not encoded and done != total:
                         raise DownloadFailed(
                             f"{url}: the transfer ended early, after {done} of {total} bytes"
                         )
-                    return hasher.hexdigest()
+                    return hasher.hexdigest() if hasher is not None else ""
             except httpx.RemoteProtocolError as exc:
                 raise DownloadFailed(f"{url}: the transfer ended early: {exc}") from None
             except httpx.HTTPError as exc:

@@ -7,11 +7,13 @@ than the image is refused), and streamed into the node's storage pool.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 from app.disks import untrusted
-from app.virt.driver import STORAGE_POOL, Hypervisor
+from app.virt.driver import STORAGE_POOL, Hypervisor, HypervisorError
 
 
 def data_volume_file(uid: str) -> str:
@@ -48,11 +50,38 @@ def finish_import(
         )
         if grown.returncode != 0:
             raise untrusted.UnsafeDisk(f"qemu-img resize: {grown.stderr.strip()[:300]}")
-    hv.ensure_pool(STORAGE_POOL, volume_dir)
-    if hv.capabilities.volume_contents:
-        hv.upload_volume(STORAGE_POOL, volume, converted, lambda _sent: None)
-    else:  # libvirt's test driver keeps no bytes: a volume of the size will do
-        hv.delete_volume(STORAGE_POOL, volume)
-        hv.create_volume(STORAGE_POOL, volume, capacity, None)
+    store_file(hv, converted, volume, volume_dir, capacity)
     converted.unlink(missing_ok=True)
     return capacity
+
+
+def store_file(hv: Hypervisor, source: Path, volume: str, volume_dir: str, capacity: int) -> str:
+    """`source`'s bytes as `volume` in the node's pool (replacing one of that name); its path. Moved into
+    place when this process sees the pool's directory (the same host, or shared storage), else streamed
+    through libvirt, so a remote node needs no shared filesystem."""
+    hv.ensure_pool(STORAGE_POOL, volume_dir)
+    if not hv.capabilities.volume_contents:  # libvirt's test driver keeps no bytes: a volume will do
+        hv.delete_volume(STORAGE_POOL, volume)
+        return hv.create_volume(STORAGE_POOL, volume, capacity, None)
+    directory = visible_pool_directory(hv)
+    if directory is None:
+        return hv.upload_volume(STORAGE_POOL, volume, source, lambda _sent: None)
+    hv.delete_volume(STORAGE_POOL, volume)
+    part = directory / f".{volume}.part"  # a name libvirt ignores until the rename
+    shutil.move(source, part)
+    part.rename(directory / volume)
+    hv.refresh_pool(STORAGE_POOL)
+    path = hv.volume_path(STORAGE_POOL, volume)
+    if path is None:
+        raise HypervisorError(f"volume {volume} was moved into {directory} but libvirt does not list it")
+    return path
+
+
+def visible_pool_directory(hv: Hypervisor) -> Path | None:
+    """The pool's directory if a volume libvirt makes there shows up in this process's filesystem."""
+    probe = f".probe-{uuid.uuid4().hex}.qcow2"
+    path = Path(hv.create_volume(STORAGE_POOL, probe, 1 << 16, None))
+    try:
+        return path.parent if path.is_file() else None
+    finally:
+        hv.delete_volume(STORAGE_POOL, probe)
