@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,14 +34,19 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def disk_layer(disk: Path, name: str = "disk.qcow2", *, compress: bool = True) -> bytes:
-    """A containerDisk layer: a tar holding the file under disk/ (KubeVirt's format)."""
+def disk_layer(disk: Path, name: str = "disk.qcow2", *, compress: bool = True, padding: int = 0) -> bytes:
+    """A containerDisk layer: a tar holding the file under disk/ (KubeVirt's format), and with `padding`
+    that many random bytes in another file (a bigger pull)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         directory = tarfile.TarInfo("disk")
         directory.type, directory.mode = tarfile.DIRTYPE, 0o755
         archive.addfile(directory)
         archive.add(disk, arcname=f"disk/{name}")
+        if padding:
+            extra = tarfile.TarInfo("padding")
+            extra.size = padding
+            archive.addfile(extra, io.BytesIO(os.urandom(padding)))
     raw = buffer.getvalue()
     return gzip.compress(raw, compresslevel=1, mtime=0) if compress else raw
 
@@ -168,7 +174,6 @@ def main() -> None:
     """`python -m tests.registry --port 5055 --dir DIR`: serve a registry holding the test guest as the
     containerDisks `containerdisks/test-guest:latest` and `containerdisks/ubuntu:22.04` until stopped."""
     import argparse
-    import os
     import signal
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -75,7 +75,14 @@ class ImageNotReady(Exception):
 
 
 def resolver(
-    catalog: Path, cache: ImageCache, node: str, waiter: str, created: datetime, *, same_as: str | None = None
+    catalog: Path,
+    cache: ImageCache,
+    hv: Hypervisor,
+    node: str,
+    waiter: str,
+    created: datetime,
+    *,
+    same_as: str | None = None,
 ) -> Callable[[ContainerDiskSource | None], images.Image]:
     """How an instance on `node` finds its images: a short name in the node's catalog directory first, then
     (and a qualified reference always) through the registry cache. With `same_as` (a migration's source
@@ -90,11 +97,14 @@ def resolver(
             except images.ImageNotFound:
                 pass
         if same_as is None:
-            return cache.image(node, source.image, source.image_pull_policy, waiter, created)
+            return cache.image(node, source.image, source.image_pull_policy, waiter, created, present)
         pinned = cache.pinned(same_as, source.image)
         if pinned is None:
             raise images.ImageNotFound(f"node {same_as} holds no pulled copy of {source.image!r}")
-        return cache.image(node, pinned, "IfNotPresent", waiter, created)
+        return cache.image(node, pinned, "IfNotPresent", waiter, created, present)
+
+    def present(volume: str) -> bool:
+        return hv.volume_path(STORAGE_POOL, volume) is not None
 
     return resolve
 
@@ -129,33 +139,46 @@ class ImageCache:
         self.db = db
         self.clock = clock
 
-    def image(self, node: str, name: str, policy: str, waiter: str, created: datetime) -> images.Image:
+    def image(
+        self,
+        node: str,
+        name: str,
+        policy: str,
+        waiter: str,
+        created: datetime,
+        present: Callable[[str], bool],
+    ) -> images.Image:
         """The image `name` as a disk on `node`. Raises ImageNotReady while it is not there, after asking
-        for a pull. Policy Always wants a registry check newer than the instance (`created`)."""
+        for a pull. Policy Always wants a registry check newer than the instance (`created`). `present`
+        asks the node whether a cached volume still exists (someone may have removed it by hand)."""
         now = self.clock()
-        if policy == "Never":
-            with self.db.transaction() as session:
-                found = ImageCacheRepository(session).find(node, name)
-                if found is not None and found.path is not None:
-                    found.wanted_at = now
-                    found.waiters = [w for w in found.waiters if w != waiter]
-                    return _image_of(found)
-            raise ImageNotReady("ErrImageNeverPull", f"image {name!r} is not on node {node} (policy Never)")
         with self.db.transaction() as session:  # the wait is raised after the commit: the request stays
-            row, added = ImageCacheRepository(session).find_or_add(node, name, now)
-            row.wanted_at = now
-            if row.path is not None:  # even after a failed re-check: the image it holds is still good
+            repo = ImageCacheRepository(session)
+            row, added = (
+                (repo.find(node, name), False) if policy == "Never" else repo.find_or_add(node, name, now)
+            )
+            if (
+                row is not None
+                and row.volume is not None
+                and row.path is not None
+                and not present(row.volume)
+            ):
+                log.warning("image %s on node %s: volume %s is gone; pulling again", name, node, row.volume)
+                row.path, row.volume, row.state = None, None, PENDING
+            if row is not None and row.path is not None:  # even after a failed re-check: the image is good
+                row.wanted_at = now
                 fresh = row.checked_at is not None and row.checked_at >= created
                 if policy != "Always" or (row.state == READY and fresh):
                     row.waiters = [w for w in row.waiters if w != waiter]
                     return _image_of(row)
                 if row.state == READY:
                     row.state = PENDING  # Always: ask the registry whether the tag moved
-            if policy == "Never":
+            if row is None or policy == "Never":
                 wait = ImageNotReady(
-                    "ErrImageNeverPull", f"image {name!r} is not on node {node} (Never pull)"
+                    "ErrImageNeverPull", f"image {name!r} is not on node {node} (policy Never)"
                 )
             else:
+                row.wanted_at = now
                 if waiter not in row.waiters:
                     row.waiters = [*row.waiters, waiter]
                 if row.state == FAILED and (row.retry_at is None or row.retry_at <= now):

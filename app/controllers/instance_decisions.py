@@ -76,7 +76,6 @@ class Desired:
     intent: InstanceIntent
     volumes: tuple[str, ...] = ()  # volume names this spec defines (remembered for deletion)
     passthrough: bool = False  # host devices: not live-migratable
-    data_volumes: bool = False  # disks that live on this node: not live-migratable (yet)
     deleting: bool = False
     migration: MigrationLock | None = None
 
@@ -293,15 +292,9 @@ def report(desired: Desired, plan: Plan, domain: DomainInfo, agent: bool | None)
         reason,
         agent=agent_status,
         agent_reason=agent_reason,
-        live_migratable=not (desired.passthrough or desired.data_volumes),
-        migratable_reason=_migratable_reason(desired),
+        live_migratable=not desired.passthrough,
+        migratable_reason="HostDeviceNotLiveMigratable" if desired.passthrough else "Migratable",
     )
-
-
-def _migratable_reason(desired: Desired) -> str:
-    if desired.passthrough:
-        return "HostDeviceNotLiveMigratable"
-    return "DataVolumeNotLiveMigratable" if desired.data_volumes else "Migratable"
 
 
 def requeue_after(plan: Plan, observed: Observed) -> float | None:

@@ -137,7 +137,6 @@ class LoadedInstance:
             intent=self.intent,
             volumes=tuple(v.name for v in self.spec.volumes),
             passthrough=bool(device_needs(self.spec)),
-            data_volumes=bool(self.data_volumes),
             deleting=self.deleting,
             migration=self.migration,
         )
@@ -248,7 +247,7 @@ class InstanceReconciler:
             if act is Act.DEFINE:
                 waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
                 node = loaded.node_name or ""
-                resolve = resolver(self.image_dir, self.images, node, waiter, loaded.created)
+                resolve = resolver(self.image_dir, self.images, hv, node, waiter, loaded.created)
                 failure = self.definer.define(
                     hv, loaded.owner, loaded.spec, resolve, _disk_finder(loaded, hv)
                 )

@@ -18,6 +18,15 @@ from app.virt.driver import DomainInfo, DomainState, JobProgress
 
 
 @dataclass(frozen=True)
+class AttachedDisk:
+    """A DataVolume an instance attaches: its disk moves with the instance."""
+
+    name: str
+    uid: str
+    capacity: int
+
+
+@dataclass(frozen=True)
 class MigratingInstance:
     """The instance a migration moves, as its passes need it."""
 
@@ -31,6 +40,7 @@ class MigratingInstance:
     volumes: tuple[str, ...]
     deleting: bool
     unmigratable: str | None  # the LiveMigratable=False reason
+    data_volumes: tuple[AttachedDisk, ...] = ()  # the DataVolumes it attaches
 
 
 @dataclass(frozen=True)

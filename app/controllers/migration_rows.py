@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339
-from app.controllers.migration_decisions import MigratingInstance, merged
+from app.controllers.migration_decisions import AttachedDisk, MigratingInstance, merged
 from app.controllers.naming import domain_name
 from app.db import Database
-from app.kinds import INSTANCES, NODES
-from app.models import InstanceRow, NodeRow
+from app.kinds import DATAVOLUMES, INSTANCES, NODES
+from app.models import DataVolumeRow, InstanceRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.instances import progress_of, set_progress
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject
 from app.schemas.conditions import find_condition
-from app.schemas.instance import InstanceSpec
+from app.schemas.instance import InstanceSpec, data_volume_names
 from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec, MigrationState
 from app.schemas.records import MigrationIntent, MigrationLock
 
@@ -108,7 +108,7 @@ class MigrationRows:
                 dict(row.status or {}),
                 MigrationIntent.load(row.intent),
                 row.deleted_at is not None,
-                instance=_migrating(instance) if instance is not None else None,
+                instance=_migrating(session, instance) if instance is not None else None,
                 nodes={n.name: NodeEndpoints(n.spec["uri"], n.spec.get("migrationUri")) for n in nodes},
             )
 
@@ -180,6 +180,11 @@ class MigrationRows:
             if moved_to is not None:  # the database names the new node in the same commit as the outcome
                 row.node_name = moved_to
                 row.status = {**(row.status or {}), "nodeName": moved_to}
+                data_volumes = ResourceRepository[DataVolumeRow](session, DATAVOLUMES)
+                for dv in _data_volume_rows(session, row.namespace, InstanceSpec.model_validate(row.spec)):
+                    dv.node_name = moved_to  # its disk was copied along and the original removed
+                    dv.status = {**(dv.status or {}), "nodeName": moved_to}
+                    data_volumes.touch(dv)
             repo.touch(row)
         workqueue.enqueue(session, INSTANCES.work_key(row.namespace, row.name))
 
@@ -233,8 +238,9 @@ class MigrationRows:
                 repo.remove(row)
 
 
-def _migrating(row: InstanceRow) -> MigratingInstance:
+def _migrating(session: Session, row: InstanceRow) -> MigratingInstance:
     status = row.status or {}
+    spec = InstanceSpec.model_validate(row.spec)
     migratable = find_condition(status, "LiveMigratable") or {}
     progress = progress_of(row)
     return MigratingInstance(
@@ -242,10 +248,19 @@ def _migrating(row: InstanceRow) -> MigratingInstance:
         node=row.node_name,
         phase=status.get("phase"),
         reason=status.get("reason"),
-        spec=InstanceSpec.model_validate(row.spec),
+        spec=spec,
         domain=domain_name(row.namespace, row.name, row.uid, progress),
         lock=progress.migration,
         volumes=progress.volumes,
         deleting=row.deleted_at is not None,
         unmigratable=migratable.get("reason") if migratable.get("status") == "False" else None,
+        data_volumes=tuple(
+            AttachedDisk(dv.name, dv.uid, int((dv.status or {}).get("capacity") or 0))
+            for dv in _data_volume_rows(session, row.namespace, spec)
+        ),
     )
+
+
+def _data_volume_rows(session: Session, namespace: str, spec: InstanceSpec) -> list[DataVolumeRow]:
+    repo = ResourceRepository[DataVolumeRow](session, DATAVOLUMES)
+    return [row for name in data_volume_names(spec) if (row := repo.get(namespace, name, for_update=False))]

@@ -10,8 +10,9 @@ from contextlib import suppress
 from app.controllers.migration_decisions import MigratingInstance
 from app.controllers.naming import volume_file
 from app.controllers.placement import MIB
-from app.controllers.volumes import ImageResolver, plan_volumes
+from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, plan_volumes
 from app.virt import images
+from app.virt.disk_import import data_volume_file
 from app.virt.driver import STORAGE_POOL, DomainInfo, DomainNotFound, DomainState, Hypervisor, HypervisorError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class MigrationStorage:
             target_hv.refresh_pool(STORAGE_POOL)  # volumes another node created are unknown until then
             source_hv = self.connect(str(instance.node))
             volumes = [volume_file(instance.uid, v) for v in instance.volumes]
+            volumes += [data_volume_file(disk.uid) for disk in instance.data_volumes]
             missing = [
                 v
                 for v in volumes
@@ -67,9 +69,14 @@ class MigrationStorage:
         ImageNotReady while the target pulls the registry image the source runs on."""
         try:
             target_hv = self.connect(target)
-            for volume in plan_volumes(instance.spec, self.resolver_on(target), instance.uid)[1]:
+            resolve = self.resolver_on(target)
+            planned = plan_volumes(instance.spec, resolve, instance.uid, _by_name(instance))[1]
+            # A DataVolume's copy is as large as its disk; the migration fills all of it.
+            sizes = {data_volume_file(disk.uid): disk.capacity for disk in instance.data_volumes}
+            for volume in planned:
                 if volume.volume_id in copies:
-                    target_hv.create_volume(STORAGE_POOL, volume.volume_id, volume.capacity, volume.backing)
+                    capacity = sizes.get(volume.volume_id, volume.capacity)
+                    target_hv.create_volume(STORAGE_POOL, volume.volume_id, capacity, volume.backing)
         except (HypervisorError, images.ImageNotFound) as exc:
             message = (
                 f"node {target} does not see {', '.join(copies)} in its {STORAGE_POOL} pool and could not "
@@ -79,7 +86,8 @@ class MigrationStorage:
 
     def copied_disks(self, instance: MigratingInstance, copies: list[str]) -> tuple[str, ...]:
         """The guest's disk targets (vda, ...) of the copied volumes. Raises images.ImageNotFound."""
-        planned = plan_volumes(instance.spec, self.resolver_on(str(instance.node)), instance.uid)[1]
+        resolve = self.resolver_on(str(instance.node))
+        planned = plan_volumes(instance.spec, resolve, instance.uid, _by_name(instance))[1]
         return tuple(v.target for v in planned if v.volume_id in copies)
 
     def domain_on(self, node: str, domain: str, uid: str | None) -> DomainInfo | None:
@@ -120,3 +128,15 @@ class MigrationStorage:
             return source_hv.volume_path(STORAGE_POOL, probe) is not None
         finally:
             target_hv.delete_volume(STORAGE_POOL, probe)
+
+
+def _by_name(instance: MigratingInstance) -> DiskFinder:
+    """The instance's DataVolumes as plan_volumes names them (only the file name matters here)."""
+    files = {disk.name: data_volume_file(disk.uid) for disk in instance.data_volumes}
+
+    def find(name: str) -> str:
+        if name not in files:
+            raise DataVolumeMissing(f"DataVolume {name!r} does not exist")
+        return files[name]
+
+    return find

@@ -402,7 +402,8 @@ class MigrationReconciler:
         assert m.instance is not None
         source, waiter = str(m.instance.node), MIGRATIONS.work_key(m.namespace, m.name)
         same_as = None if node == source else source
-        return resolver(self.image_dir, self.images, node, waiter, ANY_TIME, same_as=same_as)
+        hv = self._hypervisor(m, node)
+        return resolver(self.image_dir, self.images, hv, node, waiter, ANY_TIME, same_as=same_as)
 
 
 def _joined(thread: threading.Thread) -> Callable[[float], bool]:

@@ -171,10 +171,7 @@ def test_clone_blank_and_instances_on_the_disks_node(api: httpx.Client, hv: Hype
     api.post(BASE, json=attaching("user", "original", "copy"))
     running = wait_phase(api, "user", "Running")
     assert running["status"]["nodeName"] == "td"
-    assert conditions(running)["LiveMigratable"] == "False"
-    assert next(c for c in running["status"]["conditions"] if c["type"] == "LiveMigratable")["reason"] == (
-        "DataVolumeNotLiveMigratable"
-    )
+    assert conditions(running)["LiveMigratable"] == "True"  # its disks move with it (copy-storage)
     xml = hv.domain_xml(running["status"]["domainName"])
     for name in ("original", "copy"):
         assert f"dv-{api.get(f'{DVS}/{name}').json()['metadata']['uid']}.qcow2" in xml

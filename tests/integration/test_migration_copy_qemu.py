@@ -25,6 +25,7 @@ from tests.integration.test_migration_qemu import (
 )
 from tests.registry import Registry
 
+DVS = "/v1/namespaces/default/datavolumes"
 SECTOR = 4096  # a block of the guest's first disk, far from anything the guest uses (it boots from RAM)
 
 
@@ -107,3 +108,48 @@ def test_the_target_pulls_the_registry_image_the_source_runs_on(cluster: Cluster
     assert ran.status_code == 200 and ran.json()["exitCode"] == 0
     client.delete(f"{INSTANCES}/pulled")
     wait_for(lambda: client.get(f"{INSTANCES}/pulled").status_code == 404, timeout=60, what="pulled deleted")
+
+
+def test_a_data_volume_moves_with_its_instance(cluster: Cluster) -> None:
+    """The DataVolume's disk is copied to the target during the migration; the original goes, the
+    DataVolume names the new node, and what the guest wrote is there."""
+    client = cluster.serve.client
+    blank = {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "32Mi"}}}}
+    assert client.post(DVS, json={"metadata": {"name": "moving"}, "spec": blank}).status_code == 201
+    wait_for(
+        lambda: client.get(f"{DVS}/moving").json()["status"].get("phase") == "Succeeded",
+        timeout=30,
+        what="DataVolume Succeeded",
+    )
+    dv = client.get(f"{DVS}/moving").json()
+    disk = f"dv-{dv['metadata']['uid']}.qcow2"
+    spec = {
+        "domain": {"resources": {"requests": {"memory": "256Mi"}}},
+        "volumes": [
+            {"name": "boot", "containerDisk": {"image": "test-guest"}},
+            {"name": "data", "dataVolume": {"name": "moving"}},
+        ],
+    }
+    assert client.post(INSTANCES, json={"metadata": {"name": "carrier"}, "spec": spec}).status_code == 201
+    before = cluster.serve.wait("carrier", "Running", agent=True, timeout=90)
+    source = before["status"]["nodeName"]
+    assert source == dv["status"]["nodeName"]  # placed where its disk is
+    write = {"command": ["/bin/sh", "-c", "printf carried-along > /dev/vdb && sync"]}
+    assert client.post(f"{INSTANCES}/carrier/guest/exec", json=write).json()["exitCode"] == 0
+
+    done = cluster.wait_migration(cluster.migrate("carrier"), ("Succeeded", "Failed"))
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert disk in done["status"]["migrationState"]["copiedVolumes"]
+    target = done["status"]["migrationState"]["targetNode"]
+    cluster.serve.wait("carrier", "Running", agent=True, timeout=30)
+    assert client.get(f"{DVS}/moving").json()["status"]["nodeName"] == target != source
+    assert pooled(disk) == {NODE_NUMBERS[source]: False, NODE_NUMBERS[target]: True}
+    read = {"command": ["/bin/sh", "-c", "head -c 13 /dev/vdb"]}
+    assert client.post(f"{INSTANCES}/carrier/guest/exec", json=read).json()["stdout"] == "carried-along"
+    client.delete(f"{INSTANCES}/carrier")
+    wait_for(
+        lambda: client.get(f"{INSTANCES}/carrier").status_code == 404, timeout=60, what="carrier deleted"
+    )
+    client.delete(f"{DVS}/moving")
+    wait_for(lambda: client.get(f"{DVS}/moving").status_code == 404, timeout=30, what="DataVolume deleted")
+    assert pooled(disk) == {1: False, 2: False}
