@@ -21,6 +21,7 @@ REFERENCE_PATTERN = rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(
 _REFERENCE = re.compile(
     rf"^(?P<path>(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
 )
+_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"  # docker.io's name for people; its API lives here
 
@@ -64,6 +65,8 @@ def _split(text: str) -> tuple[str | None, str, str | None, str | None]:
     first, slash, rest = path.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         return first, rest, tag, digest
+    if not _PATH.match(path):  # the first component is no host, so it must be a lowercase path component
+        raise InvalidReference(f"{text!r} is not an image reference (repository names are lowercase)")
     return None, path, tag, digest
 
 

@@ -100,11 +100,12 @@ class RegistryClient:
         credentials: Credentials | None = None,
         platform: tuple[str, str] = ("linux", "amd64"),
         timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.insecure = insecure  # hosts spoken to over plain HTTP
         self.credentials = credentials or Credentials()
         self.platform = platform
-        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
         self._tokens: dict[tuple[str, str], str] = {}
 
     def close(self) -> None:

@@ -6,9 +6,9 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, StrictBool, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
-from app.disks.reference import REFERENCE_PATTERN
+from app.disks.reference import REFERENCE_PATTERN, candidates
 from app.schemas.common import (
     ApiModel,
     Condition,
@@ -140,6 +140,12 @@ class ContainerDiskSource(ApiModel):
         description="IfNotPresent: use the node's cached copy when there is one. Always: ask the registry "
         "for the tag's current digest for every new instance. Never: use only what the node has.",
     )
+
+    @field_validator("image")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        candidates(value, ())  # raises InvalidReference (a ValueError: 422 naming the field)
+        return value
 
 
 class EmptyDiskSource(ApiModel):
