@@ -165,3 +165,5 @@ def test_corral_upload_stores_the_files_bytes(api: httpx.Client, server: Any) ->
     assert path is not None
     same = subprocess.run(["qemu-img", "compare", "-q", str(DATA_DISK), path], check=False)
     assert same.returncode == 0  # the same guest-visible bytes (the rest of the 80 MiB reads as zeros)
+    boot_with(api, "uploaded-reader", "uploaded")  # a guest sees the uploaded ext4 disk: its label
+    assert run(api, "uploaded-reader", "dd if=/dev/vdb bs=1 skip=1144 count=11 2>/dev/null") == b"corral-data"

@@ -1,6 +1,6 @@
-"""containerDisks pulled from a real registry onto real QEMU guests, through `corral serve`: by digest; a
-missing tag that shows ErrImagePull then ImagePullBackOff and boots once the tag is pushed, its pull's
-progress on the watch."""
+"""containerDisks pulled from a real registry onto real QEMU guests, through `corral serve`: by digest; while
+the registry is away ErrImagePull then ImagePullBackOff, back without the tag the registry's answer, and once
+the tag is pushed the guest boots, its pull's progress on the watch."""
 
 from __future__ import annotations
 
