@@ -58,6 +58,7 @@ AGENT_TIMEOUT = 5  # seconds libvirt waits for a guest agent answer: a dead agen
 FILE_CHUNK = 48 * 1024  # qemu-ga reads and writes files in pieces; its messages stay small
 KILL_WAIT = 2.0  # seconds for a timed-out guest program to be killed and reaped
 UPLOAD_CHUNK = 1 << 20
+POOL_BUSY_WAIT = 60.0  # seconds a pool refresh waits for another volume's build or upload to end
 T = TypeVar("T")
 # libvirt's test driver keeps domains in memory: no guest runs, so no agent, console or mediated device.
 TEST_DRIVER = Capabilities(
@@ -579,7 +580,16 @@ class LibvirtHypervisor:
 
     def refresh_pool(self, name: str) -> None:
         pool = self._pool(name)
-        self._call(lambda: pool.refresh(0))
+        deadline = time.monotonic() + POOL_BUSY_WAIT
+        while True:
+            try:
+                self._call(lambda: pool.refresh(0))
+                return
+            except HypervisorError as exc:
+                # libvirt refuses a refresh while a volume is being built or uploaded in the pool
+                if "asynchronous jobs" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def create_volume(self, pool: str, volume: str, capacity: int, backing: tuple[str, str] | None) -> str:
         existing = self.volume_path(pool, volume)
