@@ -9,8 +9,10 @@
 set -euo pipefail
 catalog=${CORRAL_IMAGE_DIR:-/var/lib/corral/images}
 out=$catalog/corral/test-guest/latest
+# The guest's generation: bump it when what the build makes changes, so cached builds are redone.
+generation=2
 if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ -s "$out/containerdisk.qcow2" ] \
-  && [ "${1:-}" != --force ]; then
+  && [ "$(cat "$out/generation" 2>/dev/null)" = "$generation" ] && [ "${1:-}" != --force ]; then
   echo "[build-test-guest] $out exists (use --force to rebuild)" >&2; exit 0
 fi
 work=$(mktemp -d /tmp/corral-guest-build.XXXXXX)
@@ -48,7 +50,8 @@ add_module() {
   for dep in $(grep "^$m:" "$moddir/modules.dep" | cut -d: -f2); do add_module "$dep"; done
   echo "$m" >> "$r/etc/modules.order"
 }
-for want in virtio_pci virtio_console virtio_net virtio_balloon virtio_blk button evdev; do
+# ahci + sr_mod + isofs: a cloud-init seed on a SATA CD-ROM can be mounted and read.
+for want in virtio_pci virtio_console virtio_net virtio_balloon virtio_blk button evdev ahci sr_mod isofs; do
   path=$(grep -E "/$want\.ko(\.xz|\.zst)?:" "$moddir/modules.dep" | head -1 | cut -d: -f1)
   [ -n "$path" ] && add_module "$path"
 done
@@ -104,6 +107,7 @@ cp "x/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 # {hostname} is replaced by the instance's hostname (plain text substitution).
 echo "console=ttyS0 quiet panic=-1 corral.hostname={hostname}" > "$out.tmp/cmdline"
 echo "$kver" > "$out.tmp/kernel-version"
+echo "$generation" > "$out.tmp/generation"
 # A small ext4 data disk: instances get a qcow2 overlay on it (the guest mounts it at /mnt/data).
 truncate -s 64M "$work/disk.raw" && mkfs.ext4 -q -F -L corral-data "$work/disk.raw"
 qemu-img convert -q -f raw -O qcow2 "$work/disk.raw" "$out.tmp/disk.qcow2"

@@ -6,15 +6,20 @@ created, so nothing half-made is left for the next pass to trip on.
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
+from app.controllers.naming import seed_file
 from app.controllers.placement import MIB
 from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, PlannedVolume, plan_volumes
+from app.disks.cloudinit import Seed, SeedKind, build_iso
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
+from app.virt.disk_import import store_file
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
 from app.virt.driver import STORAGE_POOL, Hypervisor, InvalidDomainConfig
 
@@ -54,6 +59,9 @@ class Definer:
         with ExitStack() as undo:
             self._ensure_pool(hv, undo)
             disks = [self._volume(hv, volume, undo) for volume in planned]
+            seed = seed_of(owner, spec)
+            if seed is not None:
+                disks.append(self._seed(hv, owner.uid, *seed, undo))
             config = domain_config(owner, spec, boot_image, tuple(disks), hv)
             try:
                 hv.define(build_domain_xml(config))
@@ -71,6 +79,14 @@ class Definer:
             self._pools_ready.add(hv.uri)
         undo.callback(self._pools_ready.discard, hv.uri)  # a failed pass checks the pool again
 
+    def _seed(self, hv: Hypervisor, uid: str, name: str, seed: Seed, undo: ExitStack) -> DiskConfig:
+        existed = hv.volume_path(STORAGE_POOL, seed_file(uid, name)) is not None
+        path = store_seed(hv, uid, name, seed, self.volume_dir)
+        if not existed:
+            undo.callback(hv.delete_volume, STORAGE_POOL, seed_file(uid, name))
+        # SATA: a CD-ROM bus every machine type offers (libvirt adds the controller).
+        return DiskConfig(path=path, target="sda", format="raw", bus="sata", readonly=True, device="cdrom")
+
     @staticmethod
     def _volume(hv: Hypervisor, volume: PlannedVolume, undo: ExitStack) -> DiskConfig:
         if volume.attach is not None:  # a DataVolume's disk: it exists, and outlives this instance
@@ -80,6 +96,28 @@ class Definer:
         if not existed:
             undo.callback(hv.delete_volume, STORAGE_POOL, volume.volume_id)
         return DiskConfig(path=path, target=volume.target, serial=volume.name[:20])
+
+
+def seed_of(owner: Owner, spec: InstanceSpec) -> tuple[str, Seed] | None:
+    """(volume name, seed) of the instance's cloud-init volume; instance-id is its uid, so a restart keeps
+    it (first-boot modules do not run again) and a new instance gets a new one."""
+    volume = next((v for v in spec.volumes if v.cloud_init is not None), None)
+    if volume is None or volume.cloud_init is None:
+        return None
+    kind: SeedKind = "noCloud" if volume.cloud_init_no_cloud is not None else "configDrive"
+    source = volume.cloud_init
+    hostname = spec.hostname or owner.name
+    seed = Seed(kind, owner.uid, hostname, source.decoded("user_data"), source.decoded("network_data"))
+    return volume.name, seed
+
+
+def store_seed(hv: Hypervisor, uid: str, name: str, seed: Seed, volume_dir: str) -> str:
+    """The seed's ISO image in the node's pool (replacing one of that name); its path."""
+    image = build_iso(seed)
+    with tempfile.TemporaryDirectory(prefix="corral-seed-") as scratch:
+        path = Path(scratch) / "seed.iso"
+        path.write_bytes(image)
+        return store_file(hv, path, seed_file(uid, name), volume_dir, len(image))
 
 
 def domain_config(

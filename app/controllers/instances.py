@@ -41,7 +41,7 @@ from app.controllers.instance_decisions import (
     while_migrating,
 )
 from app.controllers.instance_status import Observed, add_guest_report, render
-from app.controllers.naming import domain_name, volume_file
+from app.controllers.naming import domain_name, seed_file, volume_file
 from app.controllers.operations import run_queued
 from app.controllers.placement import (
     Picked,
@@ -292,6 +292,7 @@ class InstanceReconciler:
         elif act is Act.DELETE_VOLUMES:
             for volume in volume_names(loaded.desired.volumes, loaded.progress):
                 hv.delete_volume(STORAGE_POOL, volume_file(loaded.uid, volume))
+                hv.delete_volume(STORAGE_POOL, seed_file(loaded.uid, volume))
         elif act is Act.REMOVE_MDEVS and hv.capabilities.mediated_devices:
             for _, _, mdev_uuid in loaded.mdevs:
                 hv.remove_mdev(mdev_uuid)

@@ -13,3 +13,8 @@ def domain_name(namespace: str, name: str, uid: str, progress: InstanceProgress)
 def volume_file(uid: str, volume: str) -> str:
     """An instance's volume in the storage pool: `<uid>-<volume name>.qcow2`."""
     return f"{uid}-{volume}.qcow2"
+
+
+def seed_file(uid: str, volume: str) -> str:
+    """An instance's cloud-init seed image in the storage pool: `<uid>-<volume name>.iso`."""
+    return f"{uid}-{volume}.iso"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 from datetime import datetime
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, StrictBool, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from app.disks.reference import REFERENCE_PATTERN, candidates
 from app.schemas.common import (
@@ -162,20 +167,126 @@ class ClaimSource(ApiModel):
     )
 
 
+MAX_CLOUD_INIT_BYTES = 256 * 1024  # per document (user data, network data), decoded
+
+
+class SecretReference(ApiModel):
+    name: DnsLabel
+
+
+class CloudInitSource(ApiModel):
+    """KubeVirt's cloudInitNoCloud / cloudInitConfigDrive: user data and network data, inline or base64."""
+
+    user_data: str | None = Field(default=None, description="e.g. `#cloud-config` YAML, or a script.")
+    user_data_base64: str | None = None
+    user_data_secret_ref: SecretReference | None = Field(
+        default=None, description="Not supported yet: refused (Secrets arrive with a later release)."
+    )
+    network_data: str | None = Field(
+        default=None, description="NoCloud: network-config YAML (v1 or v2). ConfigDrive: network_data.json."
+    )
+    network_data_base64: str | None = None
+    network_data_secret_ref: SecretReference | None = Field(
+        default=None, description="Not supported yet: refused (Secrets arrive with a later release)."
+    )
+
+    @model_validator(mode="after")
+    def _documents(self) -> CloudInitSource:
+        for what in ("user_data", "network_data"):
+            given = [
+                f for f in (what, f"{what}_base64", f"{what}_secret_ref") if getattr(self, f) is not None
+            ]
+            if len(given) > 1:
+                raise ValueError(f"give one of {', '.join(to_camel(f) for f in given)}")
+            if getattr(self, f"{what}_secret_ref") is not None:
+                raise ValueError(
+                    f"{to_camel(what)}SecretRef: Secrets are not supported yet; give the data inline"
+                )
+            data = self.decoded(what)
+            if data is not None and len(data) > MAX_CLOUD_INIT_BYTES:
+                raise ValueError(
+                    f"{to_camel(what)} is {len(data)} bytes, over the {MAX_CLOUD_INIT_BYTES} limit"
+                )
+        if (
+            self.user_data is None
+            and self.user_data_base64 is None
+            and self.network_data is None
+            and (self.network_data_base64 is None)
+        ):
+            raise ValueError("give userData (or userDataBase64) and/or networkData (or networkDataBase64)")
+        return self
+
+    def decoded(self, what: Literal["user_data", "network_data"]) -> bytes | None:
+        """The document's bytes; raises ValueError for bad base64."""
+        text, encoded = getattr(self, what), getattr(self, f"{what}_base64")
+        if text is not None:
+            return str(text).encode()
+        if encoded is None:
+            return None
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{to_camel(what)}Base64 is not valid base64") from None
+
+
+class CloudInitNoCloudSource(CloudInitSource):
+    @model_validator(mode="after")
+    def _network_yaml(self) -> CloudInitNoCloudSource:
+        data = self.decoded("network_data")
+        if data is not None:
+            try:
+                parsed = yaml.safe_load(data)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"networkData is not YAML: {str(exc)[:200]}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("networkData must be a network-config mapping (version: 1 or 2)")
+        return self
+
+
+class CloudInitConfigDriveSource(CloudInitSource):
+    @model_validator(mode="after")
+    def _network_json(self) -> CloudInitConfigDriveSource:
+        data = self.decoded("network_data")
+        if data is not None:
+            try:
+                parsed = json.loads(data)
+            except ValueError as exc:
+                raise ValueError(f"networkData is not JSON (network_data.json): {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("networkData must be a JSON object (OpenStack network_data.json)")
+        return self
+
+
 class Volume(ApiModel):
     name: DnsLabel
     container_disk: ContainerDiskSource | None = None
     empty_disk: EmptyDiskSource | None = None
     data_volume: DataVolumeSource | None = None
     persistent_volume_claim: ClaimSource | None = None
+    cloud_init_no_cloud: CloudInitNoCloudSource | None = None
+    cloud_init_config_drive: CloudInitConfigDriveSource | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Volume:
-        sources = (self.container_disk, self.empty_disk, self.data_volume, self.persistent_volume_claim)
+        sources = (
+            self.container_disk,
+            self.empty_disk,
+            self.data_volume,
+            self.persistent_volume_claim,
+            self.cloud_init_no_cloud,
+            self.cloud_init_config_drive,
+        )
         if sum(source is not None for source in sources) != 1:
-            names = "containerDisk, emptyDisk, dataVolume or persistentVolumeClaim"
+            names = (
+                "containerDisk, emptyDisk, dataVolume, persistentVolumeClaim, cloudInitNoCloud or "
+                "cloudInitConfigDrive"
+            )
             raise ValueError(f"a volume has exactly one source: {names}")
         return self
+
+    @property
+    def cloud_init(self) -> CloudInitSource | None:
+        return self.cloud_init_no_cloud or self.cloud_init_config_drive
 
     @property
     def data_volume_name(self) -> str | None:
@@ -196,6 +307,12 @@ class InstanceSpec(ApiModel):
     run_strategy: RunStrategy = "Always"
     termination_grace_period_seconds: int = Field(default=30, ge=0, le=3600)
     hostname: DnsLabel | None = None
+
+    @model_validator(mode="after")
+    def _one_cloud_init(self) -> InstanceSpec:
+        if sum(v.cloud_init is not None for v in self.volumes) > 1:
+            raise ValueError("spec.volumes: at most one cloudInitNoCloud or cloudInitConfigDrive volume")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> InstanceSpec:

@@ -17,6 +17,7 @@ class DiskConfig:
     bus: str = "virtio"
     readonly: bool = False
     serial: str | None = None
+    device: str = "disk"  # or cdrom (a cloud-init seed)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def build_domain_xml(config: DomainConfig) -> str:
 
     devices = _sub(domain, "devices")
     for disk in config.disks:
-        disk_el = _sub(devices, "disk", type="file", device="disk")
+        disk_el = _sub(devices, "disk", type="file", device=disk.device)
         _sub(disk_el, "driver", name="qemu", type=disk.format, cache="none")
         _sub(disk_el, "source", file=disk.path)
         _sub(disk_el, "target", dev=disk.target, bus=disk.bus)
