@@ -41,6 +41,7 @@ class MigratingInstance:
     deleting: bool
     unmigratable: str | None  # the LiveMigratable=False reason
     data_volumes: tuple[AttachedDisk, ...] = ()  # the DataVolumes it attaches
+    hostname: str = ""  # what its cloud-init seed names it (a target gets the same seed)
 
 
 @dataclass(frozen=True)

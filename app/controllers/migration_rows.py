@@ -254,6 +254,7 @@ def _migrating(session: Session, row: InstanceRow) -> MigratingInstance:
         volumes=progress.volumes,
         deleting=row.deleted_at is not None,
         unmigratable=migratable.get("reason") if migratable.get("status") == "False" else None,
+        hostname=spec.hostname or row.name,
         data_volumes=tuple(
             AttachedDisk(dv.name, dv.uid, int((dv.status or {}).get("capacity") or 0))
             for dv in _data_volume_rows(session, row.namespace, spec)

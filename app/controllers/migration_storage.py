@@ -7,8 +7,9 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 
+from app.controllers.definitions import Owner, seed_of, store_seed
 from app.controllers.migration_decisions import MigratingInstance
-from app.controllers.naming import volume_file
+from app.controllers.naming import seed_file, volume_file
 from app.controllers.placement import MIB
 from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, plan_volumes
 from app.virt import images
@@ -48,6 +49,7 @@ class MigrationStorage:
             source_hv = self.connect(str(instance.node))
             volumes = [volume_file(instance.uid, v) for v in instance.volumes]
             volumes += [data_volume_file(disk.uid) for disk in instance.data_volumes]
+            volumes += [seed_file(instance.uid, v.name) for v in instance.spec.volumes if v.cloud_init]
             missing = [
                 v
                 for v in volumes
@@ -77,6 +79,10 @@ class MigrationStorage:
                 if volume.volume_id in copies:
                     capacity = sizes.get(volume.volume_id, volume.capacity)
                     target_hv.create_volume(STORAGE_POOL, volume.volume_id, capacity, volume.backing)
+            owner = Owner("", instance.hostname, instance.uid, instance.domain, "")
+            seed = seed_of(owner, instance.spec)
+            if seed is not None and seed_file(instance.uid, seed[0]) in copies:  # read-only: made, not copied
+                store_seed(target_hv, instance.uid, *seed, self.volume_dir)
         except (HypervisorError, images.ImageNotFound) as exc:
             message = (
                 f"node {target} does not see {', '.join(copies)} in its {STORAGE_POOL} pool and could not "
