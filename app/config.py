@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     image_keep_unused_seconds: float = Field(
         default=600.0, ge=0, description="An image wanted this recently is never collected."
     )
+    default_network_cidr: str = Field(
+        default="10.88.0.0/16",
+        description="The NAT network Corral runs on every node (`pod: {}`): the node takes the first "
+        "address, guests get theirs by DHCP.",
+    )
     virt_type: str | None = Field(
         default=None, description="Force the local node's virtualization type (kvm or qemu)."
     )

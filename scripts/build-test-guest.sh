@@ -10,7 +10,7 @@ set -euo pipefail
 catalog=${CORRAL_IMAGE_DIR:-/var/lib/corral/images}
 out=$catalog/corral/test-guest/latest
 # The guest's generation: bump it when what the build makes changes, so cached builds are redone.
-generation=2
+generation=3
 if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ -s "$out/containerdisk.qcow2" ] \
   && [ "$(cat "$out/generation" 2>/dev/null)" = "$generation" ] && [ "${1:-}" != --force ]; then
   echo "[build-test-guest] $out exists (use --force to rebuild)" >&2; exit 0
@@ -71,7 +71,19 @@ cat > "$r/etc/acpi/PWRF/00000080" <<'SH'
 echo "corral-init: ACPI power button" > /dev/console
 sync; poweroff -f
 SH
-chmod +x "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080"
+# udhcpc only talks DHCP; this applies what it got.
+cat > "$r/etc/udhcpc.script" <<'SH'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface" ;;
+esac
+exit 0
+SH
+chmod +x "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080" "$r/etc/udhcpc.script"
 
 cat > "$r/init" <<'SH'
 #!/bin/sh
@@ -80,12 +92,15 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/virtio-ports; mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=755 run /run; mount -t tmpfs tmpfs /tmp; mkdir -p /run/log
 while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.order
-hn=corral-guest; ip=10.0.2.15/24; gw=10.0.2.2
-for o in $(cat /proc/cmdline); do case "$o" in
-  corral.hostname=*) hn=${o#*=};; corral.ip=*) ip=${o#*=};; corral.gw=*) gw=${o#*=};; esac; done
+hn=corral-guest
+for o in $(cat /proc/cmdline); do case "$o" in corral.hostname=*) hn=${o#*=};; esac; done
 hostname "$hn"
 ip link set lo up
-if [ -e /sys/class/net/eth0 ]; then ip link set eth0 up; ip addr add "$ip" dev eth0; ip route add default via "$gw" 2>/dev/null; fi
+# DHCP on the first NIC, renewed for as long as the guest runs (it names itself to the DHCP server).
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  udhcpc -i eth0 -s /etc/udhcpc.script -x "hostname:$hn" -f -t 60 -T 1 >/dev/null 2>&1 &
+fi
 # No udev here: create the /dev/virtio-ports/<name> links qemu-ga looks for.
 for _ in $(seq 1 50); do
   for p in /sys/class/virtio-ports/vport*; do

@@ -24,8 +24,9 @@ SRC
 fi
 need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
+dpkg-query -W -f='${Version}' libvirt-daemon-driver-network 2>/dev/null | grep -q bpo12 || need_install=1
 for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini \
-  docker-registry syslinux mtools dosfstools; do
+  docker-registry syslinux mtools dosfstools dnsmasq-base nftables; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -36,9 +37,10 @@ if [ "$need_install" = 1 ]; then
   apt-get install -y -q -o Dpkg::Options::=--force-confnew --no-install-recommends \
     qemu-system-x86/$B qemu-system-common/$B qemu-system-data/$B seabios/$B qemu-utils/$B \
     libvirt-daemon/$B libvirt-daemon-log/$B libvirt-daemon-driver-qemu/$B libvirt-daemon-driver-nodedev/$B \
-    libvirt-daemon-driver-storage/$B libvirt-clients/$B libvirt-dev/$B \
+    libvirt-daemon-driver-storage/$B libvirt-daemon-driver-network/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
-    busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools >/dev/null
+    busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
+    dnsmasq-base nftables >/dev/null
 fi
 
 # QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.
@@ -68,6 +70,16 @@ virsh -c qemu:///system version >/dev/null || {
   die "libvirtd does not answer on qemu:///system (its output above)"
 }
 virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvirtd has no QEMU (TCG) support"
+# libvirt loads its network driver (Corral's NAT network on every node) when it starts: a libvirtd that
+# started before the driver was installed is restarted (its guests keep running).
+if ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; then
+  log "restarting libvirtd to load its network driver"
+  kill "$(cat /run/libvirtd.pid)"
+  for _ in $(seq 1 100); do running /run/libvirtd.pid || break; sleep 0.1; done
+  setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
+  for _ in $(seq 1 300); do virsh -c qemu:///system net-list --all >/dev/null 2>&1 && break; sleep 0.1; done
+  virsh -c qemu:///system net-list --all >/dev/null || die "libvirtd has no network driver (libvirt-daemon-driver-network)"
+fi
 
 if [ "${CORRAL_SETUP_POSTGRES:-1}" = 1 ]; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)

@@ -21,6 +21,8 @@ from app.virt.driver import (
     InvalidOperation,
     JobProgress,
     MigrationOptions,
+    NetworkConfig,
+    NicAddress,
     NodeDevice,
     ShutdownMode,
 )
@@ -185,6 +187,16 @@ class FakeHypervisor:
     def volume_path(self, pool: str, volume: str) -> str | None:
         self.calls.append(("volume_path", volume))
         return self.volumes.get(pool, {}).get(volume)
+
+    def volume_backings(self, pool: str) -> set[str]:
+        return set()
+
+    # -- networks ------------------------------------------------------------------------------------
+    def ensure_network(self, network: NetworkConfig) -> None:
+        self.calls.append(("ensure_network", network.name))
+
+    def nic_addresses(self, name: str) -> list[NicAddress]:
+        return [NicAddress("52:54:00:00:00:01", ())] if name in self.domains else []
 
     # -- devices -------------------------------------------------------------------------------------
     def node_devices(self) -> list[NodeDevice]:

@@ -21,7 +21,14 @@ from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.virt import images
 from app.virt.disk_import import store_file
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
-from app.virt.driver import STORAGE_POOL, Hypervisor, InvalidDomainConfig
+from app.virt.driver import (
+    STORAGE_POOL,
+    Hypervisor,
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidDomainConfig,
+    NetworkConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,12 @@ class Owner:
 
 
 class Definer:
-    """Defines domains on nodes; remembers which nodes' storage pools are known to exist."""
+    """Defines domains on nodes; remembers on which nodes the storage pool and the NAT network are known to
+    exist."""
 
-    def __init__(self, volume_dir: str) -> None:
+    def __init__(self, volume_dir: str, network: NetworkConfig) -> None:
         self.volume_dir = volume_dir
+        self.network = network
         self._pools_ready: set[str] = set()  # node URIs
 
     def define(
@@ -57,12 +66,17 @@ class Definer:
         except DataVolumeMissing as exc:
             return Observed("Scheduled", "DataVolumeNotReady", str(exc))
         with ExitStack() as undo:
-            self._ensure_pool(hv, undo)
+            try:
+                self._ensure_pool(hv, undo)
+            except HypervisorUnavailable:
+                raise
+            except HypervisorError as exc:
+                return Observed("Failed", "NodeNotReady", f"the node's storage pool or network: {exc}"[:500])
             disks = [self._volume(hv, volume, undo) for volume in planned]
             seed = seed_of(owner, spec)
             if seed is not None:
                 disks.append(self._seed(hv, owner.uid, *seed, undo))
-            config = domain_config(owner, spec, boot_image, tuple(disks), hv)
+            config = domain_config(owner, spec, boot_image, tuple(disks), hv, self.network.name)
             try:
                 hv.define(build_domain_xml(config))
             except InvalidDomainConfig as exc:
@@ -76,6 +90,7 @@ class Definer:
     def _ensure_pool(self, hv: Hypervisor, undo: ExitStack) -> None:
         if hv.uri not in self._pools_ready:
             hv.ensure_pool(STORAGE_POOL, self.volume_dir)
+            hv.ensure_network(self.network)
             self._pools_ready.add(hv.uri)
         undo.callback(self._pools_ready.discard, hv.uri)  # a failed pass checks the pool again
 
@@ -121,7 +136,12 @@ def store_seed(hv: Hypervisor, uid: str, name: str, seed: Seed, volume_dir: str)
 
 
 def domain_config(
-    owner: Owner, spec: InstanceSpec, boot_image: images.Image, disks: tuple[DiskConfig, ...], hv: Hypervisor
+    owner: Owner,
+    spec: InstanceSpec,
+    boot_image: images.Image,
+    disks: tuple[DiskConfig, ...],
+    hv: Hypervisor,
+    network: str,
 ) -> DomainConfig:
     """The domain for the spec on this node (pure but for reading the backend's capabilities)."""
     kernel = None
@@ -135,7 +155,11 @@ def domain_config(
     topology = None
     if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
         topology = (cpu.sockets or 1, cpu.cores or 1, cpu.threads or 1)
-    nics = tuple(InterfaceConfig(i.model, i.mac_address) for i in spec.domain.devices.interfaces)
+    # Every interface is on the node's NAT network (the only network kind there is yet: `pod: {}`).
+    nics = tuple(
+        InterfaceConfig(network=network, model=i.model, mac=i.mac_address)
+        for i in spec.domain.devices.interfaces
+    )
     console = f"/var/log/libvirt/qemu/{owner.domain}-console.log" if capabilities.console_log else None
     return DomainConfig(
         name=owner.domain,
@@ -146,7 +170,7 @@ def domain_config(
         machine=spec.domain.machine.type if spec.domain.machine else "pc",
         kernel_boot=kernel,
         disks=disks,
-        interfaces=nics or (InterfaceConfig(),),
+        interfaces=nics or (InterfaceConfig(network=network),),
         console_log=console,
         metadata={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
         cpu_topology=topology,

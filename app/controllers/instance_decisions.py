@@ -16,7 +16,7 @@ from enum import StrEnum
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of
 from app.controllers.volumes import volume_names
 from app.schemas.records import InstanceIntent, InstanceProgress, MigrationLock
-from app.virt.driver import DomainInfo, DomainState
+from app.virt.driver import DomainInfo, DomainState, NicAddress
 
 log = logging.getLogger(__name__)
 # The domain is on: a QEMU process exists (running, paused, shutting down or suspended to RAM).
@@ -37,6 +37,8 @@ UNSCHEDULABLE_RETRY = 5.0
 CONFIG_RETRY = 30.0  # a missing image or a name conflict: someone must act; look again now and then
 GUEST_REFRESH = 60.0  # seconds between guest agent reports while it stays connected
 NODE_RETRY = 10.0
+LEASE_POLL = 1.0
+LEASE_WAIT = timedelta(minutes=2)
 
 
 class Act(StrEnum):
@@ -302,6 +304,17 @@ def requeue_after(plan: Plan, observed: Observed) -> float | None:
     if observed.agent == "True":
         return min(plan.requeue or GUEST_REFRESH, GUEST_REFRESH)
     return plan.requeue
+
+
+def lease_recheck(
+    nics: list[NicAddress], phase: str, started: datetime | None, now: datetime
+) -> float | None:
+    """DHCP leases come with no libvirt event: while a running guest's NIC has no address yet, and not for
+    longer than LEASE_WAIT after its start, look again after LEASE_POLL."""
+    waiting = phase == "Running" and any(not nic.addresses for nic in nics)
+    if waiting and started is not None and now - started < LEASE_WAIT:
+        return LEASE_POLL
+    return None
 
 
 def placed(node: str | None, why_not: str) -> Observed:

@@ -8,7 +8,7 @@ from datetime import datetime
 from app.clock import rfc3339
 from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
-from app.virt.driver import DomainInfo, DomainState
+from app.virt.driver import DomainInfo, DomainState, NicAddress
 from app.virt.guest import REQUIRED_COMMANDS
 
 PAUSE_REASONS = {
@@ -114,26 +114,38 @@ def conditions_of(observed: Observed) -> list[tuple[str, str, str, str]]:
 
 
 def add_guest_report(status: JsonObject, report: JsonObject, at: datetime) -> None:
-    """KubeVirt's status.guestOSInfo and status.interfaces from a guest agent report, and whether the agent
-    offers every command Corral uses (AgentVersionNotSupported)."""
+    """KubeVirt's status.guestOSInfo from a guest agent report, and whether the agent offers every command
+    Corral uses (AgentVersionNotSupported). Its interfaces go into status.interfaces (interfaces_status)."""
     os_info = {k: v for k, v in report.get("osInfo", {}).items() if k not in ("variant", "variantId")}
-    interfaces = []
-    for nic in report.get("interfaces", []):
-        if nic.get("name") == "lo":
-            continue
-        addresses = [a["address"] for a in nic.get("ipAddresses", [])]
-        ipv4 = [a["address"] for a in nic.get("ipAddresses", []) if a.get("type") == "ipv4"]
-        interfaces.append(
-            {
-                "interfaceName": nic.get("name"),
-                "mac": nic.get("mac"),
-                "ipAddress": (ipv4 or addresses or [None])[0],
-                "ipAddresses": addresses,
-                "infoSource": "guest-agent",
-            }
-        )
-    status.update(guestOSInfo=os_info, interfaces=interfaces)
+    status.update(guestOSInfo=os_info)
     missing = [c for c in REQUIRED_COMMANDS if c not in report.get("supportedCommands", [])]
     lacks = f"qemu-ga {report.get('agentVersion')} lacks {', '.join(missing)}" if missing else ""
     reason = "MissingCommands" if missing else "Supported"
     set_condition(status, "AgentVersionNotSupported", "True" if missing else "False", reason, lacks, at)
+
+
+def interfaces_status(names: list[str], nics: list[NicAddress], report: JsonObject) -> list[JsonObject]:
+    """KubeVirt's status.interfaces: each NIC of the domain, named as the spec's interfaces in order, with
+    its addresses from the network's DHCP leases (infoSource `domain`) and as the guest agent reports them
+    (`guest-agent`), matched by MAC."""
+    agent = {
+        str(nic.get("mac", "")).lower(): nic
+        for nic in report.get("interfaces", [])
+        if nic.get("name") != "lo" and nic.get("mac")
+    }
+    found: list[JsonObject] = []
+    for index, nic in enumerate(nics):
+        entry: JsonObject = {"name": names[index] if index < len(names) else f"nic{index}", "mac": nic.mac}
+        addresses, sources = list(nic.addresses), ["domain"]
+        seen = agent.get(nic.mac)
+        if seen is not None:
+            entry["interfaceName"] = seen.get("name")
+            reported = [a["address"] for a in seen.get("ipAddresses", [])]
+            addresses += [a for a in reported if a not in addresses]
+            sources.append("guest-agent")
+        ipv4 = [a for a in addresses if ":" not in a]
+        if addresses:
+            entry["ipAddress"] = (ipv4 or addresses)[0]
+        entry.update(ipAddresses=addresses, infoSource=", ".join(sources))
+        found.append(entry)
+    return found

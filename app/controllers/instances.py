@@ -25,6 +25,7 @@ from app.controllers.image_cache import ImageCache, resolver
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
     NODE_RETRY,
+    POWERED,
     STOPPING_POLL,
     UNSCHEDULABLE_RETRY,
     Act,
@@ -34,14 +35,15 @@ from app.controllers.instance_decisions import (
     decide_teardown,
     disks_not_ready,
     guest_report_due,
+    lease_recheck,
     placed,
     report,
     requeue_after,
     unreachable,
     while_migrating,
 )
-from app.controllers.instance_status import Observed, add_guest_report, render
-from app.controllers.naming import domain_name, seed_file, volume_file
+from app.controllers.instance_status import Observed, add_guest_report, interfaces_status, render
+from app.controllers.naming import default_network, domain_name, seed_file, volume_file
 from app.controllers.operations import run_queued
 from app.controllers.placement import (
     Picked,
@@ -79,6 +81,8 @@ from app.virt.driver import (
     HypervisorEvent,
     HypervisorUnavailable,
     InvalidOperation,
+    NetworkConfig,
+    NicAddress,
     NodeHypervisors,
     ShutdownMode,
 )
@@ -158,6 +162,7 @@ class Outcome:
     plan: Plan | None = None  # its progress and intent are folded into the row's
     requeue: float | None = None
     guest: JsonObject | None = None  # a fresh guest agent report to store
+    nics: list[NicAddress] | None = None  # the domain's NICs and leased addresses, when looked at
 
 
 class InstanceReconciler:
@@ -170,12 +175,13 @@ class InstanceReconciler:
         image_dir: Path,
         volume_dir: str = "/var/lib/corral/instances",
         clock: Clock = utc_now,
+        network: NetworkConfig | None = None,
     ) -> None:
         self.db = db
         self.hypervisors = hypervisors
         self.image_dir = image_dir
         self.images = ImageCache(db, clock)
-        self.definer = Definer(volume_dir)
+        self.definer = Definer(volume_dir, network or default_network())
         self.clock = clock
 
     # -- entry ---------------------------------------------------------------------------------------
@@ -239,7 +245,12 @@ class InstanceReconciler:
         if hv.capabilities.guest_agent:
             agent = domain.state is DomainState.RUNNING and hv.agent_connected(loaded.domain)
         observed = report(loaded.desired, plan, domain, agent)
-        return Outcome(observed, plan, requeue_after(plan, observed))
+        nics = hv.nic_addresses(loaded.domain) if domain.state in POWERED else []
+        requeue = requeue_after(plan, observed)
+        if hv.capabilities.runs_guests:  # libvirt's test driver hands out no leases
+            lease = lease_recheck(nics, observed.phase, plan.progress.last_start_at, self.clock())
+            requeue = min((r for r in (requeue, lease) if r is not None), default=None)
+        return Outcome(observed, plan, requeue, nics=nics)
 
     def _execute(self, loaded: LoadedInstance, hv: Hypervisor, plan: Plan) -> Observed | None:
         """Carry the plan's actions out in order; the failure to report when one cannot be done."""
@@ -455,6 +466,9 @@ class InstanceReconciler:
         guest = row.guest if outcome.guest is None else outcome.guest
         if outcome.guest is not None:
             add_guest_report(status, outcome.guest, at)
+        if outcome.nics is not None:
+            names = [nic.name for nic in loaded.spec.domain.devices.interfaces] or ["default"]
+            status["interfaces"] = interfaces_status(names, outcome.nics, guest or {})
         same = status == (row.status or {}) and progress == progress_of(row) and intent == intent_of(row)
         if same and guest == row.guest:
             return

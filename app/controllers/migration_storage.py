@@ -14,7 +14,15 @@ from app.controllers.placement import MIB
 from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, plan_volumes
 from app.virt import images
 from app.virt.disk_import import data_volume_file
-from app.virt.driver import STORAGE_POOL, DomainInfo, DomainNotFound, DomainState, Hypervisor, HypervisorError
+from app.virt.driver import (
+    STORAGE_POOL,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    Hypervisor,
+    HypervisorError,
+    NetworkConfig,
+)
 
 log = logging.getLogger(__name__)
 # A QEMU process exists for the domain: never undefine or remove volumes under it.
@@ -32,10 +40,13 @@ class StorageProblem(Exception):
 
 
 class MigrationStorage:
-    def __init__(self, connect: NodeConnector, resolver_on: ResolverOn, volume_dir: str) -> None:
+    def __init__(
+        self, connect: NodeConnector, resolver_on: ResolverOn, volume_dir: str, network: NetworkConfig
+    ) -> None:
         self.connect = connect
         self.resolver_on = resolver_on
         self.volume_dir = volume_dir
+        self.network = network
 
     def volumes_to_copy(
         self, instance: MigratingInstance, target: str, known: list[str], probe: str
@@ -45,6 +56,7 @@ class MigrationStorage:
         try:
             target_hv = self.connect(target)
             target_hv.ensure_pool(STORAGE_POOL, self.volume_dir)
+            target_hv.ensure_network(self.network)  # the guest's NICs name it
             target_hv.refresh_pool(STORAGE_POOL)  # volumes another node created are unknown until then
             source_hv = self.connect(str(instance.node))
             volumes = [volume_file(instance.uid, v) for v in instance.volumes]

@@ -38,6 +38,7 @@ from app.controllers.migration_decisions import (
 from app.controllers.migration_policy import Policy, completion_timeout, downtime_ramp
 from app.controllers.migration_rows import LoadedMigration, MigrationRows, NodeEndpoints, in_flight
 from app.controllers.migration_storage import MigrationStorage, StorageProblem
+from app.controllers.naming import default_network
 from app.controllers.placement import Request, choose, cluster_views, unschedulable_message, why_not
 from app.controllers.switchover import SwitchoverClock
 from app.controllers.volumes import ImageResolver
@@ -53,6 +54,7 @@ from app.virt.driver import (
     HypervisorError,
     HypervisorEvent,
     MigrationOptions,
+    NetworkConfig,
     NodeHypervisors,
 )
 
@@ -75,10 +77,12 @@ class MigrationReconciler:
         per_node: int = 2,
         volume_dir: str = "/var/lib/corral/instances",
         clock: Clock = utc_now,
+        network: NetworkConfig | None = None,
     ) -> None:
         self.db = db
         self.hypervisors = hypervisors
         self.defaults = defaults
+        self.network = network or default_network()
         self.per_node = per_node
         self.clock = clock
         self.rows = MigrationRows(db, clock)
@@ -395,7 +399,8 @@ class MigrationReconciler:
         return m.nodes[node]
 
     def _storage(self, m: LoadedMigration) -> MigrationStorage:
-        return MigrationStorage(partial(self._hypervisor, m), partial(self._resolver, m), self.volume_dir)
+        connect, resolver_on = partial(self._hypervisor, m), partial(self._resolver, m)
+        return MigrationStorage(connect, resolver_on, self.volume_dir, self.network)
 
     def _resolver(self, m: LoadedMigration, node: str) -> ImageResolver:
         """Images on `node` for the migrating instance: on the target, the digests the source holds."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from app.schemas.records import InstanceProgress
+from app.virt.driver import NetworkConfig
+
+DEFAULT_NETWORK = "corral-default"
+DEFAULT_BRIDGE = "corral0"
 
 
 def domain_name(namespace: str, name: str, uid: str, progress: InstanceProgress) -> str:
@@ -18,3 +24,13 @@ def volume_file(uid: str, volume: str) -> str:
 def seed_file(uid: str, volume: str) -> str:
     """An instance's cloud-init seed image in the storage pool: `<uid>-<volume name>.iso`."""
     return f"{uid}-{volume}.iso"
+
+
+def default_network(cidr: str = "10.88.0.0/16") -> NetworkConfig:
+    """The NAT network on every node: the node is the subnet's first address; DHCP hands out the rest
+    (after a few kept for the operator)."""
+    subnet = ipaddress.ip_network(cidr)
+    first, last = subnet.network_address + 1, subnet.broadcast_address - 1
+    return NetworkConfig(
+        DEFAULT_NETWORK, DEFAULT_BRIDGE, str(first), subnet.prefixlen, str(first + 9), str(last)
+    )

@@ -83,6 +83,33 @@ class Interface(ApiModel):
     bridge: InterfaceBinding | None = None
 
 
+class PodNetwork(ApiModel):
+    vm_network_cidr: str | None = Field(
+        default=None, description="Accepted for KubeVirt compatibility; the node's NAT network decides."
+    )
+
+
+class MultusNetwork(ApiModel):
+    network_name: str = Field(max_length=253, description="A cluster Network resource (not available yet).")
+    default: StrictBool = False
+
+
+class Network(ApiModel):
+    """KubeVirt's network: `pod: {}` is the NAT network Corral runs on every node."""
+
+    name: DnsLabel
+    pod: PodNetwork | None = None
+    multus: MultusNetwork | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Network:
+        if (self.pod is None) == (self.multus is None):
+            raise ValueError("a network is exactly one of pod or multus")
+        if self.multus is not None:
+            raise ValueError(f"multus.networkName: no Network named {self.multus.network_name!r}")
+        return self
+
+
 class ChannelTarget(ApiModel):
     name: str = Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -303,10 +330,32 @@ def data_volume_names(spec: InstanceSpec) -> list[str]:
 class InstanceSpec(ApiModel):
     domain: DomainSpec = Field(default_factory=DomainSpec)
     volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    networks: list[Network] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Each interface names one. None given: every interface (one when none are given) is on "
+        "the node's NAT network (`pod: {}`).",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     run_strategy: RunStrategy = "Always"
     termination_grace_period_seconds: int = Field(default=30, ge=0, le=3600)
     hostname: DnsLabel | None = None
+
+    @model_validator(mode="after")
+    def _interfaces_have_networks(self) -> InstanceSpec:
+        networks = {n.name: n for n in self.networks}
+        macs: set[str] = set()
+        for i, nic in enumerate(self.domain.devices.interfaces):
+            where = f"spec.domain.devices.interfaces[{i}]"
+            if self.networks and nic.name not in networks:
+                raise ValueError(f"{where}.name: no network named {nic.name!r} in spec.networks")
+            if nic.masquerade is not None and nic.bridge is not None:
+                raise ValueError(f"{where}: one binding, masquerade or bridge")
+            if nic.mac_address is not None:
+                if nic.mac_address.lower() in macs:
+                    raise ValueError(f"{where}.macAddress: {nic.mac_address} is given twice")
+                macs.add(nic.mac_address.lower())
+        return self
 
     @model_validator(mode="after")
     def _one_cloud_init(self) -> InstanceSpec:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from app.virt.driver import NetworkConfig
+
 METADATA_NS = "https://corral.dev/xmlns/libvirt/instance/v1"
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
@@ -22,6 +24,10 @@ class DiskConfig:
 
 @dataclass(frozen=True)
 class InterfaceConfig:
+    """A NIC on a libvirt network (`network`) or on an existing host bridge (`bridge`)."""
+
+    network: str | None = None
+    bridge: str | None = None
     model: str = "virtio"
     mac: str | None = None
 
@@ -111,8 +117,14 @@ def build_domain_xml(config: DomainConfig) -> str:
         if disk.serial:
             _sub(disk_el, "serial", disk.serial)
     for nic in config.interfaces:
-        # User-mode networking: works on any host without bridges; richer bindings come with networks.
-        nic_el = _sub(devices, "interface", type="user")
+        if nic.bridge is not None:
+            nic_el = _sub(devices, "interface", type="bridge")
+            _sub(nic_el, "source", bridge=nic.bridge)
+        elif nic.network is not None:
+            nic_el = _sub(devices, "interface", type="network")
+            _sub(nic_el, "source", network=nic.network)
+        else:
+            raise ValueError("an interface is on a network or a bridge")
         if nic.mac:
             _sub(nic_el, "mac", address=nic.mac)
         _sub(nic_el, "model", type=nic.model)
@@ -152,3 +164,15 @@ def build_domain_xml(config: DomainConfig) -> str:
         _sub(video, "model", type="none")
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+def network_xml(network: NetworkConfig) -> str:
+    """A routed-out NAT network: a bridge with the node's address, DHCP over the range, masquerading."""
+    root = ET.Element("network")
+    _sub(root, "name", network.name)
+    _sub(root, "forward", mode="nat")
+    _sub(root, "bridge", name=network.bridge, stp="on", delay="0")
+    ip = _sub(root, "ip", address=network.address, prefix=str(network.prefix))
+    dhcp = _sub(ip, "dhcp")
+    _sub(dhcp, "range", start=network.dhcp_start, end=network.dhcp_end)
+    return ET.tostring(root, encoding="unicode")

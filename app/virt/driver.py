@@ -138,6 +138,26 @@ class MigrationOptions:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """A NAT network with DHCP that libvirt runs on a node (bridge, dnsmasq, masquerading)."""
+
+    name: str
+    bridge: str
+    address: str  # the node's address on it, the guests' gateway, e.g. 10.88.0.1
+    prefix: int  # e.g. 16
+    dhcp_start: str
+    dhcp_end: str
+
+
+@dataclass(frozen=True)
+class NicAddress:
+    """A guest NIC as libvirt knows it: its MAC, and its addresses from the network's DHCP leases."""
+
+    mac: str
+    addresses: tuple[str, ...]  # e.g. ("10.88.0.23",)
+
+
+@dataclass(frozen=True)
 class JobProgress:
     """A domain's job as libvirt reports it (a running migration, or the last completed one)."""
 
@@ -278,6 +298,14 @@ class Hypervisor(Protocol):
 
     def volume_backings(self, pool: str) -> set[str]:
         """Paths of the backing files the pool's volumes are overlays on (what must not be removed)."""
+        ...
+
+    def ensure_network(self, network: NetworkConfig) -> None:
+        """The network defined (autostarted) and active; an existing one of that name is kept as it is."""
+        ...
+
+    def nic_addresses(self, name: str) -> list[NicAddress]:
+        """The domain's NICs in their order, each with its addresses from its network's DHCP leases."""
         ...
 
     def node_devices(self) -> list[NodeDevice]:

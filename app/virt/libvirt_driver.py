@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import libvirt
 import libvirt_qemu
 
-from app.virt.domain_xml import GUEST_AGENT_CHANNEL
+from app.virt.domain_xml import GUEST_AGENT_CHANNEL, network_xml
 from app.virt.driver import (
     AgentUnavailable,
     Capabilities,
@@ -42,6 +42,8 @@ from app.virt.driver import (
     InvalidOperation,
     JobProgress,
     MigrationOptions,
+    NetworkConfig,
+    NicAddress,
     NodeDevice,
     ShutdownMode,
 )
@@ -699,6 +701,42 @@ class LibvirtHypervisor:
                 created.delete(0)
             raise
         return str(self._call(created.path))
+
+    # -- networks ------------------------------------------------------------------------------------
+    def ensure_network(self, network: NetworkConfig) -> None:
+        try:
+            net = self._call(lambda: self._conn.networkLookupByName(network.name))
+        except HypervisorError as exc:
+            if exc.code != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            net = self._call(lambda: self._conn.networkDefineXML(network_xml(network)))
+            self._call(lambda: net.setAutostart(1))
+        if not self._call(net.isActive):
+            try:
+                self._call(net.create)
+            except HypervisorError:
+                if not self._call(net.isActive):  # another pass started it meanwhile: fine
+                    raise
+
+    def nic_addresses(self, name: str) -> list[NicAddress]:
+        dom = self._domain(name)
+        macs = [
+            str(mac.get("address", "")).lower()
+            for mac in ET.fromstring(self._call(lambda: dom.XMLDesc(0))).iterfind("devices/interface/mac")
+        ]
+        try:
+            found = self._call(
+                lambda: dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+            )
+        except HypervisorUnavailable:
+            raise
+        except HypervisorError:
+            found = {}  # not running, or the driver keeps no leases (libvirt's test driver)
+        leased = {
+            str(nic.get("hwaddr") or "").lower(): tuple(str(a["addr"]) for a in nic.get("addrs") or [])
+            for nic in (found or {}).values()
+        }
+        return [NicAddress(mac, leased.get(mac, ())) for mac in macs]
 
     # -- host devices --------------------------------------------------------------------------------
     def node_devices(self) -> list[NodeDevice]:

@@ -13,6 +13,7 @@ from app.controllers.image_cache import ImagePuller, RegistryConfig
 from app.controllers.instances import InstanceReconciler
 from app.controllers.migration_policy import Policy
 from app.controllers.migrations import MigrationReconciler
+from app.controllers.naming import default_network
 from app.controllers.nodes import NodeReconciler
 from app.controllers.pools import PoolReconciler
 from app.db import Database
@@ -96,6 +97,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     reconcilers: list[Reconciler] = []
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
     connections = NodeConnections(connect, bridge)
+    network = default_network(settings.default_network_cidr)
     reconcilers += [
         NodeReconciler(
             db,
@@ -104,11 +106,16 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
             settings.cpu_allocation_ratio,
             settings.device_inventory_seconds,
         ),
-        InstanceReconciler(db, connections, settings.image_dir),
+        InstanceReconciler(db, connections, settings.image_dir, network=network),
         PoolReconciler(db, settings.pool_burst),
     ]
     migrations = MigrationReconciler(
-        db, connections, migration_defaults(settings), settings.image_dir, settings.migrations_per_node
+        db,
+        connections,
+        migration_defaults(settings),
+        settings.image_dir,
+        settings.migrations_per_node,
+        network=network,
     )
     reconcilers.append(migrations)
     bridge.observers.append(migrations.switchovers.observe)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.controllers.instance_status import add_guest_report, phase_of
-from app.virt.driver import DomainInfo, DomainState
+from app.controllers.instance_status import add_guest_report, interfaces_status, phase_of
+from app.virt.driver import DomainInfo, DomainState, NicAddress
 from tests.virt.test_guest_parsing import real_report
 
 
@@ -38,18 +38,25 @@ def test_libvirt_state_to_phase(
     assert phase_of(info(state, reason), stopping=stopping, ever_started=started) == expected
 
 
+def test_interfaces_join_the_dhcp_leases_and_the_guest_agent_by_mac() -> None:
+    nics = [NicAddress("52:54:00:12:34:56", ("10.88.0.23",)), NicAddress("52:54:00:aa:bb:cc", ())]
+    assert interfaces_status(["default", "backup"], nics, real_report()) == [
+        {
+            "name": "default",
+            "interfaceName": "eth0",
+            "mac": "52:54:00:12:34:56",
+            "ipAddress": "10.88.0.23",
+            "ipAddresses": ["10.88.0.23", "10.0.2.15", "fe80::5054:ff:fe12:3456"],
+            "infoSource": "domain, guest-agent",
+        },
+        {"name": "backup", "mac": "52:54:00:aa:bb:cc", "ipAddresses": [], "infoSource": "domain"},
+    ]
+    assert interfaces_status(["default"], [], real_report()) == []  # not running: no NICs
+
+
 def test_a_guest_report_in_the_status() -> None:
     status: dict[str, typing.Any] = {}
     add_guest_report(status, real_report(), datetime.now(UTC))
     assert status["guestOSInfo"]["kernelRelease"] == "6.1.0-41-cloud-amd64"
-    assert status["interfaces"] == [
-        {
-            "interfaceName": "eth0",
-            "mac": "52:54:00:12:34:56",
-            "ipAddress": "10.0.2.15",
-            "ipAddresses": ["10.0.2.15", "fe80::5054:ff:fe12:3456"],
-            "infoSource": "guest-agent",
-        }
-    ]
     agent = {c["type"]: (c["status"], c["message"]) for c in status["conditions"]}["AgentVersionNotSupported"]
     assert agent[0] == "True" and agent[1].startswith("qemu-ga 7.2.22 lacks ")

@@ -233,14 +233,28 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
         view = guest.json()
         assert view["osInfo"]["id"] == "debian" and view["hostname"]["hostname"] == "test-vmi"
         assert view["osInfo"]["observedAt"] and "guest-exec" in view["supportedCommands"]["items"]
-        eth0 = next(i for i in view["interfaces"]["items"] if i["name"] == "eth0")
-        assert "10.0.2.15" in [a["address"] for a in eth0["ipAddresses"]]
         status = serve.get("test-vmi")["status"]
         assert status["guestOSInfo"]["prettyName"].startswith("Debian")
-        assert status["interfaces"][0]["ipAddress"] == "10.0.2.15"
         assert conditions(serve.get("test-vmi"))["AgentVersionNotSupported"] == "False"
+        # The NIC is on the node's NAT network: its DHCP lease shows in status.interfaces by itself.
+        lease = wait_for(
+            lambda: next(
+                (i for i in serve.get("test-vmi")["status"].get("interfaces", []) if i.get("ipAddress")), None
+            ),
+            timeout=30,
+            interval=0.2,
+            what="a DHCP lease in status.interfaces",
+        )
+        assert (
+            lease["name"] == "default"
+            and lease["ipAddress"].startswith("10.88.")
+            and "domain" in lease["infoSource"]
+        )
         fresh = serve.client.get(f"{INSTANCES}/test-vmi/guest/interfaces", params={"refresh": "true"})
         assert fresh.status_code == 200 and fresh.json()["observedAt"] > view["observedAt"]
+        eth0 = next(i for i in fresh.json()["items"] if i["name"] == "eth0")
+        assert lease["ipAddress"] in [a["address"] for a in eth0["ipAddresses"]]  # the guest agrees
+        assert eth0["mac"] == lease["mac"]
     else:  # the test driver runs no guest: no agent to ask
         assert guest.status_code == 409 and "AgentConnected=Unknown" in guest.json()["detail"]
 

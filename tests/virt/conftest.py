@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.controllers.naming import default_network
 from app.virt.domain_xml import DomainConfig, InterfaceConfig, KernelBoot
 from app.virt.driver import Hypervisor, HypervisorError
 from app.virt.libvirt_driver import connect
@@ -35,6 +36,7 @@ def hypervisor(request: pytest.FixtureRequest) -> Iterator[Hypervisor]:
         pytest.fail(
             f"libvirt at {request.param} is required: {exc}. Run scripts/setup-host.sh.", pytrace=False
         )
+    hv.ensure_network(default_network())  # the contract's guests have a NIC on it
     yield hv
     hv.close()
 
@@ -62,7 +64,7 @@ def guest_config(hv: Hypervisor, tmp_path: Path) -> DomainConfig:
             str(image / "initrd.img"),
             f"console=ttyS0 quiet panic=-1 corral.hostname={name}",
         ),
-        interfaces=(InterfaceConfig(),),
+        interfaces=(InterfaceConfig(network=default_network().name),),
         console_log=str(tmp_path / "console.log"),
         metadata={"namespace": "contract", "name": name},
     )

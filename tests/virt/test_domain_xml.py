@@ -21,7 +21,7 @@ CASES = {
         memory_mib=1024,
         kernel_boot=KernelBoot("/images/k/vmlinuz", "/images/k/initrd.img", "console=ttyS0 quiet"),
         disks=(DiskConfig("/var/lib/corral/instances/web-1/root.qcow2", "vda"),),
-        interfaces=(InterfaceConfig(mac="52:54:00:12:34:56"),),
+        interfaces=(InterfaceConfig(network="corral-default", mac="52:54:00:12:34:56"),),
         console_log="/var/log/corral/web-1.log",
         metadata={"namespace": "default", "name": "web-1", "uid": "0e4a1c9e-7d3b-4f0a-9d5c-2b1f7a6e8c01"},
     ),
@@ -35,8 +35,10 @@ CASES = {
         disks=(
             DiskConfig("/v/db-0.qcow2", "vda", serial="root"),
             DiskConfig("/v/seed.raw", "vdb", format="raw", readonly=True),
+            DiskConfig("/v/seed.iso", "sda", format="raw", bus="sata", readonly=True, device="cdrom"),
         ),
         cpu_topology=(1, 4, 1),
+        interfaces=(InterfaceConfig(bridge="br0"),),
         guest_agent=True,
     ),
     "kvm-passthrough": DomainConfig(
