@@ -50,10 +50,11 @@ add_module() {
   for dep in $(grep "^$m:" "$moddir/modules.dep" | cut -d: -f2); do add_module "$dep"; done
   echo "$m" >> "$r/etc/modules.order"
 }
-# ahci + sr_mod + isofs: a cloud-init seed on a SATA CD-ROM can be mounted and read.
-for want in virtio_pci virtio_console virtio_net virtio_balloon virtio_blk button evdev ahci sr_mod isofs; do
+# virtio_scsi + sr_mod + isofs: a cloud-init seed on a (virtio-scsi) CD-ROM can be mounted and read.
+for want in virtio_pci virtio_console virtio_net virtio_balloon virtio_blk virtio_scsi sr_mod isofs button evdev; do
   path=$(grep -E "/$want\.ko(\.xz|\.zst)?:" "$moddir/modules.dep" | head -1 | cut -d: -f1)
-  [ -n "$path" ] && add_module "$path"
+  [ -n "$path" ] || { echo "[build-test-guest] the kernel has no module $want" >&2; exit 1; }
+  add_module "$path"
 done
 while read -r m; do mkdir -p "$r/lib/modules/$(dirname "$m")"; cp "$moddir/$m" "$r/lib/modules/$m"; done < "$r/etc/modules.order"
 

@@ -99,8 +99,8 @@ class Definer:
         path = store_seed(hv, uid, name, seed, self.volume_dir)
         if not existed:
             undo.callback(hv.delete_volume, STORAGE_POOL, seed_file(uid, name))
-        # SATA: a CD-ROM bus every machine type offers (libvirt adds the controller).
-        return DiskConfig(path=path, target="sda", format="raw", bus="sata", readonly=True, device="cdrom")
+        # virtio-scsi: every machine type takes it and cloud kernels carry its driver (many have no AHCI).
+        return DiskConfig(path=path, target="sda", format="raw", bus="scsi", readonly=True, device="cdrom")
 
     @staticmethod
     def _volume(hv: Hypervisor, volume: PlannedVolume, undo: ExitStack) -> DiskConfig:

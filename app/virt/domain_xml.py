@@ -116,6 +116,8 @@ def build_domain_xml(config: DomainConfig) -> str:
             _sub(disk_el, "readonly")
         if disk.serial:
             _sub(disk_el, "serial", disk.serial)
+    if any(disk.bus == "scsi" for disk in config.disks):
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for nic in config.interfaces:
         if nic.bridge is not None:
             nic_el = _sub(devices, "interface", type="bridge")

@@ -35,7 +35,7 @@ def test_the_seed_is_a_cdrom_made_in_the_pool_and_removed_with_the_instance(
     disks = ET.fromstring(hv.domain_xml(running["status"]["domainName"])).findall("devices/disk")
     cdrom = next(d for d in disks if d.get("device") == "cdrom")
     assert cdrom.find("source").get("file") == seed  # type: ignore[union-attr]
-    assert cdrom.find("target").get("bus") == "sata" and cdrom.find("readonly") is not None  # type: ignore[union-attr]
+    assert cdrom.find("target").get("bus") == "scsi" and cdrom.find("readonly") is not None  # type: ignore[union-attr]
     api.delete(f"{BASE}/seeded")
     wait_for(lambda: api.get(f"{BASE}/seeded").status_code == 404, what="deleted")
     assert hv.volume_path(STORAGE_POOL, f"{uid}-cloudinit.iso") is None

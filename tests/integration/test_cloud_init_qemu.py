@@ -54,7 +54,7 @@ def agent_up(api: httpx.Client, name: str, after: str | None = None) -> None:
 
 
 def read_seed(api: httpx.Client, name: str, path: str) -> str:
-    mount = "mountpoint -q /mnt/seed || mount -t iso9660 -o ro /dev/sr0 /mnt/seed"
+    mount = "grep -q ' /mnt/seed ' /proc/mounts || mount -t iso9660 -o ro /dev/sr0 /mnt/seed"
     script = f"mkdir -p /mnt/seed && ({mount}) && cat /mnt/seed/{path}"
     ran = api.post(f"{INSTANCES}/{name}/guest/exec", json={"command": ["/bin/sh", "-c", script]})
     assert ran.status_code == 200 and ran.json()["exitCode"] == 0, ran.text

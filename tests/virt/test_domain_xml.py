@@ -35,7 +35,7 @@ CASES = {
         disks=(
             DiskConfig("/v/db-0.qcow2", "vda", serial="root"),
             DiskConfig("/v/seed.raw", "vdb", format="raw", readonly=True),
-            DiskConfig("/v/seed.iso", "sda", format="raw", bus="sata", readonly=True, device="cdrom"),
+            DiskConfig("/v/seed.iso", "sda", format="raw", bus="scsi", readonly=True, device="cdrom"),
         ),
         cpu_topology=(1, 4, 1),
         interfaces=(InterfaceConfig(bridge="br0"),),
