@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from app.models import DataVolumeRow, InstanceRow, MigrationRow, NodeRow, PoolRow, ResourceRow
+from app.models import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow, PoolRow, ResourceRow
 from app.schemas.auth import Role
 from app.schemas.common import ApiModel
 from app.schemas.datavolume import DataVolume, DataVolumeBody, DataVolumeList, DataVolumeSpec
 from app.schemas.instance import Instance, InstanceBody, InstanceList, InstanceSpec
 from app.schemas.migration import Migration, MigrationBody, MigrationList, MigrationSpec
+from app.schemas.network import NetworkBody, NetworkList, NetworkObject, NetworkSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
 from app.schemas.pool import Pool, PoolBody, PoolList, PoolSpec
 
@@ -118,4 +119,21 @@ DATAVOLUMES = Kind(
     write_role=Role.operator,
 )
 
-KINDS: dict[str, Kind[Any]] = {k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS, DATAVOLUMES)}
+NETWORKS = Kind(
+    kind="Network",
+    api_version="corral.dev/v1",
+    row=NetworkRow,
+    namespaced=False,
+    plural="networks",
+    singular="Network",
+    api_versions=("corral.dev/v1",),
+    spec_model=NetworkSpec,
+    body_model=NetworkBody,
+    object_model=NetworkObject,
+    list_model=NetworkList,
+    write_role=Role.admin,
+)
+
+KINDS: dict[str, Kind[Any]] = {
+    k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS, DATAVOLUMES, NETWORKS)
+}

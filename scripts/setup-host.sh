@@ -26,7 +26,7 @@ need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-network 2>/dev/null | grep -q bpo12 || need_install=1
 for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini \
-  docker-registry syslinux mtools dosfstools dnsmasq-base nftables; do
+  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -40,7 +40,7 @@ if [ "$need_install" = 1 ]; then
     libvirt-daemon-driver-storage/$B libvirt-daemon-driver-network/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
     busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
-    dnsmasq-base nftables >/dev/null
+    dnsmasq-base nftables iputils-ping >/dev/null
 fi
 
 # QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.

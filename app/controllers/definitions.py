@@ -7,17 +7,19 @@ created, so nothing half-made is left for the next pass to trip on.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
-from app.controllers.naming import seed_file
+from app.controllers.naming import network_for, seed_file
 from app.controllers.placement import MIB
 from app.controllers.volumes import DataVolumeMissing, DiskFinder, ImageResolver, PlannedVolume, plan_volumes
 from app.disks.cloudinit import Seed, SeedKind, build_iso
-from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
+from app.schemas.instance import InstanceSpec, Interface, requested_memory, requested_vcpus
+from app.schemas.network import NetworkSpec
 from app.virt import images
 from app.virt.disk_import import store_file
 from app.virt.domain_xml import DiskConfig, DomainConfig, InterfaceConfig, KernelBoot, build_domain_xml
@@ -54,7 +56,13 @@ class Definer:
         self._pools_ready: set[str] = set()  # node URIs
 
     def define(
-        self, hv: Hypervisor, owner: Owner, spec: InstanceSpec, resolve: ImageResolver, find_disk: DiskFinder
+        self,
+        hv: Hypervisor,
+        owner: Owner,
+        spec: InstanceSpec,
+        resolve: ImageResolver,
+        find_disk: DiskFinder,
+        networks: Mapping[str, NetworkSpec],
     ) -> Observed | None:
         """Create the volumes and define the domain; None when done, else what to report instead."""
         try:
@@ -72,17 +80,47 @@ class Definer:
                 raise
             except HypervisorError as exc:
                 return Observed("Failed", "NodeNotReady", f"the node's storage pool or network: {exc}"[:500])
+            try:
+                nics = self._nics(hv, spec, networks)
+            except LookupError as exc:
+                return Observed("Failed", "NetworkNotFound", str(exc))
             disks = [self._volume(hv, volume, undo) for volume in planned]
             seed = seed_of(owner, spec)
             if seed is not None:
                 disks.append(self._seed(hv, owner.uid, *seed, undo))
-            config = domain_config(owner, spec, boot_image, tuple(disks), hv, self.network.name)
+            config = domain_config(owner, spec, boot_image, tuple(disks), hv, nics)
             try:
                 hv.define(build_domain_xml(config))
             except InvalidDomainConfig as exc:
                 return Observed("Failed", "InvalidConfiguration", str(exc)[:500])
             undo.pop_all()
         return None
+
+    def _nics(
+        self, hv: Hypervisor, spec: InstanceSpec, networks: Mapping[str, NetworkSpec]
+    ) -> tuple[InterfaceConfig, ...]:
+        """Each interface on its network: the node's NAT network for `pod: {}` (and for every interface when
+        the spec names no networks), a host bridge or a NAT network of its own for a Network resource.
+        Raises LookupError naming a Network that is gone."""
+        named = {n.name: n for n in spec.networks}
+        nics = []
+        for nic in spec.domain.devices.interfaces or [Interface(name="default")]:
+            network = named.get(nic.name)
+            if network is None or network.multus is None:
+                nics.append(InterfaceConfig(network=self.network.name, model=nic.model, mac=nic.mac_address))
+                continue
+            wanted = network.multus.network_name
+            target = networks.get(wanted)
+            if target is None:
+                raise LookupError(f"no Network named {wanted!r}")
+            if target.bridge is not None:
+                nics.append(InterfaceConfig(bridge=target.bridge.name, model=nic.model, mac=nic.mac_address))
+                continue
+            assert target.nat is not None
+            libvirt_network = network_for(wanted, target.nat.cidr)
+            hv.ensure_network(libvirt_network)
+            nics.append(InterfaceConfig(network=libvirt_network.name, model=nic.model, mac=nic.mac_address))
+        return tuple(nics)
 
     def forget_pool(self, hv: Hypervisor) -> None:
         self._pools_ready.discard(hv.uri)
@@ -141,7 +179,7 @@ def domain_config(
     boot_image: images.Image,
     disks: tuple[DiskConfig, ...],
     hv: Hypervisor,
-    network: str,
+    nics: tuple[InterfaceConfig, ...],
 ) -> DomainConfig:
     """The domain for the spec on this node (pure but for reading the backend's capabilities)."""
     kernel = None
@@ -155,11 +193,6 @@ def domain_config(
     topology = None
     if cpu is not None and (cpu.cores or cpu.sockets or cpu.threads):
         topology = (cpu.sockets or 1, cpu.cores or 1, cpu.threads or 1)
-    # Every interface is on the node's NAT network (the only network kind there is yet: `pod: {}`).
-    nics = tuple(
-        InterfaceConfig(network=network, model=i.model, mac=i.mac_address)
-        for i in spec.domain.devices.interfaces
-    )
     console = f"/var/log/libvirt/qemu/{owner.domain}-console.log" if capabilities.console_log else None
     return DomainConfig(
         name=owner.domain,
@@ -170,7 +203,7 @@ def domain_config(
         machine=spec.domain.machine.type if spec.domain.machine else "pc",
         kernel_boot=kernel,
         disks=disks,
-        interfaces=nics or (InterfaceConfig(network=network),),
+        interfaces=nics,
         console_log=console,
         metadata={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
         cpu_topology=topology,

@@ -56,8 +56,8 @@ from app.controllers.placement import (
 )
 from app.controllers.volumes import DataVolumeMissing, DiskFinder, volume_names
 from app.db import Database
-from app.kinds import DATAVOLUMES, INSTANCES, MIGRATIONS, NODES, POOLS
-from app.models import DataVolumeRow, InstanceRow, MigrationRow, NodeRow
+from app.kinds import DATAVOLUMES, INSTANCES, MIGRATIONS, NETWORKS, NODES, POOLS
+from app.models import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository
 from app.repositories.instances import InstanceRepository, intent_of, progress_of, set_intent, set_progress
@@ -67,6 +67,7 @@ from app.schemas.conditions import find_condition
 from app.schemas.devices import device_needs
 from app.schemas.instance import InstanceSpec, data_volume_names, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED
+from app.schemas.network import NetworkSpec
 from app.schemas.pool import CLAIMED_LABEL, POOL_LABEL
 from app.schemas.records import InstanceIntent, InstanceProgress, MigrationLock
 from app.virt.disk_import import data_volume_file
@@ -124,6 +125,7 @@ class LoadedInstance:
     pci_devices: tuple[str, ...] = ()  # PCI addresses of the host devices it holds
     mdevs: tuple[tuple[str, str, str], ...] = ()  # its mediated devices: (parent, type, uuid)
     data_volumes: dict[str, DataVolumeRef] = field(default_factory=dict)  # by name, those that exist
+    networks: dict[str, NetworkSpec] = field(default_factory=dict)  # the Network resources it names
 
     @property
     def domain(self) -> str:
@@ -259,9 +261,9 @@ class InstanceReconciler:
                 waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
                 node = loaded.node_name or ""
                 resolve = resolver(self.image_dir, self.images, hv, node, waiter, loaded.created)
-                failure = self.definer.define(
-                    hv, loaded.owner, loaded.spec, resolve, _disk_finder(loaded, hv)
-                )
+                disks = _disk_finder(loaded, hv)
+                owner, spec = loaded.owner, loaded.spec
+                failure = self.definer.define(hv, owner, spec, resolve, disks, loaded.networks)
                 if failure is not None:
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
@@ -433,6 +435,7 @@ class InstanceReconciler:
                 pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid)),
                 mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if row.node_name else (),
                 data_volumes=_data_volumes(session, namespace, row.spec),
+                networks=_networks(session, row.spec),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
@@ -502,6 +505,17 @@ def _data_volumes(session: Session, namespace: str, spec: JsonObject) -> dict[st
             found[name] = DataVolumeRef(
                 row.uid, row.node_name, str((row.status or {}).get("phase", "Pending"))
             )
+    return found
+
+
+def _networks(session: Session, spec: JsonObject) -> dict[str, NetworkSpec]:
+    repo = ResourceRepository[NetworkRow](session, NETWORKS)
+    found = {}
+    for network in InstanceSpec.model_validate(spec).networks:
+        if network.multus is not None:
+            row = repo.get("", network.multus.network_name)
+            if row is not None:
+                found[row.name] = NetworkSpec.model_validate(row.spec)
     return found
 
 

@@ -14,7 +14,7 @@ from app.controllers.placement import NodeView
 from app.schemas.instance import InstanceSpec
 from app.schemas.migration import MigrationState, phase_refusal
 from app.schemas.records import MigrationLock
-from app.virt.driver import DomainInfo, DomainState, JobProgress
+from app.virt.driver import DomainInfo, DomainState, JobProgress, NetworkConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class MigratingInstance:
     unmigratable: str | None  # the LiveMigratable=False reason
     data_volumes: tuple[AttachedDisk, ...] = ()  # the DataVolumes it attaches
     hostname: str = ""  # what its cloud-init seed names it (a target gets the same seed)
+    nat_networks: tuple[NetworkConfig, ...] = ()  # the NAT Networks its NICs are on (a target needs them)
 
 
 @dataclass(frozen=True)

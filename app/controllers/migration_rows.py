@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339
 from app.controllers.migration_decisions import AttachedDisk, MigratingInstance, merged
-from app.controllers.naming import domain_name
+from app.controllers.naming import domain_name, network_for
 from app.db import Database
-from app.kinds import DATAVOLUMES, INSTANCES, NODES
-from app.models import DataVolumeRow, InstanceRow, NodeRow
+from app.kinds import DATAVOLUMES, INSTANCES, NETWORKS, NODES
+from app.models import DataVolumeRow, InstanceRow, NetworkRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.instances import progress_of, set_progress
 from app.repositories.migrations import MigrationRepository
@@ -24,7 +24,9 @@ from app.schemas.common import JsonObject
 from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec, data_volume_names
 from app.schemas.migration import FINISHED, IN_FLIGHT, MigrationSpec, MigrationState
+from app.schemas.network import NetworkSpec
 from app.schemas.records import MigrationIntent, MigrationLock
+from app.virt.driver import NetworkConfig
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 5  # finished migrations kept per instance (KubeVirt keeps five too)
@@ -255,11 +257,23 @@ def _migrating(session: Session, row: InstanceRow) -> MigratingInstance:
         deleting=row.deleted_at is not None,
         unmigratable=migratable.get("reason") if migratable.get("status") == "False" else None,
         hostname=spec.hostname or row.name,
+        nat_networks=_nat_networks(session, spec),
         data_volumes=tuple(
             AttachedDisk(dv.name, dv.uid, int((dv.status or {}).get("capacity") or 0))
             for dv in _data_volume_rows(session, row.namespace, spec)
         ),
     )
+
+
+def _nat_networks(session: Session, spec: InstanceSpec) -> tuple[NetworkConfig, ...]:
+    repo = ResourceRepository[NetworkRow](session, NETWORKS)
+    found = []
+    for network in spec.networks:
+        row = repo.get("", network.multus.network_name) if network.multus else None
+        nat = NetworkSpec.model_validate(row.spec).nat if row is not None else None
+        if row is not None and nat is not None:
+            found.append(network_for(row.name, nat.cidr))
+    return tuple(found)
 
 
 def _data_volume_rows(session: Session, namespace: str, spec: InstanceSpec) -> list[DataVolumeRow]:

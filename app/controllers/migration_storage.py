@@ -56,7 +56,8 @@ class MigrationStorage:
         try:
             target_hv = self.connect(target)
             target_hv.ensure_pool(STORAGE_POOL, self.volume_dir)
-            target_hv.ensure_network(self.network)  # the guest's NICs name it
+            for network in (self.network, *instance.nat_networks):  # the guest's NICs name them
+                target_hv.ensure_network(network)
             target_hv.refresh_pool(STORAGE_POOL)  # volumes another node created are unknown until then
             source_hv = self.connect(str(instance.node))
             volumes = [volume_file(instance.uid, v) for v in instance.volumes]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 
 from app.schemas.records import InstanceProgress
@@ -27,10 +28,20 @@ def seed_file(uid: str, volume: str) -> str:
 
 
 def default_network(cidr: str = "10.88.0.0/16") -> NetworkConfig:
-    """The NAT network on every node: the node is the subnet's first address; DHCP hands out the rest
-    (after a few kept for the operator)."""
+    """The NAT network on every node (`pod: {}`)."""
+    return nat_network(DEFAULT_NETWORK, DEFAULT_BRIDGE, cidr)
+
+
+def network_for(name: str, cidr: str) -> NetworkConfig:
+    """The libvirt network of a `nat` Network resource: `corral-<name>` on a bridge named from a hash of
+    it (Linux allows 15 characters)."""
+    return nat_network(f"corral-{name}", "crl" + hashlib.sha256(name.encode()).hexdigest()[:12], cidr)
+
+
+def nat_network(name: str, bridge: str, cidr: str) -> NetworkConfig:
+    """A NAT network: the node is the subnet's first address; DHCP hands out the rest (after a few kept for
+    the operator; a small subnet keeps none)."""
     subnet = ipaddress.ip_network(cidr)
     first, last = subnet.network_address + 1, subnet.broadcast_address - 1
-    return NetworkConfig(
-        DEFAULT_NETWORK, DEFAULT_BRIDGE, str(first), subnet.prefixlen, str(first + 9), str(last)
-    )
+    start = first + 9 if subnet.num_addresses > 32 else first + 1
+    return NetworkConfig(name, bridge, str(first), subnet.prefixlen, str(start), str(last))

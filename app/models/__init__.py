@@ -7,7 +7,7 @@ from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
 from app.models.images import CachedImageRow
 from app.models.operations import OperationRow
-from app.models.resources import DataVolumeRow, InstanceRow, MigrationRow, NodeRow, PoolRow
+from app.models.resources import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow, PoolRow
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
 
@@ -21,6 +21,7 @@ __all__ = [
     "IdempotencyRow",
     "InstanceRow",
     "MigrationRow",
+    "NetworkRow",
     "NodeRow",
     "OperationRow",
     "PoolRow",

@@ -55,3 +55,8 @@ class DataVolumeRow(ResourceRow, Base):
     node_name: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     # The worker's bookkeeping (import attempts, the volume's name), so a restarted worker resumes.
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+
+class NetworkRow(ResourceRow, Base):
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_networks_namespace_name"),)

@@ -90,7 +90,7 @@ class PodNetwork(ApiModel):
 
 
 class MultusNetwork(ApiModel):
-    network_name: str = Field(max_length=253, description="A cluster Network resource (not available yet).")
+    network_name: DnsLabel = Field(description="A cluster Network resource (/v1/networks).")
     default: StrictBool = False
 
 
@@ -105,8 +105,6 @@ class Network(ApiModel):
     def _one_kind(self) -> Network:
         if (self.pod is None) == (self.multus is None):
             raise ValueError("a network is exactly one of pod or multus")
-        if self.multus is not None:
-            raise ValueError(f"multus.networkName: no Network named {self.multus.network_name!r}")
         return self
 
 

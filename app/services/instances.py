@@ -21,6 +21,7 @@ from app.schemas.phases import Action, legal_actions
 from app.schemas.records import InstanceIntent, InstanceProgress
 from app.services.datavolumes import check_single_writer
 from app.services.devices import DeviceService
+from app.services.networks import check_networks
 from app.services.resources import ResourceService
 from app.services.validation import invalid
 
@@ -42,6 +43,7 @@ class InstanceService(ResourceService):
         spec = InstanceSpec.model_validate(row.spec)
         DeviceService(self.session).check_requests(spec)
         check_single_writer(self.session, row.namespace, row.name, spec)
+        check_networks(self.session, row.namespace, row.name, spec)
         set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
         set_progress(row, InstanceProgress())
 
@@ -49,6 +51,7 @@ class InstanceService(ResourceService):
         spec = InstanceSpec.model_validate(row.spec)
         DeviceService(self.session).check_requests(spec)
         check_single_writer(self.session, row.namespace, row.name, spec)
+        check_networks(self.session, row.namespace, row.name, spec)
         strategy = row.spec.get("runStrategy")
         if strategy is not None and strategy != old_spec.get("runStrategy"):
             set_intent(row, intent_of(row).for_run_strategy(strategy))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.kinds import DATAVOLUMES, INSTANCES, KINDS, MIGRATIONS, NODES, POOLS
+from app.kinds import DATAVOLUMES, INSTANCES, KINDS, MIGRATIONS, NETWORKS, NODES, POOLS
 from app.services.datavolumes import DataVolumeService
 from app.services.instances import InstanceService
 from app.services.migrations import MigrationService
+from app.services.networks import NetworkService
 from app.services.nodes import NodeService
 from app.services.pools import PoolService
 from app.services.resources import ResourceService
@@ -24,4 +25,6 @@ def service_for(session: Session, kind_name: str) -> ResourceService:
         return MigrationService(session)
     if kind_name == DATAVOLUMES.kind:
         return DataVolumeService(session)
+    if kind_name == NETWORKS.kind:
+        return NetworkService(session)
     return ResourceService(session, KINDS[kind_name])

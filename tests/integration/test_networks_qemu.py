@@ -1,0 +1,85 @@
+"""Guests people can reach: two guests on the node's NAT network get DHCP leases shown in
+status.interfaces, the host reaches each at that address, and each reaches the other and the host."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.db import Database
+from app.worker.main import build_worker
+from tests.conftest import ADMIN_TOKEN, add_node, bearer, conditions, wait_for, worker_settings
+from tests.registry import Registry
+
+INSTANCES = "/v1/namespaces/default/instances"
+
+
+@pytest.fixture
+def api(pg: Database, registry: Registry, server: Any, tmp_path: Path) -> Iterator[httpx.Client]:
+    process = build_worker(pg, worker_settings(registry, data_dir=tmp_path))
+    process.start()
+    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=60) as client:
+        add_node(client, "local", "qemu:///system")
+        try:
+            yield client
+        finally:
+            for item in client.get(INSTANCES).json()["items"]:
+                client.delete(f"{INSTANCES}/{item['metadata']['name']}")
+            wait_for(lambda: not client.get(INSTANCES).json()["items"], timeout=90, what="instances gone")
+            process.stop()
+
+
+@pytest.fixture
+def db(pg: Database) -> Database:
+    return pg
+
+
+def leased(api: httpx.Client, name: str) -> dict[str, Any]:
+    def lease() -> dict[str, Any] | None:
+        obj = api.get(f"{INSTANCES}/{name}").json()
+        nics = obj["status"].get("interfaces", [])
+        return (
+            nics[0]
+            if nics and nics[0].get("ipAddress") and conditions(obj).get("AgentConnected") == "True"
+            else None
+        )
+
+    return wait_for(lease, timeout=90, interval=0.2, what=f"{name}'s lease and agent")
+
+
+def shell(api: httpx.Client, name: str, script: str) -> tuple[int, str]:
+    ran = api.post(
+        f"{INSTANCES}/{name}/guest/exec", json={"command": ["/bin/sh", "-c", script], "timeoutSeconds": 20}
+    )
+    assert ran.status_code == 200, ran.text
+    return int(ran.json()["exitCode"]), base64.b64decode(ran.json()["stdoutBase64"]).decode()
+
+
+@pytest.mark.qemu
+def test_guests_on_the_nat_network_are_reachable(api: httpx.Client) -> None:
+    spec = {
+        "domain": {
+            "resources": {"requests": {"memory": "192Mi"}},
+            "devices": {"interfaces": [{"name": "default", "masquerade": {}}]},
+        },
+        "networks": [{"name": "default", "pod": {}}],
+    }
+    for name in ("alpha", "beta"):
+        assert api.post(INSTANCES, json={"metadata": {"name": name}, "spec": spec}).status_code == 201
+    alpha, beta = leased(api, "alpha"), leased(api, "beta")
+    assert alpha["ipAddress"] != beta["ipAddress"]
+    for nic in (alpha, beta):
+        assert nic["name"] == "default" and nic["ipAddress"].startswith("10.88.")
+        ping = subprocess.run(
+            ["ping", "-c", "1", "-W", "3", nic["ipAddress"]], capture_output=True, check=False
+        )
+        assert ping.returncode == 0, ping.stdout  # the node reaches the guest at its reported address
+    assert shell(api, "alpha", f"ping -c 1 -W 3 {beta['ipAddress']}")[0] == 0  # guest to guest
+    assert shell(api, "beta", "ping -c 1 -W 3 10.88.0.1")[0] == 0  # guest to its node (the gateway)
+    assert shell(api, "alpha", "ip route")[1].startswith("default via 10.88.0.1")
