@@ -72,15 +72,15 @@ def _bootstrap_token(db: Any, settings: Settings) -> None:
 def _serve_http(db: Any, host: str, port: int) -> None:
     import uvicorn
 
-    from app.api.datavolumes import Uploads
+    from app.api.deps import NodeAccess
     from app.main import create_app
     from app.virt.libvirt_driver import connect
 
     settings = get_settings()
-    uploads = Uploads(connect, settings.data_dir / "uploads", settings.max_disk_bytes)
+    access = NodeAccess(connect, settings.data_dir / "uploads", settings.max_disk_bytes)
     # Watches stream until the client leaves: bound the wait for them at shutdown.
     uvicorn.run(
-        create_app(db, settings.node_grace_seconds, settings.metrics_tenant_labels, uploads),
+        create_app(db, settings.node_grace_seconds, settings.metrics_tenant_labels, access),
         host=host,
         port=port,
         log_level="info",

@@ -16,8 +16,19 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
-from app.api import datavolumes, devices, guest, instances, migrations, operations, pools, problems, system
-from app.api.datavolumes import Uploads
+from app.api import (
+    consoles,
+    datavolumes,
+    devices,
+    guest,
+    instances,
+    migrations,
+    operations,
+    pools,
+    problems,
+    system,
+)
+from app.api.deps import NodeAccess
 from app.api.resources import resource_router
 from app.clock import utc_now
 from app.db import Database
@@ -70,7 +81,7 @@ def create_app(
     db: Database,
     node_grace_seconds: float = 40.0,
     metrics_tenant_labels: bool = False,
-    uploads: Uploads | None = None,
+    node_access: NodeAccess | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +93,7 @@ def create_app(
     app = FastAPI(title="Corral", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.db = db
     app.state.metrics_tenant_labels = metrics_tenant_labels
-    app.state.uploads = uploads
+    app.state.node_access = node_access
     problems.install(app)
     app.include_router(system.router)
     for kind in KINDS.values():
@@ -94,6 +105,7 @@ def create_app(
     app.include_router(guest.router)
     app.include_router(operations.router)
     app.include_router(datavolumes.router)
+    app.include_router(consoles.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

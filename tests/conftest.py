@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import migrate
-from app.api.datavolumes import Uploads
+from app.api.deps import NodeAccess
 from app.db import Database
 from app.main import create_app
 from app.models import Base
@@ -122,7 +122,9 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.sock = sock
         config = uvicorn.Config(
-            create_app(db, uploads=Uploads(connect, Path(tempfile.gettempdir()) / "corral-test-uploads")),
+            create_app(
+                db, node_access=NodeAccess(connect, Path(tempfile.gettempdir()) / "corral-test-uploads")
+            ),
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,

@@ -74,8 +74,8 @@ class Registry:
         binary = shutil.which("docker-registry")
         if binary is None:
             raise RuntimeError("docker-registry is not installed (scripts/setup-host.sh installs it)")
-        log = (self.root / "registry.log").open("ab")
-        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+        with (self.root / "registry.log").open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller
+from app.api.deps import DB, Caller, node_access
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.disks.untrusted import UnsafeDisk
 from app.errors import FieldError, Invalid, Unavailable
@@ -21,21 +19,11 @@ from app.kinds import DATAVOLUMES
 from app.schemas.datavolume import DataVolume
 from app.services.datavolumes import record_upload, upload_target
 from app.virt.disk_import import data_volume_file, finish_import
-from app.virt.driver import Hypervisor, HypervisorError
+from app.virt.driver import HypervisorError
 
 # Not a retrying router: a retry would run the handler again on a body already streamed away. A lost
 # database race in the final write answers 503 with Retry-After, and the client sends the upload again.
 router = APIRouter(tags=["datavolumes"])
-
-
-@dataclass(frozen=True)
-class Uploads:
-    """What the upload endpoint needs beyond the database: a way to reach a node's libvirt."""
-
-    connect: Callable[[str], Hypervisor]
-    scratch: Path
-    max_disk_bytes: int = 2 << 40
-    volume_dir: str = "/var/lib/corral/instances"
 
 
 @router.put(
@@ -59,9 +47,7 @@ class Uploads:
 )
 async def upload(request: Request, db: DB, caller: Caller, namespace: NamespacePath, name: NamePath) -> Any:
     caller.require_write(DATAVOLUMES.read_role, DATAVOLUMES.write_role, namespace)
-    uploads: Uploads | None = getattr(request.app.state, "uploads", None)
-    if uploads is None:
-        raise Unavailable("this API process takes no uploads (it has no libvirt connector)")
+    uploads = node_access(request.app)
 
     def target() -> tuple[str, str, str, int | None]:
         with db.read() as session:

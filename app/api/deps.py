@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
@@ -12,8 +14,9 @@ from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
-from app.errors import BadRequest, FieldError, UnsupportedMediaType
+from app.errors import BadRequest, FieldError, Unavailable, UnsupportedMediaType
 from app.services.auth import Principal, authenticate
+from app.virt.driver import Hypervisor
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # room for a 4 MiB guest file in base64
@@ -26,6 +29,24 @@ def _load_yaml(raw: bytes) -> Any:
     if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=yaml.SafeLoader)):
         raise BadRequest("YAML aliases are not accepted", [FieldError("body", "contains a YAML alias")])
     return yaml.safe_load(raw)
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """What the API needs to reach a node's libvirt itself (uploads, consoles): how to connect, and where
+    to stage uploads."""
+
+    connect: Callable[[str], Hypervisor]
+    scratch: Path
+    max_disk_bytes: int = 2 << 40
+    volume_dir: str = "/var/lib/corral/instances"
+
+
+def node_access(app: Any) -> NodeAccess:
+    access: NodeAccess | None = getattr(app.state, "node_access", None)
+    if access is None:
+        raise Unavailable("this API process does not reach nodes (it was made without a libvirt connector)")
+    return access
 
 
 def get_db(request: Request) -> Database:

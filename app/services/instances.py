@@ -10,11 +10,11 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
-from app.errors import BadRequest, Conflict, FieldError
-from app.kinds import INSTANCES
+from app.errors import BadRequest, Conflict, FieldError, NotFound
+from app.kinds import INSTANCES, NODES
 from app.repositories import idempotency
-from app.repositories.instances import intent_of, set_intent, set_progress
-from app.repositories.resources import to_object
+from app.repositories.instances import InstanceRepository, intent_of, set_intent, set_progress
+from app.repositories.resources import ResourceRepository, to_object
 from app.schemas.common import JsonObject
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
@@ -139,3 +139,18 @@ def requested(intent: InstanceIntent, action: Action, options: StopOptions, phas
 def request_fingerprint(method: str, path: str, body: Any) -> str:
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{method} {path} {digest}"
+
+
+def console_target(session: Session, namespace: str, name: str) -> tuple[str, str]:
+    """(node URI, domain) of an instance whose guest runs; 404 or 409 (naming the phase) otherwise."""
+    row = InstanceRepository(session).get(namespace, name)
+    if row is None:
+        raise NotFound(f"instance {name!r} not found in namespace {namespace!r}")
+    phase = (row.status or {}).get("phase", "Pending")
+    domain = (row.status or {}).get("domainName")
+    if phase not in ("Running", "Paused") or row.node_name is None or not domain:
+        raise Conflict(f"instance {name!r} is {phase}: no guest runs", [FieldError("status.phase", phase)])
+    node = ResourceRepository[Any](session, NODES).get("", row.node_name)
+    if node is None:
+        raise Conflict(f"the node {row.node_name!r} running instance {name!r} no longer exists")
+    return str(node.spec["uri"]), str(domain)

@@ -130,16 +130,12 @@ def build_domain_xml(config: DomainConfig) -> str:
         if nic.mac:
             _sub(nic_el, "mac", address=nic.mac)
         _sub(nic_el, "model", type=nic.model)
+    # A pty, so libvirt can stream the console to a client; its output is also logged to a file.
+    serial = _sub(devices, "serial", type="pty")
     if config.console_log:
-        serial = _sub(devices, "serial", type="file")
-        _sub(serial, "source", path=config.console_log, append="on")
-        _sub(serial, "target", port="0")
-    else:
-        serial = _sub(devices, "serial", type="pty")
-        _sub(serial, "target", port="0")
-    console = _sub(devices, "console", type="file" if config.console_log else "pty")
-    if config.console_log:
-        _sub(console, "source", path=config.console_log, append="on")
+        _sub(serial, "log", file=config.console_log, append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
     if config.guest_agent:
         channel = _sub(devices, "channel", type="unix")

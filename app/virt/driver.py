@@ -173,6 +173,20 @@ class JobProgress:
     downtime_ms: int | None = None
 
 
+class ConsoleBusy(HypervisorError):
+    """Someone else holds the guest's console (open it with force to take it over)."""
+
+
+class ByteStream(Protocol):
+    """A byte stream to a guest device (its serial console): blocking reads, b"" once it ended."""
+
+    def read(self, limit: int) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class EventKind(StrEnum):
     LIFECYCLE = "Lifecycle"
     AGENT = "Agent"
@@ -298,6 +312,11 @@ class Hypervisor(Protocol):
 
     def volume_backings(self, pool: str) -> set[str]:
         """Paths of the backing files the pool's volumes are overlays on (what must not be removed)."""
+        ...
+
+    def open_console(self, name: str, *, force: bool = False) -> ByteStream:
+        """The running domain's serial console. One client at a time: ConsoleBusy while another has it,
+        unless `force` (then libvirt ends the other's stream)."""
         ...
 
     def ensure_network(self, network: NetworkConfig) -> None:

@@ -25,7 +25,9 @@ import libvirt_qemu
 from app.virt.domain_xml import GUEST_AGENT_CHANNEL, network_xml
 from app.virt.driver import (
     AgentUnavailable,
+    ByteStream,
     Capabilities,
+    ConsoleBusy,
     DomainExists,
     DomainInfo,
     DomainNotFound,
@@ -189,6 +191,33 @@ def _ensure_event_loop() -> None:
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _loop_started = True
+
+
+class _LibvirtStream:
+    """A blocking libvirt stream as a ByteStream."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def read(self, limit: int) -> bytes:
+        try:
+            data = self._stream.recv(limit)
+        except libvirt.libvirtError:
+            return b""  # the guest stopped, or another client forced the console away
+        return data if isinstance(data, bytes) else b""
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._stream.send(data)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"console: {exc}") from None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with suppress(libvirt.libvirtError):
+                self._stream.abort()
 
 
 def _translate(exc: libvirt.libvirtError, conn: Any | None) -> HypervisorError:
@@ -701,6 +730,19 @@ class LibvirtHypervisor:
                 created.delete(0)
             raise
         return str(self._call(created.path))
+
+    # -- consoles ------------------------------------------------------------------------------------
+    def open_console(self, name: str, *, force: bool = False) -> ByteStream:
+        dom = self._domain(name)
+        stream = self._call(lambda: self._conn.newStream(0))
+        flags = libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else libvirt.VIR_DOMAIN_CONSOLE_SAFE
+        try:
+            self._call(lambda: dom.openConsole(None, stream, flags))
+        except HypervisorError as exc:
+            if "active console session" in str(exc).lower():
+                raise ConsoleBusy(f"{name}: another client has the console") from None
+            raise
+        return _LibvirtStream(stream)
 
     # -- networks ------------------------------------------------------------------------------------
     def ensure_network(self, network: NetworkConfig) -> None:

@@ -1,0 +1,101 @@
+"""The serial console of a real guest over a WebSocket: the guest's output, the echo of what is typed and
+the shell's answer; one client at a time unless forced; viewers refused; the socket closes when the guest
+stops."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from app.db import Database
+from app.worker.main import build_worker
+from tests.conftest import ADMIN_TOKEN, add_node, bearer, conditions, make_token, wait_for, worker_settings
+from tests.registry import Registry
+
+INSTANCES = "/v1/namespaces/default/instances"
+
+
+@pytest.fixture
+def api(pg: Database, registry: Registry, server: Any, tmp_path: Path) -> Iterator[httpx.Client]:
+    process = build_worker(pg, worker_settings(registry, data_dir=tmp_path))
+    process.start()
+    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=60) as client:
+        add_node(client, "local", "qemu:///system")
+        try:
+            yield client
+        finally:
+            for item in client.get(INSTANCES).json()["items"]:
+                client.delete(f"{INSTANCES}/{item['metadata']['name']}")
+            wait_for(lambda: not client.get(INSTANCES).json()["items"], timeout=90, what="instances gone")
+            process.stop()
+
+
+@pytest.fixture
+def db(pg: Database) -> Database:
+    return pg
+
+
+def console(server: Any, token: str, force: bool = False) -> ClientConnection:
+    url = (
+        server.url.replace("http://", "ws://")
+        + f"{INSTANCES}/term/console"
+        + ("?force=true" if force else "")
+    )
+    return connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
+
+
+def read_until(socket: ClientConnection, wanted: bytes, timeout: float = 15) -> bytes:
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{wanted!r} not seen on the console; got {seen[-300:]!r}"
+        try:
+            frame = socket.recv(timeout=left)
+        except TimeoutError:
+            continue
+        seen += frame if isinstance(frame, bytes) else frame.encode()
+    return seen
+
+
+@pytest.mark.qemu
+def test_the_serial_console_over_a_websocket(api: httpx.Client, server: Any) -> None:
+    spec = {"domain": {"resources": {"requests": {"memory": "192Mi"}}}}
+    assert api.post(INSTANCES, json={"metadata": {"name": "term"}, "spec": spec}).status_code == 201
+    wait_for(
+        lambda: conditions(api.get(f"{INSTANCES}/term").json()).get("AgentConnected") == "True",
+        timeout=90,
+        interval=0.2,
+        what="the guest up",
+    )
+    viewer = make_token(api, "watcher", [{"role": "viewer", "namespace": "default"}])
+    with pytest.raises(InvalidStatus) as refused:
+        console(server, viewer)
+    assert refused.value.response.status_code == 403
+
+    first = console(server, ADMIN_TOKEN)
+    first.send(b"\recho corral-$((6*7))\r")
+    seen = read_until(first, b"corral-42\r\n")
+    assert b"echo corral-$((6*7))" in seen  # the echo of what was typed, then the shell's answer
+    with pytest.raises(InvalidStatus) as busy:
+        console(server, ADMIN_TOKEN)
+    assert busy.value.response.status_code == 409
+
+    second = console(server, ADMIN_TOKEN, force=True)  # takes the console over: the first socket ends
+    with pytest.raises(ConnectionClosed):
+        while True:
+            first.recv(timeout=10)
+    second.send("echo second-$((2+3))\r")
+    read_until(second, b"second-5")
+
+    assert api.post(f"{INSTANCES}/term/stop").status_code == 202  # the guest stops: its console ends
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            second.recv(timeout=60)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
