@@ -37,10 +37,9 @@ def start_worker(pg_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "CORRAL_IMPORT_ALLOWED_HOSTS": "127.0.0.1",
         "CORRAL_LOG_LEVEL": "WARNING",
     }
-    log = (data_dir / "worker.log").open("ab")
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("corral")), "worker"], env=env, stdout=log, stderr=log
-    )
+    with (data_dir / "worker.log").open("ab") as log:  # the child keeps its own descriptor
+        corral = str(Path(sys.executable).with_name("corral"))
+        return subprocess.Popen([corral, "worker"], env=env, stdout=log, stderr=log)
 
 
 @pytest.fixture
