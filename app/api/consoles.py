@@ -1,11 +1,13 @@
-"""The guest's serial console as a WebSocket: bytes both ways between the client and libvirt's console
-stream on the node that runs the guest. One client at a time (libvirt's rule, across API processes):
-another is refused with 409 unless it asks `?force=true`, which ends the first one's socket."""
+"""The guest's serial console and display as WebSockets: bytes both ways between the client and libvirt
+(the console stream, the VNC socket) on the node that runs the guest. One console client at a time
+(libvirt's rule, across API processes): another is refused with 409 unless it asks `?force=true`, which
+ends the first one's socket."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +18,7 @@ from app.errors import Conflict, CorralError
 from app.kinds import INSTANCES
 from app.services.auth import authenticate
 from app.services.instances import console_target
-from app.virt.driver import ByteStream, ConsoleBusy, HypervisorError
+from app.virt.driver import ByteStream, ConsoleBusy, Hypervisor, HypervisorError
 
 router = APIRouter(tags=["instances"])
 CHUNK = 4096
@@ -35,6 +37,29 @@ async def _deny(websocket: WebSocket, error: CorralError) -> None:
 async def console(websocket: WebSocket, namespace: str, name: str, force: bool = False) -> None:
     """Serial console (operator role): binary frames carry the guest's bytes; text frames are sent to the
     guest as UTF-8. The socket closes (1000) when the guest stops, migrates or another client forces."""
+
+    def open_console(hv: Hypervisor, domain: str) -> ByteStream:
+        try:
+            return hv.open_console(domain, force=force)
+        except ConsoleBusy:
+            raise Conflict(
+                f"another client has instance {name!r}'s console; ?force=true takes it over"
+            ) from None
+
+    await _bridge(websocket, namespace, name, open_console)
+
+
+@router.websocket("/v1/namespaces/{namespace}/instances/{name}/vnc")
+async def vnc(websocket: WebSocket, namespace: str, name: str) -> None:
+    """The guest's display as plain RFB in binary frames (operator role): what noVNC speaks. Needs a node
+    reached over a local UNIX socket (libvirt hands the display's socket over)."""
+    await _bridge(websocket, namespace, name, lambda hv, domain: hv.open_graphics(domain))
+
+
+async def _bridge(
+    websocket: WebSocket, namespace: str, name: str, opener: Callable[[Hypervisor, str], ByteStream]
+) -> None:
+    """Authorize (operator), find the guest's node, open the device and pump bytes until either side ends."""
     db = websocket.app.state.db
     authorization = websocket.headers.get("authorization")
 
@@ -43,16 +68,11 @@ async def console(websocket: WebSocket, namespace: str, name: str, force: bool =
             caller = authenticate(session, authorization)
             caller.require_write(INSTANCES.read_role, INSTANCES.write_role, namespace)
             uri, domain = console_target(session, namespace, name)
-        access = node_access(websocket.app)
-        hv = access.connect(uri)
+        hv = node_access(websocket.app).connect(uri)
         try:
-            return hv.open_console(domain, force=force)
-        except ConsoleBusy:
-            raise Conflict(
-                f"another client has instance {name!r}'s console; ?force=true takes it over"
-            ) from None
+            return opener(hv, domain)
         except HypervisorError as exc:
-            raise Conflict(f"instance {name!r}'s console cannot be opened: {exc}") from None
+            raise Conflict(f"instance {name!r}: the device cannot be opened: {exc}") from None
 
     try:
         stream = await run_in_threadpool(open_stream)

@@ -205,6 +205,7 @@ def domain_config(
         disks=disks,
         interfaces=nics,
         console_log=console,
+        graphics=capabilities.runs_guests,
         metadata={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
         cpu_topology=topology,
         pci_devices=owner.pci_devices,

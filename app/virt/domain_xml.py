@@ -51,6 +51,7 @@ class DomainConfig:
     disks: tuple[DiskConfig, ...] = ()
     interfaces: tuple[InterfaceConfig, ...] = ()
     guest_agent: bool = True
+    graphics: bool = False  # a VNC display, reached through libvirt only
     console_log: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # owner facts: namespace, name, uid
     cpu_topology: tuple[int, int, int] | None = None  # sockets, cores, threads
@@ -137,6 +138,10 @@ def build_domain_xml(config: DomainConfig) -> str:
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
+    if config.graphics:
+        # No listening socket: clients reach it only through libvirt (virDomainOpenGraphicsFD).
+        graphics = _sub(devices, "graphics", type="vnc")
+        _sub(graphics, "listen", type="none")
     if config.guest_agent:
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)

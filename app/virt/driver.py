@@ -319,6 +319,11 @@ class Hypervisor(Protocol):
         unless `force` (then libvirt ends the other's stream)."""
         ...
 
+    def open_graphics(self, name: str) -> ByteStream:
+        """A connection to the running domain's VNC display (plain RFB; libvirt hands over the socket, so
+        the node must be reached over a local UNIX socket)."""
+        ...
+
     def ensure_network(self, network: NetworkConfig) -> None:
         """The network defined (autostarted) and active; an existing one of that name is kept as it is."""
         ...

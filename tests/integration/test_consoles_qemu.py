@@ -79,23 +79,51 @@ def test_the_serial_console_over_a_websocket(api: httpx.Client, server: Any) -> 
         console(server, viewer)
     assert refused.value.response.status_code == 403
 
-    first = console(server, ADMIN_TOKEN)
-    first.send(b"\recho corral-$((6*7))\r")
-    seen = read_until(first, b"corral-42\r\n")
-    assert b"echo corral-$((6*7))" in seen  # the echo of what was typed, then the shell's answer
-    with pytest.raises(InvalidStatus) as busy:
-        console(server, ADMIN_TOKEN)
-    assert busy.value.response.status_code == 409
+    with console(server, ADMIN_TOKEN) as first:
+        first.send(b"\recho corral-$((6*7))\r")
+        seen = read_until(first, b"corral-42\r\n")
+        assert b"echo corral-$((6*7))" in seen  # the echo of what was typed, then the shell's answer
+        with pytest.raises(InvalidStatus) as busy:
+            console(server, ADMIN_TOKEN)
+        assert busy.value.response.status_code == 409
 
-    second = console(server, ADMIN_TOKEN, force=True)  # takes the console over: the first socket ends
-    with pytest.raises(ConnectionClosed):
-        while True:
-            first.recv(timeout=10)
-    second.send("echo second-$((2+3))\r")
-    read_until(second, b"second-5")
+        with console(server, ADMIN_TOKEN, force=True) as second:  # takes the console over: the first ends
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    first.recv(timeout=10)
+            second.send("echo second-$((2+3))\r")
+            read_until(second, b"second-5")
 
-    assert api.post(f"{INSTANCES}/term/stop").status_code == 202  # the guest stops: its console ends
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:
-            second.recv(timeout=60)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+            assert api.post(f"{INSTANCES}/term/stop").status_code == 202  # the guest stops: its console ends
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    second.recv(timeout=60)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+
+
+@pytest.mark.qemu
+def test_the_display_speaks_rfb_over_a_websocket(api: httpx.Client, server: Any) -> None:
+    spec = {"domain": {"resources": {"requests": {"memory": "192Mi"}}}}
+    assert api.post(INSTANCES, json={"metadata": {"name": "screen"}, "spec": spec}).status_code == 201
+    wait_for(lambda: api.get(f"{INSTANCES}/screen").json()["status"].get("phase") == "Running", timeout=60)
+    url = server.url.replace("http://", "ws://") + f"{INSTANCES}/screen/vnc"
+    with connect(url, additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, open_timeout=10) as rfb:
+        buffer = b""
+
+        def take(count: int) -> bytes:
+            nonlocal buffer
+            while len(buffer) < count:
+                frame = rfb.recv(timeout=10)
+                buffer += frame if isinstance(frame, bytes) else frame.encode()
+            taken, buffer = buffer[:count], buffer[count:]
+            return taken
+
+        assert take(12).startswith(b"RFB 003.")  # the server's protocol version
+        rfb.send(b"RFB 003.008\n")
+        count = take(1)[0]
+        assert 1 in take(count)  # security type None: Corral authorized the caller
+        rfb.send(bytes([1]))
+        assert take(4) == b"\0\0\0\0"  # security result: OK
+        rfb.send(bytes([1]))  # ClientInit, shared
+        width, height = int.from_bytes(take(2), "big"), int.from_bytes(take(2), "big")
+        assert width > 0 and height > 0  # ServerInit: the framebuffer
