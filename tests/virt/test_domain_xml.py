@@ -23,6 +23,7 @@ CASES = {
         disks=(DiskConfig("/var/lib/corral/instances/web-1/root.qcow2", "vda"),),
         interfaces=(InterfaceConfig(network="corral-default", mac="52:54:00:12:34:56"),),
         console_log="/var/log/corral/web-1.log",
+        graphics=True,
         metadata={"namespace": "default", "name": "web-1", "uid": "0e4a1c9e-7d3b-4f0a-9d5c-2b1f7a6e8c01"},
     ),
     "kvm-disk-boot": DomainConfig(
