@@ -4,6 +4,7 @@ delete, claim, migrate, drain)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -350,6 +351,84 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+ESCAPE = b"\x1d"  # Ctrl-], as with virsh console and telnet
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """The guest's serial console in this terminal (raw), until Ctrl-] or the guest's end."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    with _client(args) as client:
+        headers = dict(client.headers)
+    url = args.server.replace("http", "ws", 1) + _path("instances", args.namespace, args.name) + "/console"
+    url += "?force=true" if args.force else ""
+    try:
+        socket = connect(url, additional_headers={"Authorization": headers.get("authorization", "")})
+    except InvalidStatus as exc:
+        detail = exc.response.body.decode(errors="replace") if exc.response.body else ""
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("detail", detail)
+        print(f"error {exc.response.status_code}: {detail}", file=sys.stderr)
+        return 1
+    print(f"connected to {args.name}'s console; Ctrl-] leaves", file=sys.stderr)
+    raw = _raw_terminal()
+    done = threading.Event()
+
+    def from_guest() -> None:
+        try:
+            for frame in socket:
+                data = frame if isinstance(frame, bytes) else frame.encode()
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        except ConnectionClosed:
+            pass
+        done.set()
+
+    threading.Thread(target=from_guest, daemon=True).start()
+    try:
+        while not done.is_set():
+            data = os.read(sys.stdin.fileno(), 1024)
+            if not data or ESCAPE in data:
+                before = data.split(ESCAPE)[0]
+                if before:
+                    socket.send(before)
+                break
+            socket.send(data)
+    except ConnectionClosed:
+        pass
+    finally:
+        raw()
+        socket.close()
+    print("\r\n[console closed]", file=sys.stderr)
+    return 0
+
+
+def _raw_terminal() -> Any:
+    """Put a terminal stdin in raw mode (keys go to the guest as typed); returns what restores it."""
+    if not sys.stdin.isatty():
+        return lambda: None
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    tty.setraw(sys.stdin.fileno())
+    return lambda: termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    """ssh to the guest's first reported address."""
+    with _client(args) as client:
+        obj = _check(client.get(_path("instances", args.namespace, args.name)))
+    addresses = [nic.get("ipAddress") for nic in (obj.get("status") or {}).get("interfaces", [])]
+    address = next((a for a in addresses if a), None)
+    if address is None:
+        print(f"error: instance {args.name!r} reports no address yet (status.interfaces)", file=sys.stderr)
+        return 1
+    key = ["-i", args.identity] if args.identity else []
+    return os.execvp("ssh", ["ssh", *key, f"{args.user}@{address}", *args.command])  # becomes ssh
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="corral", description="Virtual machines with the ergonomics of containers."
@@ -409,6 +488,16 @@ def parser() -> argparse.ArgumentParser:
     wait.add_argument("resource", choices=("dv", "datavolume", "datavolumes"))
     wait.add_argument("name")
     wait.add_argument("--timeout", type=float, default=3600)
+    console = client_parser(
+        "console", cmd_console, "the guest's serial console in this terminal (Ctrl-] leaves)"
+    )
+    console.add_argument("name")
+    console.add_argument("--force", action="store_true", help="take the console over from another client")
+    ssh = client_parser("ssh", cmd_ssh, "ssh to the guest's reported address")
+    ssh.add_argument("name")
+    ssh.add_argument("-l", "--user", default=os.environ.get("USER", "root"))
+    ssh.add_argument("-i", "--identity", help="private key file")
+    ssh.add_argument("command", nargs="*", help="a command to run instead of a shell")
     delete = client_parser("delete", cmd_delete, "delete an object")
     delete.add_argument("resource")
     delete.add_argument("name")

@@ -4,6 +4,10 @@ stops."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +78,27 @@ def test_the_serial_console_over_a_websocket(api: httpx.Client, server: Any) -> 
         interval=0.2,
         what="the guest up",
     )
+    # `corral console`: what is typed goes to the guest, its output comes back, Ctrl-] leaves.
+    env = {**os.environ, "CORRAL_TOKEN": ADMIN_TOKEN, "CORRAL_LOG_LEVEL": "WARNING"}
+    cli = subprocess.Popen(
+        [str(Path(sys.executable).with_name("corral")), "console", "term", "--server", server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert cli.stdin is not None and cli.stdout is not None
+    output: list[bytes] = []
+    threading.Thread(
+        target=lambda: output.extend(iter(lambda: cli.stdout.read1(4096), b"")), daemon=True
+    ).start()
+    cli.stdin.write(b"\recho cli-$((3*3))\r")
+    cli.stdin.flush()
+    wait_for(lambda: b"cli-9\r\n" in b"".join(output), timeout=15, what="the guest's answer through the CLI")
+    cli.stdin.write(b"\x1d")
+    cli.stdin.flush()
+    assert cli.wait(10) == 0
+
     viewer = make_token(api, "watcher", [{"role": "viewer", "namespace": "default"}])
     with pytest.raises(InvalidStatus) as refused:
         console(server, viewer)
