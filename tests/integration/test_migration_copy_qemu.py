@@ -136,6 +136,15 @@ def test_a_data_volume_moves_with_its_instance(cluster: Cluster) -> None:
     assert source == dv["status"]["nodeName"]  # placed where its disk is
     write = {"command": ["/bin/sh", "-c", "printf carried-along > /dev/vdb && sync"]}
     assert client.post(f"{INSTANCES}/carrier/guest/exec", json=write).json()["exitCode"] == 0
+    address = {"command": ["/bin/sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}'"]}
+    wait_for(
+        lambda: (
+            client.post(f"{INSTANCES}/carrier/guest/exec", json=address).json()["stdout"].startswith("10.88.")
+        ),
+        timeout=30,
+        what="the guest's DHCP address",
+    )
+    before_address = client.post(f"{INSTANCES}/carrier/guest/exec", json=address).json()["stdout"]
 
     done = cluster.wait_migration(cluster.migrate("carrier"), ("Succeeded", "Failed"))
     assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -146,6 +155,11 @@ def test_a_data_volume_moves_with_its_instance(cluster: Cluster) -> None:
     assert pooled(disk) == {NODE_NUMBERS[source]: False, NODE_NUMBERS[target]: True}
     read = {"command": ["/bin/sh", "-c", "head -c 13 /dev/vdb"]}
     assert client.post(f"{INSTANCES}/carrier/guest/exec", json=read).json()["stdout"] == "carried-along"
+    # Addresses across a migration: the guest keeps its address, and the target node's NAT network (the
+    # same subnet on every node) is its gateway at the same address.
+    assert client.post(f"{INSTANCES}/carrier/guest/exec", json=address).json()["stdout"] == before_address
+    gateway = {"command": ["/bin/sh", "-c", "ping -c 1 -W 3 10.88.0.1"], "timeoutSeconds": 10}
+    assert client.post(f"{INSTANCES}/carrier/guest/exec", json=gateway).json()["exitCode"] == 0
     client.delete(f"{INSTANCES}/carrier")
     wait_for(
         lambda: client.get(f"{INSTANCES}/carrier").status_code == 404, timeout=60, what="carrier deleted"
