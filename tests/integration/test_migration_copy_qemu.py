@@ -128,6 +128,7 @@ def test_a_data_volume_moves_with_its_instance(cluster: Cluster) -> None:
         "volumes": [
             {"name": "boot", "containerDisk": {"image": "test-guest"}},
             {"name": "data", "dataVolume": {"name": "moving"}},
+            {"name": "seed", "cloudInitNoCloud": {"userData": "#cloud-config\n"}},
         ],
     }
     assert client.post(INSTANCES, json={"metadata": {"name": "carrier"}, "spec": spec}).status_code == 201
@@ -160,6 +161,16 @@ def test_a_data_volume_moves_with_its_instance(cluster: Cluster) -> None:
     assert client.post(f"{INSTANCES}/carrier/guest/exec", json=address).json()["stdout"] == before_address
     gateway = {"command": ["/bin/sh", "-c", "ping -c 1 -W 3 10.88.0.1"], "timeoutSeconds": 10}
     assert client.post(f"{INSTANCES}/carrier/guest/exec", json=gateway).json()["exitCode"] == 0
+    # The cloud-init seed was made on the target (read-only, so made rather than copied) and still reads.
+    seed = {
+        "command": ["/bin/sh", "-c", "mkdir -p /s && mount -t iso9660 -o ro /dev/sr0 /s && cat /s/meta-data"]
+    }
+    meta = client.post(f"{INSTANCES}/carrier/guest/exec", json=seed).json()["stdout"]
+    assert meta.startswith(f"instance-id: {before['metadata']['uid']}\n")
+    assert pooled(f"{before['metadata']['uid']}-seed.iso") == {
+        NODE_NUMBERS[source]: False,
+        NODE_NUMBERS[target]: True,
+    }
     client.delete(f"{INSTANCES}/carrier")
     wait_for(
         lambda: client.get(f"{INSTANCES}/carrier").status_code == 404, timeout=60, what="carrier deleted"
