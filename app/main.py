@@ -140,6 +140,7 @@ def create_app(
                 )
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            _problems_everywhere(schema)
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
@@ -147,3 +148,13 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _problems_everywhere(schema: dict[str, Any]) -> None:
+    """Every error answer is application/problem+json with the Problem schema, as the server sends it."""
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for code, response in operation.get("responses", {}).items():
+                if code[0] in "45":
+                    response["content"] = problem

@@ -75,3 +75,19 @@ def test_readme_carries_the_codes_phase_table() -> None:
     from app.schemas.phases import phase_table_markdown
 
     assert phase_table_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_the_document_is_one_generated_sdks_can_use() -> None:
+    """Unique, intentional schema names (no module-qualified duplicates), every error answer typed as the
+    problem+json the server sends, and no `authorization` parameter beside the bearer security scheme."""
+    document = json.loads(openapi_document())
+    names = list(document["components"]["schemas"])
+    assert not [n for n in names if "__" in n]
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, operations in document["paths"].items():
+        for verb, operation in operations.items():
+            for code, response in operation["responses"].items():
+                if code[0] in "45":
+                    assert response.get("content") == problem, (path, verb, code)
+            parameters = [p["name"].lower() for p in operation.get("parameters", [])]
+            assert "authorization" not in parameters, (path, verb)

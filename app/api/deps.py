@@ -57,9 +57,11 @@ def get_db(request: Request) -> Database:
 DB = Annotated[Database, Depends(get_db)]
 
 
-def get_principal(db: DB, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def get_principal(db: DB, request: Request) -> Principal:
+    # The header is read here, not declared as a parameter: the OpenAPI document's bearer security scheme
+    # says how to send it, and SDK methods get no `authorization` argument.
     with db.read() as session:
-        return authenticate(session, authorization)
+        return authenticate(session, request.headers.get("authorization"))
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -182,7 +182,7 @@ class EmptyDiskSource(ApiModel):
     capacity: Quantity
 
 
-class DataVolumeSource(ApiModel):
+class DataVolumeReference(ApiModel):
     name: DnsLabel = Field(description="A DataVolume in the instance's namespace.")
 
 
@@ -286,7 +286,7 @@ class Volume(ApiModel):
     name: DnsLabel
     container_disk: ContainerDiskSource | None = None
     empty_disk: EmptyDiskSource | None = None
-    data_volume: DataVolumeSource | None = None
+    data_volume: DataVolumeReference | None = None
     persistent_volume_claim: ClaimSource | None = None
     cloud_init_no_cloud: CloudInitNoCloudSource | None = None
     cloud_init_config_drive: CloudInitConfigDriveSource | None = None
@@ -372,7 +372,7 @@ class InstanceSpec(ApiModel):
         return self
 
 
-class PhaseTransition(ApiModel):
+class InstancePhaseTransition(ApiModel):
     phase: InstancePhase
     phase_transition_timestamp: datetime
 
@@ -386,7 +386,7 @@ class InstanceStatus(ApiModel):
     message: str | None = None
     node_name: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    phase_transition_timestamps: list[PhaseTransition] = Field(default_factory=list)
+    phase_transition_timestamps: list[InstancePhaseTransition] = Field(default_factory=list)
     interfaces: list[dict[str, Any]] = Field(default_factory=list)
     guest_os_info: dict[str, Any] | None = Field(default=None, alias="guestOSInfo")
     migration_state: dict[str, Any] | None = None

@@ -133,7 +133,7 @@ class MigrationState(ApiModel):
     migration_configuration: MigrationConfiguration | None = None
 
 
-class PhaseTransition(ApiModel):
+class MigrationPhaseTransition(ApiModel):
     phase: str
     phase_transition_timestamp: datetime
 
@@ -143,7 +143,7 @@ class MigrationStatus(ApiModel):
     reason: str | None = None
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    phase_transition_timestamps: list[PhaseTransition] = Field(default_factory=list)
+    phase_transition_timestamps: list[MigrationPhaseTransition] = Field(default_factory=list)
     migration_state: MigrationState | None = None
 
 
