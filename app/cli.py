@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from app import __version__
 from app.config import Settings, get_settings
 
 log = logging.getLogger("corral")
@@ -228,7 +229,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             node = status.get("nodeName") or (status.get("migrationState") or {}).get("targetNode") or ""
             print(
                 f"{item['metadata']['name']:<32} {status.get('phase', ''):<12} "
-                f"{node:<16} {item['metadata']['creationTimestamp']}"
+                f"{node:<16} {item['metadata'].get('creationTimestamp', '')}"
             )
     return 0
 
@@ -433,6 +434,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="corral", description="Virtual machines with the ergonomics of containers."
     )
+    top.add_argument("--version", action="version", version=f"corral {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     for name, fn, text in (
         ("serve", cmd_serve, "API and worker in one process (embedded defaults)"),
@@ -452,7 +454,11 @@ def parser() -> argparse.ArgumentParser:
 
     def client_parser(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
-        p.add_argument("--server", default=os.environ.get("CORRAL_SERVER", "http://127.0.0.1:8080"))
+        p.add_argument(
+            "--server",
+            default=os.environ.get("CORRAL_SERVER", "http://127.0.0.1:8080"),
+            help="the Corral API's URL (default: $CORRAL_SERVER or http://127.0.0.1:8080)",
+        )
         p.add_argument("--token", default=None, help="bearer token (default: $CORRAL_TOKEN)")
         p.add_argument("-n", "--namespace", default="default")
         p.set_defaults(fn=fn)
@@ -504,6 +510,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+SERVER_COMMANDS = ("serve", "api", "worker", "openapi", "db-upgrade")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("CORRAL_LOG_LEVEL", "INFO"),
@@ -511,7 +520,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
-    return int(args.fn(args))
+    if args.command in SERVER_COMMANDS:
+        return int(args.fn(args))
+    # A client command: one line per problem, never a traceback, and no per-request log lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return int(args.fn(args))
+    except httpx.ConnectError as exc:
+        reach = f"cannot reach the Corral API at {args.server} ({exc}); is it running? (--server)"
+        print(f"error: {reach}", file=sys.stderr)
+    except httpx.TimeoutException:
+        print(f"error: the Corral API at {args.server} did not answer in time", file=sys.stderr)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # e.g. `corral get instances -o json | head`
+            sys.stderr.close()
+            return 0
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
