@@ -141,6 +141,7 @@ def create_app(
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             _problems_everywhere(schema)
+            _headers_documented(schema, {k.object_model.__name__ for k in KINDS.values()})
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
@@ -148,6 +149,33 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _headers_documented(schema: dict[str, Any], object_schemas: set[str]) -> None:
+    """The response headers the server sets: ETag on every answer that is one object (its resourceVersion,
+    for If-Match), Location on every 201 that made one, Retry-After on every 503."""
+    etag = {
+        "description": "The object's resourceVersion, quoted: send it as If-Match",
+        "schema": {"type": "string"},
+    }
+    location = {"description": "The created object's path", "schema": {"type": "string"}}
+    retry = {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for code, response in operation.get("responses", {}).items():
+                headers = response.setdefault("headers", {})
+                ref = str(
+                    response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+                )
+                one_object = ref.rsplit("/", 1)[-1] in object_schemas
+                if code.startswith("2") and one_object:
+                    headers["ETag"] = etag
+                if code == "201" and one_object:
+                    headers["Location"] = location
+                if code == "503":
+                    headers["Retry-After"] = retry
+                if not headers:
+                    del response["headers"]
 
 
 def _problems_everywhere(schema: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from app.cli import openapi_document
+from app.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +92,19 @@ def test_the_document_is_one_generated_sdks_can_use() -> None:
                     assert response.get("content") == problem, (path, verb, code)
             parameters = [p["name"].lower() for p in operation.get("parameters", [])]
             assert "authorization" not in parameters, (path, verb)
+
+
+def test_response_headers_are_documented() -> None:
+    document = json.loads(openapi_document())
+    objects = {kind.object_model.__name__ for kind in KINDS.values()}
+    operations = {(path, verb): op for path, ops in document["paths"].items() for verb, op in ops.items()}
+    for (path, verb), operation in operations.items():
+        for code, response in operation["responses"].items():
+            headers = response.get("headers", {})
+            body = response.get("content", {}).get("application/json", {}).get("schema", {})
+            if code == "201" and str(body.get("$ref", "")).rsplit("/", 1)[-1] in objects:
+                assert "Location" in headers and "ETag" in headers, (path, verb)
+            if code == "503":
+                assert "Retry-After" in headers, (path, verb)
+    read = operations["/v1/namespaces/{namespace}/instances/{name}", "get"]["responses"]["200"]
+    assert read["headers"]["ETag"]["schema"] == {"type": "string"}

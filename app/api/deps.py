@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
@@ -40,6 +40,12 @@ class NodeAccess:
     scratch: Path
     max_disk_bytes: int = 2 << 40
     volume_dir: str = "/var/lib/corral/instances"
+
+
+def with_etag(response: Response, obj: dict[str, Any]) -> dict[str, Any]:
+    """The object, its resourceVersion set as the response's ETag (for If-Match)."""
+    response.headers["ETag"] = f'"{obj["metadata"]["resourceVersion"]}"'
+    return obj
 
 
 def node_access(app: Any) -> NodeAccess:

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body
+from app.api.deps import DB, Caller, optional_body, with_etag
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.kinds import INSTANCES
@@ -65,8 +65,7 @@ def add_action(action: Action) -> None:
 
         status, obj = await run_in_threadpool(run)
         response.status_code = status
-        response.headers["ETag"] = f'"{obj["metadata"]["resourceVersion"]}"'
-        return obj
+        return with_etag(response, obj)
 
 
 for _action in INSTANCE_ACTIONS:

@@ -7,7 +7,7 @@ from fastapi import Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body
+from app.api.deps import DB, Caller, optional_body, with_etag
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.kinds import INSTANCES, MIGRATIONS, NODES
@@ -73,7 +73,7 @@ async def migrate(
 
     created = await run_in_threadpool(run)
     response.headers["Location"] = f"/v1/namespaces/{namespace}/migrations/{created['metadata']['name']}"
-    return created
+    return with_etag(response, created)
 
 
 @router.post(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import Query, Request, Response
 from prometheus_client import Counter, Histogram
 
-from app.api.deps import DB, Caller, optional_body, poll_until
+from app.api.deps import DB, Caller, optional_body, poll_until, with_etag
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.db import EVENTS_CHANNEL
@@ -77,4 +77,4 @@ async def claim(
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     response.headers["Location"] = f"/v1/namespaces/{namespace}/instances/{claimed['metadata']['name']}"
-    return claimed
+    return with_etag(response, claimed)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
+from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody, with_etag
 from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
@@ -67,10 +67,6 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
 
     def stored_ns(scope: str | None) -> str:
         return scope or ""
-
-    def with_etag(response: Response, obj: dict[str, Any]) -> dict[str, Any]:
-        response.headers["ETag"] = f'"{obj["metadata"]["resourceVersion"]}"'
-        return obj
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
 
