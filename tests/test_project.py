@@ -108,3 +108,15 @@ def test_response_headers_are_documented() -> None:
                 assert "Retry-After" in headers, (path, verb)
     read = operations["/v1/namespaces/{namespace}/instances/{name}", "get"]["responses"]["200"]
     assert read["headers"]["ETag"]["schema"] == {"type": "string"}
+
+
+def test_names_state_their_rule() -> None:
+    """DNS-1123 labels are enforced everywhere a name is taken; the document says so, so clients can check
+    before they send."""
+    schemas = json.loads(openapi_document())["components"]["schemas"]
+    label = {"pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63, "minLength": 1}
+    for schema, field in (("MigrationSpec", "vmiName"), ("Volume", "name"), ("Interface", "name")):
+        stated = schemas[schema]["properties"][field]
+        assert {k: stated.get(k) for k in label} == label, (schema, field)
+    name = next(s for s in schemas["ObjectMeta"]["properties"]["name"]["anyOf"] if s.get("type") == "string")
+    assert {k: name.get(k) for k in label} == label

@@ -113,7 +113,13 @@ def _quantity(value: Any) -> str:
     return text
 
 
-DnsLabel = Annotated[str, AfterValidator(check_dns_label)]
+# The rule is stated in the document (pattern, maxLength) and enforced by check_dns_label, whose message
+# names it in words.
+DnsLabel = Annotated[
+    str,
+    AfterValidator(check_dns_label),
+    Field(json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": 63, "minLength": 1}),
+]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 Annotations = Annotated[dict[str, str], AfterValidator(check_annotations)]
 Quantity = Annotated[
