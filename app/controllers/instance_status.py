@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -124,6 +125,21 @@ def add_guest_report(status: JsonObject, report: JsonObject, at: datetime) -> No
     set_condition(status, "AgentVersionNotSupported", "True" if missing else "False", reason, lacks, at)
 
 
+def _primary_address(addresses: list[str]) -> str | None:
+    """The address to reach the NIC at: IPv4 first, then IPv6, never a link-local one (fe80::, 169.254/16),
+    which every NIC has before DHCP answers and which no other host can use."""
+    usable = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            continue
+        if not address.is_link_local:
+            usable.append(address)
+    usable.sort(key=lambda a: a.version)
+    return str(usable[0]) if usable else None
+
+
 def interfaces_status(names: list[str], nics: list[NicAddress], report: JsonObject) -> list[JsonObject]:
     """KubeVirt's status.interfaces: each NIC of the domain, named as the spec's interfaces in order, with
     its addresses from the network's DHCP leases (infoSource `domain`) and as the guest agent reports them
@@ -143,9 +159,9 @@ def interfaces_status(names: list[str], nics: list[NicAddress], report: JsonObje
             reported = [a["address"] for a in seen.get("ipAddresses", [])]
             addresses += [a for a in reported if a not in addresses]
             sources.append("guest-agent")
-        ipv4 = [a for a in addresses if ":" not in a]
-        if addresses:
-            entry["ipAddress"] = (ipv4 or addresses)[0]
+        primary = _primary_address(addresses)
+        if primary is not None:
+            entry["ipAddress"] = primary
         entry.update(ipAddresses=addresses, infoSource=", ".join(sources))
         found.append(entry)
     return found

@@ -52,6 +52,11 @@ def test_interfaces_join_the_dhcp_leases_and_the_guest_agent_by_mac() -> None:
         {"name": "backup", "mac": "52:54:00:aa:bb:cc", "ipAddresses": [], "infoSource": "domain"},
     ]
     assert interfaces_status(["default"], [], real_report()) == []  # not running: no NICs
+    # Before DHCP answers a NIC has only its link-local address: nothing to reach it at yet.
+    early = interfaces_status(["default"], [NicAddress("52:54:00:aa:bb:cc", ("fe80::1",))], {})
+    assert "ipAddress" not in early[0] and early[0]["ipAddresses"] == ["fe80::1"]
+    ipv6 = interfaces_status(["default"], [NicAddress("52:54:00:aa:bb:cc", ("fe80::1", "2001:db8::5"))], {})
+    assert ipv6[0]["ipAddress"] == "2001:db8::5"
 
 
 def test_a_guest_report_in_the_status() -> None:
