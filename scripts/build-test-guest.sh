@@ -10,7 +10,7 @@ set -euo pipefail
 catalog=${CORRAL_IMAGE_DIR:-/var/lib/corral/images}
 out=$catalog/corral/test-guest/latest
 # The guest's generation: bump it when what the build makes changes, so cached builds are redone.
-generation=3
+generation=4
 if [ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/disk.qcow2" ] && [ -s "$out/containerdisk.qcow2" ] \
   && [ "$(cat "$out/generation" 2>/dev/null)" = "$generation" ] && [ "${1:-}" != --force ]; then
   echo "[build-test-guest] $out exists (use --force to rebuild)" >&2; exit 0
@@ -100,7 +100,7 @@ ip link set lo up
 # DHCP on the first NIC, renewed for as long as the guest runs (it names itself to the DHCP server).
 if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
-  udhcpc -i eth0 -s /etc/udhcpc.script -x "hostname:$hn" -f -t 60 -T 1 >/dev/null 2>&1 &
+  udhcpc -i eth0 -s /etc/udhcpc.script -x "hostname:$hn" -f -T 2 -A 2 >/dev/console 2>&1 &
 fi
 # No udev here: create the /dev/virtio-ports/<name> links qemu-ga looks for.
 for _ in $(seq 1 50); do

@@ -153,13 +153,15 @@ def interfaces_status(names: list[str], nics: list[NicAddress], report: JsonObje
     for index, nic in enumerate(nics):
         entry: JsonObject = {"name": names[index] if index < len(names) else f"nic{index}", "mac": nic.mac}
         addresses, sources = list(nic.addresses), ["domain"]
-        seen = agent.get(nic.mac)
+        seen, reported = agent.get(nic.mac), list[str]()
         if seen is not None:
             entry["interfaceName"] = seen.get("name")
             reported = [a["address"] for a in seen.get("ipAddresses", [])]
             addresses += [a for a in reported if a not in addresses]
             sources.append("guest-agent")
-        primary = _primary_address(addresses)
+        # What the guest itself reports wins: a lease the guest let go of can outlive it for a while.
+        confirmed = [a for a in addresses if a in reported]
+        primary = _primary_address(confirmed) or _primary_address(addresses)
         if primary is not None:
             entry["ipAddress"] = primary
         entry.update(ipAddresses=addresses, infoSource=", ".join(sources))

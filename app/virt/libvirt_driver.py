@@ -793,23 +793,27 @@ class LibvirtHypervisor:
 
     def nic_addresses(self, name: str) -> list[NicAddress]:
         dom = self._domain(name)
-        macs = [
-            str(mac.get("address", "")).lower()
-            for mac in ET.fromstring(self._call(lambda: dom.XMLDesc(0))).iterfind("devices/interface/mac")
-        ]
+        root = ET.fromstring(self._call(lambda: dom.XMLDesc(0)))
+        found = []
+        for interface in root.iterfind("devices/interface"):
+            mac_element, source = interface.find("mac"), interface.find("source")
+            mac = str(mac_element.get("address", "")).lower() if mac_element is not None else ""
+            network = source.get("network") if source is not None else None
+            found.append(NicAddress(mac, self._leased(network, mac) if network else ()))
+        return found
+
+    def _leased(self, network: str, mac: str) -> tuple[str, ...]:
+        """The MAC's addresses from the network's DHCP leases, the newest first (a guest that asked again
+        may hold a second, older lease until it expires)."""
         try:
-            found = self._call(
-                lambda: dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
-            )
+            net = self._call(lambda: self._conn.networkLookupByName(network))
+            leases = self._call(lambda: net.DHCPLeases(mac, 0))
         except HypervisorUnavailable:
             raise
         except HypervisorError:
-            found = {}  # not running, or the driver keeps no leases (libvirt's test driver)
-        leased = {
-            str(nic.get("hwaddr") or "").lower(): tuple(str(a["addr"]) for a in nic.get("addrs") or [])
-            for nic in (found or {}).values()
-        }
-        return [NicAddress(mac, leased.get(mac, ())) for mac in macs]
+            return ()  # no such network, or no leases kept (libvirt's test driver)
+        ordered = sorted(leases or [], key=lambda lease: -int(lease.get("expirytime") or 0))
+        return tuple(dict.fromkeys(str(lease["ipaddr"]) for lease in ordered if lease.get("ipaddr")))
 
     # -- host devices --------------------------------------------------------------------------------
     def node_devices(self) -> list[NodeDevice]:

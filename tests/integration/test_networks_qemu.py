@@ -41,16 +41,21 @@ def db(pg: Database) -> Database:
 
 
 def leased(api: httpx.Client, name: str) -> dict[str, Any]:
+    """The instance's first NIC once its address is a DHCP lease the guest also reports having (the guest
+    applies a lease a moment after the DHCP server recorded it)."""
+
     def lease() -> dict[str, Any] | None:
         obj = api.get(f"{INSTANCES}/{name}").json()
-        nics = obj["status"].get("interfaces", [])
-        return (
-            nics[0]
-            if nics and nics[0].get("ipAddress") and conditions(obj).get("AgentConnected") == "True"
-            else None
-        )
+        if conditions(obj).get("AgentConnected") != "True":
+            return None
+        api.get(f"{INSTANCES}/{name}/guest/interfaces", params={"refresh": "true"})
+        nics = api.get(f"{INSTANCES}/{name}").json()["status"].get("interfaces", [])
+        if nics and nics[0].get("infoSource") == "domain, guest-agent":
+            address = nics[0].get("ipAddress", "")
+            return nics[0] if address.startswith("10.88.") else None
+        return None
 
-    return wait_for(lease, timeout=90, interval=0.2, what=f"{name}'s lease and agent")
+    return wait_for(lease, timeout=90, interval=0.5, what=f"{name}'s lease, as the guest reports it")
 
 
 def shell(api: httpx.Client, name: str, script: str) -> tuple[int, str]:
