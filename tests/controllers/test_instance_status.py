@@ -45,7 +45,8 @@ def test_interfaces_join_the_dhcp_leases_and_the_guest_agent_by_mac() -> None:
             "name": "default",
             "interfaceName": "eth0",
             "mac": "52:54:00:12:34:56",
-            "ipAddress": "10.88.0.23",
+            # The guest reports 10.0.2.15, not the lease: what the guest says it has wins.
+            "ipAddress": "10.0.2.15",
             "ipAddresses": ["10.88.0.23", "10.0.2.15", "fe80::5054:ff:fe12:3456"],
             "infoSource": "domain, guest-agent",
         },
