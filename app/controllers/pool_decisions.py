@@ -33,6 +33,7 @@ class Member:
     warm_paused: bool  # the pool paused it (warmState Paused)
     current: bool  # made from the current template
     failure: str = ""  # "reason: message" of a failed member
+    phase: str = ""  # the instance's phase
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,12 @@ def _grow(
     return max(0, min(missing, burst - warming)), None
 
 
+def _in_warm_state(member: Member, warm_state: str) -> bool:
+    """Made from the current template and there: paused by the pool and Paused, or Running and not."""
+    paused = warm_state == "Paused"
+    return member.current and member.warm_paused == paused and member.phase == warm_state
+
+
 def pool_status(
     previous: JsonObject,
     spec: PoolSpec,
@@ -156,7 +163,7 @@ def pool_status(
         "readyReplicas": sum(m.up and m.state != "failed" for m in kept),
         "availableReplicas": available,
         "warming": sum(m.state == "warming" for m in kept),
-        "updatedReplicas": sum(m.current and m.warm_paused == (spec.warm_state == "Paused") for m in kept),
+        "updatedReplicas": sum(_in_warm_state(m, spec.warm_state) for m in kept),
         "claimed": claimed,
         "failed": failed,
         "conditions": [dict(c) for c in previous.get("conditions", [])],

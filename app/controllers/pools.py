@@ -93,6 +93,7 @@ def _member(row: InstanceRow, spec: PoolSpec, digest: str) -> Member:
         order=row.id,
         state=member_state(status, annotations, spec.warm_state),
         up=status.get("phase") in ("Running", "Paused"),
+        phase=str(status.get("phase") or ""),
         agent_ready=member_state(status, {}, "Running") == "available",
         warm_paused=annotations.get(WARM_PAUSED) == "true",
         current=annotations.get(TEMPLATE_HASH) == digest,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ def member(n: int, state: str = "available", *, current: bool = True, paused: bo
         warm_paused=paused,
         current=current,
         failure="Crashed: boom" if state == "failed" else "",
+        phase={"available": "Paused" if paused else "Running", "warming": "Starting"}.get(state, "Failed"),
     )
 
 
@@ -148,6 +150,8 @@ def test_status_counts_and_conditions() -> None:
         ("Running", [member(0), member(1), member(2)], 3),
         ("Paused", [member(0), member(1), member(2)], 0),  # the change is seen, not yet rolled out
         ("Paused", [member(0, paused=True), member(1, paused=True), member(2)], 2),
+        # Asked to pause, not yet Paused: not rolled out (a client waiting on this would see Running members)
+        ("Paused", [replace(member(0, paused=True), phase="Running"), member(1, paused=True)], 1),
         ("Running", [member(0, current=False), member(1), member(2, paused=True)], 1),
     ],
 )
