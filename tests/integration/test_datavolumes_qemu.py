@@ -9,56 +9,26 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.db import Database
 from app.virt.driver import STORAGE_POOL
 from app.virt.libvirt_driver import connect
-from app.worker.main import build_worker
 from tests.conftest import (
     ADMIN_TOKEN,
     TEST_GUEST_DISK,
-    add_node,
-    bearer,
     conditions,
     wait_for,
-    worker_settings,
 )
 from tests.http_source import HttpSource
-from tests.registry import Registry
 
 INSTANCES = "/v1/namespaces/default/instances"
 DVS = "/v1/namespaces/default/datavolumes"
 DATA_DISK = TEST_GUEST_DISK.with_name("disk.qcow2")
 MESSAGE = b"written-by-a-guest"
-
-
-@pytest.fixture
-def api(pg: Database, registry: Registry, server: Any, tmp_path: Path) -> Iterator[httpx.Client]:
-    process = build_worker(pg, worker_settings(registry, data_dir=tmp_path))
-    process.start()
-    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=60) as client:
-        add_node(client, "local", "qemu:///system")
-        try:
-            yield client
-        finally:
-            for item in client.get(INSTANCES).json()["items"]:
-                client.delete(f"{INSTANCES}/{item['metadata']['name']}")
-            wait_for(lambda: not client.get(INSTANCES).json()["items"], timeout=90, what="instances gone")
-            for item in client.get(DVS).json()["items"]:
-                client.delete(f"{DVS}/{item['metadata']['name']}")
-            wait_for(lambda: not client.get(DVS).json()["items"], timeout=30, what="DataVolumes gone")
-            process.stop()
-
-
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
 
 
 def wait_dv(api: httpx.Client, name: str) -> dict[str, Any]:

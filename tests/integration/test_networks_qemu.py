@@ -5,39 +5,14 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.db import Database
-from app.worker.main import build_worker
-from tests.conftest import ADMIN_TOKEN, add_node, bearer, conditions, wait_for, worker_settings
-from tests.registry import Registry
+from tests.conftest import conditions, wait_for
 
 INSTANCES = "/v1/namespaces/default/instances"
-
-
-@pytest.fixture
-def api(pg: Database, registry: Registry, server: Any, tmp_path: Path) -> Iterator[httpx.Client]:
-    process = build_worker(pg, worker_settings(registry, data_dir=tmp_path))
-    process.start()
-    with httpx.Client(base_url=server.url, headers=bearer(ADMIN_TOKEN), timeout=60) as client:
-        add_node(client, "local", "qemu:///system")
-        try:
-            yield client
-        finally:
-            for item in client.get(INSTANCES).json()["items"]:
-                client.delete(f"{INSTANCES}/{item['metadata']['name']}")
-            wait_for(lambda: not client.get(INSTANCES).json()["items"], timeout=90, what="instances gone")
-            process.stop()
-
-
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
 
 
 def leased(api: httpx.Client, name: str) -> dict[str, Any]:
