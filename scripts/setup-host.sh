@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs and starts what Corral and its tests need on a Debian 12 host without systemd:
 # libvirt 11 + QEMU 10 from bookworm-backports (Debian 12's QEMU 7.2 corrupts busy guests during TCG live
-# migration), PostgreSQL 15, the tiny test guest, and for the tests a local OCI registry (docker-registry;
-# the tests start their own) with SYSLINUX/mtools to make the test guest a self-booting containerDisk. Idempotent; fails loudly when a daemon does not come up.
+# migration), PostgreSQL 15, the tiny test guest, a Debian 12 cloud guest (mmdebstrap), and for the tests a
+# local OCI registry (docker-registry; the tests start their own) with SYSLINUX/mtools to make the test guest a
+# self-booting containerDisk. Idempotent; fails loudly when a daemon does not come up.
 #   CORRAL_SETUP_POSTGRES=0  skip PostgreSQL (the embedded default uses SQLite)
-#   CORRAL_SETUP_GUEST=0     skip building the test guest image
+#   CORRAL_SETUP_GUEST=0     skip building the guest images
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 log() { printf '\033[1m[setup-host]\033[0m %s\n' "$*" >&2; }
@@ -26,7 +27,7 @@ need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-network 2>/dev/null | grep -q bpo12 || need_install=1
 for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini \
-  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping; do
+  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping mmdebstrap openssh-client; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -40,7 +41,7 @@ if [ "$need_install" = 1 ]; then
     libvirt-daemon-driver-storage/$B libvirt-daemon-driver-network/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
     busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
-    dnsmasq-base nftables iputils-ping >/dev/null
+    dnsmasq-base nftables iputils-ping mmdebstrap openssh-client >/dev/null
 fi
 
 # QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.
@@ -96,5 +97,6 @@ fi
 
 if [ "${CORRAL_SETUP_GUEST:-1}" = 1 ]; then
   "$here/build-test-guest.sh"
+  "$here/build-cloud-guest.sh"
 fi
 log "host ready: $(virsh -c qemu:///system version | grep -i 'running hypervisor')"
