@@ -21,6 +21,12 @@ class Settings(BaseSettings):
         description="libvirt URI of the local node; default: qemu:///system if it answers, else test:///default.",
     )
     admin_token: str | None = Field(default=None, description="Bootstraps the first admin token.")
+    encryption_key_file: Path | None = Field(
+        default=None,
+        description="Keys Secrets are encrypted with at rest, one Fernet key per line: the first encrypts, "
+        "all decrypt (add a new first line to rotate). Every API and worker process needs the same file. "
+        "Default: data_dir/encryption-key, minted on first start.",
+    )
     image_dir: Path = Field(default=Path("/var/lib/corral/images"), description="The image catalog.")
     image_registries: str = Field(
         default="quay.io/containerdisks",

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from app.models import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow, PoolRow, ResourceRow
+from app.models import (
+    DataVolumeRow,
+    InstanceRow,
+    MigrationRow,
+    NetworkRow,
+    NodeRow,
+    PoolRow,
+    ResourceRow,
+    SecretRow,
+)
 from app.schemas.auth import Role
 from app.schemas.common import ApiModel
 from app.schemas.datavolume import DataVolume, DataVolumeBody, DataVolumeList, DataVolumeSpec
@@ -14,6 +24,8 @@ from app.schemas.migration import Migration, MigrationBody, MigrationList, Migra
 from app.schemas.network import NetworkBody, NetworkList, NetworkObject, NetworkSpec
 from app.schemas.node import Node, NodeBody, NodeList, NodeSpec
 from app.schemas.pool import Pool, PoolBody, PoolList, PoolSpec
+from app.schemas.secret import SecretBody, SecretList, SecretObject, SecretSpec
+from app.sealing import shown_secret
 
 RowT = TypeVar("RowT", bound=ResourceRow)
 
@@ -33,6 +45,11 @@ class Kind(Generic[RowT]):
     list_model: type[ApiModel]
     write_role: Role
     read_role: Role = Role.viewer
+    # How a stored object (as in the change log) is shown to clients, when that differs.
+    present: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def shown(self, stored: dict[str, Any]) -> dict[str, Any]:
+        return self.present(stored) if self.present is not None else stored
 
     def work_key(self, namespace: str, name: str) -> str:
         return f"{self.kind}/{namespace}/{name}"
@@ -134,6 +151,24 @@ NETWORKS = Kind(
     write_role=Role.admin,
 )
 
+SECRETS = Kind(
+    kind="Secret",
+    api_version="v1",
+    row=SecretRow,
+    namespaced=True,
+    plural="secrets",
+    singular="Secret",
+    api_versions=("v1",),
+    spec_model=SecretSpec,
+    body_model=SecretBody,
+    object_model=SecretObject,
+    list_model=SecretList,
+    write_role=Role.operator,
+    # Kubernetes' `view` role cannot read Secrets either: their values are credentials.
+    read_role=Role.operator,
+    present=shown_secret,
+)
+
 KINDS: dict[str, Kind[Any]] = {
-    k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS, DATAVOLUMES, NETWORKS)
+    k.kind: k for k in (NODES, INSTANCES, POOLS, MIGRATIONS, DATAVOLUMES, NETWORKS, SECRETS)
 }

@@ -7,7 +7,15 @@ from app.models.events import EventRow, RevisionRow
 from app.models.idempotency import IdempotencyRow
 from app.models.images import CachedImageRow
 from app.models.operations import OperationRow
-from app.models.resources import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow, PoolRow
+from app.models.resources import (
+    DataVolumeRow,
+    InstanceRow,
+    MigrationRow,
+    NetworkRow,
+    NodeRow,
+    PoolRow,
+    SecretRow,
+)
 from app.models.settings import SettingRow
 from app.models.workqueue import WorkItemRow
 
@@ -27,6 +35,7 @@ __all__ = [
     "PoolRow",
     "ResourceRow",
     "RevisionRow",
+    "SecretRow",
     "SettingRow",
     "TokenRow",
     "WorkItemRow",

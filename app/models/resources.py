@@ -60,3 +60,10 @@ class DataVolumeRow(ResourceRow, Base):
 class NetworkRow(ResourceRow, Base):
     __tablename__ = "networks"
     __table_args__ = (UniqueConstraint("namespace", "name", name="uq_networks_namespace_name"),)
+
+
+class SecretRow(ResourceRow, Base):
+    """A Secret: `spec` holds its type and its values sealed (app.sealing), never the values themselves."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_secrets_namespace_name"),)

@@ -7,10 +7,10 @@ import binascii
 import json
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, StrictBool, field_validator, model_validator
+from pydantic import Field, StrictBool, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from app.disks.reference import REFERENCE_PATTERN, candidates
@@ -199,20 +199,26 @@ class SecretReference(ApiModel):
     name: DnsLabel
 
 
+def check_cloud_init_size(field: str, data: bytes | None) -> None:
+    if data is not None and len(data) > MAX_CLOUD_INIT_BYTES:
+        raise ValueError(f"{field} is {len(data)} bytes, over the {MAX_CLOUD_INIT_BYTES} limit")
+
+
 class CloudInitSource(ApiModel):
     """KubeVirt's cloudInitNoCloud / cloudInitConfigDrive: user data and network data, inline or base64."""
 
     user_data: str | None = Field(default=None, description="e.g. `#cloud-config` YAML, or a script.")
     user_data_base64: str | None = None
     user_data_secret_ref: SecretReference | None = Field(
-        default=None, description="Not supported yet: refused (Secrets arrive with a later release)."
+        default=None, description="A Secret in the namespace whose `userdata` (or `userData`) key holds it."
     )
     network_data: str | None = Field(
         default=None, description="NoCloud: network-config YAML (v1 or v2). ConfigDrive: network_data.json."
     )
     network_data_base64: str | None = None
     network_data_secret_ref: SecretReference | None = Field(
-        default=None, description="Not supported yet: refused (Secrets arrive with a later release)."
+        default=None,
+        description="A Secret in the namespace whose `networkdata` (or `networkData`) key holds it.",
     )
 
     @model_validator(mode="after")
@@ -223,23 +229,17 @@ class CloudInitSource(ApiModel):
             ]
             if len(given) > 1:
                 raise ValueError(f"give one of {', '.join(to_camel(f) for f in given)}")
-            if getattr(self, f"{what}_secret_ref") is not None:
-                raise ValueError(
-                    f"{to_camel(what)}SecretRef: Secrets are not supported yet; give the data inline"
-                )
-            data = self.decoded(what)
-            if data is not None and len(data) > MAX_CLOUD_INIT_BYTES:
-                raise ValueError(
-                    f"{to_camel(what)} is {len(data)} bytes, over the {MAX_CLOUD_INIT_BYTES} limit"
-                )
-        if (
-            self.user_data is None
-            and self.user_data_base64 is None
-            and self.network_data is None
-            and (self.network_data_base64 is None)
+            check_cloud_init_size(to_camel(what), self.decoded(what))
+        if not any(
+            getattr(self, f"{what}{form}") is not None
+            for what in ("user_data", "network_data")
+            for form in ("", "_base64", "_secret_ref")
         ):
-            raise ValueError("give userData (or userDataBase64) and/or networkData (or networkDataBase64)")
+            raise ValueError("give userData (or userDataBase64, userDataSecretRef) and/or networkData")
         return self
+
+    def secret_names(self) -> set[str]:
+        return {ref.name for ref in (self.user_data_secret_ref, self.network_data_secret_ref) if ref}
 
     def decoded(self, what: Literal["user_data", "network_data"]) -> bytes | None:
         """The document's bytes; raises ValueError for bad base64."""
@@ -321,6 +321,57 @@ class Volume(ApiModel):
         return self.persistent_volume_claim.claim_name if self.persistent_volume_claim else None
 
 
+class SecretSource(ApiModel):
+    secret_name: DnsLabel
+
+
+class CredentialSource(ApiModel):
+    secret: SecretSource
+
+
+class GuestAgentUsers(ApiModel):
+    users: list[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")]] = Field(
+        min_length=1, max_length=16, description="Guest users whose authorized_keys the agent keeps."
+    )
+
+
+class Empty(ApiModel):
+    pass
+
+
+class KeyPropagation(ApiModel):
+    no_cloud: Empty | None = Field(
+        default=None, description="Into the cloudInitNoCloud seed's meta-data (the image's default user)."
+    )
+    config_drive: Empty | None = Field(
+        default=None, description="Into the cloudInitConfigDrive seed's meta_data.json public_keys."
+    )
+    qemu_guest_agent: GuestAgentUsers | None = Field(
+        default=None,
+        description="Written by the guest agent while the guest runs, and rewritten when the Secret changes: "
+        "each user's ~/.ssh/authorized_keys holds exactly the Secret's keys.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> KeyPropagation:
+        if sum(m is not None for m in (self.no_cloud, self.config_drive, self.qemu_guest_agent)) != 1:
+            raise ValueError("exactly one of noCloud, configDrive or qemuGuestAgent")
+        return self
+
+
+class SshPublicKeyCredential(ApiModel):
+    source: CredentialSource = Field(
+        description="A Secret whose every value holds public keys, one per line."
+    )
+    propagation_method: KeyPropagation
+
+
+class AccessCredential(ApiModel):
+    """KubeVirt's accessCredentials: SSH public keys from a Secret, put into the guest."""
+
+    ssh_public_key: SshPublicKeyCredential
+
+
 def data_volume_names(spec: InstanceSpec) -> list[str]:
     return [name for name in (v.data_volume_name for v in spec.volumes) if name is not None]
 
@@ -338,6 +389,31 @@ class InstanceSpec(ApiModel):
     run_strategy: RunStrategy = "Always"
     termination_grace_period_seconds: int = Field(default=30, ge=0, le=3600)
     hostname: DnsLabel | None = None
+    access_credentials: list[AccessCredential] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _seeds_for_keys(self) -> InstanceSpec:
+        seeds = {
+            "noCloud": any(v.cloud_init_no_cloud is not None for v in self.volumes),
+            "configDrive": any(v.cloud_init_config_drive is not None for v in self.volumes),
+        }
+        for i, credential in enumerate(self.access_credentials):
+            method = credential.ssh_public_key.propagation_method
+            for wanted, given in (("noCloud", method.no_cloud), ("configDrive", method.config_drive)):
+                if given is not None and not seeds[wanted]:
+                    raise ValueError(
+                        f"spec.accessCredentials[{i}].sshPublicKey.propagationMethod.{wanted}: the instance "
+                        f"has no cloudInit{wanted[0].upper()}{wanted[1:]} volume to carry the keys"
+                    )
+        return self
+
+    def secret_names(self) -> set[str]:
+        """The Secrets the spec uses (cloud-init documents, SSH keys)."""
+        names = {c.ssh_public_key.source.secret.secret_name for c in self.access_credentials}
+        for volume in self.volumes:
+            if volume.cloud_init is not None:
+                names |= volume.cloud_init.secret_names()
+        return names
 
     @model_validator(mode="after")
     def _interfaces_have_networks(self) -> InstanceSpec:

@@ -23,6 +23,7 @@ from app.services.datavolumes import check_single_writer
 from app.services.devices import DeviceService
 from app.services.networks import check_networks
 from app.services.resources import ResourceService
+from app.services.secrets import check_secrets
 from app.services.validation import invalid
 
 INSTANCE_ACTIONS = (
@@ -44,6 +45,7 @@ class InstanceService(ResourceService):
         DeviceService(self.session).check_requests(spec)
         check_single_writer(self.session, row.namespace, row.name, spec)
         check_networks(self.session, row.namespace, row.name, spec)
+        check_secrets(self.session, row.namespace, spec)
         set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
         set_progress(row, InstanceProgress())
 
@@ -52,6 +54,7 @@ class InstanceService(ResourceService):
         DeviceService(self.session).check_requests(spec)
         check_single_writer(self.session, row.namespace, row.name, spec)
         check_networks(self.session, row.namespace, row.name, spec)
+        check_secrets(self.session, row.namespace, spec)
         strategy = row.spec.get("runStrategy")
         if strategy is not None and strategy != old_spec.get("runStrategy"):
             set_intent(row, intent_of(row).for_run_strategy(strategy))

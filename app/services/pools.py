@@ -17,7 +17,7 @@ from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
 from app.schemas.common import JsonObject
-from app.schemas.instance import data_volume_names
+from app.schemas.instance import InstanceSpec, data_volume_names
 from app.schemas.pool import (
     CLAIMED_AT,
     CLAIMED_LABEL,
@@ -31,6 +31,7 @@ from app.schemas.pool import (
 )
 from app.services.instances import InstanceService
 from app.services.resources import ResourceService
+from app.services.secrets import check_secrets
 from app.services.validation import invalid
 
 
@@ -45,10 +46,15 @@ class PoolService(ResourceService):
         self.instances = InstanceRepository(session)
 
     def prepare_new(self, row: Any) -> None:
-        _no_shared_disks(row.spec)
+        self._check_template(row)
 
     def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
-        _no_shared_disks(row.spec)
+        self._check_template(row)
+
+    def _check_template(self, row: Any) -> None:
+        template = PoolSpec.model_validate(row.spec).member_template().spec
+        _no_shared_disks(template)
+        check_secrets(self.session, row.namespace, template, "spec.template.spec")
 
     def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
         """Hand over one available member, or None when there is none. The pool row's lock serializes claims
@@ -133,9 +139,9 @@ class PoolService(ResourceService):
         return rows
 
 
-def _no_shared_disks(spec: JsonObject) -> None:
+def _no_shared_disks(template: InstanceSpec) -> None:
     """Every member would attach the same disk, and a disk has one instance at a time."""
-    if data_volume_names(PoolSpec.model_validate(spec).member_template().spec):
+    if data_volume_names(template):
         raise Invalid(
             "pool members cannot attach DataVolumes: a disk has one instance at a time",
             [FieldError("spec.template.spec.volumes", "dataVolume/persistentVolumeClaim in a pool template")],

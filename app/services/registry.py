@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.kinds import DATAVOLUMES, INSTANCES, KINDS, MIGRATIONS, NETWORKS, NODES, POOLS
+from app.kinds import DATAVOLUMES, INSTANCES, KINDS, MIGRATIONS, NETWORKS, NODES, POOLS, SECRETS
 from app.services.datavolumes import DataVolumeService
 from app.services.instances import InstanceService
 from app.services.migrations import MigrationService
@@ -12,6 +12,7 @@ from app.services.networks import NetworkService
 from app.services.nodes import NodeService
 from app.services.pools import PoolService
 from app.services.resources import ResourceService
+from app.services.secrets import SecretService
 
 
 def service_for(session: Session, kind_name: str) -> ResourceService:
@@ -27,4 +28,6 @@ def service_for(session: Session, kind_name: str) -> ResourceService:
         return DataVolumeService(session)
     if kind_name == NETWORKS.kind:
         return NetworkService(session)
+    if kind_name == SECRETS.kind:
+        return SecretService(session)
     return ResourceService(session, KINDS[kind_name])

@@ -47,7 +47,7 @@ class ResourceService:
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, namespace: str, name: str) -> JsonObject:
-        return to_object(self.kind, self._row(namespace, name))
+        return self._shown(self._row(namespace, name))
 
     def list(
         self, namespace: str | None, label_selector: str | None, limit: int | None, continue_: str | None
@@ -66,7 +66,7 @@ class ResourceService:
             "apiVersion": self.kind.api_version,
             "kind": f"{self.kind.kind}List",
             "metadata": meta,
-            "items": [to_object(self.kind, r) for r in rows],
+            "items": [self._shown(r) for r in rows],
         }
 
     # -- writes --------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ class ResourceService:
         self.prepare_new(row)
         self.repo.add(row)
         self._wake(namespace, name)
-        return to_object(self.kind, row)
+        return self._shown(row)
 
     def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
@@ -112,7 +112,7 @@ class ResourceService:
         if not isinstance(patch, dict):
             raise BadRequest("a merge patch must be a JSON object", [FieldError("body", "must be an object")])
         row = self._row(namespace, name, for_update=True)
-        current = to_object(self.kind, row)
+        current = self._shown(row)
         meta_patch = patch.get("metadata")
         sent_version = meta_patch.get("resourceVersion") if isinstance(meta_patch, dict) else None
         if sent_version is not None and not isinstance(sent_version, str):
@@ -121,7 +121,7 @@ class ResourceService:
                 [FieldError("metadata.resourceVersion", "must be a string")],
             )
         _check_version(row.resource_version, if_match, sent_version)
-        merged = merge_patch({k: current[k] for k in ("apiVersion", "kind", "metadata", "spec")}, patch)
+        merged = merge_patch({k: v for k, v in current.items() if k != "status"}, patch)
         meta, spec = self._check_body(merged, namespace)
         if meta.name != name:
             raise Invalid("metadata.name cannot be changed", [FieldError("metadata.name", "is immutable")])
@@ -136,7 +136,7 @@ class ResourceService:
             row.deleted_at = utc_now()
             self.repo.touch(row)
             self._wake(namespace, name)
-        return to_object(self.kind, row)
+        return self._shown(row)
 
     def check_deletable(self, row: Any) -> None:
         """Kinds refuse deletion by overriding this (e.g. a node that still hosts instances)."""
@@ -147,7 +147,14 @@ class ResourceService:
     def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
         """Kinds react to a spec change (already stored on `row`) by overriding this."""
 
+    def same_spec(self, stored: JsonObject, new: JsonObject) -> bool:
+        """Whether a write changes nothing of the spec (kinds storing specs in another form override this)."""
+        return stored == new
+
     # -- helpers -------------------------------------------------------------------------------------
+    def _shown(self, row: Any) -> JsonObject:
+        return self.kind.shown(to_object(self.kind, row))
+
     def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
         row = self.repo.get(namespace, name, for_update=for_update)
         if row is None:
@@ -161,7 +168,7 @@ class ResourceService:
         if row.deleted_at is not None:
             raise Conflict(f"{self.kind.kind} {row.name!r} is being deleted")
         changed = False
-        if spec != row.spec:
+        if not self.same_spec(row.spec, spec):
             old_spec, row.spec = row.spec, spec
             row.generation += 1
             self.spec_changed(row, old_spec)
@@ -172,7 +179,7 @@ class ResourceService:
         if changed:
             self.repo.touch(row)
             self._wake(row.namespace, row.name)
-        return to_object(self.kind, row)
+        return self._shown(row)
 
     def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, JsonObject]:
         """Validate a whole object (from JSON, YAML or a merged patch); returns metadata and stored spec."""
@@ -182,6 +189,13 @@ class ResourceService:
             parsed = self.kind.body_model.model_validate(body)
         except ValidationError as exc:
             raise invalid(exc) from exc
+        self._check_identity(body)
+        meta: ObjectMeta = parsed.metadata  # type: ignore[attr-defined]
+        self._check_scope(meta, namespace)
+        spec = parsed.spec.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[attr-defined]
+        return meta, spec
+
+    def _check_identity(self, body: JsonObject) -> None:
         api_version, kind = body.get("apiVersion"), body.get("kind")
         if api_version is not None and api_version not in self.kind.api_versions:
             raise Invalid(
@@ -193,15 +207,14 @@ class ResourceService:
                 f"kind {kind!r} does not belong at this path",
                 [FieldError("kind", f"must be {self.kind.kind}")],
             )
-        meta: ObjectMeta = parsed.metadata  # type: ignore[attr-defined]
+
+    def _check_scope(self, meta: ObjectMeta, namespace: str) -> None:
         expected_ns = namespace if self.kind.namespaced else None
         if meta.namespace is not None and meta.namespace != expected_ns:
             message = (
                 f"must be {namespace!r} (the path's)" if self.kind.namespaced else "cluster-scoped: omit it"
             )
             raise Invalid(f"metadata.namespace {message}", [FieldError("metadata.namespace", message)])
-        spec = parsed.spec.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[attr-defined]
-        return meta, spec
 
     def _generated_name(self, namespace: str, prefix: str) -> str:
         for _ in range(8):

@@ -12,6 +12,8 @@ from app.errors import FieldError, Invalid
 def field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad mapping key: the key itself names the field
+            continue
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 

@@ -82,7 +82,8 @@ class Watch:
         return current
 
     def _line(self, event_type: str, obj: JsonObject) -> bytes:
-        return (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
+        shown = obj if event_type == "BOOKMARK" else self.kind.shown(obj)
+        return (json.dumps({"type": event_type, "object": shown}, separators=(",", ":")) + "\n").encode()
 
     def _fetch(self) -> tuple[int, int, list[tuple[str, JsonObject]]]:
         """The next events after self.rv: how many, the resourceVersion they reach, and what this client

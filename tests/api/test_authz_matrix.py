@@ -18,14 +18,15 @@ from tests.conftest import bearer, make_token, vmi
 ROLES = ("viewer", "operator", "admin")
 OPEN = {"/healthz", "/readyz", "/metrics", "/v1/whoami"}  # answer any (or no) token
 # Running programs in a guest and reading or writing its files are an admin's; other writes, and the history
-# of guest operations (the programs run), an operator's.
+# of guest operations (the programs run) and Secrets (credentials), an operator's.
 ADMIN_ONLY = ("/guest/exec", "/guest/file-read", "/guest/file-write")
+OPERATOR_READS = ("/guest/operations", "/secrets", "/secrets/{name}")
 
 
 def needed(path: str, verb: str) -> str:
     if path.endswith(ADMIN_ONLY):
         return "admin"
-    return "viewer" if verb == "GET" and not path.endswith("/guest/operations") else "operator"
+    return "viewer" if verb == "GET" and not path.endswith(OPERATOR_READS) else "operator"
 
 
 def operations() -> list[tuple[str, str]]:
