@@ -231,6 +231,9 @@ class FakeHypervisor:
     def guest_fsfreeze(self, name: str, freeze: bool) -> dict[str, Any]:
         raise AgentUnavailable("not in this fake")
 
+    def update_authorized_keys(self, name: str, user: str, add: list[str], remove: list[str]) -> None:
+        raise AgentUnavailable("not in this fake")
+
     def migrate(self, name: str, destination_uri: str, options: MigrationOptions) -> None:
         raise InvalidOperation("not in this fake")
 

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.controllers.credentials import SecretMissing, SecretValues, document, seed_keys
 from app.controllers.image_cache import ImageNotReady
 from app.controllers.instance_status import Observed
 from app.controllers.naming import network_for, seed_file
@@ -63,6 +64,7 @@ class Definer:
         resolve: ImageResolver,
         find_disk: DiskFinder,
         networks: Mapping[str, NetworkSpec],
+        secrets: SecretValues,
     ) -> Observed | None:
         """Create the volumes and define the domain; None when done, else what to report instead."""
         try:
@@ -73,6 +75,10 @@ class Definer:
             return Observed("Scheduled", exc.reason, str(exc))
         except DataVolumeMissing as exc:
             return Observed("Scheduled", "DataVolumeNotReady", str(exc))
+        try:
+            seed = seed_of(owner, spec, secrets)
+        except SecretMissing as exc:
+            return Observed("Scheduled", "SecretNotFound", str(exc))
         with ExitStack() as undo:
             try:
                 self._ensure_pool(hv, undo)
@@ -85,7 +91,6 @@ class Definer:
             except LookupError as exc:
                 return Observed("Failed", "NetworkNotFound", str(exc))
             disks = [self._volume(hv, volume, undo) for volume in planned]
-            seed = seed_of(owner, spec)
             if seed is not None:
                 disks.append(self._seed(hv, owner.uid, *seed, undo))
             config = domain_config(owner, spec, boot_image, tuple(disks), hv, nics)
@@ -151,16 +156,22 @@ class Definer:
         return DiskConfig(path=path, target=volume.target, serial=volume.name[:20])
 
 
-def seed_of(owner: Owner, spec: InstanceSpec) -> tuple[str, Seed] | None:
+def seed_of(owner: Owner, spec: InstanceSpec, secrets: SecretValues) -> tuple[str, Seed] | None:
     """(volume name, seed) of the instance's cloud-init volume; instance-id is its uid, so a restart keeps
-    it (first-boot modules do not run again) and a new instance gets a new one."""
+    it (first-boot modules do not run again) and a new instance gets a new one. Raises SecretMissing."""
     volume = next((v for v in spec.volumes if v.cloud_init is not None), None)
     if volume is None or volume.cloud_init is None:
         return None
     kind: SeedKind = "noCloud" if volume.cloud_init_no_cloud is not None else "configDrive"
     source = volume.cloud_init
-    hostname = spec.hostname or owner.name
-    seed = Seed(kind, owner.uid, hostname, source.decoded("user_data"), source.decoded("network_data"))
+    seed = Seed(
+        kind,
+        owner.uid,
+        spec.hostname or owner.name,
+        document(source, "user_data", secrets),
+        document(source, "network_data", secrets),
+        tuple(seed_keys(spec, secrets, kind)),
+    )
     return volume.name, seed
 
 

@@ -37,6 +37,7 @@ UNSCHEDULABLE_RETRY = 5.0
 CONFIG_RETRY = 30.0  # a missing image or a name conflict: someone must act; look again now and then
 GUEST_REFRESH = 60.0  # seconds between guest agent reports while it stays connected
 NODE_RETRY = 10.0
+KEYS_RETRY = 5.0  # the guest refused SSH keys (its user may not exist yet)
 LEASE_POLL = 1.0
 LEASE_WAIT = timedelta(minutes=2)
 

@@ -20,10 +20,12 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339, utc_now
 from app.controllers.base import Result
+from app.controllers.credentials import agent_keys, load_secrets
 from app.controllers.definitions import Definer, Owner
 from app.controllers.image_cache import ImageCache, resolver
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
+    KEYS_RETRY,
     NODE_RETRY,
     POWERED,
     STOPPING_POLL,
@@ -63,7 +65,7 @@ from app.repositories.devices import DeviceRepository
 from app.repositories.instances import InstanceRepository, intent_of, progress_of, set_intent, set_progress
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject, parse_time
-from app.schemas.conditions import find_condition
+from app.schemas.conditions import find_condition, set_condition
 from app.schemas.devices import device_needs
 from app.schemas.instance import InstanceSpec, data_volume_names, requested_memory, requested_vcpus
 from app.schemas.migration import FINISHED
@@ -77,6 +79,7 @@ from app.virt.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    GuestCommandFailed,
     Hypervisor,
     HypervisorError,
     HypervisorEvent,
@@ -126,6 +129,7 @@ class LoadedInstance:
     mdevs: tuple[tuple[str, str, str], ...] = ()  # its mediated devices: (parent, type, uuid)
     data_volumes: dict[str, DataVolumeRef] = field(default_factory=dict)  # by name, those that exist
     networks: dict[str, NetworkSpec] = field(default_factory=dict)  # the Network resources it names
+    secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the Secrets it names that exist
 
     @property
     def domain(self) -> str:
@@ -216,14 +220,53 @@ class InstanceReconciler:
             self.hypervisors.forget(loaded.node_name or "")
             outcome = Outcome(unreachable(str(exc)), requeue=NODE_RETRY)
         self._write(loaded, outcome)  # the state first: AgentConnected is not held back by the report below
+        requeue = outcome.requeue
         if hv is not None and outcome.observed.agent == "True":
             guest = self._guest_report(loaded, hv)
             if guest is not None:
                 self._write(loaded, replace(outcome, guest=guest))
+            if not self._sync_agent_keys(loaded, hv):
+                requeue = min(requeue or KEYS_RETRY, KEYS_RETRY)
         run_queued(
             self.db, hv, loaded.uid, loaded.domain, outcome.observed.agent, self._freeze_status(loaded)
         )
-        return Result(requeue_after=outcome.requeue)
+        return Result(requeue_after=requeue)
+
+    def _sync_agent_keys(self, loaded: LoadedInstance, hv: Hypervisor) -> bool:
+        """Each accessCredentials user's keys, added (and those the Secret dropped removed) by the guest agent
+        when they differ from what it last wrote: a changed Secret reaches the running guest. False when the
+        guest refused (its user may not exist yet: cloud-init makes it after the agent starts)."""
+        wanted = {user: tuple(keys) for user, keys in agent_keys(loaded.spec, loaded.secrets).items()}
+        written = loaded.progress.agent_keys
+        if wanted == written:
+            return True
+        try:
+            for user in sorted(set(wanted) | set(written)):
+                keep = wanted.get(user, ())
+                dropped = [k for k in written.get(user, ()) if k not in keep]
+                hv.update_authorized_keys(loaded.domain, user, list(keep), dropped)
+        except (AgentUnavailable, GuestCommandFailed) as exc:
+            self._record_keys(loaded, written, ("False", "AgentCommandFailed", str(exc)[:500]))
+            return False
+        self._record_keys(loaded, wanted, ("True", "Synchronized", ""))
+        return True
+
+    def _record_keys(
+        self, loaded: LoadedInstance, written: dict[str, tuple[str, ...]], condition: tuple[str, str, str]
+    ) -> None:
+        with self.db.transaction() as session:
+            repo = InstanceRepository(session)
+            row = repo.get(loaded.namespace, loaded.name, for_update=True)
+            if row is None or row.uid != loaded.uid:
+                return
+            status = dict(row.status or {})
+            value, reason, message = condition
+            set_condition(status, "AccessCredentialsSynchronized", value, reason, message, self.clock())
+            progress = progress_of(row)
+            if status != row.status or progress.agent_keys != written:
+                row.status = status
+                set_progress(row, progress.but(agent_keys=written))
+                repo.touch(row)
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.domain_uuid is None:
@@ -263,7 +306,9 @@ class InstanceReconciler:
                 resolve = resolver(self.image_dir, self.images, hv, node, waiter, loaded.created)
                 disks = _disk_finder(loaded, hv)
                 owner, spec = loaded.owner, loaded.spec
-                failure = self.definer.define(hv, owner, spec, resolve, disks, loaded.networks)
+                failure = self.definer.define(
+                    hv, owner, spec, resolve, disks, loaded.networks, loaded.secrets
+                )
                 if failure is not None:
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
@@ -436,6 +481,7 @@ class InstanceReconciler:
                 mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if row.node_name else (),
                 data_volumes=_data_volumes(session, namespace, row.spec),
                 networks=_networks(session, row.spec),
+                secrets=load_secrets(session, namespace, InstanceSpec.model_validate(row.spec)),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:

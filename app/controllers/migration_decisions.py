@@ -5,7 +5,7 @@ the guest runs. No I/O here."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -43,6 +43,7 @@ class MigratingInstance:
     data_volumes: tuple[AttachedDisk, ...] = ()  # the DataVolumes it attaches
     hostname: str = ""  # what its cloud-init seed names it (a target gets the same seed)
     nat_networks: tuple[NetworkConfig, ...] = ()  # the NAT Networks its NICs are on (a target needs them)
+    secrets: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)  # for its seed on a target
 
 
 @dataclass(frozen=True)

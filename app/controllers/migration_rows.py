@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339
+from app.controllers.credentials import load_secrets
 from app.controllers.migration_decisions import AttachedDisk, MigratingInstance, merged
 from app.controllers.naming import domain_name, network_for
 from app.db import Database
@@ -258,6 +259,7 @@ def _migrating(session: Session, row: InstanceRow) -> MigratingInstance:
         unmigratable=migratable.get("reason") if migratable.get("status") == "False" else None,
         hostname=spec.hostname or row.name,
         nat_networks=_nat_networks(session, spec),
+        secrets=load_secrets(session, row.namespace, spec),
         data_volumes=tuple(
             AttachedDisk(dv.name, dv.uid, int((dv.status or {}).get("capacity") or 0))
             for dv in _data_volume_rows(session, row.namespace, spec)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 
+from app.controllers.credentials import SecretMissing
 from app.controllers.definitions import Owner, seed_of, store_seed
 from app.controllers.migration_decisions import MigratingInstance
 from app.controllers.naming import seed_file, volume_file
@@ -93,10 +94,10 @@ class MigrationStorage:
                     capacity = sizes.get(volume.volume_id, volume.capacity)
                     target_hv.create_volume(STORAGE_POOL, volume.volume_id, capacity, volume.backing)
             owner = Owner("", instance.hostname, instance.uid, instance.domain, "")
-            seed = seed_of(owner, instance.spec)
+            seed = seed_of(owner, instance.spec, instance.secrets)
             if seed is not None and seed_file(instance.uid, seed[0]) in copies:  # read-only: made, not copied
                 store_seed(target_hv, instance.uid, *seed, self.volume_dir)
-        except (HypervisorError, images.ImageNotFound) as exc:
+        except (HypervisorError, images.ImageNotFound, SecretMissing) as exc:
             message = (
                 f"node {target} does not see {', '.join(copies)} in its {STORAGE_POOL} pool and could not "
                 f"create a copy there: {exc}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pycdlib
+import yaml
 
 SeedKind = Literal["noCloud", "configDrive"]
 LABELS = {"noCloud": "cidata", "configDrive": "config-2"}
@@ -21,17 +22,26 @@ class Seed:
     hostname: str
     user_data: bytes | None = None
     network_data: bytes | None = None
+    public_keys: tuple[str, ...] = ()  # cloud-init gives them to the image's default user
 
 
 def files_of(seed: Seed) -> dict[str, bytes]:
     """The seed's files by path, as cloud-init's datasource reads them."""
     if seed.kind == "noCloud":
-        meta = f"instance-id: {seed.instance_id}\nlocal-hostname: {seed.hostname}\n".encode()
-        files = {"meta-data": meta, "user-data": seed.user_data or b""}
+        meta: dict[str, object] = {"instance-id": seed.instance_id, "local-hostname": seed.hostname}
+        if seed.public_keys:
+            meta["public-keys"] = list(seed.public_keys)
+        files = {"meta-data": yaml.safe_dump(meta).encode(), "user-data": seed.user_data or b""}
         if seed.network_data is not None:
             files["network-config"] = seed.network_data
         return files
-    meta_json = {"uuid": seed.instance_id, "hostname": seed.hostname, "name": seed.hostname}
+    meta_json: dict[str, object] = {
+        "uuid": seed.instance_id,
+        "hostname": seed.hostname,
+        "name": seed.hostname,
+    }
+    if seed.public_keys:
+        meta_json["public_keys"] = {f"key{i}": key for i, key in enumerate(seed.public_keys)}
     files = {"openstack/latest/meta_data.json": json.dumps(meta_json).encode()}
     if seed.user_data is not None:
         files["openstack/latest/user_data"] = seed.user_data

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 Power = Literal["Running", "Stopped"]
@@ -99,6 +99,9 @@ class InstanceProgress(Record):
     pause_done: int = 0
     retry_done: int = 0
     migration: MigrationLock | None = None
+    # The SSH keys the guest agent wrote, per guest user (accessCredentials), so a key the Secret no longer
+    # holds is removed, and keys the guest got otherwise (cloud-init) are left alone.
+    agent_keys: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
 
 class MigrationIntent(Record):

@@ -35,8 +35,7 @@ def users_of(session: Session, network: str) -> list[str]:
 
 
 def check_networks(session: Session, namespace: str, name: str, spec: InstanceSpec) -> None:
-    """422 for a Network that does not exist or a binding it does not allow; 409 for a MAC another instance
-    has."""
+    """422 for a Network that does not exist, a binding it does not allow, or a MAC another instance has."""
     repo = ResourceRepository[Any](session, NETWORKS)
     bindings = {nic.name: (i, nic) for i, nic in enumerate(spec.domain.devices.interfaces)}
     for i, network in enumerate(spec.networks):
@@ -65,9 +64,8 @@ def check_networks(session: Session, namespace: str, name: str, spec: InstanceSp
             if mac in macs:
                 field = f"spec.domain.devices.interfaces[{macs[mac]}].macAddress"
                 holder = f"{row.namespace}/{row.name}"
-                raise Conflict(
-                    f"MAC {mac} is instance {holder}'s", [FieldError(field, f"in use by {holder}")]
-                )
+                # Invalid input like any other bad value (not a conflict of versions): another MAC works.
+                raise Invalid(f"MAC {mac} is instance {holder}'s", [FieldError(field, f"in use by {holder}")])
 
 
 class NetworkService(ResourceService):

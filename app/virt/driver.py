@@ -269,6 +269,11 @@ class Hypervisor(Protocol):
 
     def guest_file_write(self, name: str, path: str, data: bytes) -> None: ...
 
+    def update_authorized_keys(self, name: str, user: str, add: list[str], remove: list[str]) -> None:
+        """Add keys to and remove keys from a guest user's ~/.ssh/authorized_keys, through the guest agent
+        (other keys in the file stay; adding a key already there changes nothing)."""
+        ...
+
     def guest_fsfreeze(self, name: str, freeze: bool) -> dict[str, Any]:
         """Freeze (True) or thaw the guest's filesystems; {filesystems, fsFreezeStatus}."""
         ...

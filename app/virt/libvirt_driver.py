@@ -585,6 +585,20 @@ class LibvirtHypervisor:
         finally:
             self._close(name, handle)
 
+    def update_authorized_keys(self, name: str, user: str, add: list[str], remove: list[str]) -> None:
+        dom = self._domain(name)
+        try:
+            if remove:
+                flag = libvirt.VIR_DOMAIN_AUTHORIZED_SSH_KEYS_SET_REMOVE
+                self._call(lambda: dom.authorizedSSHKeysSet(user, remove, flag))
+            if add:
+                flag = libvirt.VIR_DOMAIN_AUTHORIZED_SSH_KEYS_SET_APPEND
+                self._call(lambda: dom.authorizedSSHKeysSet(user, add, flag))
+        except (DomainNotFound, HypervisorUnavailable, GuestCommandFailed):
+            raise
+        except HypervisorError as exc:
+            raise AgentUnavailable(str(exc), exc.code) from exc
+
     def _open(self, name: str, path: str, mode: str) -> int:
         opening = {"execute": "guest-file-open", "arguments": {"path": path, "mode": mode}}
         handle = self.agent_command(name, opening, AGENT_TIMEOUT)

@@ -12,8 +12,12 @@ from typing import Any
 import httpx
 import pycdlib
 import pytest
+import yaml
 
+from app.controllers.credentials import SecretMissing, agent_keys
+from app.controllers.definitions import Owner, seed_of
 from app.disks.cloudinit import Seed, build_iso
+from app.schemas.instance import InstanceSpec
 from app.virt.driver import STORAGE_POOL, Hypervisor
 from tests.conftest import wait_for
 from tests.controllers.test_instances import BASE, instance, wait_phase
@@ -64,8 +68,8 @@ def test_the_seed_is_a_cdrom_made_in_the_pool_and_removed_with_the_instance(
         ),
         (
             [{"name": "c", "cloudInitNoCloud": {"userDataSecretRef": {"name": "s"}}}],
-            "cloudInitNoCloud",
-            "Secrets",
+            "spec.volumes[0].cloudInitNoCloud.userDataSecretRef.name",
+            "no Secret named",
         ),
         ([{"name": "c", "cloudInitNoCloud": {}}], "cloudInitNoCloud", "give userData"),
         (
@@ -116,3 +120,47 @@ def test_seed_images_hold_what_cloud_init_reads() -> None:
     }
     assert drive["openstack/latest/user_data"] == b"#!/bin/sh\n"
     assert drive["openstack/latest/network_data.json"] == b'{"links": []}'
+
+
+KEYS = ("ssh-ed25519 AAAAC3Nza1 a@x", "ssh-ed25519 AAAAC3Nza2 b@x")
+
+
+def test_seeds_take_documents_and_keys_from_secrets() -> None:
+    spec = InstanceSpec.model_validate(
+        {
+            "volumes": [{"name": "ci", "cloudInitConfigDrive": {"userDataSecretRef": {"name": "ud"}}}],
+            "accessCredentials": [
+                {"sshPublicKey": {"source": {"secret": {"secretName": s}}, "propagationMethod": method}}
+                for s, method in (
+                    ("keys", {"configDrive": {}}),
+                    ("agent-keys", {"qemuGuestAgent": {"users": ["ops"]}}),
+                )
+            ],
+        }
+    )
+    owner = Owner("ns", "vm", "uid-3", "dom", "qemu")
+    secrets = {
+        "ud": {"userData": b"#cloud-config\nhostname: x\n"},
+        "keys": {"a": f"{KEYS[0]}\n# a comment\n\n{KEYS[1]}\n".encode(), "b": KEYS[0].encode()},
+    }
+    found = seed_of(owner, spec, secrets)
+    assert found is not None
+    name, seed = found
+    assert name == "ci" and seed.user_data == b"#cloud-config\nhostname: x\n" and seed.public_keys == KEYS
+    meta = json.loads(read_iso(build_iso(seed))["openstack/latest/meta_data.json"])
+    assert meta["public_keys"] == {"key0": KEYS[0], "key1": KEYS[1]}
+    with pytest.raises(SecretMissing, match="'keys'"):
+        seed_of(owner, spec, {"ud": secrets["ud"]})
+    with pytest.raises(SecretMissing, match="userdata or userData"):
+        seed_of(owner, spec, {**secrets, "ud": {"other": b""}})
+    assert agent_keys(spec, secrets) == {"ops": []}  # a missing Secret revokes what it gave
+    assert agent_keys(spec, {**secrets, "agent-keys": {"k": KEYS[1].encode()}}) == {"ops": [KEYS[1]]}
+
+
+def test_no_cloud_meta_data_is_yaml_with_the_keys() -> None:
+    meta = read_iso(build_iso(Seed("noCloud", "uid-4", "web", public_keys=KEYS)))["meta-data"]
+    assert yaml.safe_load(meta) == {
+        "instance-id": "uid-4",
+        "local-hostname": "web",
+        "public-keys": list(KEYS),
+    }

@@ -127,7 +127,8 @@ def test_macs_are_honoured_and_unique(api: httpx.Client, hv: Hypervisor) -> None
     second = api.post(
         BASE, json=on("second", ("default", {"masquerade": {}}, {"pod": {}}), macAddress=mac.upper())
     )
-    assert second.status_code == 409 and "default/first" in second.json()["detail"]
+    assert second.status_code == 422 and "default/first" in second.json()["detail"]
+    assert second.json()["errors"][0]["field"] == "spec.domain.devices.interfaces[0].macAddress"
     twice = instance("twice")
     twice["spec"]["domain"]["devices"] = {
         "interfaces": [{"name": "a", "macAddress": mac}, {"name": "b", "macAddress": mac}]
