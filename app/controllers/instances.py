@@ -8,6 +8,7 @@ next pass cannot find.
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from collections.abc import Callable
@@ -259,7 +260,7 @@ class InstanceReconciler:
             row = repo.get(loaded.namespace, loaded.name, for_update=True)
             if row is None or row.uid != loaded.uid:
                 return
-            status = dict(row.status or {})
+            status = copy.deepcopy(row.status or {})  # set_condition edits the conditions list in place
             value, reason, message = condition
             set_condition(status, "AccessCredentialsSynchronized", value, reason, message, self.clock())
             progress = progress_of(row)

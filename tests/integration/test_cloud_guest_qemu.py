@@ -60,15 +60,19 @@ def read(api: httpx.Client, name: str, path: str) -> str:
     return base64.b64decode(answer.json()["contentBase64"]).decode()
 
 
-def booted(api: httpx.Client, name: str, after: str | None = None) -> str:
-    """Wait until cloud-init finished in this run of the guest (a run started after `after`); its address."""
+def boot_id(api: httpx.Client, name: str) -> str | None:
+    ran = api.post(
+        f"{INSTANCES}/{name}/guest/exec", json={"command": ["cat", "/proc/sys/kernel/random/boot_id"]}
+    )
+    return base64.b64decode(ran.json()["stdoutBase64"]).decode().strip() if ran.status_code == 200 else None
+
+
+def booted(api: httpx.Client, name: str, before: str | None = None) -> str:
+    """Wait until cloud-init finished in a boot of the guest other than `before` (a boot id); its address."""
 
     def done() -> bool:
         obj = api.get(f"{INSTANCES}/{name}").json()
-        stamps = [s["phaseTransitionTimestamp"] for s in obj["status"].get("phaseTransitionTimestamps", [])]
-        if after is not None and not (stamps and stamps[-1] > after):
-            return False
-        if conditions(obj).get("AgentConnected") != "True":
+        if conditions(obj).get("AgentConnected") != "True" or boot_id(api, name) in (None, before):
             return False
         ran = api.post(f"{INSTANCES}/{name}/guest/exec", json={"command": ["cloud-init", "status"]})
         out = base64.b64decode(ran.json().get("stdoutBase64", "")).decode() if ran.status_code == 200 else ""
@@ -84,6 +88,20 @@ def booted(api: httpx.Client, name: str, after: str | None = None) -> str:
     found: str = wait_for(address, timeout=60, interval=1, what=f"{name}'s address")
     assert ipaddress.ip_address(found) in ipaddress.ip_network("10.88.0.0/16")  # the NAT network
     return found
+
+
+def keys_written(api: httpx.Client, name: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def synchronized() -> bool:
+        found = api.get(f"{INSTANCES}/{name}").json()["status"]["conditions"]
+        seen[:] = [c for c in found if c["type"] == "AccessCredentialsSynchronized"]
+        return bool(seen) and seen[0]["status"] == "True"
+
+    try:
+        wait_for(synchronized, timeout=60, interval=0.5, what="the agent's keys written")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from None
 
 
 def instance(name: str, volume: dict[str, Any], credentials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,9 +131,9 @@ users:
     sudo: ALL=(ALL) NOPASSWD:ALL
     ssh_authorized_keys: ["{own_public}"]
 bootcmd:
-  - [sh, -c, "echo boot >> /var/tmp/boots"]
+  - [sh, -c, "echo boot >> /var/tmp/boots; sync"]
 runcmd:
-  - [sh, -c, "echo first-boot >> /var/tmp/first-boot"]
+  - [sh, -c, "echo first-boot >> /var/tmp/first-boot; sync"]
 """
     for name, values in (("cloudy-userdata", {"userdata": user_data}), ("cloudy-keys", {"k": agent_public})):
         assert api.post(SECRETS, json={"metadata": {"name": name}, "stringData": values}).status_code == 201
@@ -131,13 +149,7 @@ runcmd:
 
     login = ssh(address, "corral", own_key, "id -un; cat /var/tmp/first-boot")
     assert login.returncode == 0 and login.stdout == "corral\nfirst-boot\n", login.stderr
-    wait_for(
-        lambda: (
-            conditions(api.get(f"{INSTANCES}/cloudy").json()).get("AccessCredentialsSynchronized") == "True"
-        ),
-        timeout=60,
-        what="the agent's keys written",
-    )
+    keys_written(api, "cloudy")
     assert ssh(address, "corral", agent_key, "true").returncode == 0
 
     # The Secret changes: the running guest follows, without a reboot; the user-data key stays.
@@ -150,9 +162,9 @@ runcmd:
     assert ssh(address, "corral", agent_key, "true").returncode == 255  # removed: refused
     assert ssh(address, "corral", own_key, "true").returncode == 0
 
-    before = api.get(f"{INSTANCES}/cloudy").json()["status"]["phaseTransitionTimestamps"][-1]
+    first_boot = boot_id(api, "cloudy")
     assert api.post(f"{INSTANCES}/cloudy/restart").status_code == 202
-    booted(api, "cloudy", after=before["phaseTransitionTimestamp"])
+    booted(api, "cloudy", before=first_boot)
     assert read(api, "cloudy", "/var/tmp/boots") == "boot\nboot\n"  # it did boot again...
     assert read(api, "cloudy", "/var/tmp/first-boot") == "first-boot\n"  # ...as the same instance
 
@@ -165,7 +177,7 @@ def test_a_new_instance_on_a_config_drive_runs_first_boot_and_gets_its_key(
         api.post(SECRETS, json={"metadata": {"name": "drive-keys"}, "stringData": {"k": public}}).status_code
         == 201
     )
-    user_data = '#cloud-config\nruncmd:\n  - [sh, -c, "echo first-boot >> /var/tmp/first-boot"]\n'
+    user_data = '#cloud-config\nruncmd:\n  - [sh, -c, "echo first-boot >> /var/tmp/first-boot; sync"]\n'
     body = instance(
         "drive",
         {"cloudInitConfigDrive": {"userData": user_data}},
