@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,11 @@ class Registry:
     root: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    login: tuple[str, str] | None = None  # a registry that wants this user and password (htpasswd)
+
+    @property
+    def _auth(self) -> httpx.BasicAuth | None:
+        return httpx.BasicAuth(*self.login) if self.login else None
 
     @property
     def host(self) -> str:
@@ -65,11 +71,21 @@ class Registry:
         self.port = self.port or _free_port()
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
+        auth = ""
+        if self.login is not None:
+            user, password = self.login
+            with warnings.catch_warnings():  # crypt is deprecated; Debian's libxcrypt makes bcrypt with it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+
+                hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+            (self.root / "htpasswd").write_text(f"{user}:{hashed}\n")
+            auth = f"auth: {{htpasswd: {{realm: corral-test, path: {self.root / 'htpasswd'}}}}}\n"
         config.write_text(
             "version: 0.1\n"
             f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
             f"http: {{addr: {self.host}}}\n"
-            "log: {level: error}\n"
+            "log: {level: error}\n" + auth
         )
         binary = shutil.which("docker-registry")
         if binary is None:
@@ -79,7 +95,7 @@ class Registry:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                if httpx.get(f"http://{self.host}/v2/", auth=self._auth, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -95,13 +111,13 @@ class Registry:
     def push_blob(self, repository: str, data: bytes, digest: str | None = None) -> str:
         digest = digest or _digest(data)
         base = f"http://{self.host}/v2/{repository}/blobs/uploads/"
-        started = httpx.post(base, timeout=30)
+        started = httpx.post(base, auth=self._auth, timeout=30)
         assert started.status_code == 202, started.text
         location = started.headers["location"]
         if location.startswith("/"):
             location = f"http://{self.host}{location}"
         joiner = "&" if "?" in location else "?"
-        done = httpx.put(f"{location}{joiner}digest={digest}", content=data, timeout=120)
+        done = httpx.put(f"{location}{joiner}digest={digest}", content=data, auth=self._auth, timeout=120)
         assert done.status_code == 201, done.text
         return digest
 
@@ -111,6 +127,7 @@ class Registry:
             f"http://{self.host}/v2/{repository}/manifests/{tag}",
             content=body,
             headers={"Content-Type": media_type},
+            auth=self._auth,
             timeout=30,
         )
         assert answer.status_code == 201, answer.text
@@ -151,7 +168,9 @@ class Registry:
             os_name, arch = platform.split("/")
             size = len(
                 httpx.get(
-                    f"http://{self.host}/v2/{repository}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
+                    f"http://{self.host}/v2/{repository}/manifests/{digest}",
+                    headers={"Accept": OCI_MANIFEST},
+                    auth=self._auth,
                 ).content
             )
             entries.append(

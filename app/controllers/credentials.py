@@ -3,11 +3,13 @@ accessCredentials), read by the worker when it builds a seed or syncs keys throu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from app.disks.registry import Credentials
 from app.kinds import SECRETS
 from app.repositories.resources import ResourceRepository
 from app.schemas.instance import CloudInitSource, InstanceSpec
@@ -22,14 +24,36 @@ class SecretMissing(LookupError):
     """A Secret the instance uses is not there (or lacks the key it needs)."""
 
 
+def secret_values(session: Session, namespace: str, name: str) -> dict[str, bytes] | None:
+    row = ResourceRepository[Any](session, SECRETS).get(namespace, name)
+    if row is None or row.deleted_at is not None:
+        return None
+    return sealer().unseal(row.spec["sealedData"])
+
+
+def registry_logins(values: Mapping[str, bytes], *, registry: str | None) -> Credentials:
+    """Registry logins in a Secret: a kubernetes.io/dockerconfigjson (`.dockerconfigjson`) or legacy
+    `.dockercfg` document, or CDI's `accessKeyId`/`secretKey` pair (a login for `registry`, when given)."""
+    try:
+        if ".dockerconfigjson" in values:
+            return Credentials.from_document(json.loads(values[".dockerconfigjson"]))
+        if ".dockercfg" in values:
+            return Credentials.from_document({"auths": json.loads(values[".dockercfg"])})
+    except ValueError:
+        return Credentials()
+    if registry is not None and "accessKeyId" in values and "secretKey" in values:
+        login = (values["accessKeyId"].decode(errors="replace"), values["secretKey"].decode(errors="replace"))
+        return Credentials({registry: login})
+    return Credentials()
+
+
 def load_secrets(session: Session, namespace: str, spec: InstanceSpec) -> dict[str, dict[str, bytes]]:
     """The values of the Secrets the spec names that exist, unsealed."""
-    repo = ResourceRepository[Any](session, SECRETS)
     found = {}
     for name in sorted(spec.secret_names()):
-        row = repo.get(namespace, name)
-        if row is not None and row.deleted_at is None:
-            found[name] = sealer().unseal(row.spec["sealedData"])
+        values = secret_values(session, namespace, name)
+        if values is not None:
+            found[name] = values
     return found
 
 

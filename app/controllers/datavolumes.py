@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
 from app.controllers.base import Result
+from app.controllers.credentials import registry_logins, secret_values
 from app.controllers.image_cache import RegistryConfig
 from app.controllers.placement import cluster_views
 from app.db import Database
@@ -31,7 +32,7 @@ from app.models import DataVolumeRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject
-from app.schemas.datavolume import DataVolumeSpec, data_volume_status
+from app.schemas.datavolume import DataVolumeSpec, RegistrySource, data_volume_status
 from app.services.datavolumes import users_of
 from app.virt.disk_import import data_volume_file, finish_import
 from app.virt.driver import (
@@ -198,7 +199,7 @@ class DataVolumeReconciler:
                 )
             else:
                 assert source.registry is not None
-                disk = self._pull(source.registry.url.removeprefix("docker://"), scratch, progress)
+                disk = self._pull(dv, source.registry, scratch, progress)
             return finish_import(
                 hv,
                 disk,
@@ -210,20 +211,28 @@ class DataVolumeReconciler:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _pull(self, image: str, scratch: Path, progress: _Progress) -> Path:
+    def _pull(self, dv: LoadedDataVolume, source: RegistrySource, scratch: Path, progress: _Progress) -> Path:
         registry = self.config.registry
-        client = RegistryClient(
-            insecure=registry.insecure, credentials=Credentials.from_file(registry.auth_file)
-        )
         try:
-            [reference] = references.candidates(image, ())
+            [reference] = references.candidates(source.url.removeprefix("docker://"), ())
+        except references.InvalidReference as exc:
+            raise RegistryError(str(exc)) from None
+        logins = Credentials.from_file(registry.auth_file)
+        if source.secret_ref is not None:
+            with self.db.read() as session:
+                values = secret_values(session, dv.namespace, source.secret_ref)
+            if values is None:
+                raise RegistryError(f"Secret {source.secret_ref!r} (spec.source.registry.secretRef) is gone")
+            logins = logins.overridden_by(registry_logins(values, registry=reference.registry))
+        client = RegistryClient(insecure=registry.insecure, credentials=logins)
+        try:
             manifest = client.manifest(reference)
             total = sum(layer.size for layer in manifest.layers)
             disk, _ = pull_disk(
                 client, manifest, scratch, lambda done: progress.update(done, total), registry.max_disk_bytes
             )
             return disk
-        except (references.InvalidReference, ValueError) as exc:
+        except ValueError as exc:
             raise RegistryError(str(exc)) from None
         finally:
             client.close()

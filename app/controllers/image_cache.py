@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339, utc_now
 from app.controllers.base import Result
+from app.controllers.credentials import registry_logins, secret_values
 from app.db import Database
 from app.disks import reference as references
 from app.disks import untrusted
@@ -82,10 +83,12 @@ def resolver(
     waiter: str,
     created: datetime,
     *,
+    namespace: str,
     same_as: str | None = None,
 ) -> Callable[[ContainerDiskSource | None], images.Image]:
     """How an instance on `node` finds its images: a short name in the node's catalog directory first, then
-    (and a qualified reference always) through the registry cache. With `same_as` (a migration's source
+    (and a qualified reference always) through the registry cache, with the login of the instance's
+    imagePullSecret (in `namespace`). With `same_as` (a migration's source
     node) a registry image is the very digest that node holds, so an overlay copied over fits its base."""
 
     def resolve(source: ContainerDiskSource | None) -> images.Image:
@@ -96,12 +99,14 @@ def resolver(
                 return images.resolve(catalog, source.image)
             except images.ImageNotFound:
                 pass
+        login = f"{namespace}/{source.image_pull_secret}" if source.image_pull_secret else None
         if same_as is None:
-            return cache.image(node, source.image, source.image_pull_policy, waiter, created, present)
+            policy = source.image_pull_policy
+            return cache.image(node, source.image, policy, waiter, created, present, login)
         pinned = cache.pinned(same_as, source.image)
         if pinned is None:
             raise images.ImageNotFound(f"node {same_as} holds no pulled copy of {source.image!r}")
-        return cache.image(node, pinned, "IfNotPresent", waiter, created, present)
+        return cache.image(node, pinned, "IfNotPresent", waiter, created, present, login)
 
     def present(volume: str) -> bool:
         return hv.volume_path(STORAGE_POOL, volume) is not None
@@ -147,6 +152,7 @@ class ImageCache:
         waiter: str,
         created: datetime,
         present: Callable[[str], bool],
+        pull_secret: str | None = None,
     ) -> images.Image:
         """The image `name` as a disk on `node`. Raises ImageNotReady while it is not there, after asking
         for a pull. Policy Always wants a registry check newer than the instance (`created`). `present`
@@ -179,6 +185,9 @@ class ImageCache:
                 )
             else:
                 row.wanted_at = now
+                if pull_secret is not None and pull_secret != row.pull_secret:
+                    row.pull_secret = pull_secret
+                    row.retry_at = None  # another login: worth trying at once
                 if waiter not in row.waiters:
                     row.waiters = [*row.waiters, waiter]
                 if row.state == FAILED and (row.retry_at is None or row.retry_at <= now):
@@ -275,14 +284,15 @@ class ImagePuller:
         progress = _Progress(self, row_id)
         try:
             name = self._update(row_id, state=PULLING, message="asking the registry", bytes_done=0)
-            manifest = self._manifest(name)
+            logins = self._logins(row_id)
+            manifest = self._manifest(name, logins)
             volume = f"image-{manifest.digest.removeprefix('sha256:')}.qcow2"
             stored = self._cached_volume(hv, node, volume)
             if stored is None:
                 scratch.mkdir(parents=True)
                 total = sum(layer.size for layer in manifest.layers)
                 self._update(row_id, reference=str(manifest.reference), bytes_total=total, message="")
-                disk, facts = self._fetch(manifest, scratch, progress)
+                disk, facts = self._fetch(manifest, scratch, progress, logins)
                 stored = self._store(hv, disk, volume, progress.row_id), facts
             path, facts = stored
         except (RegistryError, untrusted.UnsafeDisk, OSError) as exc:
@@ -297,10 +307,24 @@ class ImagePuller:
         self._collect(hv, node)
         return Result()
 
-    def _manifest(self, name: str) -> Manifest:
+    def _logins(self, row_id: int) -> Credentials:
+        """The node's registry logins, with those of the pull Secret the image was last asked with over
+        them (a Secret that is gone adds none: the registry's refusal will say so)."""
+        logins = Credentials.from_file(self.config.auth_file)
+        with self.db.read() as session:
+            row = ImageCacheRepository(session).get(row_id, for_update=False)
+            if row is None or row.pull_secret is None:
+                return logins
+            namespace, _, name = row.pull_secret.partition("/")
+            values = secret_values(session, namespace, name)
+        if values is None:
+            return logins
+        return logins.overridden_by(registry_logins(values, registry=None))
+
+    def _manifest(self, name: str, logins: Credentials) -> Manifest:
         """The manifest of the first search registry that has the image; every registry's answer when
         none has it."""
-        client = self._client()
+        client = self._client(logins)
         answers = []
         try:
             for candidate in references.candidates(name, self.config.search):
@@ -316,10 +340,8 @@ class ImagePuller:
         finally:
             client.close()
 
-    def _client(self) -> RegistryClient:
-        return RegistryClient(
-            insecure=self.config.insecure, credentials=Credentials.from_file(self.config.auth_file)
-        )
+    def _client(self, logins: Credentials) -> RegistryClient:
+        return RegistryClient(insecure=self.config.insecure, credentials=logins)
 
     def _cached_volume(
         self, hv: Hypervisor, node: str, volume: str
@@ -336,9 +358,9 @@ class ImagePuller:
         return None if path is None else (path, facts)
 
     def _fetch(
-        self, manifest: Manifest, scratch: Path, progress: _Progress
+        self, manifest: Manifest, scratch: Path, progress: _Progress, logins: Credentials
     ) -> tuple[Path, untrusted.DiskFacts]:
-        client = self._client()
+        client = self._client(logins)
         try:
             pulled = pull_disk(client, manifest, scratch, progress.fetched, self.config.max_disk_bytes)
         finally:

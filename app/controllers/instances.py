@@ -304,7 +304,9 @@ class InstanceReconciler:
             if act is Act.DEFINE:
                 waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
                 node = loaded.node_name or ""
-                resolve = resolver(self.image_dir, self.images, hv, node, waiter, loaded.created)
+                resolve = resolver(
+                    self.image_dir, self.images, hv, node, waiter, loaded.created, namespace=loaded.namespace
+                )
                 disks = _disk_finder(loaded, hv)
                 owner, spec = loaded.owner, loaded.spec
                 failure = self.definer.define(

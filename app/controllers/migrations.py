@@ -408,7 +408,9 @@ class MigrationReconciler:
         source, waiter = str(m.instance.node), MIGRATIONS.work_key(m.namespace, m.name)
         same_as = None if node == source else source
         hv = self._hypervisor(m, node)
-        return resolver(self.image_dir, self.images, hv, node, waiter, ANY_TIME, same_as=same_as)
+        return resolver(
+            self.image_dir, self.images, hv, node, waiter, ANY_TIME, namespace=m.namespace, same_as=same_as
+        )
 
 
 def _joined(thread: threading.Thread) -> Callable[[float], bool]:

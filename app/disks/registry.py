@@ -7,6 +7,7 @@ for by digest, every blob), so a registry or a proxy in between cannot substitut
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
@@ -72,15 +73,31 @@ class Credentials:
     def from_file(cls, path: Path | None) -> Credentials:
         if path is None or not path.is_file():
             return cls()
-        document = json.loads(path.read_text())
+        return cls.from_document(json.loads(path.read_text()))
+
+    @classmethod
+    def from_document(cls, document: Any) -> Credentials:
+        """Logins from a parsed containers-auth.json / .dockerconfigjson document."""
+        if not isinstance(document, dict):
+            return cls()
         auths: dict[str, tuple[str, str]] = {}
-        for key, entry in (document.get("auths") or {}).items():
-            if entry.get("auth"):
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            else:
-                user, password = entry.get("username", ""), entry.get("password", "")
+        entries = document.get("auths")
+        for key, entry in (entries if isinstance(entries, dict) else {}).items():
+            if not isinstance(entry, dict):
+                continue  # a document from a user's Secret: what cannot be a login is skipped
+            try:
+                if entry.get("auth"):
+                    user, _, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+                else:
+                    user, password = str(entry.get("username", "")), str(entry.get("password", ""))
+            except (binascii.Error, UnicodeDecodeError):
+                continue
             auths[key.removeprefix("https://").removeprefix("http://").rstrip("/")] = (user, password)
         return cls(auths)
+
+    def overridden_by(self, other: Credentials) -> Credentials:
+        """These logins with `other`'s over them (an instance's pull Secret over the node's file)."""
+        return Credentials({**self.auths, **other.auths})
 
     def for_reference(self, reference: Reference) -> tuple[str, str] | None:
         path = f"{reference.registry}/{reference.repository}"

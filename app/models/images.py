@@ -31,5 +31,7 @@ class CachedImageRow(Base):
     retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # registry last asked
     wanted_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)  # an instance last used it
+    # The Secret (namespace/name) with the registry login the last instance asking for it named.
+    pull_secret: Mapped[str | None] = mapped_column(String(127), nullable=True)
     # Work keys of the instances waiting for it: woken on every change of state or progress.
     waiters: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)

@@ -46,6 +46,11 @@ class RegistrySource(ApiModel):
         pattern="^docker://" + REFERENCE_PATTERN.removeprefix("^"),
         description="docker://host/repository:tag (or @sha256:...): a containerDisk image.",
     )
+    secret_ref: DnsLabel | None = Field(
+        default=None,
+        description="CDI's registry login: a Secret in the DataVolume's namespace with `accessKeyId` (user) "
+        "and `secretKey` (password), or a kubernetes.io/dockerconfigjson Secret.",
+    )
 
 
 class EmptySource(ApiModel):

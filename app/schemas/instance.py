@@ -170,6 +170,11 @@ class ContainerDiskSource(ApiModel):
         description="IfNotPresent: use the node's cached copy when there is one. Always: ask the registry "
         "for the tag's current digest for every new instance. Never: use only what the node has.",
     )
+    image_pull_secret: DnsLabel | None = Field(
+        default=None,
+        description="A kubernetes.io/dockerconfigjson Secret in the instance's namespace with the registry "
+        "login (over the node's CORRAL_REGISTRY_AUTH_FILE). A node shares a pulled image between instances.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -413,6 +418,8 @@ class InstanceSpec(ApiModel):
         for volume in self.volumes:
             if volume.cloud_init is not None:
                 names |= volume.cloud_init.secret_names()
+            if volume.container_disk is not None and volume.container_disk.image_pull_secret:
+                names.add(volume.container_disk.image_pull_secret)
         return names
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from app.schemas.common import JsonObject
 from app.schemas.datavolume import DataVolumeSpec, data_volume_status
 from app.schemas.instance import InstanceSpec
 from app.services.resources import ResourceService
+from app.services.secrets import check_exist
 
 
 def users_of(session: Session, namespace: str, name: str) -> list[str]:
@@ -64,6 +65,9 @@ class DataVolumeService(ResourceService):
             and ResourceRepository[Any](self.session, NODES).get("", spec.node_name) is None
         ):
             raise Invalid(f"no node {spec.node_name!r}", [FieldError("spec.nodeName", "no such node")])
+        login = spec.source.registry.secret_ref if spec.source.registry is not None else None
+        if login is not None:
+            check_exist(self.session, row.namespace, [("spec.source.registry.secretRef", login)])
         row.progress = {}
 
     def spec_changed(self, row: Any, old_spec: JsonObject) -> None:

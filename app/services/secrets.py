@@ -22,14 +22,6 @@ from app.services.resources import ResourceService
 from app.services.validation import invalid
 
 
-def secret_values(session: Session, namespace: str, name: str) -> dict[str, bytes] | None:
-    """The values of a Secret, unsealed; None when there is no such Secret (or it is being deleted)."""
-    row = ResourceRepository[Any](session, SECRETS).get(namespace, name)
-    if row is None or row.deleted_at is not None:
-        return None
-    return sealer().unseal(row.spec["sealedData"])
-
-
 def check_secrets(session: Session, namespace: str, spec: InstanceSpec, prefix: str = "spec") -> None:
     """422 naming the field for a Secret the spec uses and the namespace does not have."""
     references = [
@@ -40,6 +32,9 @@ def check_secrets(session: Session, namespace: str, spec: InstanceSpec, prefix: 
         for i, c in enumerate(spec.access_credentials)
     ]
     for i, volume in enumerate(spec.volumes):
+        if volume.container_disk is not None and volume.container_disk.image_pull_secret:
+            field = f"{prefix}.volumes[{i}].containerDisk.imagePullSecret"
+            references.append((field, volume.container_disk.image_pull_secret))
         source = volume.cloud_init
         if source is None:
             continue
@@ -53,6 +48,11 @@ def check_secrets(session: Session, namespace: str, spec: InstanceSpec, prefix: 
             )
             if ref is not None
         ]
+    check_exist(session, namespace, references)
+
+
+def check_exist(session: Session, namespace: str, references: list[tuple[str, str]]) -> None:
+    """422 naming the field of the first (field, Secret name) the namespace does not have."""
     repo = ResourceRepository[Any](session, SECRETS)
     for field, name in references:
         row = repo.get(namespace, name)

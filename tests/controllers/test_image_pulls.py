@@ -5,7 +5,9 @@ tests/integration/test_pools_qemu.py."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import subprocess
 import tarfile
 import time
@@ -29,15 +31,19 @@ KEEP_UNUSED = 3.0
 
 
 @pytest.fixture
-def worker(pg: Database, registry: Registry, tmp_path: Path) -> Iterator[Any]:
+def worker(pg: Database, registry: Registry, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Quick back-off, and a cache with no room: an image unused for KEEP_UNUSED seconds goes as soon as
-    another is pulled."""
+    another is pulled. A test using `private_registry` has that one spoken to over plain HTTP too."""
+    insecure = [registry.host]
+    if "private_registry" in request.fixturenames:
+        insecure.append(request.getfixturevalue("private_registry").host)
     settings = worker_settings(
         registry,
         data_dir=tmp_path,
         image_pull_backoff_seconds=0.5,
         image_cache_bytes=0,
         image_keep_unused_seconds=KEEP_UNUSED,
+        insecure_registries=",".join(insecure),
     )
     process = build_worker(pg, settings)
     process.start()
@@ -184,3 +190,60 @@ def test_unused_images_are_collected_beyond_the_budget(
     [second] = [r for r in cached(pg) if r.name == "gc:b"]
     assert hv.volume_path("corral-instances", str(second.volume)) is not None
     assert get(api, "gc-b")["status"]["phase"] == "Running"
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry that wants a login, holding the test guest."""
+    private = Registry(tmp_path / "private", login=("puller", "s3cret"))
+    private.start()
+    private.push_image("disks/guest", "latest", [disk_layer(TEST_GUEST_DISK)])
+    yield private
+    private.stop()
+
+
+def login_secret(name: str, host: str, user: str, password: str) -> dict[str, Any]:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = json.dumps({"auths": {host: {"auth": auth}}})
+    return {
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config},
+    }
+
+
+def test_an_image_pull_secret_logs_in_to_a_private_registry(
+    private_registry: Registry, api: httpx.Client
+) -> None:
+    image = f"{private_registry.host}/disks/guest:latest"
+    secrets = "/v1/namespaces/default/secrets"
+    host = private_registry.host
+    assert api.post(secrets, json=login_secret("wrong", host, "puller", "nope")).status_code == 201
+    api.post(BASE, json=booting("denied", image, imagePullSecret="wrong"))
+    refused = wait_phase(api, "denied", "Scheduled", "ErrImagePull")["status"]["message"]
+    assert "401" in refused or "unauthorized" in refused.lower()
+    assert api.post(secrets, json=login_secret("right", host, "puller", "s3cret")).status_code == 201
+    api.post(BASE, json=booting("allowed", image, imagePullSecret="right"))
+    wait_phase(api, "allowed", "Running", timeout=60)
+    missing = api.post(BASE, json=booting("nosecret", image, imagePullSecret="absent"))
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["field"] == "spec.volumes[0].containerDisk.imagePullSecret"
+
+
+def test_a_datavolume_imports_from_a_private_registry_with_cdi_keys(
+    private_registry: Registry, api: httpx.Client
+) -> None:
+    secrets, dvs = "/v1/namespaces/default/secrets", "/v1/namespaces/default/datavolumes"
+    keys = {"accessKeyId": "puller", "secretKey": "s3cret"}
+    assert api.post(secrets, json={"metadata": {"name": "cdi"}, "stringData": keys}).status_code == 201
+    source = {"registry": {"url": f"docker://{private_registry.host}/disks/guest:latest", "secretRef": "cdi"}}
+    body = {"metadata": {"name": "private"}, "spec": {"source": source, "storage": {}}}
+    created = api.post(dvs, json=body)
+    assert created.status_code == 201, created.text
+    wait_for(lambda: api.get(f"{dvs}/private").json()["status"].get("phase") == "Succeeded", timeout=60)
+    source["registry"]["secretRef"] = "absent"
+    body["metadata"]["name"] = "nologin"
+    answer = api.post(dvs, json=body)
+    assert (
+        answer.status_code == 422 and answer.json()["errors"][0]["field"] == "spec.source.registry.secretRef"
+    )
