@@ -28,8 +28,10 @@ PLURALS = {
     "VirtualMachineInstanceMigration": "migrations",
     "Node": "nodes",
     "DataVolume": "datavolumes",
+    "Secret": "secrets",
+    "Network": "networks",
 }
-CLUSTER_SCOPED = {"nodes", "devices"}
+CLUSTER_SCOPED = {"nodes", "devices", "networks"}
 ALIASES = {
     "instance": "instances",
     "vmi": "instances",
@@ -41,6 +43,9 @@ ALIASES = {
     "datavolume": "datavolumes",
     "dv": "datavolumes",
     "dvs": "datavolumes",
+    "secret": "secrets",
+    "network": "networks",
+    "net": "networks",
 }
 
 

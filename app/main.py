@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ from app.api.deps import NodeAccess
 from app.api.resources import resource_router
 from app.clock import utc_now
 from app.db import Database
-from app.kinds import KINDS
+from app.kinds import KINDS, Kind
 from app.schemas.auth import TokenRequest
 from app.schemas.common import WatchEvent
 from app.schemas.devices import PermittedHostDevices
@@ -142,6 +142,7 @@ def create_app(
                 components[model.__name__] = model_schema
             _problems_everywhere(schema)
             _headers_documented(schema, {k.object_model.__name__ for k in KINDS.values()})
+            _links(schema, KINDS.values())
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
@@ -149,6 +150,29 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _links(schema: dict[str, Any], kinds: Iterable[Kind[Any]]) -> None:
+    """OpenAPI links from each create to the operations on the object it made (the stateful tests and
+    generated clients follow them)."""
+    operations = {
+        op["operationId"]: op
+        for path in schema["paths"].values()
+        for op in path.values()
+        if "operationId" in op
+    }
+    for kind in kinds:
+        create = operations.get(f"create{kind.singular}")
+        if create is None:
+            continue
+        parameters = {"name": "$response.body#/metadata/name"}
+        if kind.namespaced:
+            parameters["namespace"] = "$request.path.namespace"
+        create["responses"]["201"]["links"] = {
+            f"{verb}{kind.singular}": {"operationId": f"{verb}{kind.singular}", "parameters": parameters}
+            for verb in ("read", "replace", "patch", "delete")
+            if f"{verb}{kind.singular}" in operations
+        }
 
 
 def _headers_documented(schema: dict[str, Any], object_schemas: set[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,54 @@ def test_names_state_their_rule() -> None:
         assert {k: stated.get(k) for k in label} == label, (schema, field)
     name = next(s for s in schemas["ObjectMeta"]["properties"]["name"]["anyOf"] if s.get("type") == "string")
     assert {k: name.get(k) for k in label} == label
+
+
+def test_rules_the_server_enforces_are_stated() -> None:
+    """What the validators refuse, the document says: exclusive fields, URI schemes, absolute paths,
+    argv[0], label keys and selectors, the Idempotency-Key."""
+    document = json.loads(openapi_document())
+    schemas = document["components"]["schemas"]
+    for schema, fields in (
+        ("Volume", {"containerDisk", "emptyDisk", "dataVolume", "persistentVolumeClaim"}),
+        ("NetworkSpec", {"bridge", "nat"}),
+        ("PoolSpec", {"template", "virtualMachineTemplate"}),
+        ("DataVolumeSource", {"http", "registry", "upload", "blank", "pvc"}),
+        ("KeyPropagation", {"noCloud", "configDrive", "qemuGuestAgent"}),
+    ):
+        stated = {tuple(choice["required"]) for choice in schemas[schema]["oneOf"]}
+        assert {(f,) for f in fields} <= stated, schema
+    assert {tuple(c["required"]) for c in schemas["ObjectMeta"]["anyOf"]} == {("name",), ("generateName",)}
+    assert schemas["ObjectMeta"]["properties"]["namespace"]["readOnly"] is True
+    uri = schemas["NodeSpec"]["properties"]["uri"]["pattern"]
+    assert re.match(uri, "qemu+tcp://h:16509/system") and not re.match(uri, "http://h/system")
+    assert schemas["FileReadRequest"]["properties"]["path"]["pattern"].startswith("^/")
+    assert schemas["ExecRequest"]["properties"]["command"]["prefixItems"] == [
+        {"type": "string", "minLength": 1}
+    ]
+    labels = schemas["ObjectMeta"]["properties"]["labels"]
+    assert re.match(labels["propertyNames"]["pattern"], "example.com/app")
+    assert not re.match(labels["propertyNames"]["pattern"], "/app")
+    listing = document["paths"]["/v1/namespaces/{namespace}/instances"]["get"]
+    params = {p["name"]: p for p in listing["parameters"]}
+    assert params["labelSelector"]["schema"]["pattern"]
+    assert listing["x-stream"] == {"parameter": "watch", "contentType": "application/x-ndjson"}
+    action = document["paths"]["/v1/namespaces/{namespace}/instances/{name}/start"]["post"]
+    key = next(p for p in action["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["schema"]["anyOf"][0] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[ -~]+$",
+    }
+
+
+def test_creates_link_to_what_acts_on_their_object() -> None:
+    document = json.loads(openapi_document())
+    create = document["paths"]["/v1/namespaces/{namespace}/secrets"]["post"]["responses"]["201"]
+    assert set(create["links"]) == {"readSecret", "replaceSecret", "patchSecret", "deleteSecret"}
+    assert create["links"]["readSecret"]["parameters"] == {
+        "name": "$response.body#/metadata/name",
+        "namespace": "$request.path.namespace",
+    }
+    node = document["paths"]["/v1/nodes"]["post"]["responses"]["201"]["links"]["deleteNode"]
+    assert node["parameters"] == {"name": "$response.body#/metadata/name"}

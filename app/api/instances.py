@@ -14,7 +14,9 @@ from app.schemas.phases import Action
 from app.services.instances import INSTANCE_ACTIONS, InstanceService, request_fingerprint
 
 router = api_router(tags=["instances"])
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[ -~]+$")
+]
 SUMMARIES = {
     Action.START: "Start (or retry) the instance",
     Action.STOP: "Stop: graceful (ACPI or guest agent), forced after the grace period or with force=true",

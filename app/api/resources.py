@@ -11,6 +11,7 @@ from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
 from app.services.registry import service_for
+from app.services.selectors import SELECTOR_PATTERN
 from app.services.watch import Watch
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -79,15 +80,32 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
         description=f"List {kind.plural}, or with `watch=true` stream changes as newline-delimited JSON "
         "events (resumable from `resourceVersion`).",
         responses={**PROBLEMS, 200: {"content": watch_events}},
+        # Generated clients cannot consume the stream (they wait for the whole body): say it is one.
+        openapi_extra={"x-stream": {"parameter": "watch", "contentType": "application/x-ndjson"}},
     )
     def list_objects(
         db: DB,
         caller: Caller,
         scope: scope_param,
-        label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
+        label_selector: Annotated[
+            str | None,
+            Query(
+                alias="labelSelector",
+                max_length=4096,
+                description="Kubernetes label selector: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, "
+                "`k notin (a,b)`, comma-separated (all must hold).",
+                json_schema_extra={"pattern": SELECTOR_PATTERN},
+            ),
+        ] = None,
         limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
         continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
-        watch: bool = False,
+        watch: Annotated[
+            bool,
+            Query(
+                description="Stream changes instead of a list: newline-delimited JSON WatchEvents, one per "
+                "line as they happen, until the client closes the connection (read it as a stream)."
+            ),
+        ] = False,
         resource_version: Annotated[str | None, Query(alias="resourceVersion", max_length=32)] = None,
         allow_watch_bookmarks: Annotated[bool, Query(alias="allowWatchBookmarks")] = False,
     ) -> Any:

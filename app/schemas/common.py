@@ -13,6 +13,11 @@ from pydantic.alias_generators import to_camel
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+# check_label_key's rule as an ECMA-262 pattern (no anchors): an optional DNS-subdomain prefix and a name.
+LABEL_KEY = (
+    r"(?:(?=[a-z0-9.-]{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
 QUANTITY = re.compile(
     r"^(?P<num>[+]?(\d+\.?\d*|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
 )
@@ -46,6 +51,16 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+def _given(field: str) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+
+
+def exactly_one_of(*fields: str) -> ConfigDict:
+    """Model config stating, for clients, a validator's "exactly one of these fields" rule (camelCase names;
+    a field given as null counts as not given, as the validator sees it)."""
+    return ApiModel.model_config | ConfigDict(json_schema_extra={"oneOf": [_given(f) for f in fields]})
+
+
 def check_dns_label(value: str) -> str:
     if len(value) > 63 or not DNS_LABEL.match(value):
         raise ValueError(
@@ -56,8 +71,8 @@ def check_dns_label(value: str) -> str:
 
 
 def check_label_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
         raise ValueError(f"label key {key!r}: prefix must be a DNS subdomain")
     if not name or len(name) > 63 or not LABEL_NAME.match(name):
         raise ValueError(
@@ -120,8 +135,27 @@ DnsLabel = Annotated[
     AfterValidator(check_dns_label),
     Field(json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": 63, "minLength": 1}),
 ]
-Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
-Annotations = Annotated[dict[str, str], AfterValidator(check_annotations)]
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(check_labels),
+    Field(
+        json_schema_extra={
+            "propertyNames": {"pattern": f"^{LABEL_KEY}$"},
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_NAME.pattern},
+        }
+    ),
+]
+Annotations = Annotated[
+    dict[str, str],
+    AfterValidator(check_annotations),
+    Field(
+        description="At most 256 KiB in all.",
+        json_schema_extra={
+            "propertyNames": {"pattern": f"^{LABEL_KEY}$"},
+            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+        },
+    ),
+]
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
@@ -131,11 +165,20 @@ Quantity = Annotated[
 
 class ObjectMeta(ApiModel):
     """Object metadata. Server-set fields (uid, generation, timestamps) are read-only: accepted and ignored
-    in requests, so a GET-edit-PUT round trip works; resourceVersion, when sent, is a precondition."""
+    in requests, so a GET-edit-PUT round trip works; resourceVersion, when sent, is a precondition. A name
+    or a generateName is required."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={"anyOf": [_given("name"), _given("generateName")]}
+    )
 
     name: DnsLabel | None = None
     generate_name: str | None = Field(default=None, max_length=58, pattern=r"^[a-z0-9]([-a-z0-9]*)?$")
-    namespace: DnsLabel | None = None
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description="The path's namespace; when given it must be that one.",
+        json_schema_extra={"readOnly": True},
+    )
     uid: str | None = None
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)

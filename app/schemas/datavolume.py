@@ -18,6 +18,7 @@ from app.schemas.common import (
     ObjectMeta,
     ObjectMetaOut,
     Quantity,
+    exactly_one_of,
     parse_quantity,
 )
 from app.schemas.conditions import set_condition
@@ -63,6 +64,8 @@ class PvcSource(ApiModel):
 
 
 class DataVolumeSource(ApiModel):
+    model_config = exactly_one_of("http", "registry", "upload", "blank", "pvc")
+
     http: HttpSource | None = None
     registry: RegistrySource | None = None
     upload: EmptySource | None = None
@@ -138,7 +141,7 @@ class DataVolumeStatus(ApiModel):
 class DataVolumeBody(ApiModel):
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: DataVolumeSpec
     status: Any = Field(default=None, description="Ignored: status is written by Corral.")
 

@@ -22,6 +22,7 @@ from app.schemas.common import (
     ObjectMeta,
     ObjectMetaOut,
     Quantity,
+    exactly_one_of,
     parse_quantity,
 )
 
@@ -96,6 +97,8 @@ class MultusNetwork(ApiModel):
 
 class Network(ApiModel):
     """KubeVirt's network: `pod: {}` is the NAT network Corral runs on every node."""
+
+    model_config = exactly_one_of("pod", "multus")
 
     name: DnsLabel
     pod: PodNetwork | None = None
@@ -288,6 +291,15 @@ class CloudInitConfigDriveSource(CloudInitSource):
 
 
 class Volume(ApiModel):
+    model_config = exactly_one_of(
+        "containerDisk",
+        "emptyDisk",
+        "dataVolume",
+        "persistentVolumeClaim",
+        "cloudInitNoCloud",
+        "cloudInitConfigDrive",
+    )
+
     name: DnsLabel
     container_disk: ContainerDiskSource | None = None
     empty_disk: EmptyDiskSource | None = None
@@ -345,6 +357,8 @@ class Empty(ApiModel):
 
 
 class KeyPropagation(ApiModel):
+    model_config = exactly_one_of("noCloud", "configDrive", "qemuGuestAgent")
+
     no_cloud: Empty | None = Field(
         default=None, description="Into the cloudInitNoCloud seed's meta-data (the image's default user)."
     )
@@ -505,7 +519,7 @@ class StopOptions(ApiModel):
 class InstanceBody(ApiModel):
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: InstanceSpec = Field(default_factory=InstanceSpec)
     status: Any = Field(default=None, description="Ignored: status is written by Corral.")
 

@@ -152,7 +152,7 @@ class MigrationBody(ApiModel):
 
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: MigrationSpec
     status: Any = Field(default=None, description="Ignored: status is written by Corral.")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from app.schemas.common import ApiModel, ListMeta, ObjectMeta, ObjectMetaOut
+from app.schemas.common import ApiModel, ListMeta, ObjectMeta, ObjectMetaOut, exactly_one_of
 
 
 class BridgeNetwork(ApiModel):
@@ -37,6 +37,8 @@ class NatNetwork(ApiModel):
 
 
 class NetworkSpec(ApiModel):
+    model_config = exactly_one_of("bridge", "nat")
+
     bridge: BridgeNetwork | None = None
     nat: NatNetwork | None = None
 
@@ -54,7 +56,7 @@ class NetworkStatus(ApiModel):
 class NetworkBody(ApiModel):
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: NetworkSpec
     status: Any = Field(default=None, description="Ignored.")
 

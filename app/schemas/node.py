@@ -29,7 +29,18 @@ def check_libvirt_uri(uri: str) -> str:
     return uri
 
 
-LibvirtUri = Annotated[str, Field(min_length=4, max_length=1024), AfterValidator(check_libvirt_uri)]
+# check_libvirt_uri's rule as a pattern, for clients: printable ASCII; the host part without / ? # [ ].
+_HOST = r"[\x21\x22\x24-\x2e\x30-\x3e\x40-\x5a\x5c\x5e-\x7e]*"
+_TAIL = r"(\?[\x21\x22\x24-\x7e]*)?(#[\x21-\x7e]*)?$"
+LIBVIRT_URI_PATTERN = (
+    rf"^(qemu(\+(tcp|tls|ssh|unix|libssh2))?://{_HOST}/(system|session){_TAIL}"
+    rf"|^test://{_HOST}/[\x21\x22\x24-\x3e\x40-\x7e]*{_TAIL})"
+)
+LibvirtUri = Annotated[
+    str,
+    Field(min_length=4, max_length=1024, json_schema_extra={"pattern": LIBVIRT_URI_PATTERN}),
+    AfterValidator(check_libvirt_uri),
+]
 
 
 class NodeSpec(ApiModel):
@@ -78,7 +89,7 @@ class NodeBody(ApiModel):
 
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: NodeSpec
     status: Any = Field(default=None, description="Ignored: status is written by Corral.")
 

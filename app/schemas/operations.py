@@ -19,6 +19,10 @@ MAX_FILE = 4 << 20
 OperationKind = Literal["exec", "file-read", "file-write", "freeze", "thaw"]
 
 
+NO_NUL = "^[^\\u0000]*$"
+ABSOLUTE_PATH = "^/[^\\u0000]*$"
+
+
 def _no_nul(value: str, what: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL")
@@ -43,7 +47,15 @@ def decode_base64(value: str, limit: int, what: str) -> bytes:
 
 
 class ExecRequest(ApiModel):
-    command: list[str] = Field(min_length=1, max_length=MAX_ARGS, description="argv; argv[0] is the program.")
+    command: list[str] = Field(
+        min_length=1,
+        max_length=MAX_ARGS,
+        description="argv; argv[0] is the program.",
+        json_schema_extra={
+            "items": {"type": "string", "maxLength": MAX_ARG, "pattern": NO_NUL},
+            "prefixItems": [{"type": "string", "minLength": 1}],
+        },
+    )
     stdin: str | None = Field(default=None, max_length=MAX_STDIN, description="Text for standard input.")
     stdin_base64: str | None = Field(default=None, max_length=MAX_STDIN * 2, description="Binary stdin.")
     timeout_seconds: int = Field(default=30, ge=1, le=300)
@@ -74,7 +86,7 @@ class ExecRequest(ApiModel):
 
 
 class FileReadRequest(ApiModel):
-    path: str = Field(min_length=1, max_length=4096)
+    path: str = Field(min_length=1, max_length=4096, json_schema_extra={"pattern": ABSOLUTE_PATH})
     max_bytes: int = Field(default=MAX_FILE, ge=1, le=MAX_FILE)
 
     @field_validator("path")
@@ -84,7 +96,7 @@ class FileReadRequest(ApiModel):
 
 
 class FileWriteRequest(ApiModel):
-    path: str = Field(min_length=1, max_length=4096)
+    path: str = Field(min_length=1, max_length=4096, json_schema_extra={"pattern": ABSOLUTE_PATH})
     content_base64: str = Field(max_length=MAX_FILE * 2, description="The file's bytes in base64.")
 
     @field_validator("path")

@@ -16,6 +16,7 @@ from app.schemas.common import (
     ListMeta,
     ObjectMeta,
     ObjectMetaOut,
+    exactly_one_of,
 )
 from app.schemas.conditions import find_condition
 from app.schemas.instance import InstanceSpec, RunStrategy
@@ -52,6 +53,8 @@ class LabelSelector(ApiModel):
 
 
 class PoolSpec(ApiModel):
+    model_config = exactly_one_of("template", "virtualMachineTemplate")
+
     size: int | None = Field(default=None, ge=0, le=MAX_POOL_SIZE, description="Warm members kept.")
     replicas: int | None = Field(
         default=None, ge=0, le=MAX_POOL_SIZE, description="KubeVirt's name for size."
@@ -123,7 +126,7 @@ class PoolStatus(ApiModel):
 class PoolBody(ApiModel):
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     spec: PoolSpec
     status: Any = Field(default=None, description="Ignored: status is written by Corral.")
 

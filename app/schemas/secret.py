@@ -36,7 +36,7 @@ REQUIRED_KEYS = {
 class SecretBody(ApiModel):
     api_version: str | None = None
     kind: str | None = None
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta
     type: str = Field(default="Opaque", min_length=1, max_length=253)
     data: dict[SecretKey, Base64Value] = Field(default_factory=dict, description="Values, base64-encoded.")
     string_data: dict[SecretKey, str] = Field(

@@ -94,7 +94,7 @@ class InstanceService(ResourceService):
 
     def _replay(self, principal: str, key: str, request: str) -> tuple[int, JsonObject] | None:
         """The stored answer to an earlier request with this Idempotency-Key; 409 for another request."""
-        if not 1 <= len(key) <= 255 or not key.isprintable():
+        if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
             raise BadRequest(
                 "Idempotency-Key must be 1-255 printable characters",
                 [FieldError("Idempotency-Key", "invalid")],

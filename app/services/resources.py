@@ -99,6 +99,8 @@ class ResourceService:
 
     def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
+        if meta.name is None and meta.generate_name is None:
+            raise Invalid("metadata.name is required", [FieldError("metadata.name", "required")])
         if meta.name is not None and meta.name != name:
             raise Invalid(
                 "metadata.name must match the name in the path",

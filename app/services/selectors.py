@@ -6,9 +6,13 @@ import re
 from collections.abc import Callable
 
 from app.errors import BadRequest, FieldError
-from app.schemas.common import check_label_key
+from app.schemas.common import LABEL_KEY, check_label_key
 
 Predicate = Callable[[dict[str, str]], bool]
+# What parse_selector accepts, as an ECMA-262 pattern for the OpenAPI document (clients, generated tests).
+_KEY = LABEL_KEY
+_REQUIREMENT = rf"\s*(?:!?\s*{_KEY}|{_KEY}\s*(?:==|=|!=)\s*[^\s!=(),]*|{_KEY}\s+(?:in|notin)\s+\([^()]*\))\s*"
+SELECTOR_PATTERN = rf"^\s*$|^{_REQUIREMENT}(?:,{_REQUIREMENT})*$"
 _SET = re.compile(r"^\s*([^\s!=(),]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
 _EQ = re.compile(r"^\s*([^\s!=(),]+)\s*(==|=|!=)\s*([^\s!=(),]*)\s*$")
 _EXISTS = re.compile(r"^\s*(!?)\s*([^\s!=(),]+)\s*$")

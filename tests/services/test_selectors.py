@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import BadRequest
-from app.services.selectors import parse_selector
+from app.services.selectors import SELECTOR_PATTERN, parse_selector
 
 
 @pytest.mark.parametrize(
@@ -31,3 +35,33 @@ def test_bad_selectors(selector: str) -> None:
     with pytest.raises(BadRequest) as info:
         parse_selector(selector)
     assert info.value.errors[0].field == "labelSelector"
+
+
+# Pieces selectors are made of, good and bad, so random joins hit both sides of every rule.
+_PIECES = [
+    "a",
+    "B.c_d-e",
+    "x" * 63,
+    "x" * 64,
+    "example.com/",
+    "Bad_/",
+    "-a",
+    "!",
+    "=",
+    "==",
+    "!=",
+    " in ",
+    " notin ",
+]
+_PIECES += ["(", ")", "(v1,v2)", ",", " ", "\t", "v", "", "/", "é", "a/b/"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=8).map("".join))
+def test_the_documented_pattern_accepts_what_the_server_accepts(selector: str) -> None:
+    try:
+        parse_selector(selector)
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert bool(re.match(SELECTOR_PATTERN, selector)) == accepted, selector
