@@ -143,6 +143,10 @@ def create_app(
             _problems_everywhere(schema)
             _headers_documented(schema, {k.object_model.__name__ for k in KINDS.values()})
             _links(schema, KINDS.values())
+            for kind in KINDS.values():  # the apiVersions and kind each body may name (None: the path's)
+                fields = components[kind.body_model.__name__]["properties"]
+                fields["apiVersion"]["enum"] = [*kind.api_versions, None]
+                fields["kind"]["enum"] = [kind.kind, None]
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema

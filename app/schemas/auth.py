@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from app.schemas.common import ApiModel, DnsLabel, check_dns_label
+from app.schemas.common import DNS_LABEL, ApiModel, DnsLabel, check_dns_label
 
 RoleName = Literal["viewer", "operator", "admin"]
 
@@ -20,7 +20,10 @@ class Role(IntEnum):
 
 
 class Grant(ApiModel):
-    namespace: str = Field(description='A namespace, or "*" for every namespace and cluster-scoped objects.')
+    namespace: str = Field(
+        description='A namespace, or "*" for every namespace and cluster-scoped objects.',
+        json_schema_extra={"pattern": rf"^\*$|{DNS_LABEL.pattern}", "maxLength": 63},
+    )
     role: RoleName
 
     @field_validator("namespace")

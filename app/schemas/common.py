@@ -40,6 +40,8 @@ SUFFIX_FACTOR: dict[str, Decimal] = {
     "E": Decimal(10**18),
 }
 MAX_ANNOTATIONS_BYTES = 256 * 1024
+# Standard base64 with padding, as base64.b64decode(validate=True) takes it.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # A JSON document at an edge of Corral: an API object or request body, a status as stored, a guest agent's
 # answer. What the worker itself remembers is typed (app.schemas.records), never one of these.
 JsonObject = dict[str, Any]

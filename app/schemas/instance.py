@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from app.disks.reference import REFERENCE_PATTERN, candidates
 from app.schemas.common import (
+    BASE64_PATTERN,
     ApiModel,
     Condition,
     DnsLabel,
@@ -216,14 +217,14 @@ class CloudInitSource(ApiModel):
     """KubeVirt's cloudInitNoCloud / cloudInitConfigDrive: user data and network data, inline or base64."""
 
     user_data: str | None = Field(default=None, description="e.g. `#cloud-config` YAML, or a script.")
-    user_data_base64: str | None = None
+    user_data_base64: str | None = Field(default=None, json_schema_extra={"pattern": BASE64_PATTERN})
     user_data_secret_ref: SecretReference | None = Field(
         default=None, description="A Secret in the namespace whose `userdata` (or `userData`) key holds it."
     )
     network_data: str | None = Field(
         default=None, description="NoCloud: network-config YAML (v1 or v2). ConfigDrive: network_data.json."
     )
-    network_data_base64: str | None = None
+    network_data_base64: str | None = Field(default=None, json_schema_extra={"pattern": BASE64_PATTERN})
     network_data_secret_ref: SecretReference | None = Field(
         default=None,
         description="A Secret in the namespace whose `networkdata` (or `networkData`) key holds it.",

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.schemas.common import ApiModel
+from app.schemas.common import BASE64_PATTERN, ApiModel
 
 MAX_ARGS = 64
 MAX_ARG = 4096
@@ -57,7 +57,12 @@ class ExecRequest(ApiModel):
         },
     )
     stdin: str | None = Field(default=None, max_length=MAX_STDIN, description="Text for standard input.")
-    stdin_base64: str | None = Field(default=None, max_length=MAX_STDIN * 2, description="Binary stdin.")
+    stdin_base64: str | None = Field(
+        default=None,
+        max_length=MAX_STDIN * 2,
+        description="Binary stdin.",
+        json_schema_extra={"pattern": BASE64_PATTERN},
+    )
     timeout_seconds: int = Field(default=30, ge=1, le=300)
 
     @field_validator("command")
@@ -97,7 +102,11 @@ class FileReadRequest(ApiModel):
 
 class FileWriteRequest(ApiModel):
     path: str = Field(min_length=1, max_length=4096, json_schema_extra={"pattern": ABSOLUTE_PATH})
-    content_base64: str = Field(max_length=MAX_FILE * 2, description="The file's bytes in base64.")
+    content_base64: str = Field(
+        max_length=MAX_FILE * 2,
+        description="The file's bytes in base64.",
+        json_schema_extra={"pattern": BASE64_PATTERN},
+    )
 
     @field_validator("path")
     @classmethod

@@ -9,8 +9,9 @@ import json
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
+from pydantic.config import JsonDict
 
-from app.schemas.common import ApiModel, ListMeta, ObjectMeta, ObjectMetaOut
+from app.schemas.common import BASE64_PATTERN, ApiModel, ListMeta, ObjectMeta, ObjectMetaOut
 
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 SecretKey = Annotated[str, StringConstraints(max_length=253, pattern=SECRET_KEY_PATTERN)]
@@ -24,7 +25,10 @@ def _base64(value: str) -> str:
     return value
 
 
-Base64Value = Annotated[str, AfterValidator(_base64), Field(json_schema_extra={"format": "byte"})]
+Base64Value = Annotated[
+    str, AfterValidator(_base64), Field(json_schema_extra={"format": "byte", "pattern": BASE64_PATTERN})
+]
+_KEYS: JsonDict = {"propertyNames": {"pattern": SECRET_KEY_PATTERN, "maxLength": 253}}
 MAX_SECRET_BYTES = 1 << 20  # Kubernetes' limit on a Secret's values
 # Types whose required keys Kubernetes checks; others (Opaque, anything user-defined) hold any keys.
 REQUIRED_KEYS = {
@@ -38,9 +42,13 @@ class SecretBody(ApiModel):
     kind: str | None = None
     metadata: ObjectMeta
     type: str = Field(default="Opaque", min_length=1, max_length=253)
-    data: dict[SecretKey, Base64Value] = Field(default_factory=dict, description="Values, base64-encoded.")
+    data: dict[SecretKey, Base64Value] = Field(
+        default_factory=dict, description="Values, base64-encoded.", json_schema_extra=_KEYS
+    )
     string_data: dict[SecretKey, str] = Field(
-        default_factory=dict, description="Values as text, write-only: merged into `data` (and winning)."
+        default_factory=dict,
+        description="Values as text, write-only: merged into `data` (and winning).",
+        json_schema_extra=_KEYS,
     )
     immutable: bool | None = Field(default=None, description="Once true, neither values nor type may change.")
 
