@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utc_now
 from app.db import WORK_CHANNEL, signal
+from app.kinds import NODES
 from app.models import WorkItemRow
 
 
@@ -56,14 +57,20 @@ def _write_enqueued(session: Session) -> None:
 
 
 def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> list[Lease]:
-    """Take up to `limit` due keys that no live lease holds.
+    """Take up to `limit` due keys that no live lease holds, nodes' first, then oldest first.
 
     Each key is taken with a conditional UPDATE, so two workers can never both win it, on any database;
     SKIP LOCKED only keeps Postgres workers from queueing behind each other.
     """
     t = utc_now()
     free = or_(WorkItemRow.lease_until.is_(None), WorkItemRow.lease_until < t)
-    candidates = select(WorkItemRow.key).where(WorkItemRow.due_at <= t, free).order_by(WorkItemRow.due_at)
+    # Node heartbeats first: a backlog of instance passes must never make a busy worker's node look dead.
+    heartbeat_first = case((WorkItemRow.key.startswith(f"{NODES.kind}/"), 0), else_=1)
+    candidates = (
+        select(WorkItemRow.key)
+        .where(WorkItemRow.due_at <= t, free)
+        .order_by(heartbeat_first, WorkItemRow.due_at)
+    )
     candidates = candidates.limit(limit * 2)
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)

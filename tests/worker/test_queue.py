@@ -150,3 +150,12 @@ def test_two_worker_processes_never_reconcile_one_key_at_once(
         assert len(runs) > 10
         for (_, end, _), (start, _, _) in itertools.pairwise(runs):
             assert start >= end, f"{key}: two passes overlapped"
+
+
+def test_a_node_heartbeat_is_leased_before_an_older_backlog(db: Database) -> None:
+    for i in range(50):
+        enqueue(db, f"VirtualMachineInstance/ns/vm-{i}")
+    time.sleep(0.01)
+    enqueue(db, "Node//local")  # due later than all of the backlog
+    assert [taken.key for taken in lease(db, "w1", n=1)] == ["Node//local"]
+    assert lease(db, "w1", n=1)[0].key == "VirtualMachineInstance/ns/vm-0"  # then oldest first
