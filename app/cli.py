@@ -218,24 +218,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from app.cli_tables import table
+
     plural = ALIASES.get(args.resource, args.resource)
+    params = {"labelSelector": args.selector} if args.selector and not args.name else {}
     with _client(args) as client:
-        body = _check(client.get(_path(plural, args.namespace, args.name)))
+        body = _check(client.get(_path(plural, args.namespace, args.name), params=params))
+    items = [body] if args.name else body["items"]
     if args.output == "json":
         print(json.dumps(body, indent=2))
     elif args.output == "yaml":
         print(yaml.safe_dump(body, sort_keys=False))
-    else:
-        items = [body] if args.name else body["items"]
-        print(f"{'NAME':<32} {'PHASE':<12} {'NODE':<16} AGE")
+    elif args.output == "name":
         for item in items:
-            status = item.get("status") or {}
-            # A migration's node is where it goes.
-            node = status.get("nodeName") or (status.get("migrationState") or {}).get("targetNode") or ""
-            print(
-                f"{item['metadata']['name']:<32} {status.get('phase', ''):<12} "
-                f"{node:<16} {item['metadata'].get('creationTimestamp', '')}"
-            )
+            print(f"{plural}/{item['metadata']['name']}")
+    elif items or args.name:
+        print(table(plural, items, wide=args.output == "wide"))
+    else:
+        where = "" if plural in CLUSTER_SCOPED else f" in namespace {args.namespace}"
+        print(f"No {plural} found{where}.", file=sys.stderr)
     return 0
 
 
@@ -475,7 +476,14 @@ def parser() -> argparse.ArgumentParser:
     get = client_parser("get", cmd_get, "list or read objects")
     get.add_argument("resource")
     get.add_argument("name", nargs="?")
-    get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    get.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "wide", "name", "json", "yaml"),
+        default="table",
+        help="default: table",
+    )
+    get.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
     claim = client_parser("claim", cmd_claim, "claim a warm instance from a pool")
     claim.add_argument("pool")
     claim.add_argument("--name", help="the claimed instance's new name")

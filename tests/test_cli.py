@@ -1,13 +1,16 @@
-"""The CLI's client commands fail with one line saying what is wrong, never a traceback."""
+"""The CLI's client commands fail with one line saying what is wrong, never a traceback; `get` shows each
+kind's own columns."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app import __version__
+from app.cli_tables import age, table
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -34,3 +37,61 @@ def test_a_missing_manifest_is_one_line() -> None:
 def test_version_and_server_help() -> None:
     assert corral("--version").stdout.strip() == f"corral {__version__}"
     assert "the Corral API's URL" in corral("get", "--help").stdout
+
+
+def test_ages_read_like_kubectls() -> None:
+    now = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+    for delta, shown in (
+        (timedelta(seconds=45), "45s"),
+        (timedelta(minutes=12), "12m"),
+        (timedelta(hours=5), "5h"),
+        (timedelta(days=3, hours=4), "3d"),
+    ):
+        assert age((now - delta).isoformat().replace("+00:00", "Z"), now) == shown
+    assert age(None) == ""
+
+
+def test_each_kind_has_its_columns() -> None:
+    created = datetime.now(UTC).isoformat()
+    pool = {
+        "metadata": {"name": "web", "creationTimestamp": created},
+        "status": {"replicas": 3, "readyReplicas": 2, "availableReplicas": 2, "claimed": 1},
+    }
+    rows = table("pools", [pool]).splitlines()
+    assert rows[0].split() == ["NAME", "DESIRED", "READY", "AVAILABLE", "CLAIMED", "AGE"]
+    assert rows[1].split()[:5] == ["web", "3", "2", "2", "1"]
+    vmi = {
+        "metadata": {"name": "a", "namespace": "ns", "creationTimestamp": created},
+        "status": {
+            "phase": "Running",
+            "nodeName": "local",
+            "interfaces": [{"name": "default"}, {"ipAddress": "10.88.0.5"}],
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "AgentConnected", "status": "True"}],
+        },
+    }
+    wide = table("instances", [vmi], wide=True, namespaces=True).splitlines()
+    assert wide[0].split() == ["NAMESPACE", "NAME", "PHASE", "NODE", "IP", "READY", "AGE", "AGENT", "DOMAIN"]
+    assert wide[1].split()[:6] == ["ns", "a", "Running", "local", "10.88.0.5", "True"]
+    migration = {
+        "metadata": {"name": "m"},
+        "spec": {"vmiName": "a"},
+        "status": {
+            "phase": "Running",
+            "migrationState": {
+                "sourceNode": "n1",
+                "targetNode": "n2",
+                "dataTotalBytes": 200,
+                "dataProcessedBytes": 50,
+            },
+        },
+    }
+    assert table("migrations", [migration]).splitlines()[1].split() == [
+        "m",
+        "a",
+        "Running",
+        "n1",
+        "n2",
+        "25%",
+    ]
+    secret = {"metadata": {"name": "s"}, "type": "Opaque", "data": {"a": "", "b": ""}}
+    assert table("secrets", [secret]).splitlines()[1].split() == ["s", "Opaque", "2"]
