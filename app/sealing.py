@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -47,8 +49,16 @@ def load_keys(path: Path) -> list[bytes]:
     """The keys in `path`, minting a first one (file mode 0600) when the file does not exist."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(Fernet.generate_key().decode() + "\n")
+        fd, name = tempfile.mkstemp(dir=path.parent)  # mode 0600
+        minted = Path(name)
+        with os.fdopen(fd, "w") as out:
+            out.write(Fernet.generate_key().decode() + "\n")
+        try:
+            path.hardlink_to(minted)  # atomic: when an API and a worker start at once, one key wins for both
+        except FileExistsError:
+            pass
+        finally:
+            minted.unlink()
     return [line.strip().encode() for line in path.read_text().splitlines() if line.strip()]
 
 
