@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ def churn(client: Client, wanted: dict[str, str], uids: set[str], stop: threadin
             action, goal = rng.choice(
                 [("stop", "Stopped"), ("start", "Running"), ("pause", "Paused"), ("unpause", "Running")]
             )
-            if client.call("POST", f"{INSTANCES}/{name}/{action}").status_code == 202:
+            # A retry after the API died mid-request must get the first answer, not "already stopping".
+            once = {"Idempotency-Key": str(uuid.uuid4())}
+            if client.call("POST", f"{INSTANCES}/{name}/{action}", headers=once).status_code == 202:
                 wanted[name] = goal
         time.sleep(rng.uniform(0.2, 1.0))
 
@@ -150,11 +153,12 @@ def churn(client: Client, wanted: dict[str, str], uids: set[str], stop: threadin
 def test_kill_9_of_api_and_worker_loses_and_leaks_nothing(processes: Processes) -> None:
     client = Client(processes.port)
     wait_for(lambda: _answers(client), timeout=60, what="the API")
-    wait_for(
-        lambda: client.call("GET", "/v1/nodes/local").json().get("status", {}).get("phase") == "Ready",
-        timeout=60,
-        what="node local Ready",
-    )
+
+    def node_ready() -> bool:
+        answer = client.call("GET", "/v1/nodes/local")
+        return answer.status_code == 200 and answer.json().get("status", {}).get("phase") == "Ready"
+
+    wait_for(node_ready, timeout=60, what="node local Ready")
     wanted: dict[str, str] = {}
     uids: set[str] = set()
     stop = threading.Event()
@@ -170,17 +174,22 @@ def test_kill_9_of_api_and_worker_loses_and_leaks_nothing(processes: Processes) 
         driver.join(90)
     assert len(uids) >= 5, f"the churn made only {len(uids)} instances"
 
+    behind: dict[str, tuple[str, str]] = {}
+
     def converged() -> bool:
+        behind.clear()
         for name, state in wanted.items():
             answer = client.call("GET", f"{INSTANCES}/{name}")
-            if state == "deleted":
-                if answer.status_code != 404:
-                    return False
-            elif answer.status_code != 200 or answer.json()["status"].get("phase") != state:
-                return False
-        return True
+            seen = "deleted" if answer.status_code == 404 else str(answer.json()["status"].get("phase"))
+            # Stopped before it ever ran, an instance stays defined and reports Scheduled.
+            if seen != state and (state, seen) != ("Stopped", "Scheduled"):
+                behind[name] = (state, seen)
+        return not behind
 
-    wait_for(converged, timeout=180, interval=1, what="every instance as last asked")
+    try:
+        wait_for(converged, timeout=180, interval=1, what="every instance as last asked")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: (wanted, seen) {behind}") from None
     conn = libvirt.open("qemu:///system")
     try:
         domains = {d.name(): d for d in conn.listAllDomains() if d.name().startswith(f"{NAMESPACE}.")}
@@ -199,7 +208,11 @@ def test_kill_9_of_api_and_worker_loses_and_leaks_nothing(processes: Processes) 
         domain = domains.get(domain_name)
         phase = item["status"]["phase"]
         seen = STATES.get(domain.state()[0], "Stopped") if domain is not None else "Stopped"
-        assert seen == phase, (item["metadata"]["name"], phase, seen)
+        assert seen == phase or (seen, phase) == ("Stopped", "Scheduled"), (
+            item["metadata"]["name"],
+            phase,
+            seen,
+        )
     own = {item["metadata"]["uid"] for item in items}
     assert [v for v in volumes if v[:36] not in own] == [], "volumes of deleted instances left behind"
     server_errors = [s for s in client.statuses if s[2] >= 500 and s[2] != 503]
