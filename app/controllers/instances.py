@@ -465,12 +465,13 @@ class InstanceReconciler:
                 if row.node_name is None
                 else ResourceRepository[NodeRow](session, NODES).get("", row.node_name)
             )
+            spec = InstanceSpec.model_validate(row.spec)  # once per pass: validation is not free
             return LoadedInstance(
                 namespace,
                 name,
                 row.uid,
                 row.generation,
-                InstanceSpec.model_validate(row.spec),
+                spec,
                 intent_of(row),
                 progress,
                 dict(row.status or {}),
@@ -482,9 +483,9 @@ class InstanceReconciler:
                 migration=_unfinished(session, progress.migration),
                 pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid)),
                 mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if row.node_name else (),
-                data_volumes=_data_volumes(session, namespace, row.spec),
-                networks=_networks(session, row.spec),
-                secrets=load_secrets(session, namespace, InstanceSpec.model_validate(row.spec)),
+                data_volumes=_data_volumes(session, namespace, spec),
+                networks=_networks(session, spec),
+                secrets=load_secrets(session, namespace, spec),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
@@ -544,8 +545,8 @@ class InstanceReconciler:
         return record
 
 
-def _data_volumes(session: Session, namespace: str, spec: JsonObject) -> dict[str, DataVolumeRef]:
-    names = data_volume_names(InstanceSpec.model_validate(spec))
+def _data_volumes(session: Session, namespace: str, spec: InstanceSpec) -> dict[str, DataVolumeRef]:
+    names = data_volume_names(spec)
     repo = ResourceRepository[DataVolumeRow](session, DATAVOLUMES)
     found = {}
     for name in names:
@@ -557,10 +558,10 @@ def _data_volumes(session: Session, namespace: str, spec: JsonObject) -> dict[st
     return found
 
 
-def _networks(session: Session, spec: JsonObject) -> dict[str, NetworkSpec]:
+def _networks(session: Session, spec: InstanceSpec) -> dict[str, NetworkSpec]:
     repo = ResourceRepository[NetworkRow](session, NETWORKS)
     found = {}
-    for network in InstanceSpec.model_validate(spec).networks:
+    for network in spec.networks:
         if network.multus is not None:
             row = repo.get("", network.multus.network_name)
             if row is not None:
