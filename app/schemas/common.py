@@ -53,6 +53,15 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+# A generated name is the prefix plus five random characters, within a DNS label's 63.
+GENERATE_NAME_MAX = 58
+
+
+def name_with_suffix(name: str, suffix: str, limit: int = 63) -> str:
+    """`name` + `suffix`, the name cut so that the whole stays within `limit` (a DNS label's 63)."""
+    return name[: limit - len(suffix)] + suffix
+
+
 def _given(field: str) -> dict[str, Any]:
     return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
 
@@ -175,7 +184,9 @@ class ObjectMeta(ApiModel):
     )
 
     name: DnsLabel | None = None
-    generate_name: str | None = Field(default=None, max_length=58, pattern=r"^[a-z0-9]([-a-z0-9]*)?$")
+    generate_name: str | None = Field(
+        default=None, max_length=GENERATE_NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9]*)?$"
+    )
     namespace: DnsLabel | None = Field(
         default=None,
         description="The path's namespace; when given it must be that one.",

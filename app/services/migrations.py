@@ -12,7 +12,7 @@ from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.models import InstanceRow
 from app.repositories.migrations import MigrationRepository
 from app.repositories.resources import ResourceRepository, to_object
-from app.schemas.common import JsonObject
+from app.schemas.common import GENERATE_NAME_MAX, JsonObject, name_with_suffix
 from app.schemas.conditions import find_condition
 from app.schemas.migration import (
     DRAIN_LABEL,
@@ -101,7 +101,10 @@ class MigrationService(ResourceService):
     def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> JsonObject:
         """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""
         spec = {"vmiName": name, **options.model_dump(by_alias=True, mode="json", exclude_none=True)}
-        body = {"metadata": {"generateName": f"{name}-migration-"}, "spec": spec}
+        body = {
+            "metadata": {"generateName": name_with_suffix(name, "-migration-", GENERATE_NAME_MAX)},
+            "spec": spec,
+        }
         return self.create(namespace, body)
 
     # -- drains --------------------------------------------------------------------------------------
@@ -118,7 +121,10 @@ class MigrationService(ResourceService):
             self.create(
                 instance.namespace,
                 {
-                    "metadata": {"generateName": f"{instance.name}-drain-", "labels": {DRAIN_LABEL: node}},
+                    "metadata": {
+                        "generateName": name_with_suffix(instance.name, "-drain-", GENERATE_NAME_MAX),
+                        "labels": {DRAIN_LABEL: node},
+                    },
                     "spec": {"vmiName": instance.name},
                 },
             )

@@ -16,7 +16,7 @@ from app.models import InstanceRow, PoolRow
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
 from app.repositories.resources import to_object
-from app.schemas.common import JsonObject
+from app.schemas.common import JsonObject, name_with_suffix
 from app.schemas.instance import InstanceSpec, data_volume_names
 from app.schemas.pool import (
     CLAIMED_AT,
@@ -98,9 +98,8 @@ class PoolService(ResourceService):
 
     def add_member(self, pool: PoolRow, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
         index = 0
-        while f"{pool.name}-{index}" in taken:
+        while (member_name := name_with_suffix(pool.name, f"-{index}")) in taken:
             index += 1
-        member_name = f"{pool.name}-{index}"
         spec = template.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
         body = {
             "metadata": {

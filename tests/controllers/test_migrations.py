@@ -77,6 +77,14 @@ def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
     )
 
 
+def test_an_instance_with_the_longest_name_migrates_by_its_shortcut(api: httpx.Client) -> None:
+    name = "v" * 63  # the shortcut's generateName is cut to fit, not refused
+    running(api, name)
+    created = api.post(f"{BASE}/{name}/migrate")
+    assert created.status_code == 201, created.text
+    assert created.json()["metadata"]["name"].startswith("v" * 47 + "-migration-")
+
+
 def test_seed_manifest_with_no_other_node_fails_unschedulable(api: httpx.Client) -> None:
     running(api, "test-vmi")
     created = api.post(

@@ -89,6 +89,13 @@ def test_pool_fills_claims_replenish_and_count(api: httpx.Client) -> None:
     assert conflict.status_code == 409
 
 
+def test_a_pool_with_the_longest_name_names_its_members_within_63_characters(api: httpx.Client) -> None:
+    name = "p" * 63
+    assert api.post(POOLS, json=pool(name, 2)).status_code == 201
+    settled(api, name, 2, replicas=2)
+    assert sorted(m["metadata"]["name"] for m in members(api, name)) == ["p" * 61 + "-0", "p" * 61 + "-1"]
+
+
 def test_empty_pool_answers_503_with_retry_after_or_waits(api: httpx.Client) -> None:
     api.post(POOLS, json=pool("slow", 0))
     settled(api, "slow", 0, replicas=0)
