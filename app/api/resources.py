@@ -11,8 +11,9 @@ from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
 from app.services.registry import service_for
+from app.services.resources import CONTINUE_PATTERN, decode_continue
 from app.services.selectors import SELECTOR_PATTERN
-from app.services.watch import Watch
+from app.services.watch import Watch, parse_resource_version
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=DNS_LABEL)]
@@ -98,7 +99,14 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
             ),
         ] = None,
         limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-        continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+        continue_: Annotated[
+            str | None,
+            Query(
+                alias="continue",
+                description="Where the next page starts: `metadata.continue` of the previous page.",
+                json_schema_extra={"pattern": f"^$|{CONTINUE_PATTERN}"},
+            ),
+        ] = None,
         watch: Annotated[
             bool,
             Query(
@@ -106,15 +114,36 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
                 "line as they happen, until the client closes the connection (read it as a stream)."
             ),
         ] = False,
-        resource_version: Annotated[str | None, Query(alias="resourceVersion", max_length=32)] = None,
+        resource_version: Annotated[
+            str | None,
+            Query(
+                alias="resourceVersion",
+                max_length=18,  # within a 64-bit revision
+                description="With `watch`: the version to resume after (empty: from the current state).",
+                json_schema_extra={"pattern": "^[0-9]*$"},
+            ),
+        ] = None,
         allow_watch_bookmarks: Annotated[bool, Query(alias="allowWatchBookmarks")] = False,
+        timeout_seconds: Annotated[
+            int | None,
+            Query(
+                alias="timeoutSeconds",
+                ge=1,
+                le=86400,
+                description="With `watch`: end the stream after this many seconds (default: never).",
+            ),
+        ] = None,
     ) -> Any:
         caller.require(kind.read_role, scope)
         if watch:
-            stream = Watch(db, kind, scope, resource_version, label_selector, allow_watch_bookmarks)
+            decode_continue(continue_)  # checked like a list's, though a watch starts from the beginning
+            stream = Watch(
+                db, kind, scope, resource_version, label_selector, allow_watch_bookmarks, timeout_seconds
+            )
             return StreamingResponse(
                 stream.stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
             )
+        parse_resource_version(resource_version)  # a list is always current; the value is still checked
         with db.read() as session:
             return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -21,6 +21,7 @@ LABEL_KEY = (
 QUANTITY = re.compile(
     r"^(?P<num>[+]?(\d+\.?\d*|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
 )
+QUANTITY_PATTERN = re.sub(r"\?P<\w+>", "", QUANTITY.pattern)  # the same, for clients' regex engines
 SUFFIX_FACTOR: dict[str, Decimal] = {
     "": Decimal(1),
     "Ki": Decimal(2**10),
@@ -72,6 +73,13 @@ def exactly_one_of(*fields: str) -> ConfigDict:
     return ApiModel.model_config | ConfigDict(json_schema_extra={"oneOf": [_given(f) for f in fields]})
 
 
+def at_most_one_of(*fields: str) -> ConfigDict:
+    """Model config stating, for clients, a validator's "not more than one of these fields" rule."""
+    pairs = [(a, b) for i, a in enumerate(fields) for b in fields[i + 1 :]]
+    rule: dict[str, Any] = {"not": {"anyOf": [{"allOf": [_given(a), _given(b)]} for a, b in pairs]}}
+    return ApiModel.model_config | ConfigDict(json_schema_extra=rule)
+
+
 def check_dns_label(value: str) -> str:
     if len(value) > 63 or not DNS_LABEL.match(value):
         raise ValueError(
@@ -112,7 +120,7 @@ def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
 
 def parse_quantity(value: str) -> Decimal:
     """A Kubernetes quantity ("2", "500m", "1Gi", "1e3") as a number."""
-    match = QUANTITY.match(value.strip())
+    match = QUANTITY.match(value)
     if not match:
         raise ValueError(f"{value!r} is not a quantity (e.g. 2, 500m, 1Gi, 512Mi)")
     suffix = match["suffix"] or ""
@@ -170,7 +178,13 @@ Annotations = Annotated[
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}, examples=["2", "500m", "1Gi"]),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": QUANTITY_PATTERN}, {"type": "number", "minimum": 0}],
+            "x-kubernetes-int-or-string": True,
+            "examples": ["2", "500m", "1Gi"],
+        }
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.schemas.common import BASE64_PATTERN, ApiModel
+from app.schemas.common import BASE64_PATTERN, ApiModel, at_most_one_of
 
 MAX_ARGS = 64
 MAX_ARG = 4096
@@ -47,6 +47,8 @@ def decode_base64(value: str, limit: int, what: str) -> bytes:
 
 
 class ExecRequest(ApiModel):
+    model_config = at_most_one_of("stdin", "stdinBase64")
+
     command: list[str] = Field(
         min_length=1,
         max_length=MAX_ARGS,

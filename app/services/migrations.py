@@ -100,6 +100,9 @@ class MigrationService(ResourceService):
 
     def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> JsonObject:
         """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""
+        if ResourceRepository[InstanceRow](self.session, INSTANCES).get(namespace, name) is None:
+            # The path names the instance, so its absence is a 404 here, not an invalid spec.vmiName.
+            raise NotFound(f"{INSTANCES.kind} {name!r} not found in namespace {namespace!r}")
         spec = {"vmiName": name, **options.model_dump(by_alias=True, mode="json", exclude_none=True)}
         body = {
             "metadata": {"generateName": name_with_suffix(name, "-migration-", GENERATE_NAME_MAX)},

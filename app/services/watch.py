@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,17 @@ SQLITE_POLL_SECONDS = 1.0
 BATCH = 500
 
 
+def parse_resource_version(text: str | None) -> int | None:
+    """A resourceVersion query parameter: digits, or empty for none."""
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(
+            "resourceVersion must be a number", [FieldError("resourceVersion", "must be a number")]
+        )
+    return int(text)
+
+
 class Watch:
     """Prepared in the request (so bad input fails before the stream starts), then streamed."""
 
@@ -35,8 +47,10 @@ class Watch:
         resource_version: str | None,
         label_selector: str | None,
         bookmarks: bool,
+        timeout_seconds: int | None = None,
     ) -> None:
         self.db = db
+        self.timeout_seconds = timeout_seconds
         self.kind = kind
         self.namespace = namespace
         self.selector: Predicate | None = parse_selector(label_selector)
@@ -47,21 +61,11 @@ class Watch:
         self.inside: dict[str, bool] = {obj["metadata"]["uid"]: True for obj in self.initial}
 
     def _start(self, resource_version: str | None) -> int:
-        if resource_version not in (None, ""):
-            try:
-                rv = int(str(resource_version))
-            except ValueError:
-                raise BadRequest(
-                    "resourceVersion must be a number", [FieldError("resourceVersion", "must be a number")]
-                ) from None
+        rv = parse_resource_version(resource_version)
+        if rv is not None:
+            # A version not reached yet is waited for, as an etcd watch does: its events come as they happen.
             with self.db.read() as session:
                 oldest = revisions.oldest_event(session)
-                current = revisions.current_revision(session)
-            if rv > current:
-                raise BadRequest(
-                    f"resourceVersion {rv} is in the future (current {current})",
-                    [FieldError("resourceVersion", "newer than the server's")],
-                )
             if oldest is not None and rv < oldest - 1:
                 raise Gone(
                     f"resourceVersion {rv} is too old (oldest kept: {oldest}); list again and watch from "
@@ -125,6 +129,7 @@ class Watch:
         hub = self.db.hub
         poll = BOOKMARK_SECONDS if self.db.is_postgres else SQLITE_POLL_SECONDS
         idle = 0.0
+        deadline = None if self.timeout_seconds is None else time.monotonic() + self.timeout_seconds
         while True:
             seen = hub.counter(EVENTS_CHANNEL)
             fetched, self.rv, events = await run_in_threadpool(self._fetch)
@@ -134,9 +139,14 @@ class Watch:
                 idle = 0.0
                 if fetched == BATCH:
                     continue
-            if await hub.wait_async(EVENTS_CHANNEL, seen, poll) != seen:
+            wait = poll
+            if deadline is not None:
+                wait = min(poll, deadline - time.monotonic())
+                if wait <= 0:
+                    return  # the client's timeoutSeconds: the stream ends cleanly, as Kubernetes' does
+            if await hub.wait_async(EVENTS_CHANNEL, seen, wait) != seen:
                 continue
-            idle += poll
+            idle += wait
             if self.bookmarks and idle >= BOOKMARK_SECONDS:
                 idle = 0.0
                 yield self._line(

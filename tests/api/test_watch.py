@@ -121,11 +121,24 @@ def test_cluster_watch_and_cross_namespace(api: httpx.Client) -> None:
         assert stream.take(1) == [("ADDED", "w1")]
 
 
+def test_a_watch_with_timeout_seconds_ends_cleanly_after_it(api: httpx.Client) -> None:
+    assert api.post(INSTANCES, json=vmi("before")).status_code == 201
+    started = time.monotonic()
+    response = api.get(INSTANCES, params={"watch": "true", "timeoutSeconds": 1})
+    took = time.monotonic() - started
+    assert response.status_code == 200 and 0.9 <= took < 5, took
+    assert [json.loads(line)["type"] for line in response.text.splitlines()] == ["ADDED"]
+    problem(api.get(INSTANCES, params={"watch": "true", "timeoutSeconds": 0}), 422)
+
+
 def test_watch_rejects_bad_and_expired_versions(api: httpx.Client, db: Database) -> None:
     for i in range(4):
         api.post(INSTANCES, json=vmi(f"c{i}"))
     problem(api.get(INSTANCES, params={"watch": "true", "resourceVersion": "abc"}), 400)
-    problem(api.get(INSTANCES, params={"watch": "true", "resourceVersion": "999999"}), 400)
+    problem(api.get(INSTANCES, params={"watch": "true", "resourceVersion": "9" * 19}), 422)  # past 64 bits
+    # A version not reached yet is waited for (as in etcd): nothing has happened after it.
+    future = api.get(INSTANCES, params={"watch": "true", "resourceVersion": "999999", "timeoutSeconds": 1})
+    assert future.status_code == 200 and future.text == ""
     with db.transaction() as session:
         compact_events(session, keep=1)
     body = problem(api.get(INSTANCES, params={"watch": "true", "resourceVersion": "1"}), 410)

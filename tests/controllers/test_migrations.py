@@ -50,6 +50,7 @@ def finished(api: httpx.Client, name: str) -> dict[str, Any]:
 def test_refused_at_once_with_the_reason(api: httpx.Client) -> None:
     missing = api.post(MIGRATIONS, json=migration("m0", "nope"))
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "spec.vmiName"
+    assert api.post(f"{BASE}/nope/migrate").status_code == 404  # the path names it
     assert api.post(BASE, json=instance("halted", run_strategy="Halted")).status_code == 201
     wait_phase(api, "halted", "Scheduled")
     stopped = api.post(f"{BASE}/halted/migrate")
