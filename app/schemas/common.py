@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -129,7 +129,7 @@ def parse_quantity(value: str) -> Decimal:
         if suffix[:1] in ("e", "E"):
             return number * (Decimal(10) ** int(suffix[1:]))
         return number * SUFFIX_FACTOR[suffix]
-    except (InvalidOperation, OverflowError) as exc:
+    except (DecimalException, OverflowError, ValueError) as exc:
         raise ValueError(f"{value!r} is out of range") from exc
 
 

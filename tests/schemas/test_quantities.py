@@ -30,3 +30,14 @@ def test_quantities(text: str, value: Decimal) -> None:
 def test_bad_quantities(text: str) -> None:
     with pytest.raises(ValueError, match="quantity"):
         parse_quantity(text)
+
+
+@pytest.mark.parametrize("text", ["1e999999999", "9e99999999999", "1e" + "9" * 5000])
+def test_quantities_past_any_number_are_out_of_range_not_a_crash(text: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_quantity(text)
+
+
+def test_a_quantity_with_spaces_around_is_refused_as_the_document_says() -> None:
+    with pytest.raises(ValueError, match="quantity"):
+        parse_quantity(" 1Gi")
