@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Corral runs virtual machines with the ergonomics of containers: KubeVirt-shaped resources (instances, "
     "warm pools, migrations, nodes, host devices) in front of libvirt. Errors are RFC 9457 problem+json; "
-    "request bodies are JSON or YAML; writes take `If-Match` or `metadata.resourceVersion` as a precondition."
+    "request bodies are JSON or YAML (send Content-Type: application/yaml); writes take `If-Match` or "
+    "`metadata.resourceVersion` as a precondition."
 )
 
 
@@ -101,6 +102,7 @@ def create_app(
     app.include_router(instances.router)
     app.include_router(pools.router)
     app.include_router(migrations.router)
+    app.include_router(migrations.drain_router)
     app.include_router(devices.router)
     app.include_router(guest.router)
     app.include_router(operations.router)

@@ -54,7 +54,7 @@ async def node_devices(db: DB, caller: Caller, name: NamePath) -> Any:
 
 @router.get(
     "/v1/nodes/{name}/devices/{device}",
-    operation_id="getNodeDevice",
+    operation_id="readNodeDevice",
     response_model=HostDevice,
     response_model_exclude_none=True,
     responses=PROBLEMS,
@@ -67,7 +67,7 @@ async def node_device(db: DB, caller: Caller, name: NamePath, device: DeviceName
 
 @router.get(
     RULES,
-    operation_id="getPermittedHostDevices",
+    operation_id="readPermittedHostDevices",
     response_model=PermittedHostDevices,
     responses=PROBLEMS,
     summary="Which devices instances may take, and as what",

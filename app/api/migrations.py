@@ -16,6 +16,7 @@ from app.services.migrations import MigrationService
 from app.services.validation import invalid
 
 router = api_router(tags=["migrations"])
+drain_router = api_router(tags=["nodes"])  # a drain is a node operation, carried out by migrations
 DRAIN = "/v1/nodes/{name}/drain"
 
 
@@ -76,7 +77,7 @@ async def migrate(
     return with_etag(response, created)
 
 
-@router.post(
+@drain_router.post(
     DRAIN,
     operation_id="drainNode",
     status_code=202,
@@ -91,9 +92,9 @@ async def drain(db: DB, caller: Caller, name: NamePath) -> Any:
     return await _drain_call(db, lambda service: service.drain(name))
 
 
-@router.get(
+@drain_router.get(
     DRAIN,
-    operation_id="getNodeDrain",
+    operation_id="readNodeDrain",
     response_model=DrainStatus,
     responses=PROBLEMS,
     summary="The node's drain: its migrations and the instances that cannot move",
@@ -103,7 +104,7 @@ async def drain_status(db: DB, caller: Caller, name: NamePath) -> Any:
     return await _drain_call(db, lambda service: service.drain_status(name))
 
 
-@router.delete(
+@drain_router.delete(
     DRAIN,
     operation_id="cancelNodeDrain",
     response_model=DrainStatus,

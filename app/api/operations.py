@@ -12,7 +12,7 @@ from app.db import OPERATIONS_CHANNEL
 from app.errors import GatewayTimeout
 from app.kinds import INSTANCES
 from app.schemas.auth import Role
-from app.schemas.operations import OperationKind, OperationList
+from app.schemas.operations import OPERATION_RESULTS, OperationKind, OperationList
 from app.services.operations import OperationService
 
 router = api_router(tags=["guest"])
@@ -46,6 +46,7 @@ def add_operation(kind: OperationKind) -> None:
     @router.post(
         f"{BASE}/{kind}",
         operation_id=f"guest{operation}",
+        response_model=OPERATION_RESULTS[kind],
         responses=PROBLEMS,
         summary=SUMMARIES[kind],
         openapi_extra=extra,

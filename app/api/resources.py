@@ -41,17 +41,23 @@ def cluster_scoped() -> str | None:
 
 
 def request_body(model: str, *, patch: bool = False) -> dict[str, Any]:
-    types = (
-        ["application/merge-patch+json", "application/yaml"]
+    # YAML is accepted too (application/yaml, the same document) but stated in prose: SDK generators take
+    # one JSON media type per body and warn on, or duplicate, any other.
+    media_type, schema = (
+        (
+            "application/merge-patch+json",
+            {"type": "object", "description": "RFC 7386 merge patch of the object"},
+        )
         if patch
-        else ["application/json", "application/yaml"]
+        else ("application/json", {"$ref": f"#/components/schemas/{model}"})
     )
-    schema: dict[str, Any] = (
-        {"type": "object", "description": "RFC 7386 merge patch of the object"}
-        if patch
-        else {"$ref": f"#/components/schemas/{model}"}
-    )
-    return {"requestBody": {"required": True, "content": {t: {"schema": schema} for t in types}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "JSON, or the same document as YAML (Content-Type: application/yaml).",
+            "content": {media_type: {"schema": schema}},
+        }
+    }
 
 
 def resource_router(kind: Kind[Any]) -> APIRouter:
@@ -59,6 +65,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
     base = f"/v1/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"/v1/{kind.plural}"
     item = base + "/{name}"
     one, many = kind.singular, kind.singular + "s"
+    a_one = f"an {one}" if one[0] in "AEIOU" else f"a {one}"
     scope_dep: Callable[..., str | None] = namespaced if kind.namespaced else cluster_scoped
     scope_param = Annotated[str | None, Depends(scope_dep)]
     common: dict[str, Any] = {
@@ -151,7 +158,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
         base,
         operation_id=f"create{one}",
         status_code=201,
-        summary=f"Create a {one}",
+        summary=f"Create {a_one}",
         openapi_extra=request_body(kind.body_model.__name__),
         **common,
     )
@@ -162,7 +169,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
         response.headers["Location"] = f"{base.format(namespace=scope)}/{obj['metadata']['name']}"
         return with_etag(response, obj)
 
-    @router.get(item, operation_id=f"read{one}", summary=f"Read a {one}", **common)
+    @router.get(item, operation_id=f"read{one}", summary=f"Read {a_one}", **common)
     def read(db: DB, caller: Caller, scope: scope_param, response: Response, name: NamePath) -> Any:
         caller.require(kind.read_role, scope, hide=True)
         with db.read() as session:
@@ -171,7 +178,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
     @router.put(
         item,
         operation_id=f"replace{one}",
-        summary=f"Replace a {one}'s spec, labels and annotations",
+        summary=f"Replace {a_one}'s spec, labels and annotations",
         openapi_extra=request_body(kind.body_model.__name__),
         **common,
     )
@@ -192,7 +199,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
     @router.patch(
         item,
         operation_id=f"patch{one}",
-        summary=f"Merge-patch a {one} (RFC 7386)",
+        summary=f"Merge-patch {a_one} (RFC 7386)",
         openapi_extra=request_body(kind.body_model.__name__, patch=True),
         **common,
     )
@@ -214,7 +221,7 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
         item,
         operation_id=f"delete{one}",
         status_code=202,
-        summary=f"Delete a {one}: marked now, torn down by the worker, then gone",
+        summary=f"Delete {a_one}: marked now, torn down by the worker, then gone",
         **common,
     )
     def delete(

@@ -26,6 +26,8 @@ from app.schemas.common import (
     exactly_one_of,
     parse_quantity,
 )
+from app.schemas.guest import OSInfo
+from app.schemas.migration import MigrationState
 
 RunStrategy = Literal["Always", "Halted", "Manual", "RerunOnFailure", "Once"]
 InstancePhase = Literal[
@@ -475,6 +477,20 @@ class InstancePhaseTransition(ApiModel):
     phase_transition_timestamp: datetime
 
 
+class InterfaceStatus(ApiModel):
+    """KubeVirt's status.interfaces[]: a NIC of the domain, with its addresses from the network's DHCP leases
+    and the guest agent."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(description="The spec's interface name (in order), else nicN.")
+    mac: str
+    interface_name: str | None = Field(default=None, description="The guest's name for it (agent).")
+    ip_address: str | None = Field(default=None, description="The address to reach it at: IPv4 first.")
+    ip_addresses: list[str] = Field(default_factory=list)
+    info_source: str = Field(default="", description="`domain` (DHCP leases), `guest-agent`, or both.")
+
+
 class InstanceStatus(ApiModel):
     model_config = ApiModel.model_config | {"extra": "allow"}
 
@@ -485,9 +501,9 @@ class InstanceStatus(ApiModel):
     node_name: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     phase_transition_timestamps: list[InstancePhaseTransition] = Field(default_factory=list)
-    interfaces: list[dict[str, Any]] = Field(default_factory=list)
-    guest_os_info: dict[str, Any] | None = Field(default=None, alias="guestOSInfo")
-    migration_state: dict[str, Any] | None = None
+    interfaces: list[InterfaceStatus] = Field(default_factory=list)
+    guest_os_info: OSInfo | None = Field(default=None, alias="guestOSInfo")
+    migration_state: MigrationState | None = None
     device_assignments: list[dict[str, Any]] = Field(default_factory=list)
 
 

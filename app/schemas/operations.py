@@ -145,5 +145,46 @@ class Operation(ApiModel):
     finished_at: datetime | None = None
 
 
+class OperationResult(ApiModel):
+    id: str = Field(description="The operation's id, as listed in the instance's guest operations.")
+
+
+class ExecResult(OperationResult):
+    exit_code: int | None = Field(description="None when the program was killed by a signal or timed out.")
+    signal: int | None = None
+    timed_out: bool
+    stdout: str = Field(description="Standard output as UTF-8 text (undecodable bytes replaced).")
+    stdout_base64: str = Field(description="Standard output's exact bytes.")
+    stdout_truncated: bool = Field(description=f"Cut at {MAX_OUTPUT} bytes.")
+    stderr: str
+    stderr_base64: str
+    stderr_truncated: bool
+
+
+class FileReadResult(OperationResult):
+    path: str
+    size: int
+    content_base64: str
+
+
+class FileWriteResult(OperationResult):
+    path: str
+    size: int = Field(description="Bytes written.")
+
+
+class FreezeResult(OperationResult):
+    filesystems: int | None = Field(description="Filesystems frozen or thawed, as the agent counts them.")
+    fs_freeze_status: Literal["frozen", "thawed", "unknown"]
+
+
+OPERATION_RESULTS: dict[OperationKind, type[OperationResult]] = {
+    "exec": ExecResult,
+    "file-read": FileReadResult,
+    "file-write": FileWriteResult,
+    "freeze": FreezeResult,
+    "thaw": FreezeResult,
+}
+
+
 class OperationList(ApiModel):
     items: list[Operation]
