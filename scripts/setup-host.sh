@@ -43,6 +43,11 @@ if [ "$need_install" = 1 ]; then
     busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
     dnsmasq-base nftables iputils-ping mmdebstrap openssh-client >/dev/null
 fi
+# The TypeScript check of the OpenAPI document (tests/integration/test_sdk.py) runs on Node.js and npm.
+if ! command -v npm >/dev/null; then
+  log "installing Node.js and npm"
+  apt-get update -q && apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
+fi
 
 # QEMU as root: with the packaged libvirt-qemu user every start costs ~4 s more on these machines.
 grep -q '^user = "root"' /etc/libvirt/qemu.conf || \
