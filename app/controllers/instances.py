@@ -62,7 +62,7 @@ from app.db import Database
 from app.kinds import DATAVOLUMES, INSTANCES, MIGRATIONS, NETWORKS, NODES, POOLS
 from app.models import DataVolumeRow, InstanceRow, MigrationRow, NetworkRow, NodeRow
 from app.repositories import workqueue
-from app.repositories.devices import DeviceRepository
+from app.repositories.devices import DeviceRepository, permitted
 from app.repositories.instances import InstanceRepository, intent_of, progress_of, set_intent, set_progress
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject, parse_time
@@ -427,8 +427,10 @@ class InstanceReconciler:
                 return loaded
             picked = pick_devices(chosen.devices, needs, chosen.mdevs) if needs else Picked([], [])
             assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
-            held = self._take_devices(session, loaded, chosen.name, picked)
+            held, assignments = self._take_devices(session, loaded, chosen.name, picked)
             row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
+            if assignments:  # kept by every later status write: devices are held until the instance goes
+                row.status = {**(row.status or {}), "deviceAssignments": assignments}
             self._apply(instances, row, loaded, Outcome(placed(chosen.name, "")))
             node_row = next(n for n in node_rows if n.name == chosen.name)
             return replace(
@@ -440,17 +442,42 @@ class InstanceReconciler:
             )
 
     @staticmethod
-    def _take_devices(session: Session, loaded: LoadedInstance, node: str, picked: Picked) -> tuple[str, ...]:
-        """Hold the picked PCI devices and carve the mediated ones; the PCI addresses held."""
+    def _take_devices(
+        session: Session, loaded: LoadedInstance, node: str, picked: Picked
+    ) -> tuple[tuple[str, ...], list[JsonObject]]:
+        """Hold the picked PCI devices and carve the mediated ones: the PCI addresses held, and the
+        instance's status.deviceAssignments."""
         ledger, holder = DeviceRepository(session), f"{loaded.namespace}/{loaded.name}"
         rows = {d.name: d for d in ledger.on_node(node, for_update=True)}
         held = [rows[name] for name in picked.pci]
         ledger.hold(held, loaded.uid, holder)
+        rules = permitted(session)
+        assignments: list[JsonObject] = [
+            {
+                "name": d.name,
+                "resourceName": rules.pci_resource(d.facts.get("vendorId"), d.facts.get("productId")),
+                "address": d.facts.get("address"),
+                "nodeName": node,
+            }
+            for d in held
+        ]
         for parent, type_id in picked.mdevs:
-            ledger.carve(rows[parent], type_id, str(uuid.uuid4()), loaded.uid, holder)
+            mdev = str(uuid.uuid4())
+            ledger.carve(rows[parent], type_id, mdev, loaded.uid, holder)
+            type_names = {t["id"]: t.get("name", "") for t in rows[parent].facts.get("mdevTypes", [])}
+            resource = rules.mdev_resource(type_id, type_names.get(type_id, ""))
+            assignments.append(
+                {
+                    "name": mdev,
+                    "resourceName": resource,
+                    "mdevType": type_id,
+                    "parent": parent,
+                    "nodeName": node,
+                }
+            )
         if held or picked.mdevs:
             workqueue.enqueue(session, NODES.work_key("", node))  # its allocated counts changed
-        return tuple(str(d.facts.get("address")) for d in held)
+        return tuple(str(d.facts.get("address")) for d in held), assignments
 
     # -- reading and writing -------------------------------------------------------------------------
     def _load(self, namespace: str, name: str) -> LoadedInstance | None:

@@ -491,6 +491,19 @@ class InterfaceStatus(ApiModel):
     info_source: str = Field(default="", description="`domain` (DHCP leases), `guest-agent`, or both.")
 
 
+class DeviceAssignment(ApiModel):
+    """A host device the instance holds, from placement until it is deleted."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(description="libvirt's node-device name (PCI), or the mediated device's UUID.")
+    node_name: str
+    resource_name: str | None = Field(default=None, description="The permittedHostDevices resourceName.")
+    address: str | None = Field(default=None, description="PCI: the host address passed through.")
+    mdev_type: str | None = Field(default=None, description="Mediated: the type carved.")
+    parent: str | None = Field(default=None, description="Mediated: the PCI device it was carved from.")
+
+
 class InstanceStatus(ApiModel):
     model_config = ApiModel.model_config | {"extra": "allow"}
 
@@ -504,7 +517,7 @@ class InstanceStatus(ApiModel):
     interfaces: list[InterfaceStatus] = Field(default_factory=list)
     guest_os_info: OSInfo | None = Field(default=None, alias="guestOSInfo")
     migration_state: MigrationState | None = None
-    device_assignments: list[dict[str, Any]] = Field(default_factory=list)
+    device_assignments: list[DeviceAssignment] = Field(default_factory=list)
 
 
 DEFAULT_MEMORY = "512Mi"

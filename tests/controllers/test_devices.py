@@ -166,6 +166,15 @@ def test_seed_manifest_gets_both_hostdevs(api: httpx.Client, worker: Any, tmp_pa
     held = api.get("/v1/devices", params={"holder": "default/test-vmi"}).json()["items"]
     assert sorted(d["spec"]["deviceName"] for d in held) == ["pci_0000_01_00_0", "pci_0000_3b_00_0"]
     assert all(d["status"]["holderUid"] == running["metadata"]["uid"] for d in held)
+    assigned = {a["name"]: a for a in running["status"]["deviceAssignments"]}
+    assert sorted(assigned) == ["pci_0000_01_00_0", "pci_0000_3b_00_0"]
+    assert assigned["pci_0000_01_00_0"]["resourceName"] == "xilinx.com/fpga"
+    assert assigned["pci_0000_3b_00_0"] == {
+        "name": "pci_0000_3b_00_0",
+        "resourceName": "nvidia.com/gpu",
+        "address": "0000:3b:00.0",
+        "nodeName": "gpu",
+    }
     for other_spelling in ("test-vmi", running["metadata"]["uid"]):
         assert api.get("/v1/devices", params={"holder": other_spelling}).json()["items"] == held
     wait_for(
@@ -335,6 +344,14 @@ def test_mediated_devices_are_carved_from_a_vgpu_parent(api: httpx.Client, worke
     carved = parent[0]["status"]["mediatedDevices"]
     assert sorted(m["type"] for m in carved) == ["nvidia-222", "nvidia-222", "nvidia-230"]
     assert sorted(uuids) == sorted(m["uuid"] for m in carved) and len(set(uuids)) == 3
+    assigned = running["status"]["deviceAssignments"]
+    assert sorted(a["name"] for a in assigned) == sorted(uuids)
+    assert sorted(a["resourceName"] for a in assigned) == [
+        "nvidia.com/GRID_T4-16Q",
+        "nvidia.com/GRID_T4-1B",
+        "nvidia.com/GRID_T4-1B",
+    ]
+    assert {(a["parent"], a["nodeName"]) for a in assigned} == {("pci_0000_af_00_0", "gpu")}
     allocated = lambda: api.get("/v1/nodes/gpu").json()["status"]["allocated"]  # noqa: E731
     wait_for(lambda: allocated().get("nvidia.com/GRID_T4-1B") == "2", timeout=5, what="two T4-1B slices")
 
