@@ -23,7 +23,8 @@ class HostDeviceRow(Base):
     # mediated device types): replaced on every inventory refresh.
     facts: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     present: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
-    observed_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    observed_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)  # last change seen
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)  # first seen
     # The ledger: the instance holding the device (uid, and namespace/name to answer ?holder= queries).
     holder_uid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     holder: Mapped[str | None] = mapped_column(String(127), nullable=True, index=True)

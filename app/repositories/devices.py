@@ -76,6 +76,7 @@ class DeviceRepository:
                         facts=facts,
                         present=True,
                         observed_at=at,
+                        created_at=at,
                         mdevs=[],
                     )
                 )

@@ -117,7 +117,10 @@ class HostDeviceStatus(ApiModel):
 
 class HostDeviceMeta(ApiModel):
     name: str = Field(description="<node>.<libvirt name>")
+    uid: str = Field(description="Stable for the device on its node.")
     labels: dict[str, str] = Field(default_factory=dict)
+    resource_version: str = Field(description="Opaque: changes whenever the device's spec or status does.")
+    creation_timestamp: datetime = Field(description="When the node first reported the device.")
 
 
 class HostDevice(ApiModel):

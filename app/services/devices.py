@@ -3,6 +3,9 @@ check that an instance asks only for devices that exist, are PCI, and are permit
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,13 +43,23 @@ def device_view(row: HostDeviceRow, rules: PermittedHostDevices) -> JsonObject:
         "mediatedDevices": list(row.mdevs or []),
         "observedAt": row.observed_at,
     }
-    return HostDevice.model_validate(
+    view = HostDevice.model_validate(
         {
-            "metadata": {"name": f"{row.node}.{row.name}", "labels": {"corral.dev/node": row.node}},
+            "metadata": {
+                "name": f"{row.node}.{row.name}",
+                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral.dev/hostdevices/{row.node}/{row.name}")),
+                "labels": {"corral.dev/node": row.node},
+                "creationTimestamp": row.created_at,
+                "resourceVersion": "",
+            },
             "spec": {"nodeName": row.node, "deviceName": row.name},
             "status": status,
         }
     ).model_dump(by_alias=True, mode="json", exclude_none=True)
+    # Devices are the worker's, never written by clients: a digest of what is shown changes whenever it does.
+    shown = json.dumps([view["spec"], view["status"]], sort_keys=True).encode()
+    view["metadata"]["resourceVersion"] = hashlib.sha256(shown).hexdigest()[:16]
+    return view
 
 
 class DeviceService:

@@ -101,6 +101,11 @@ def test_inventory_lists_the_declared_devices(api: httpx.Client) -> None:
         "mediatedDevices": [],
         "observedAt": None,
     }
+    meta = h100["metadata"]
+    assert meta["creationTimestamp"].endswith("Z") and h100["status"]["observedAt"].endswith("Z")
+    again = api.get("/v1/nodes/gpu/devices/pci_0000_3b_00_0").json()["metadata"]
+    assert (again["uid"], again["resourceVersion"]) == (meta["uid"], meta["resourceVersion"])  # stable
+    assert len({d["metadata"]["uid"] for d in devices.values()}) == len(devices)
     assert devices["pci_0000_5e_00_0"]["status"]["iommuGroupMembers"] == ["0000:5e:00.0", "0000:5e:00.1"]
     assert devices["usb_1_4"]["status"]["capability"] == "usb_device"
     t4 = devices["pci_0000_af_00_0"]["status"]["mdevTypes"]
@@ -114,7 +119,10 @@ def test_inventory_lists_the_declared_devices(api: httpx.Client) -> None:
 
 
 def test_permitting_makes_devices_allocatable(api: httpx.Client) -> None:
+    before = api.get("/v1/nodes/gpu/devices/pci_0000_3b_00_0").json()["metadata"]["resourceVersion"]
     permit(api)
+    after = api.get("/v1/nodes/gpu/devices/pci_0000_3b_00_0").json()["metadata"]["resourceVersion"]
+    assert after != before  # its resourceName changed
     status = api.get("/v1/nodes/gpu").json()["status"]
     assert status["capacity"]["nvidia.com/gpu"] == "2" and status["allocatable"]["xilinx.com/fpga"] == "1"
     assert status["capacity"]["nvidia.com/GRID_T4-1B"] == "16"
