@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from app.api.deps import DB, Caller, ObjectBody
 from app.api.resources import PROBLEMS, request_body
 from app.api.routing import api_router
 from app.db import Database
 from app.schemas.auth import Role, TokenCreated, TokenList, TokenRequest, WhoAmI
+from app.schemas.common import ApiModel
 from app.services import auth, health
 from app.services.validation import invalid
 
@@ -33,12 +34,18 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class Readiness(ApiModel):
+    status: Literal["ok", "not ready"]
+    problems: list[str] = Field(default_factory=list)
+
+
 @router.get(
     "/readyz",
     operation_id="readyz",
     tags=["system"],
     summary="Readiness: the database answers at the expected schema revision",
-    responses={503: {"description": "Not ready"}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: `problems` says why"}},
     openapi_extra=PUBLIC,
 )
 def readyz(db: DB) -> Any:

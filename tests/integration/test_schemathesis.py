@@ -31,7 +31,7 @@ def test_schemathesis_finds_no_failure_over_the_whole_document(tmp_path: Path) -
                 "--workers",
                 "2",
                 "--max-examples",
-                "30",
+                "40",
                 "--seed",
                 SEED,
             ],
