@@ -153,6 +153,7 @@ class ExecResult(OperationResult):
     exit_code: int | None = Field(description="None when the program was killed by a signal or timed out.")
     signal: int | None = None
     timed_out: bool
+    killed: bool | None = Field(default=None, description="After a timeout: whether the program was killed.")
     stdout: str = Field(description="Standard output as UTF-8 text (undecodable bytes replaced).")
     stdout_base64: str = Field(description="Standard output's exact bytes.")
     stdout_truncated: bool = Field(description=f"Cut at {MAX_OUTPUT} bytes.")
