@@ -33,24 +33,24 @@ def check_url(url: str, allowed_hosts: Collection[str]) -> None:
     """Refuse a URL Corral must not fetch; raises UnsafeDisk naming why."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise UnsafeDisk(f"{url}: only http and https URLs are imported")
+        raise UnsafeDisk(f"GET {url}: only http and https URLs are imported")
     host = parts.hostname or ""
     if not host:
-        raise UnsafeDisk(f"{url}: no host")
+        raise UnsafeDisk(f"GET {url}: no host")
     if host in allowed_hosts:
         return
     if host.lower() in _METADATA_HOSTS:
-        raise UnsafeDisk(f"{url}: {host} is a cloud metadata service")
+        raise UnsafeDisk(f"GET {url}: {host} is a cloud metadata service")
     try:
         found = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
         addresses = {str(info[4][0]) for info in found}
     except OSError as exc:
-        raise DownloadFailed(f"{url}: cannot resolve {host}: {exc}") from None
+        raise DownloadFailed(f"GET {url}: cannot resolve {host}: {exc}") from None
     for text in addresses:
         address = ipaddress.ip_address(text.split("%")[0])
         if address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast:
             raise UnsafeDisk(
-                f"{url}: {host} is {address}, a loopback, link-local or metadata address "
+                f"GET {url}: {host} is {address}, a loopback, link-local or metadata address "
                 "(allow it with CORRAL_IMPORT_ALLOWED_HOSTS)"
             )
 
@@ -78,7 +78,7 @@ def download(
         expected = checksum.partition(":")[2]
         if digest != expected:
             algorithm = checksum.partition(":")[0]
-            raise UnsafeDisk(f"{url}: checksum mismatch: expected {checksum}, got {algorithm}:{digest}")
+            raise UnsafeDisk(f"GET {url}: checksum mismatch: expected {checksum}, got {algorithm}:{digest}")
 
 
 def _fetch_once(
@@ -98,7 +98,8 @@ def _fetch_once(
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
                     if response.status_code != 200:
-                        text = f"{url}: the server answered {response.status_code} {response.reason_phrase}"
+                        answer = f"{response.status_code} {response.reason_phrase}"
+                        text = f"GET {url}: the server answered {answer}"
                         if response.status_code >= 500 or response.status_code == 429:
                             raise DownloadFailed(text)
                         raise UnsafeDisk(text)
@@ -115,11 +116,11 @@ def _fetch_once(
                             progress(done, total)
                     if total and not encoded and done != total:
                         raise DownloadFailed(
-                            f"{url}: the transfer ended early, after {done} of {total} bytes"
+                            f"GET {url}: the transfer ended early, after {done} of {total} bytes"
                         )
                     return hasher.hexdigest() if hasher is not None else ""
             except httpx.RemoteProtocolError as exc:
-                raise DownloadFailed(f"{url}: the transfer ended early: {exc}") from None
+                raise DownloadFailed(f"GET {url}: the transfer ended early: {exc}") from None
             except httpx.HTTPError as exc:
-                raise DownloadFailed(f"{url}: {exc.__class__.__name__}: {exc}") from None
-    raise UnsafeDisk(f"{url}: more than {MAX_REDIRECTS} redirects")
+                raise DownloadFailed(f"GET {url}: {exc.__class__.__name__}: {exc}") from None
+    raise UnsafeDisk(f"GET {url}: more than {MAX_REDIRECTS} redirects")

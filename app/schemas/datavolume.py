@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.disks.reference import REFERENCE_PATTERN
 from app.schemas.common import (
@@ -29,16 +30,26 @@ DataVolumePhase = Literal[
 CHECKSUM_PATTERN = r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$"
 
 
+# The host part: no brackets but around an IPv6 address, as a URL parser requires.
+HTTP_URL_PATTERN = r"^https?://([^\s/?#\[\]]+|[^\s/?#\[\]]*\[[0-9A-Fa-f:.]+\])(:[0-9]*)?([/?#]\S*)?$"
+
+
 class HttpSource(ApiModel):
     url: str = Field(
         max_length=2000,
-        pattern=r"^https?://[^\s]+$",
+        pattern=HTTP_URL_PATTERN,
         description="An http(s) URL of a qcow2 or raw disk. Loopback, link-local and metadata addresses are "
         "refused unless the host is in CORRAL_IMPORT_ALLOWED_HOSTS.",
     )
     checksum: str | None = Field(
         default=None, pattern=CHECKSUM_PATTERN, description="sha256:<hex> or sha512:<hex> of the file."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, url: str) -> str:
+        urlsplit(url)  # a ValueError (e.g. a bracketed host that is no IPv6 address) is the field's 422
+        return url
 
 
 class RegistrySource(ApiModel):

@@ -125,7 +125,12 @@ def test_import_refusals_fail_naming_the_cause(
 def test_loopback_by_name_and_other_schemes_are_refused(api: httpx.Client, files: HttpSource) -> None:
     port = files.server.server_address[1]
     api.post(DVS, json=dv("local", {"http": {"url": f"http://localhost:{port}/files/data.qcow2"}}))
-    assert "loopback, link-local or metadata" in wait_dv(api, "local", "Failed")["message"]
+    message = wait_dv(api, "local", "Failed")["message"]
+    assert "loopback, link-local or metadata" in message
+    assert message.startswith("GET http://localhost")  # a message is never taken for a URL
+    for unparsable in ("https://x]y/disk", "https://[1.2]/disk", "https://a b/disk"):
+        refused = api.post(DVS, json=dv("odd", {"http": {"url": unparsable}}))
+        assert refused.status_code == 422 and "spec.source.http.url" in refused.text, unparsable
     ftp = api.post(DVS, json=dv("ftp", {"http": {"url": "ftp://example.com/disk.qcow2"}}))
     assert ftp.status_code == 422 and "spec.source.http.url" in ftp.text
     two = api.post(DVS, json=dv("two", {"blank": {}, "upload": {}}))
