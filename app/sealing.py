@@ -68,6 +68,11 @@ def sealer() -> Sealer:
     return Sealer(load_keys(settings.encryption_key_file or settings.data_dir / KEY_FILE))
 
 
+def unsealed(spec: Mapping[str, Any]) -> dict[str, bytes]:
+    """A stored Secret spec's values."""
+    return sealer().unseal(spec["sealedData"])
+
+
 def shown_secret(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored Secret (sealed values in `spec`) in the Kubernetes v1 shape, values unsealed, base64."""
     spec = stored["spec"]
@@ -76,7 +81,7 @@ def shown_secret(stored: Mapping[str, Any]) -> dict[str, Any]:
         "kind": stored["kind"],
         "metadata": stored["metadata"],
         "type": spec["type"],
-        "data": {k: base64.b64encode(v).decode() for k, v in sealer().unseal(spec["sealedData"]).items()},
+        "data": {k: base64.b64encode(v).decode() for k, v in unsealed(spec).items()},
     }
     if "immutable" in spec:
         shown["immutable"] = spec["immutable"]

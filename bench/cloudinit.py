@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from bench.common import corral_serve, open_libvirt, save, summary
+from bench.common import corral_serve, open_libvirt, overlay_on, save, summary
 
 IMAGE = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images")) / "corral" / "debian-cloud" / "12"
 INSTANCES = "/v1/namespaces/bench/instances"
@@ -116,21 +116,7 @@ def virsh_boot(workdir: Path, data: str, key: Path) -> float:
     network = conn.networkLookupByName(NETWORK)
     xml = workdir / f"{name}.xml"
     started = time.monotonic()
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(IMAGE / "disk.qcow2"),
-            str(overlay),
-        ],
-        check=True,
-    )
+    overlay_on(IMAGE / "disk.qcow2", overlay)
     files = [str(seed_dir / "user-data"), str(seed_dir / "meta-data")]
     iso = ["genisoimage", "-quiet", "-output", str(seed), "-volid", "cidata", "-joliet", "-rock", *files]
     subprocess.run(iso, check=True)

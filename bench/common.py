@@ -82,6 +82,12 @@ def open_libvirt(uri: str = "qemu:///system") -> Any:
     return libvirt.open(uri)
 
 
+def overlay_on(backing: str | Path, overlay: Path) -> None:
+    """A qcow2 copy-on-write overlay on a qcow2 image: how the raw baselines give each guest its own disk."""
+    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(overlay)]
+    subprocess.run(command, check=True)
+
+
 def ping_until_answered(dom: Any, timeout: float = 120) -> None:
     """Return once qemu-ga in the domain answers guest-ping (polled every 2 ms)."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,16 @@ from typing import Any
 
 import libvirt
 
-from bench.common import WatchRecorder, corral_serve, open_libvirt, phase, ping_until_answered, save, summary
+from bench.common import (
+    WatchRecorder,
+    corral_serve,
+    open_libvirt,
+    overlay_on,
+    phase,
+    ping_until_answered,
+    save,
+    summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RIG = ROOT / "scripts" / "migration-nodes.sh"
@@ -49,21 +58,7 @@ def twin_of(xml: str, name: str, overlay: Path) -> str:
     for source in root.iterfind("devices/disk/source"):
         backing = source.get("file")
         if backing:
-            subprocess.run(
-                [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    "qcow2",
-                    "-b",
-                    _backing_of(backing),
-                    str(overlay),
-                ],
-                check=True,
-            )
+            overlay_on(_backing_of(backing), overlay)
             source.set("file", str(overlay))
     for serial in root.iterfind("devices/serial/log"):
         serial.set("file", f"/var/log/libvirt/qemu/{name}-console.log")

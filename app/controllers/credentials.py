@@ -13,7 +13,7 @@ from app.disks.registry import Credentials
 from app.kinds import SECRETS
 from app.repositories.resources import ResourceRepository
 from app.schemas.instance import CloudInitSource, InstanceSpec
-from app.sealing import sealer
+from app.sealing import unsealed
 
 SecretValues = Mapping[str, Mapping[str, bytes]]  # Secret name -> key -> value
 # The keys KubeVirt reads a cloud-init document from, in order.
@@ -26,9 +26,7 @@ class SecretMissing(LookupError):
 
 def secret_values(session: Session, namespace: str, name: str) -> dict[str, bytes] | None:
     row = ResourceRepository[Any](session, SECRETS).get(namespace, name)
-    if row is None or row.deleted_at is not None:
-        return None
-    return sealer().unseal(row.spec["sealedData"])
+    return None if row is None else unsealed(row.spec)  # a deleted Secret is gone at once
 
 
 def registry_logins(values: Mapping[str, bytes], *, registry: str | None) -> Credentials:

@@ -17,7 +17,7 @@ from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject, ObjectMeta
 from app.schemas.instance import InstanceSpec
 from app.schemas.secret import SecretBody
-from app.sealing import sealer
+from app.sealing import sealer, unsealed
 from app.services.resources import ResourceService
 from app.services.validation import invalid
 
@@ -55,8 +55,7 @@ def check_exist(session: Session, namespace: str, references: list[tuple[str, st
     """422 naming the field of the first (field, Secret name) the namespace does not have."""
     repo = ResourceRepository[Any](session, SECRETS)
     for field, name in references:
-        row = repo.get(namespace, name)
-        if row is None or row.deleted_at is not None:
+        if repo.get(namespace, name) is None:  # a deleted Secret is gone at once
             raise Invalid(
                 f"no Secret named {name!r} in namespace {namespace!r}", [FieldError(field, "no such Secret")]
             )
@@ -95,7 +94,7 @@ class SecretService(ResourceService):
         # Sealing is randomized: compare what the sealed values say.
         return {k: v for k, v in stored.items() if k != "sealedData"} == {
             k: v for k, v in new.items() if k != "sealedData"
-        } and sealer().unseal(stored["sealedData"]) == sealer().unseal(new["sealedData"])
+        } and unsealed(stored) == unsealed(new)
 
     def spec_changed(self, row: Any, old_spec: JsonObject) -> None:
         if old_spec.get("immutable"):
