@@ -8,6 +8,7 @@ from typing import Any
 import schemathesis
 from hypothesis.internal import lambda_sources
 from schemathesis import Case
+from schemathesis.engine import observations
 from schemathesis.hooks import HookContext
 
 # CPython 3.11's AST constructor keeps one recursion counter per interpreter, so two workers describing a
@@ -22,6 +23,20 @@ def _described_one_at_a_time(*args: Any, **kwargs: Any) -> str:
 
 
 lambda_sources._lambda_description = _described_one_at_a_time
+
+# Schemathesis reads every answer's strings that start with http(s):// as links and stops the whole run when
+# one does not parse (urlsplit's ValueError), as an echoed annotation value like "https://[x" does.
+_link_path = observations._same_origin_path
+
+
+def _link_path_or_none(value: str, origin: tuple[str, str]) -> str | None:
+    try:
+        return _link_path(value, origin)
+    except ValueError:
+        return None
+
+
+observations._same_origin_path = _link_path_or_none
 
 
 @schemathesis.hook
