@@ -10,12 +10,19 @@ from app.schemas.common import LABEL_KEY, check_label_key
 
 Predicate = Callable[[dict[str, str]], bool]
 # What parse_selector accepts, as an ECMA-262 pattern for the OpenAPI document (clients, generated tests).
+# Whitespace is spelled out: ECMA-262's \s and Python's differ (Python's takes \x1c-\x1f, ECMA's does not).
+SPACES = " \t\n\r\f\v"
+_WS = r"[ \t\n\r\f\v]"
+_TOKEN = r"[^ \t\n\r\f\v!=(),]"
 _KEY = LABEL_KEY
-_REQUIREMENT = rf"\s*(?:!?\s*{_KEY}|{_KEY}\s*(?:==|=|!=)\s*[^\s!=(),]*|{_KEY}\s+(?:in|notin)\s+\([^()]*\))\s*"
-SELECTOR_PATTERN = rf"^\s*$|^{_REQUIREMENT}(?:,{_REQUIREMENT})*$"
-_SET = re.compile(r"^\s*([^\s!=(),]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
-_EQ = re.compile(r"^\s*([^\s!=(),]+)\s*(==|=|!=)\s*([^\s!=(),]*)\s*$")
-_EXISTS = re.compile(r"^\s*(!?)\s*([^\s!=(),]+)\s*$")
+_REQUIREMENT = (
+    rf"{_WS}*(?:!?{_WS}*{_KEY}|{_KEY}{_WS}*(?:==|=|!=){_WS}*{_TOKEN}*"
+    rf"|{_KEY}{_WS}+(?:in|notin){_WS}+\([^()]*\)){_WS}*"
+)
+SELECTOR_PATTERN = rf"^{_WS}*$|^{_REQUIREMENT}(?:,{_REQUIREMENT})*$"
+_SET = re.compile(rf"^{_WS}*({_TOKEN}+){_WS}+(in|notin){_WS}+\(([^()]*)\){_WS}*$")
+_EQ = re.compile(rf"^{_WS}*({_TOKEN}+){_WS}*(==|=|!=){_WS}*({_TOKEN}*){_WS}*$")
+_EXISTS = re.compile(rf"^{_WS}*(!?){_WS}*({_TOKEN}+){_WS}*$")
 
 
 def _split(selector: str) -> list[str]:
@@ -34,7 +41,7 @@ def _split(selector: str) -> list[str]:
 
 def _requirement(text: str) -> Predicate:
     if m := _SET.match(text):
-        key, op, values = m[1], m[2], {v.strip() for v in m[3].split(",") if v.strip()}
+        key, op, values = m[1], m[2], {v.strip(SPACES) for v in m[3].split(",") if v.strip(SPACES)}
         check_label_key(key)
         if op == "in":
             return lambda labels: labels.get(key) in values
@@ -49,11 +56,11 @@ def _requirement(text: str) -> Predicate:
         negate, key = m[1] == "!", m[2]
         check_label_key(key)
         return (lambda labels: key not in labels) if negate else (lambda labels: key in labels)
-    raise ValueError(f"cannot parse requirement {text.strip()!r}")
+    raise ValueError(f"cannot parse requirement {text.strip(SPACES)!r}")
 
 
 def parse_selector(selector: str | None) -> Predicate | None:
-    if not selector or not selector.strip():
+    if not selector or not selector.strip(SPACES):
         return None
     try:
         predicates = [_requirement(part) for part in _split(selector)]
