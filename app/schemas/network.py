@@ -26,10 +26,7 @@ class NatNetwork(ApiModel):
     cidr: str = Field(
         description="An IPv4 subnet (/8 to /28, no host bits set) Corral runs as a NAT network with DHCP on "
         "every node.",
-        json_schema_extra={
-            "pattern": r"^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-            r"/([89]|1\d|2[0-8])$"
-        },
+        json_schema_extra={"pattern": rf"^({_OCTET}\.){{3}}{_OCTET}/([89]|1\d|2[0-8])$"},
     )
 
     @field_validator("cidr")

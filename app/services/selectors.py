@@ -11,9 +11,10 @@ from app.schemas.common import LABEL_KEY, check_label_key
 Predicate = Callable[[dict[str, str]], bool]
 # What parse_selector accepts, as an ECMA-262 pattern for the OpenAPI document (clients, generated tests).
 # Whitespace is spelled out: ECMA-262's \s and Python's differ (Python's takes \x1c-\x1f, ECMA's does not).
-SPACES = " \t\n\r\f\v"
-_WS = r"[ \t\n\r\f\v]"
-_TOKEN = r"[^ \t\n\r\f\v!=(),]"
+SPACES = " \t\n\r\f\v"  # for str.strip
+_SPACE_CLASS = r" \t\n\r\f\v"  # the same, as regex escapes both engines read alike
+_WS = f"[{_SPACE_CLASS}]"
+_TOKEN = f"[^{_SPACE_CLASS}!=(),]"
 _KEY = LABEL_KEY
 _REQUIREMENT = (
     rf"{_WS}*(?:!?{_WS}*{_KEY}|{_KEY}{_WS}*(?:==|=|!=){_WS}*{_TOKEN}*"

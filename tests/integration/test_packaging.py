@@ -11,11 +11,9 @@ import venv
 import zipfile
 from pathlib import Path
 
-import httpx
-
 from app.migrate import head_revision
 from tests.conftest import wait_for
-from tests.integration.test_serve import free_port
+from tests.integration.test_serve import answers_ready, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,18 +52,13 @@ def test_the_wheel_installs_into_an_empty_venv_and_serves_a_fresh_database(tmp_p
             stderr=subprocess.STDOUT,
         )
     try:
-        url = f"http://127.0.0.1:{port}/readyz"
-        wait_for(lambda: _ready(url), timeout=60, what=f"the installed corral ready ({tmp_path}/serve.log)")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: answers_ready(url), timeout=60, what=f"the installed corral ready ({tmp_path}/serve.log)"
+        )
         with sqlite3.connect(data / "corral.db") as conn:
             (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         assert revision == head_revision()
     finally:
         serve.terminate()
         serve.wait(20)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -86,10 +86,18 @@ class Driver:
         self.driven.add(operation.rsplit(".", 1)[1])
         return response.parsed
 
-    def resend(self, group: str, kind: str, answer: str, body_model: str, name: str, **scope: Any) -> Any:
-        """Read an object and replace it with its own spec (a GET-edit-PUT round trip), labels dropped;
-        `edit` (keyword) changes the spec first."""
-        edit = scope.pop("edit", lambda spec: spec)
+    def resend(
+        self,
+        group: str,
+        kind: str,
+        answer: str,
+        body_model: str,
+        name: str,
+        edit: Callable[[dict[str, Any]], dict[str, Any]] = lambda spec: spec,
+        **scope: str,
+    ) -> Any:
+        """Read an object and replace it with its own spec, `edit`ed (a GET-edit-PUT round trip), labels
+        dropped."""
         spec = self(f"{group}.read_{kind}", answer, name=name, **scope).to_dict()["spec"]
         body = self.model(body_model, {"metadata": {"name": name}, "spec": edit(spec)})
         return self(f"{group}.replace_{kind}", answer, name=name, body=body, **scope)

@@ -123,7 +123,10 @@ def launch(data: Path, uri: str, **settings: str) -> tuple[subprocess.Popen[byte
     served = Serve(url, env | {"CORRAL_SERVER": url, "CORRAL_TOKEN": TOKEN}, data)
     try:
         wait_for(
-            lambda: proc.poll() is None and _ready(url), timeout=60, interval=0.1, what="corral serve ready"
+            lambda: proc.poll() is None and answers_ready(url),
+            timeout=60,
+            interval=0.1,
+            what="corral serve ready",
         )
         local = wait_for(
             lambda: (
@@ -173,7 +176,8 @@ def remove_all_instances(served: Serve) -> None:
         )
 
 
-def _ready(url: str) -> bool:
+def answers_ready(url: str) -> bool:
+    """Whether the Corral at `url` answers /readyz with 200."""
     try:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -487,7 +491,7 @@ def test_a_node_no_worker_reports_turns_ready_unknown(tmp_path: Path) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, headers=AUTH, timeout=10) as client:
-            wait_for(lambda: _ready(url), timeout=30, what="corral api ready")
+            wait_for(lambda: answers_ready(url), timeout=30, what="corral api ready")
 
             def unknown() -> dict[str, Any] | None:
                 node = client.get("/v1/nodes/local").json()
