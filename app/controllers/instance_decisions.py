@@ -213,6 +213,10 @@ def _toward_running(draft: _Draft) -> Plan:
             return draft.plan(hold=Observed("Stopped", "CrashLoopBackOff", message), retry_after=retry_at)
         draft.do(Act.START)
         draft.remember(running=True, ever_started=True, last_start_at=now, retry_at=None, stop_reason=None)
+    elif not (draft.progress.running and draft.progress.ever_started):
+        # A worker killed between its start and the write of its progress: the run is ours all the same,
+        # or a later stop would report Scheduled and a guest shutdown would not count as one.
+        draft.remember(running=True, ever_started=True, last_start_at=draft.progress.last_start_at or now)
     started = draft.progress.last_start_at
     if draft.progress.crashes and started and (now - started).total_seconds() > STABLE_AFTER:
         draft.remember(crashes=0)

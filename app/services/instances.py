@@ -76,7 +76,7 @@ class InstanceService(ResourceService):
                 return earlier
         options = self._options(action, body)
         row = self._row(namespace, name, for_update=True)
-        phase = "Terminating" if row.deleted_at is not None else (row.status or {}).get("phase", "Pending")
+        phase = "Terminating" if row.deleted_at is not None else phase_for_actions(row)
         allowed = legal_actions(phase)
         if action not in allowed:
             names = ", ".join(a.value for a in allowed) or "none"
@@ -119,6 +119,15 @@ class InstanceService(ResourceService):
             return StopOptions.model_validate(body)
         except ValidationError as exc:
             raise invalid(exc) from exc
+
+
+def phase_for_actions(row: Any) -> str:
+    """The phase an action is judged in: a stop the worker has not carried out yet already counts as
+    Stopping, so a pause, unpause, restart or migration accepted behind it cannot be silently lost."""
+    phase = str((row.status or {}).get("phase", "Pending"))
+    if intent_of(row).power == "Stopped" and phase in ("Starting", "Running", "Paused"):
+        return "Stopping"
+    return phase
 
 
 def requested(intent: InstanceIntent, action: Action, options: StopOptions, phase: str) -> InstanceIntent:

@@ -24,13 +24,14 @@ from app.schemas.migration import (
     phase_refusal,
 )
 from app.schemas.records import MigrationIntent
+from app.services.instances import phase_for_actions
 from app.services.resources import ResourceService
 
 
 def refusal(instance: InstanceRow, migrations: MigrationRepository) -> str | None:
     """Why this instance cannot start a live migration now, or None."""
     status = instance.status or {}
-    phase = status.get("phase", "Pending")
+    phase = phase_for_actions(instance)
     if instance.deleted_at is not None:
         return "the instance is being deleted"
     busy = unfinished_migration(instance, migrations)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from app.db import Database
+from app.models import InstanceRow
 from tests.api.test_resources import INSTANCES, problem
 from tests.conftest import bearer, make_token, vmi
 
@@ -42,6 +45,21 @@ def test_actions_check_phase_existence_and_rights(api: httpx.Client, anon: httpx
     problem(anon.post(f"{INSTANCES}/act/stop", headers=viewer), 403)
     problem(anon.post(f"{INSTANCES}/act/stop"), 401)
     problem(api.post(f"{INSTANCES}/act/stop", headers={"Idempotency-Key": "k" * 300}), 422)
+
+
+def test_a_pending_stop_counts_as_stopping(api: httpx.Client, db: Database) -> None:
+    """Between a stop and the worker's pass the status still says Paused (or Running): an unpause, restart
+    or migration accepted then would be lost when the stop lands, so they answer 409."""
+    api.post(INSTANCES, json=vmi("halt"))
+    with db.transaction() as session:
+        row = session.scalars(select(InstanceRow).where(InstanceRow.name == "halt")).one()
+        row.status, row.node_name = {"phase": "Paused", "reason": "PausedByUser"}, "n1"
+    assert api.post(f"{INSTANCES}/halt/stop").status_code == 202
+    refused = problem(api.post(f"{INSTANCES}/halt/unpause"), 409)
+    assert "phase Stopping" in refused["detail"] and "legal actions: stop, delete" in refused["detail"]
+    moving = {"metadata": {"name": "m"}, "spec": {"vmiName": "halt"}}
+    assert "Stopping" in problem(api.post("/v1/namespaces/default/migrations", json=moving), 409)["detail"]
+    assert api.post(f"{INSTANCES}/halt/stop").status_code == 202  # a second stop still escalates
 
 
 def test_claim_input_is_validated(api: httpx.Client, anon: httpx.Client) -> None:

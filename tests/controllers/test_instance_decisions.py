@@ -183,6 +183,21 @@ def test_a_stop_corral_made_is_not_a_crash() -> None:
     assert plan.actions == () and plan.progress.crashes == 0 and not plan.progress.failed_run
 
 
+def test_a_run_whose_start_was_not_recorded_is_adopted() -> None:
+    """A worker killed after virDomainCreate and before its write: the next pass finds the domain running
+    and records the run, so a stop then reports Stopped (not Scheduled) and a guest shutdown counts."""
+    adopted = decide(DESIRED, DEFINED, domain(DomainState.RUNNING), NOW)
+    assert adopted.actions == () and adopted.progress.running and adopted.progress.ever_started
+    assert adopted.progress.last_start_at == NOW
+    want = desired(intent={"power": "Stopped"})
+    off = domain(DomainState.SHUTOFF, "destroyed")
+    stopped = decide(want, adopted.progress.but(running=False), off, NOW)
+    assert after(stopped, want).phase == "Stopped"
+    manual = desired(run_strategy="Manual")
+    shut_down = decide(manual, adopted.progress, domain(DomainState.SHUTOFF, "shutdown"), NOW)
+    assert shut_down.progress.stop_reason == "GuestShutdown"
+
+
 # -- crash loops ---------------------------------------------------------------------------------------
 def test_crash_loop_backs_off_then_starts() -> None:
     crashed = RUNNING.but(crashes=2)

@@ -174,22 +174,23 @@ def test_kill_9_of_api_and_worker_loses_and_leaks_nothing(processes: Processes) 
         driver.join(90)
     assert len(uids) >= 5, f"the churn made only {len(uids)} instances"
 
-    behind: dict[str, tuple[str, str]] = {}
+    behind: dict[str, tuple[str, str, str]] = {}
 
     def converged() -> bool:
         behind.clear()
         for name, state in wanted.items():
             answer = client.call("GET", f"{INSTANCES}/{name}")
-            seen = "deleted" if answer.status_code == 404 else str(answer.json()["status"].get("phase"))
+            status = {} if answer.status_code == 404 else answer.json()["status"]
+            seen = "deleted" if answer.status_code == 404 else str(status.get("phase"))
             # Stopped before it ever ran, an instance stays defined and reports Scheduled.
             if seen != state and (state, seen) != ("Stopped", "Scheduled"):
-                behind[name] = (state, seen)
+                behind[name] = (state, seen, str(status.get("reason")))
         return not behind
 
     try:
         wait_for(converged, timeout=180, interval=1, what="every instance as last asked")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: (wanted, seen) {behind}") from None
+        raise AssertionError(f"{exc}: (wanted, seen, reason) {behind}") from None
     conn = libvirt.open("qemu:///system")
     try:
         domains = {d.name(): d for d in conn.listAllDomains() if d.name().startswith(f"{NAMESPACE}.")}
