@@ -79,80 +79,86 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
 
-    @router.get(
-        base,
-        operation_id=f"list{many}",
-        response_model=kind.list_model,
-        response_model_exclude_none=True,
-        summary=f"List or watch {kind.plural}",
-        description=f"List {kind.plural}, or with `watch=true` stream changes as newline-delimited JSON "
-        "events (resumable from `resourceVersion`).",
-        responses={**PROBLEMS, 200: {"content": watch_events}},
-        # Generated clients cannot consume the stream (they wait for the whole body): say it is one.
-        openapi_extra={"x-stream": {"parameter": "watch", "contentType": "application/x-ndjson"}},
-    )
-    def list_objects(
-        db: DB,
-        caller: Caller,
-        scope: scope_param,
-        label_selector: Annotated[
-            str | None,
-            Query(
-                alias="labelSelector",
-                max_length=4096,
-                description="Kubernetes label selector: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, "
-                "`k notin (a,b)`, comma-separated (all must hold).",
-                json_schema_extra={"pattern": SELECTOR_PATTERN},
-            ),
-        ] = None,
-        limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-        continue_: Annotated[
-            str | None,
-            Query(
-                alias="continue",
-                description="Where the next page starts: `metadata.continue` of the previous page.",
-                json_schema_extra={"pattern": f"^$|{CONTINUE_PATTERN}"},
-            ),
-        ] = None,
-        watch: Annotated[
-            bool,
-            Query(
-                description="Stream changes instead of a list: newline-delimited JSON WatchEvents, one per "
-                "line as they happen, until the client closes the connection (read it as a stream)."
-            ),
-        ] = False,
-        resource_version: Annotated[
-            str | None,
-            Query(
-                alias="resourceVersion",
-                max_length=18,  # within a 64-bit revision
-                description="With `watch`: the version to resume after (empty: from the current state).",
-                json_schema_extra={"pattern": "^[0-9]*$"},
-            ),
-        ] = None,
-        allow_watch_bookmarks: Annotated[bool, Query(alias="allowWatchBookmarks")] = False,
-        timeout_seconds: Annotated[
-            int | None,
-            Query(
-                alias="timeoutSeconds",
-                ge=1,
-                le=86400,
-                description="With `watch`: end the stream after this many seconds (default: never).",
-            ),
-        ] = None,
-    ) -> Any:
-        caller.require(kind.read_role, scope)
-        if watch:
-            decode_continue(continue_)  # checked like a list's, though a watch starts from the beginning
-            stream = Watch(
-                db, kind, scope, resource_version, label_selector, allow_watch_bookmarks, timeout_seconds
-            )
-            return StreamingResponse(
-                stream.stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
-            )
-        parse_resource_version(resource_version)  # a list is always current; the value is still checked
-        with db.read() as session:
-            return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
+    def add_list(path: str, operation_id: str, scope_of: Callable[..., str | None], where: str) -> None:
+        @router.get(
+            path,
+            operation_id=operation_id,
+            response_model=kind.list_model,
+            response_model_exclude_none=True,
+            summary=f"List or watch {kind.plural}{where}",
+            description=f"List {kind.plural}{where}, or with `watch=true` stream changes as "
+            "newline-delimited JSON events (resumable from `resourceVersion`).",
+            responses={**PROBLEMS, 200: {"content": watch_events}},
+            # Generated clients cannot consume the stream (they wait for the whole body): say it is one.
+            openapi_extra={"x-stream": {"parameter": "watch", "contentType": "application/x-ndjson"}},
+        )
+        def list_objects(
+            db: DB,
+            caller: Caller,
+            scope: Annotated[str | None, Depends(scope_of)],
+            label_selector: Annotated[
+                str | None,
+                Query(
+                    alias="labelSelector",
+                    max_length=4096,
+                    description="Kubernetes label selector: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, "
+                    "`k notin (a,b)`, comma-separated (all must hold).",
+                    json_schema_extra={"pattern": SELECTOR_PATTERN},
+                ),
+            ] = None,
+            limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+            continue_: Annotated[
+                str | None,
+                Query(
+                    alias="continue",
+                    description="Where the next page starts: `metadata.continue` of the previous page.",
+                    json_schema_extra={"pattern": f"^$|{CONTINUE_PATTERN}"},
+                ),
+            ] = None,
+            watch: Annotated[
+                bool,
+                Query(
+                    description="Stream changes instead of a list: newline-delimited JSON WatchEvents, one "
+                    "per line as they happen, until the client closes the connection (read it as a stream)."
+                ),
+            ] = False,
+            resource_version: Annotated[
+                str | None,
+                Query(
+                    alias="resourceVersion",
+                    max_length=18,  # within a 64-bit revision
+                    description="With `watch`: the version to resume after (empty: from the current state).",
+                    json_schema_extra={"pattern": "^[0-9]*$"},
+                ),
+            ] = None,
+            allow_watch_bookmarks: Annotated[bool, Query(alias="allowWatchBookmarks")] = False,
+            timeout_seconds: Annotated[
+                int | None,
+                Query(
+                    alias="timeoutSeconds",
+                    ge=1,
+                    le=86400,
+                    description="With `watch`: end the stream after this many seconds (default: never).",
+                ),
+            ] = None,
+        ) -> Any:
+            caller.require(kind.read_role, scope)
+            if watch:
+                decode_continue(continue_)  # checked like a list's, though a watch starts from the beginning
+                stream = Watch(
+                    db, kind, scope, resource_version, label_selector, allow_watch_bookmarks, timeout_seconds
+                )
+                return StreamingResponse(
+                    stream.stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+                )
+            parse_resource_version(resource_version)  # a list is always current; the value is still checked
+            with db.read() as session:
+                return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
+
+    add_list(base, f"list{many}", scope_dep, "")
+    if kind.namespaced:
+        # Kubernetes' listPodForAllNamespaces: every namespace at once, for a cluster-wide viewer.
+        add_list(f"/v1/{kind.plural}", f"list{many}ForAllNamespaces", cluster_scoped, " in every namespace")
 
     @router.post(
         base,

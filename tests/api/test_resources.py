@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import yaml
 from app.clock import utc_now
 from app.db import Database
 from app.repositories.devices import DeviceRepository
-from tests.conftest import vmi
+from tests.conftest import bearer, make_token, vmi
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "examples"
 INSTANCES = "/v1/namespaces/default/instances"
@@ -250,6 +251,26 @@ def test_namespaces_are_separate(api: httpx.Client) -> None:
     api.delete("/v1/namespaces/team-a/instances/same")
     assert "deletionTimestamp" in api.get("/v1/namespaces/team-a/instances/same").json()["metadata"]
     assert "deletionTimestamp" not in api.get("/v1/namespaces/team-b/instances/same").json()["metadata"]
+
+
+def test_every_namespace_at_once_for_a_cluster_wide_viewer(api: httpx.Client, anon: httpx.Client) -> None:
+    for namespace in ("team-a", "team-b"):
+        api.post(f"/v1/namespaces/{namespace}/instances", json=vmi("same", tier="web"))
+    api.post("/v1/namespaces/team-b/instances", json=vmi("other"))
+    everywhere = api.get("/v1/instances", params={"labelSelector": "tier=web"}).json()
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everywhere["items"]] == [
+        ("team-a", "same"),
+        ("team-b", "same"),
+    ]
+    first = api.get("/v1/instances", params={"limit": 2}).json()
+    rest = api.get("/v1/instances", params={"continue": first["metadata"]["continue"]}).json()
+    assert [i["metadata"]["name"] for i in first["items"] + rest["items"]] == ["same", "other", "same"]
+    # A namespace's own viewer sees its namespace, not every one (Kubernetes answers the same).
+    viewer = bearer(make_token(api, "a-viewer", [{"namespace": "team-a", "role": "viewer"}]))
+    assert problem(anon.get("/v1/instances", headers=viewer), 403)["detail"].endswith("cluster-wide")
+    with api.stream("GET", "/v1/instances", params={"watch": "true", "timeoutSeconds": 1}) as stream:
+        names = {json.loads(line)["object"]["metadata"]["namespace"] for line in stream.iter_lines() if line}
+    assert names == {"team-a", "team-b"}
 
 
 def test_nodes_are_cluster_scoped_and_validated(api: httpx.Client) -> None:

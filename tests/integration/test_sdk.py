@@ -116,6 +116,11 @@ class Driver:
         self(f"{group}.replace_{kind}", answer, name=name, body=self.model(body_model, body), **scope)
         listed = self(f"{group}.list_{kind}s", f"{answer.removesuffix('Object')}List", **scope)
         assert name in [item.metadata.name for item in listed.items]
+        if scope:
+            everywhere = self(
+                f"{group}.list_{kind}s_for_all_namespaces", f"{answer.removesuffix('Object')}List"
+            )
+            assert name in [item.metadata.name for item in everywhere.items]
         self(f"{group}.delete_{kind}", answer, 202, name=name, **scope)
 
 
@@ -156,6 +161,8 @@ def test_the_generated_sdk_drives_every_operation(sdk: ModuleType, api: httpx.Cl
     settles("Running")
     listed = run("instances.list_instances", "InstanceList", namespace=NS, label_selector="from=sdk")
     assert [i.metadata.name for i in listed.items] == ["sdk-vm"]
+    everywhere = run("instances.list_instances_for_all_namespaces", "InstanceList", label_selector="from=sdk")
+    assert [i.metadata.namespace for i in everywhere.items] == [NS]
     patched = run(
         "instances.patch_instance",
         "Instance",
@@ -267,6 +274,7 @@ def test_the_generated_sdk_drives_every_operation(sdk: ModuleType, api: httpx.Cl
     )
     run.resend("migrations", "migration", "Migration", "MigrationBody", "sdk-move", namespace=NS)
     assert len(run("migrations.list_migrations", "MigrationList", namespace=NS).items) == 2
+    assert len(run("migrations.list_migrations_for_all_namespaces", "MigrationList").items) == 2
     run("migrations.delete_migration", "Migration", 202, namespace=NS, name="sdk-move")
 
     # -- pools and claims -----------------------------------------------------------------------------
@@ -297,6 +305,9 @@ def test_the_generated_sdk_drives_every_operation(sdk: ModuleType, api: httpx.Cl
     )
     assert emptied.to_dict()["spec"]["size"] == 0
     assert [p.metadata.name for p in run("pools.list_pools", "PoolList", namespace=NS).items] == ["sdk-pool"]
+    assert [p.metadata.name for p in run("pools.list_pools_for_all_namespaces", "PoolList").items] == [
+        "sdk-pool"
+    ]
     run("pools.delete_pool", "Pool", 202, namespace=NS, name="sdk-pool")
     run("instances.delete_instance", "Instance", 202, namespace=NS, name="sdk-claimed")
 
