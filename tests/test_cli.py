@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app import __version__
-from app.cli_tables import age, table
+from app.cli.tables import age, table
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -95,3 +95,38 @@ def test_each_kind_has_its_columns() -> None:
     ]
     secret = {"metadata": {"name": "s"}, "type": "Opaque", "data": {"a": "", "b": ""}}
     assert table("secrets", [secret]).splitlines()[1].split() == ["s", "Opaque", "2"]
+
+
+def test_every_command_has_help_and_bad_usage_exits_2() -> None:
+    from app.cli import root
+
+    for name in root.list_commands(None):  # type: ignore[arg-type]
+        helped = corral(name, "--help")
+        assert helped.returncode == 0 and helped.stdout.startswith(f"Usage: corral {name}"), name
+    misused = corral("get")
+    assert misused.returncode == 2 and "Missing argument 'RESOURCE'" in misused.stderr
+    assert "Traceback" not in misused.stderr
+
+
+def test_shell_completion() -> None:
+    for shell in ("bash", "zsh", "fish"):
+        script = corral("completion", shell)
+        assert script.returncode == 0 and "_CORRAL_COMPLETE" in script.stdout, shell
+    env = {
+        **os.environ,
+        "_CORRAL_COMPLETE": "bash_complete",
+        "COMP_WORDS": "corral get in",
+        "COMP_CWORD": "2",
+    }
+    offered = subprocess.run([CORRAL], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert offered.stdout.split() == ["plain,instances"]
+    env |= {"COMP_WORDS": "corral des", "COMP_CWORD": "1"}
+    offered = subprocess.run([CORRAL], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert offered.stdout.split() == ["plain,describe"]
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    piped = subprocess.run(
+        f"{CORRAL} openapi | head -c 10", shell=True, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert piped.stdout == '{\n  "compo' and piped.stderr == ""

@@ -125,7 +125,8 @@ def test_corral_upload_stores_the_files_bytes(api: httpx.Client, server: Any) ->
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "datavolumes/uploaded Succeeded" in done.stdout and "uploading disk.qcow2 [" in done.stderr
+    assert "datavolumes/uploaded Succeeded" in done.stdout
+    assert "uploading disk.qcow2" in done.stderr and "100%" in done.stderr  # the bar's final frame
     uid = api.get(f"{DVS}/uploaded").json()["metadata"]["uid"]
     hv = connect("qemu:///system")
     try:

@@ -137,15 +137,24 @@ COLUMNS: dict[str, tuple[Sequence[Column], Sequence[Column]]] = {
 }
 
 
-def table(plural: str, items: Sequence[Item], *, wide: bool = False, namespaces: bool = False) -> str:
+def table(
+    plural: str,
+    items: Sequence[Item],
+    *,
+    wide: bool = False,
+    namespaces: bool = False,
+    columns: Sequence[Column] | None = None,
+    header: bool = True,
+) -> str:
     """Aligned rows under a header, kubectl-style (a NAMESPACE column first when listing across them)."""
-    columns, extra = COLUMNS.get(plural, ([NAME, PHASE, AGE], []))
-    chosen = [*columns, *(extra if wide else [])]
+    standard, extra = COLUMNS.get(plural, ([NAME, PHASE, AGE], []))
+    chosen = list(columns) if columns is not None else [*standard, *(extra if wide else [])]
     if namespaces:
         chosen.insert(0, ("NAMESPACE", _field("metadata", "namespace")))
-    rows = [[header for header, _ in chosen]] + [[value(item) for _, value in chosen] for item in items]
+    rows = [[heading for heading, _ in chosen]] + [[value(item) for _, value in chosen] for item in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(chosen))]
-    return "\n".join(
+    lines = [
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
-    )
+    ]
+    return "\n".join(lines if header else lines[1:])
