@@ -27,7 +27,7 @@ need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-network 2>/dev/null | grep -q bpo12 || need_install=1
 for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini \
-  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping mmdebstrap openssh-client; do
+  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping mmdebstrap openssh-client tmux; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -41,7 +41,7 @@ if [ "$need_install" = 1 ]; then
     libvirt-daemon-driver-storage/$B libvirt-daemon-driver-network/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
     busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
-    dnsmasq-base nftables iputils-ping mmdebstrap openssh-client >/dev/null
+    dnsmasq-base nftables iputils-ping mmdebstrap openssh-client tmux >/dev/null
 fi
 # The TypeScript check of the OpenAPI document (tests/integration/test_sdk.py) runs on Node.js and npm.
 if ! command -v npm >/dev/null; then

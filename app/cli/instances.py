@@ -160,8 +160,8 @@ def _claim(api: Api, pool: str, body: dict[str, Any], wait: float) -> dict[str, 
             except KeyboardInterrupt:
                 status.update(f"interrupted: waiting for the claim in flight on pools/{pool} to answer")
                 request.join()
-                _report_interrupted(outcome, pool)
-                raise
+                outcome["interrupted"] = True
+                break
             if "failure" in outcome:
                 raise outcome["failure"]
             answer = outcome["answer"]
@@ -176,6 +176,8 @@ def _claim(api: Api, pool: str, body: dict[str, Any], wait: float) -> dict[str, 
                 f"waiting for a ready member of pools/{pool}: {available} available, {warming} warming; "
                 f"{left:.0f}s left"
             )
+    _report_interrupted(outcome, pool)  # once the live line is gone
+    raise SystemExit(130)
 
 
 def _report_interrupted(outcome: dict[str, Any], pool: str) -> None:

@@ -426,6 +426,24 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
         assert slow.json()["timedOut"] is True and slow.json()["killed"] is True, slow.text
         left = served.client.post(f"{base}/exec", json={"command": ["/bin/ps"]}).json()["stdout"]
         assert "sleep 300" not in left, left  # killed in the guest, not only given up on
+        # `corral exec`: the program's streams and exit code are the command's own.
+        cli_env = served.env | {"CORRAL_SERVER": served.url, "CORRAL_TOKEN": TOKEN}
+        script = "echo out; echo err >&2; exit 3"
+        done = subprocess.run(
+            [CORRAL, "exec", "test-vmi", "--", "/bin/sh", "-c", script],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+        described = subprocess.run(
+            [CORRAL, "describe", "vmi", "test-vmi"], env=cli_env, capture_output=True, text=True, check=True
+        ).stdout
+        operations = described.split("Guest operations:")[1].splitlines()
+        assert operations[2].split()[:3] == ["exec", "Succeeded", "bootstrap-admin"], described
+        assert operations[2].endswith(f"/bin/sh -c {script}")  # the newest first
 
         payload = os.urandom(200_000)
         wrote = served.client.post(
