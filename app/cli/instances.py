@@ -227,7 +227,7 @@ def migrate(api: Api, name: str, target_node: str | None, wait: bool) -> None:
 def _follow_migration(api: Api, migration: str) -> dict[str, Any]:
     path = api.path("migrations", migration)
     with transfer() as bars:
-        task = bars.add_task(f"migrations/{migration}", total=None, detail="Pending")
+        task = bars.add_task("migrating", total=None, detail="Pending")
         while True:
             status = (api.call("GET", path).get("status")) or {}
             state = status.get("migrationState") or {}
@@ -237,10 +237,15 @@ def _follow_migration(api: Api, migration: str) -> dict[str, Any]:
                 detail.append(f"iteration {state['iteration']}")
             if state.get("memoryDirtyRateBytesPerSecond"):
                 detail.append(f"dirty {state['memoryDirtyRateBytesPerSecond'] / (1 << 20):.1f} MiB/s")
+            # Done is what no longer needs sending: zero pages are never sent, so bytes sent undercount.
+            total, remaining = state.get("dataTotalBytes"), state.get("dataRemainingBytes")
+            if phase == "Succeeded":
+                remaining = 0
+            done = total - remaining if total is not None and remaining is not None else None
             bars.update(
                 task,
-                total=state.get("dataTotalBytes"),
-                completed=state.get("dataProcessedBytes") or 0,
+                total=total,
+                completed=done if done is not None else state.get("dataProcessedBytes") or 0,
                 detail=", ".join(detail),
             )
             if phase in ("Succeeded", "Failed"):

@@ -22,7 +22,10 @@ from rich.status import Status
 
 @cache
 def console() -> Console:
-    return Console(stderr=True, highlight=False)
+    shown = Console(stderr=True, highlight=False)
+    if not shown.is_terminal:
+        shown.width = max(shown.width, 160)  # a log keeps the final frame whole, not cut at 80 columns
+    return shown
 
 
 @contextmanager

@@ -1,12 +1,13 @@
 """Live migration on two real libvirt nodes (scripts/migration-nodes.sh: two libvirtd in their own network
 and mount namespaces, joined by a veth pair) with a real TCG guest and its qemu-guest-agent, driven through
-`corral serve` over HTTP: the seed manifest, a guest paused by its user, cancel, a killed control plane, a
-drain, the per-node limit, a busy guest (pre-copy and post-copy), a cut network and a target libvirtd killed
-mid-migration."""
+`corral serve` over HTTP: the seed manifest, a guest paused by its user, `corral migrate`, cancel, a killed
+control plane, a drain, the per-node limit, a busy guest (pre-copy and post-copy), a cut network and a target
+libvirtd killed mid-migration."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ import yaml
 from app.virt.driver import DomainNotFound, DomainState
 from app.virt.libvirt_driver import connect
 from tests.conftest import conditions, wait_for
-from tests.integration.test_serve import INSTANCES, ROOT, launch, phases_in, stop
+from tests.integration.test_serve import CORRAL, INSTANCES, ROOT, TOKEN, launch, phases_in, stop
 
 MIGRATIONS = "/v1/namespaces/default/migrations"
 RIG = ROOT / "scripts" / "migration-nodes.sh"
@@ -238,6 +239,21 @@ def test_a_guest_paused_by_its_user_moves_and_stays_paused(cluster: Cluster) -> 
     cluster.serve.act("test-vmi", "unpause")
     cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
     assert cluster.uptime() >= uptime_before  # the same boot
+
+
+def test_corral_migrate_shows_the_copy_and_the_downtime(cluster: Cluster) -> None:
+    source = cluster.serve.get("test-vmi")["status"]["nodeName"]
+    env = cluster.serve.env | {"CORRAL_SERVER": cluster.serve.url, "CORRAL_TOKEN": TOKEN}
+    done = subprocess.run(
+        [CORRAL, "migrate", "test-vmi"], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    created, finished = done.stdout.splitlines()
+    assert created.startswith("migrations/") and created.endswith(" created for instances/test-vmi")
+    shown = re.fullmatch(r"instances/test-vmi migrated to (\S+) in [\d.]+s, downtime \d+ ms.*", finished)
+    assert shown is not None and shown.group(1) != source, finished
+    assert "migrating" in done.stderr and "100%" in done.stderr and "Succeeded" in done.stderr, done.stderr
+    cluster.serve.wait("test-vmi", "Running", agent=True, timeout=30)
 
 
 def test_cancel_keeps_the_guest_on_its_source(cluster: Cluster) -> None:
