@@ -13,7 +13,7 @@ from app.clock import utc_now
 from app.errors import BadRequest, Conflict, FieldError, NotFound
 from app.kinds import INSTANCES, NODES
 from app.repositories import idempotency
-from app.repositories.instances import InstanceRepository, intent_of, set_intent, set_progress
+from app.repositories.instances import InstanceRepository, intent_of, set_intent, set_progress, set_requests
 from app.repositories.resources import ResourceRepository, to_object
 from app.schemas.common import JsonObject
 from app.schemas.instance import InstanceSpec, StopOptions
@@ -46,6 +46,7 @@ class InstanceService(ResourceService):
         check_single_writer(self.session, row.namespace, row.name, spec)
         check_networks(self.session, row.namespace, row.name, spec)
         check_secrets(self.session, row.namespace, spec)
+        set_requests(row, spec)
         set_intent(row, InstanceIntent.at_create(row.spec.get("runStrategy", "Always")))
         set_progress(row, InstanceProgress())
 
@@ -55,6 +56,7 @@ class InstanceService(ResourceService):
         check_single_writer(self.session, row.namespace, row.name, spec)
         check_networks(self.session, row.namespace, row.name, spec)
         check_secrets(self.session, row.namespace, spec)
+        set_requests(row, spec)
         strategy = row.spec.get("runStrategy")
         if strategy is not None and strategy != old_spec.get("runStrategy"):
             set_intent(row, intent_of(row).for_run_strategy(strategy))
@@ -111,7 +113,7 @@ class InstanceService(ResourceService):
 
     @staticmethod
     def _options(action: Action, body: Any) -> StopOptions:
-        if body in (None, {}, b"", ""):
+        if body is None or body == {}:  # no body, or an empty object
             return StopOptions()
         if action is not Action.STOP:
             raise BadRequest(f"{action.value} takes no body", [FieldError("body", "must be empty")])

@@ -22,6 +22,8 @@ POOL = {"metadata": {"name": "p"}, "spec": {"size": 0, "template": {}}}
         ("stop", {"gracePeriodSeconds": -1}, 422, "gracePeriodSeconds"),
         ("stop", {"bogus": 1}, 422, "bogus"),
         ("start", {"force": True}, 400, "body"),
+        ("start", "", 400, "body"),  # a JSON string is a body, not the absence of one
+        ("stop", "", 422, "body"),
         ("pause", [1, 2], 400, "body"),
     ],
 )
