@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "corral_events"
 WORK_CHANNEL = "corral_work"
 OPERATIONS_CHANNEL = "corral_operations"  # a guest operation finished
-CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL)
+TOKENS_CHANNEL = "corral_tokens"  # a token was created, revoked or rotated: drop cached principals
+CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)
 READ_ONLY = "corral_read_only"
 
 

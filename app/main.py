@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import Histogram
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import (
@@ -40,6 +41,7 @@ from app.schemas.instance import StopOptions
 from app.schemas.migration import MigrateOptions
 from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteRequest
 from app.schemas.pool import ClaimRequest
+from app.services.auth import PrincipalCache
 from app.services.nodes import mark_unreported, unreported
 
 REQUESTS = Histogram(
@@ -78,6 +80,32 @@ async def _mark_unreported_nodes(db: Database, grace_seconds: float) -> None:
             log.warning("could not check node heartbeats", exc_info=True)
 
 
+class RequestMetrics:
+    """Latency per method, route and status: plain ASGI (Starlette's BaseHTTPMiddleware costs a task and
+    a stream copy per request, and breaks streamed answers' backpressure)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+
+
 def create_app(
     db: Database,
     node_grace_seconds: float = 40.0,
@@ -95,6 +123,7 @@ def create_app(
     app.state.db = db
     app.state.metrics_tenant_labels = metrics_tenant_labels
     app.state.node_access = node_access
+    app.state.principals = PrincipalCache(db.hub)
     problems.install(app)
     app.include_router(system.router)
     for kind in KINDS.values():
@@ -109,15 +138,7 @@ def create_app(
     app.include_router(datavolumes.router)
     app.include_router(consoles.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        REQUESTS.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
 from app.errors import BadRequest, FieldError, Unavailable, UnsupportedMediaType
-from app.services.auth import Principal, authenticate
+from app.services.auth import Principal, PrincipalCache, authenticate
 from app.virt.driver import Hypervisor
 
 T = TypeVar("T")
@@ -63,11 +63,20 @@ def get_db(request: Request) -> Database:
 DB = Annotated[Database, Depends(get_db)]
 
 
-def get_principal(db: DB, request: Request) -> Principal:
+async def get_principal(db: DB, request: Request) -> Principal:
     # The header is read here, not declared as a parameter: the OpenAPI document's bearer security scheme
     # says how to send it, and SDK methods get no `authorization` argument.
-    with db.read() as session:
-        return authenticate(session, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    cache: PrincipalCache = request.app.state.principals
+    cached = cache.principal(authorization)
+    if cached is not None:
+        return cached  # no thread hop and no database round trip
+
+    def lookup() -> Principal:
+        with db.read() as session:
+            return authenticate(session, authorization)
+
+    return await run_in_threadpool(cache.fill, authorization, lookup)
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

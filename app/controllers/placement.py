@@ -12,12 +12,11 @@ from app.kinds import INSTANCES, NODES
 from app.models import HostDeviceRow, NodeRow
 from app.repositories import workqueue
 from app.repositories.devices import DeviceRepository, permitted
-from app.repositories.instances import InstanceRepository, progress_of
+from app.repositories.instances import InstanceRepository
 from app.repositories.resources import ResourceRepository
 from app.schemas.common import parse_quantity
 from app.schemas.conditions import condition_true
 from app.schemas.devices import DeviceNeeds, PermittedHostDevices
-from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 
 PCI_BRIDGE_CLASS = "0x0604"  # bridges share IOMMU groups with endpoints but are never passed through
 
@@ -204,15 +203,7 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[NodeRow], li
     node_rows = ResourceRepository[NodeRow](session, NODES).lock_all()
     rules, ledger = permitted(session), DeviceRepository(session)
     devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows}
-    used: dict[str, tuple[int, int]] = {}
-    for other in InstanceRepository(session).placed():
-        if other.uid == exclude_uid or other.node_name is None:
-            continue
-        spec = InstanceSpec.model_validate(other.spec)
-        lock = progress_of(other).migration
-        for node in {other.node_name, *([lock.target] if lock else [])}:
-            cpu, mem = used.get(node, (0, 0))
-            used[node] = (cpu + requested_vcpus(spec), mem + requested_memory(spec))
+    used = InstanceRepository(session).used_by_node(exclude_uid)
     views = [
         node_view(
             n.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import String, UniqueConstraint
+from sqlalchemy import BigInteger, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, ResourceRow
@@ -30,6 +30,11 @@ class InstanceRow(ResourceRow, Base):
     guest: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # The warm pool this instance is an unclaimed member of (a claim clears it).
     pool_uid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    # What it holds on its node (from the spec) and the node a migration is moving it to (from progress):
+    # columns so that a placement sums the cluster in one query instead of reading every instance.
+    vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    migration_target: Mapped[str | None] = mapped_column(String(63), nullable=True)
 
 
 class PoolRow(ResourceRow, Base):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.kinds import INSTANCES
 from app.models import InstanceRow
 from app.repositories.resources import ResourceRepository
+from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.records import InstanceIntent, InstanceProgress
 
 
@@ -25,6 +26,12 @@ def progress_of(row: InstanceRow) -> InstanceProgress:
 
 def set_progress(row: InstanceRow, progress: InstanceProgress) -> None:
     row.progress = progress.dump()
+    row.migration_target = progress.migration.target if progress.migration is not None else None
+
+
+def set_requests(row: InstanceRow, spec: InstanceSpec) -> None:
+    """What the spec holds on a node, kept beside it for placement's sums."""
+    row.vcpus, row.memory_bytes = requested_vcpus(spec), requested_memory(spec)
 
 
 class InstanceRepository(ResourceRepository[InstanceRow]):
@@ -36,6 +43,21 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         query = select(InstanceRow).where(InstanceRow.pool_uid == pool_uid).order_by(InstanceRow.id)
         return list(self.session.scalars(query.with_for_update() if for_update else query))
 
-    def placed(self) -> list[InstanceRow]:
-        """Instances that hold capacity on a node (terminating ones too, until their domain is gone)."""
-        return list(self.session.scalars(select(InstanceRow).where(InstanceRow.node_name.is_not(None))))
+    def used_by_node(self, exclude_uid: str) -> dict[str, tuple[int, int]]:
+        """(vCPUs, memory bytes) held per node: placed instances on their node, terminating ones until
+        their domain is gone, and migrating ones on their target as well."""
+        unsummed = InstanceRow.node_name.is_not(None) & InstanceRow.vcpus.is_(None)
+        for row in self.session.scalars(select(InstanceRow).where(unsummed)):  # rows older than the columns
+            set_requests(row, InstanceSpec.model_validate(row.spec))
+            set_progress(row, progress_of(row))
+        self.session.flush()
+        used: dict[str, tuple[int, int]] = {}
+        others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != exclude_uid)
+        for node in (InstanceRow.node_name, InstanceRow.migration_target):
+            sums = select(node, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.memory_bytes))
+            for name, vcpus, memory in self.session.execute(
+                sums.where(others, node.is_not(None)).group_by(node)
+            ):
+                cpu, mem = used.get(str(name), (0, 0))
+                used[str(name)] = (cpu + int(vcpus or 0), mem + int(memory or 0))
+        return used

@@ -74,7 +74,8 @@ class ResourceRepository(Generic[RowT]):
             query = query.where(tuple_(row.namespace, row.name) > tuple_(*after))
         query = query.order_by(row.namespace, row.name)
         found: list[RowT] = []
-        batch = max(limit or 500, 100)
+        # One row past the page tells whether more remain; a selector may drop rows, so it reads in batches.
+        batch = (limit + 1 if limit is not None else 500) if selector is None else max(limit or 500, 100)
         while True:
             rows = list(self.session.scalars(query.limit(batch)))
             for item in rows:

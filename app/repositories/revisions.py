@@ -44,9 +44,12 @@ def record_event(session: Session, rv: int, event_type: str, obj: dict[str, Any]
 
 
 def events_after(
-    session: Session, kind: str, namespace: str | None, rv: int, limit: int = 500
+    session: Session, kind: str | None, namespace: str | None, rv: int, limit: int = 500
 ) -> list[EventRow]:
-    query = select(EventRow).where(EventRow.kind == kind, EventRow.rv > rv)
+    """Changes after `rv` in order, of one kind (None: every kind) and namespace (None: every one)."""
+    query = select(EventRow).where(EventRow.rv > rv)
+    if kind is not None:
+        query = query.where(EventRow.kind == kind)
     if namespace is not None:
         query = query.where(EventRow.namespace == namespace)
     return list(session.scalars(query.order_by(EventRow.rv).limit(limit)))

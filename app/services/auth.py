@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
+from app.db import TOKENS_CHANNEL, Hub, signal
 from app.errors import AlreadyExists, Conflict, FieldError, Forbidden, NotFound, Unauthorized
 from app.models import GrantRow, TokenRow
 from app.repositories import auth as repo
@@ -83,6 +87,7 @@ def create_token(session: Session, name: str, grants: dict[str, Role]) -> tuple[
     secret = new_secret()
     row = TokenRow(id=str(uuid.uuid4()), name=name, digest=digest(secret), created_at=utc_now())
     repo.add_token(session, row, [GrantRow(namespace=ns, role=r.name) for ns, r in grants.items()])
+    signal(session, TOKENS_CHANNEL)
     return row, secret
 
 
@@ -111,6 +116,7 @@ def delete_token(session: Session, name: str) -> None:
                 [FieldError("name", "is the last cluster admin token")],
             )
     repo.delete_token(session, row)
+    signal(session, TOKENS_CHANNEL)  # every API process forgets it now, not when its cache ages
 
 
 def is_cluster_admin(token: TokenRow) -> bool:
@@ -127,10 +133,49 @@ def bootstrap_admin(session: Session, secret: str | None) -> str | None:
                 id=str(uuid.uuid4()), name=BOOTSTRAP_NAME, digest=digest(secret), created_at=utc_now()
             )
             repo.add_token(session, row, [GrantRow(namespace=ALL_NAMESPACES, role=Role.admin.name)])
-        else:
+        elif row.digest != digest(secret):
             row.digest = digest(secret)  # the environment is the source of truth for this one token
+            signal(session, TOKENS_CHANNEL)
         return None
     if repo.list_tokens(session):
         return None
     _, minted = create_token(session, BOOTSTRAP_NAME, {ALL_NAMESPACES: Role.admin})
     return minted
+
+
+class PrincipalCache:
+    """Authenticated principals by token digest, so a request costs no database round trip for its token.
+
+    A token write anywhere signals TOKENS_CHANNEL (Postgres NOTIFY across processes, the hub within one):
+    an entry is good only while that channel's counter is what it was before the entry was looked up, so a
+    revocation is honoured at once. MAX_AGE bounds what no signal can reach (API processes sharing a SQLite
+    file, or a Postgres LISTEN connection being re-established)."""
+
+    MAX_AGE = 2.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._entries: dict[str, tuple[Principal, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, authorization: str | None) -> Principal | None:
+        """The cached principal for this Authorization header, or None (then call `fill`)."""
+        key = digest(authorization or "")
+        with self._lock:
+            found = self._entries.get(key)
+        if found is None:
+            return None
+        principal, seen, at = found
+        if seen != self.hub.counter(TOKENS_CHANNEL) or time.monotonic() - at > self.MAX_AGE:
+            return None
+        return principal
+
+    def fill(self, authorization: str | None, lookup: Callable[[], Principal]) -> Principal:
+        seen = self.hub.counter(TOKENS_CHANNEL)  # read first: a revocation during the lookup voids the entry
+        principal = lookup()  # raises for a bad token: refusals are never cached
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest(authorization or "")] = (principal, seen, time.monotonic())
+        return principal

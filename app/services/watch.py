@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -23,6 +27,84 @@ BOOKMARK_SECONDS = 30.0
 # SQLite has no NOTIFY: writes from another process are found by polling this often.
 SQLITE_POLL_SECONDS = 1.0
 BATCH = 500
+
+
+@dataclass(frozen=True)
+class Change:
+    rv: int
+    kind: str
+    namespace: str
+    type: str
+    object: JsonObject
+
+
+class ChangeFeed:
+    """One reader of the change log per process for every watch in it: N watchers cost one query per change,
+    not N. It keeps the newest changes of every kind in memory; a watch behind them (resuming from an old
+    resourceVersion) reads the log itself.
+
+    Revisions commit in order (next_revision holds the counter's row lock to commit), so when the hub's
+    counter moves, every change up to the newest committed one can be read, and none can appear later below
+    it: the buffer is complete up to `high`."""
+
+    CAPACITY = 4096
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._changes: deque[Change] = deque(maxlen=self.CAPACITY)
+        self._low: int | None = None  # the buffer holds every change with low < rv <= high
+        self._high = 0
+        self._read_at: tuple[int, float] = (-1, 0.0)  # hub counter and time of the last read
+        self._lock = threading.Lock()
+
+    def after(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
+        """Changes of `kind` (in `namespace`) after `rv`, at most `limit`, and the resourceVersion the caller
+        has then seen; None when `rv` is older than the buffer."""
+        with self._lock:
+            self._refresh()
+            if self._low is None or rv < self._low:
+                return None
+            found: list[Change] = []
+            for change in self._changes:
+                if change.rv > rv and change.kind == kind and namespace in (None, change.namespace):
+                    found.append(change)
+                    if len(found) == limit:
+                        return found, change.rv
+            return found, max(rv, self._high)
+
+    def _refresh(self) -> None:
+        counter, now = self.db.hub.counter(EVENTS_CHANNEL), time.monotonic()
+        # Another process's writes reach the hub through Postgres NOTIFY; on SQLite only by polling.
+        fresh = counter == self._read_at[0] and (
+            self.db.is_postgres or now - self._read_at[1] < SQLITE_POLL_SECONDS
+        )
+        if fresh:
+            return
+        with self.db.read() as session:
+            current = revisions.current_revision(session)
+            if self._low is None or current < self._high:  # first use, or a database restored from before
+                self._changes.clear()
+                self._low = self._high = current
+            rows = revisions.events_after(session, None, None, self._high, self.CAPACITY)
+            for row in rows:
+                if len(self._changes) == self.CAPACITY:
+                    self._low = self._changes[0].rv
+                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.object))
+                self._high = row.rv
+        if len(rows) < self.CAPACITY:  # else more remain: read again next time
+            self._read_at = (counter, now)
+
+
+_feeds: weakref.WeakKeyDictionary[Database, ChangeFeed] = weakref.WeakKeyDictionary()
+_feeds_lock = threading.Lock()
+
+
+def feed_for(db: Database) -> ChangeFeed:
+    with _feeds_lock:
+        feed = _feeds.get(db)
+        if feed is None:
+            feed = _feeds[db] = ChangeFeed(db)
+        return feed
 
 
 def parse_resource_version(text: str | None) -> int | None:
@@ -92,12 +174,18 @@ class Watch:
     def _fetch(self) -> tuple[int, int, list[tuple[str, JsonObject]]]:
         """The next events after self.rv: how many, the resourceVersion they reach, and what this client
         sees of them."""
-        with self.db.read() as session:
-            rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
-            seen = [(t, r.object) for r in rows if (t := self._as_seen(session, r.rv, r.type, r.object))]
-            return len(rows), (rows[-1].rv if rows else self.rv), seen
+        shared = feed_for(self.db).after(self.kind.kind, self.namespace, self.rv, BATCH)
+        if shared is not None:
+            changes, reached = shared
+        else:
+            with self.db.read() as session:
+                rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
+            changes = [Change(r.rv, r.kind, r.namespace, r.type, r.object) for r in rows]
+            reached = rows[-1].rv if rows else self.rv
+        seen = [(t, c.object) for c in changes if (t := self._as_seen(c.rv, c.type, c.object))]
+        return len(changes), reached, seen
 
-    def _as_seen(self, session: Session, rv: int, event_type: str, obj: JsonObject) -> str | None:
+    def _as_seen(self, rv: int, event_type: str, obj: JsonObject) -> str | None:
         """Kubernetes' rule for a label-filtered watch: an object that comes to match is ADDED, one that stops
         matching is DELETED, others are not shown. Whether it matched before is what this stream showed, or
         else its previous retained event (unknown when there is none: then a change shows as MODIFIED)."""
@@ -108,9 +196,10 @@ class Watch:
         uid = meta.get("uid", "")
         before = self.inside.get(uid)
         if before is None and event_type != "ADDED":
-            previous = revisions.event_before(
-                session, self.kind.kind, meta.get("namespace") or "", meta["name"], rv
-            )
+            with self.db.read() as session:
+                previous = revisions.event_before(
+                    session, self.kind.kind, meta.get("namespace") or "", meta["name"], rv
+                )
             if previous is not None and previous.object["metadata"].get("uid") == uid:
                 before = previous.type != "DELETED" and self.selector(
                     previous.object["metadata"].get("labels") or {}

@@ -1,0 +1,465 @@
+"""The control plane's own cost, on libvirt's test driver (no guests), in one run:
+
+1. Requests: Corral's API (`corral api`, one process) against the minimal FastAPI + SQLAlchemy app of
+   bench/minimal_app.py (one process) on the same database, interleaved round by round, 16 clients:
+   req/s, p50 and p99 of create, get and list-100-of-1000, and Corral's ratio to the minimal app; on Postgres
+   and on SQLite.
+2. Scale: `corral serve` with a large test-driver node: N instances POSTed by 16 clients (POST rate per
+   hundred), the time until all are Running, the node's Ready condition throughout, idle CPU and RSS with
+   all Running, and the time to delete them all.
+3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99).
+
+    .venv/bin/python -m bench.controlplane [--rounds 3] [--scale 1000] [--backends postgres,sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy.engine import make_url
+
+from bench.common import CORRAL, TOKEN, save, summary
+from bench.minimal_app import TOKEN as MINIMAL_TOKEN
+
+CLIENTS = 16
+PG_ADMIN_URL = os.environ.get(
+    "CORRAL_TEST_DATABASE_URL", "postgresql+psycopg://corral:corral@127.0.0.1/corral"
+)
+# A test-driver host big enough for thousands of small instances (the default one has 3 GiB).
+NODE_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>1024</cores><threads>1</threads><active>1024</active>
+  <mhz>2000</mhz><model>x86_64</model></cpu>
+  <memory>2147483648</memory>
+</node>
+"""
+SPEC = {"domain": {"resources": {"requests": {"cpu": "1", "memory": "16Mi"}}}}
+
+Request = tuple[str, str, dict[str, Any] | None]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fresh_database(backend: str, name: str, workdir: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{workdir / name}.db"
+    admin_dsn = make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str], log: Path, ready: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, once `ready` (a URL) answers; stopped afterwards."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(ready, timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[:3]} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def corral_env(database: str, data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    return env | {
+        "CORRAL_DATABASE_URL": database,
+        "CORRAL_DATA_DIR": str(data),
+        "CORRAL_ADMIN_TOKEN": TOKEN,
+        "CORRAL_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def drive(
+    url: str, token: str, requests: list[Request], clients: int = CLIENTS, accept: tuple[int, ...] = ()
+) -> tuple[float, list[float]]:
+    """Send the requests from `clients` concurrent connections; (requests per second, latencies). An error
+    answer other than those in `accept` ends the run."""
+
+    async def run() -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        queue: asyncio.Queue[Request] = asyncio.Queue()
+        for item in requests:
+            queue.put_nowait(item)
+        headers = {"Authorization": f"Bearer {token}"}
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as client:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    method, path, body = queue.get_nowait()
+                    started = time.perf_counter()
+                    answer = await client.request(method, path, json=body)
+                    latencies.append(time.perf_counter() - started)
+                    if answer.status_code >= 400 and answer.status_code not in accept:
+                        raise RuntimeError(f"{method} {path}: {answer.status_code} {answer.text[:300]}")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(clients)))
+            return len(requests) / (time.perf_counter() - started), latencies
+
+    return asyncio.run(run())
+
+
+def figures(rate: float, latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "rate": rate,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+    }
+
+
+def requests_round(
+    base: str, plural: str, prefix: str, creates: int, gets: int, lists: int
+) -> dict[str, list[Request]]:
+    names = [f"{prefix}-{i}" for i in range(creates)]
+    body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "spec": SPEC}
+    return {
+        "create": [("POST", f"{base}/{plural}", {**body, "metadata": {"name": n}}) for n in names],
+        "get": [("GET", f"{base}/{plural}/{names[i % creates]}", None) for i in range(gets)],
+        "list": [("GET", f"{base}/{plural}?limit=100", None) for _ in range(lists)],
+    }
+
+
+def request_costs(backend: str, rounds: int, workdir: Path) -> dict[str, Any]:
+    """Corral's API and the minimal app, interleaved: each round creates 500 objects on each, then gets and
+    lists them (1,000 objects are listed from round 2 on)."""
+    minimal_port, corral_port = free_port(), free_port()
+    minimal_db = fresh_database(backend, "corral_bench_minimal", workdir)
+    corral_db = fresh_database(backend, "corral_bench_api", workdir)
+    env = corral_env(corral_db, workdir / "api", CORRAL_LIBVIRT_URI="test:///default")
+    minimal_argv = [sys.executable, "-m", "bench.minimal_app", minimal_db, str(minimal_port)]
+    corral_argv = [CORRAL, "api", "--port", str(corral_port)]
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {"minimal": {}, "corral": {}}
+    root = str(Path(__file__).resolve().parents[1])
+    with (
+        process(
+            minimal_argv,
+            os.environ | {"PYTHONPATH": root},
+            workdir / "minimal.log",
+            f"http://127.0.0.1:{minimal_port}/docs",
+        ),
+        process(corral_argv, env, workdir / "api.log", f"http://127.0.0.1:{corral_port}/healthz"),
+    ):
+        sides: dict[str, tuple[str, str, str]] = {
+            "minimal": (f"http://127.0.0.1:{minimal_port}", MINIMAL_TOKEN, "objects"),
+            "corral": (f"http://127.0.0.1:{corral_port}", TOKEN, "instances"),
+        }
+        for round_ in range(rounds):
+            for side, (url, token, plural) in sides.items():
+                work = requests_round("/v1/namespaces/bench", plural, f"r{round_}", 500, 2000, 200)
+                for operation, batch in work.items():
+                    rate, latencies = drive(url, token, batch)
+                    samples[side].setdefault(operation, []).append(figures(rate, latencies))
+    result: dict[str, Any] = {}
+    for operation in ("create", "get", "list"):
+        row: dict[str, Any] = {}
+        for side in ("minimal", "corral"):
+            runs = samples[side][operation]
+            row[side] = {k: statistics.median(r[k] for r in runs) for k in ("rate", "p50_ms", "p99_ms")}
+        row["ratio"] = row["corral"]["rate"] / row["minimal"]["rate"]
+        result[operation] = row
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
+    """`corral serve` on a big test-driver node: POST `count` instances, all Running, idle, delete them."""
+    node = workdir / "node.xml"
+    node.write_text(NODE_XML)
+    port = free_port()
+    database = fresh_database(backend, "corral_bench_scale", workdir)
+    env = corral_env(database, workdir / f"scale-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
+    url = f"http://127.0.0.1:{port}"
+    with process(
+        [CORRAL, "serve", "--port", str(port)], env, workdir / f"scale-{backend}.log", f"{url}/healthz"
+    ) as proc:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        wait_until(lambda: node_ready(client), 60, "node local Ready")
+        not_ready: list[float] = []
+        stop_watching = threading.Event()
+
+        def watch_node() -> None:
+            while not stop_watching.wait(1):
+                if not node_ready(client):
+                    not_ready.append(time.monotonic())
+
+        threading.Thread(target=watch_node, daemon=True).start()
+        names = [f"s-{i}" for i in range(count)]
+        body: dict[str, Any] = {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "spec": SPEC,
+        }
+        base = "/v1/namespaces/bench/instances"
+        started = time.monotonic()
+        hundreds: list[float] = []
+        for first in range(0, count, 100):
+            batch: list[Request] = [
+                ("POST", base, {**body, "metadata": {"name": n}}) for n in names[first : first + 100]
+            ]
+            rate, _ = drive(url, TOKEN, batch)
+            hundreds.append(rate)
+        posted = time.monotonic() - started
+        phases: dict[str, int] = {}
+
+        def all_running() -> bool:
+            phases.clear()
+            for item in list_all(client, base):
+                phase = item.get("status", {}).get("phase", "Pending")
+                phases[phase] = phases.get(phase, 0) + 1
+            return phases.get("Running", 0) == count
+
+        wait_until(all_running, 900, f"{count} Running", lambda: str(phases))
+        running_after = time.monotonic() - started
+        time.sleep(5)  # settle, then measure idle
+        before = cpu_seconds(proc.pid)
+        time.sleep(30)
+        idle_cpu = (cpu_seconds(proc.pid) - before) / 30
+        rss = rss_mib(proc.pid)
+        stop_watching.set()
+        deleted_from = time.monotonic()
+        drive(url, TOKEN, [("DELETE", f"{base}/{n}", None) for n in names])
+        wait_until(lambda: not list_all(client, base), 900, "all deleted")
+        deleted_after = time.monotonic() - deleted_from
+        failed = phases.get("Failed", 0)
+        client.close()
+    return {
+        "instances": count,
+        "post_rate_first_hundred": hundreds[0],
+        "post_rate_last_hundred": hundreds[-1],
+        "post_rate_ratio_last_to_first": hundreds[-1] / hundreds[0],
+        "posted_s": posted,
+        "all_running_s": running_after,
+        "failed": failed,
+        "node_not_ready_seconds": len(not_ready),
+        "idle_cpu_percent": 100 * idle_cpu,
+        "rss_mib": rss,
+        "delete_all_s": deleted_after,
+    }
+
+
+def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dict[str, Any]:
+    node = workdir / "node.xml"
+    node.write_text(NODE_XML)
+    port = free_port()
+    database = fresh_database(backend, "corral_bench_claims", workdir)
+    env = corral_env(database, workdir / f"claims-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
+    url = f"http://127.0.0.1:{port}"
+    latencies: list[float] = []
+    with process(
+        [CORRAL, "serve", "--port", str(port)], env, workdir / f"claims-{backend}.log", f"{url}/healthz"
+    ):
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        wait_until(lambda: node_ready(client), 60, "node local Ready")
+        pool = {"metadata": {"name": "warm"}, "spec": {"size": size, "template": {"spec": SPEC}}}
+        client.post("/v1/namespaces/bench/pools", json=pool).raise_for_status()
+        for _ in range(5):
+            wait_until(
+                lambda: (
+                    client.get("/v1/namespaces/bench/pools/warm").json()["status"].get("availableReplicas")
+                    == size
+                ),
+                120,
+                "pool warm",
+            )
+            claim: Request = ("POST", "/v1/namespaces/bench/pools/warm/claim", {})
+            _, batch = drive(url, TOKEN, [claim] * racers, racers, accept=(503,))
+            latencies += batch
+        client.close()
+    return {
+        "racers": racers,
+        "pool": size,
+        **{k: 1000 * v for k, v in summary(latencies).items() if k != "n"},
+    }
+
+
+def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int = 200) -> dict[str, Any]:
+    """PATCH latency with no watchers and with `watchers` open watches, and how long each change takes to
+    reach every watcher; every event must arrive, once, in order."""
+    port = free_port()
+    database = fresh_database(backend, "corral_bench_watch", workdir)
+    env = corral_env(database, workdir / f"watch-{backend}", CORRAL_LIBVIRT_URI="test:///default")
+    url = f"http://127.0.0.1:{port}"
+    base = "/v1/namespaces/bench/instances"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with process(
+        [CORRAL, "api", "--port", str(port)], env, workdir / f"watch-{backend}.log", f"{url}/healthz"
+    ):
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "spec": SPEC}
+        client.post(base, json={**body, "metadata": {"name": "watched"}}).raise_for_status()
+
+        def patch_all(count: int, offset: int) -> tuple[list[float], list[float]]:
+            sent, took = [], []
+            for i in range(count):
+                started = time.monotonic()
+                client.patch(
+                    f"{base}/watched",
+                    content=f'{{"metadata":{{"labels":{{"n":"{offset + i}"}}}}}}',
+                    headers=merge,
+                ).raise_for_status()
+                took.append(time.monotonic() - started)
+                sent.append(started)
+                time.sleep(0.01)
+            return sent, took
+
+        _, alone = patch_all(patches, 0)
+        arrivals: list[list[tuple[float, str]]] = [[] for _ in range(watchers)]
+        version = client.get(base).json()["metadata"]["resourceVersion"]
+        opened = threading.Barrier(watchers + 1)
+
+        def watch(seen: list[tuple[float, str]]) -> None:
+            params = {"watch": "true", "resourceVersion": version}
+            with (
+                httpx.Client(
+                    base_url=url, headers=client.headers, timeout=httpx.Timeout(60, read=None)
+                ) as own,
+                own.stream("GET", base, params=params) as stream,
+            ):
+                opened.wait()
+                for line in stream.iter_lines():
+                    if line:
+                        label = json.loads(line)["object"]["metadata"]["labels"].get("n", "")
+                        seen.append((time.monotonic(), label))
+                        if label == str(2 * patches - 1):
+                            return
+
+        threads = [threading.Thread(target=watch, args=(a,), daemon=True) for a in arrivals]
+        for thread in threads:
+            thread.start()
+        opened.wait()
+        sent, watched = patch_all(patches, patches)
+        for thread in threads:
+            thread.join(60)
+        client.close()
+    expected = [str(patches + i) for i in range(patches)]
+    intact = all([label for _, label in a] == expected for a in arrivals)
+    delivery = [arrived - sent[int(label) - patches] for a in arrivals for arrived, label in a]
+    alone_p50, watched_p50 = statistics.median(alone), statistics.median(watched)
+    return {
+        "watchers": watchers,
+        "patch_p50_ms_alone": 1000 * alone_p50,
+        "patch_p50_ms_watched": 1000 * watched_p50,
+        "patch_ratio": watched_p50 / alone_p50,
+        "delivery_p50_ms": 1000 * statistics.median(delivery),
+        "delivery_p99_ms": 1000 * sorted(delivery)[round(0.99 * (len(delivery) - 1))],
+        "every_event_once_in_order": intact,
+    }
+
+
+def node_ready(client: httpx.Client) -> bool:
+    try:
+        node = client.get("/v1/nodes/local").json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", [])
+    )
+
+
+def list_all(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        page = client.get(path, params=params).json()
+        items += page["items"]
+        if not page["metadata"].get("continue"):
+            return items
+        params["continue"] = page["metadata"]["continue"]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, now: Callable[[], str] = str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s: {now()}")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, nargs="*", default=[1000])
+    parser.add_argument("--backends", default="postgres,sqlite")
+    parser.add_argument("--skip", default="", help="comma-separated: requests, scale, claims, watch")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    result: dict[str, Any] = {}
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory(prefix="corral-controlplane-") as tmp:
+            workdir = Path(tmp)
+            if "requests" not in skip:
+                result[f"requests-{backend}"] = costs = request_costs(backend, args.rounds, workdir)
+                for operation, row in costs.items():
+                    print(
+                        f"{backend:8} {operation:6} minimal {row['minimal']['rate']:7.1f}/s "
+                        f"p50 {row['minimal']['p50_ms']:6.1f} ms | corral {row['corral']['rate']:7.1f}/s "
+                        f"p50 {row['corral']['p50_ms']:6.1f} ms p99 {row['corral']['p99_ms']:7.1f} ms | "
+                        f"ratio {row['ratio']:.2f}",
+                        flush=True,
+                    )
+            if "scale" not in skip:
+                for count in args.scale:
+                    result[f"scale-{backend}-{count}"] = run = scale(backend, count, workdir)
+                    print(f"{backend:8} scale {count}: {run}", flush=True)
+            if "claims" not in skip:
+                result[f"claims-{backend}"] = run = claims(backend, workdir)
+                print(f"{backend:8} claims: {run}", flush=True)
+            if "watch" not in skip:
+                result[f"watch-{backend}"] = run = watch_fanout(backend, workdir)
+                print(f"{backend:8} watch: {run}", flush=True)
+    print(save("controlplane", result))
+
+
+if __name__ == "__main__":
+    main()
