@@ -122,12 +122,17 @@ def test_seed_pool_manifest_on_real_guests(api: httpx.Client, pg: Database, regi
         assert agent_answers(obj["status"]["domainName"]) < 1.0  # usable at once: no boot
         assert claim_seconds < 1.0
     wait_for(lambda: pool_status(api).get("claimed") == 2, timeout=10, what="claimed counted")
-    wait_for(
-        lambda: pool_status(api).get("availableReplicas") == 3,
-        timeout=120,
-        interval=0.2,
-        what="replacements booted",
-    )
+    try:
+        wait_for(
+            lambda: pool_status(api).get("availableReplicas") == 3,
+            timeout=120,
+            interval=0.2,
+            what="replacements booted",
+        )
+    except AssertionError as exc:  # say where each member stands
+        members = api.get(INSTANCES).json()["items"]
+        seen = [(m["metadata"]["name"], m["status"].get("phase"), m["status"].get("reason")) for m in members]
+        raise AssertionError(f"{exc}: pool {pool_status(api)}, instances {seen}") from None
 
     # Warm members parked with paused vCPUs: a claim resumes one and its agent answers at once.
     patched = api.patch(f"{POOLS}/fast-start-pool", json={"spec": {"warmState": "Paused"}}, headers=MERGE)
