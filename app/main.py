@@ -43,6 +43,7 @@ from app.schemas.operations import ExecRequest, FileReadRequest, FileWriteReques
 from app.schemas.pool import ClaimRequest
 from app.services.auth import PrincipalCache
 from app.services.nodes import mark_unreported, unreported
+from app.services.shown import ShownObjects
 
 REQUESTS = Histogram(
     "corral_http_request_duration_seconds",
@@ -126,8 +127,9 @@ def create_app(
     app.state.principals = PrincipalCache(db.hub)
     problems.install(app)
     app.include_router(system.router)
+    shown = ShownObjects()  # one per app: what each object looks like at its resourceVersion
     for kind in KINDS.values():
-        app.include_router(resource_router(kind))
+        app.include_router(resource_router(kind, shown))
     app.include_router(instances.router)
     app.include_router(pools.router)
     app.include_router(migrations.router)

@@ -13,6 +13,7 @@ from app.schemas.common import Problem
 from app.services.registry import service_for
 from app.services.resources import CONTINUE_PATTERN, decode_continue
 from app.services.selectors import SELECTOR_PATTERN
+from app.services.shown import ShownObjects
 from app.services.watch import Watch, parse_resource_version
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -60,7 +61,7 @@ def request_body(model: str, *, patch: bool = False) -> dict[str, Any]:
     }
 
 
-def resource_router(kind: Kind[Any]) -> APIRouter:
+def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
     router = api_router(tags=[kind.plural])
     base = f"/v1/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"/v1/{kind.plural}"
     item = base + "/{name}"
@@ -153,7 +154,10 @@ def resource_router(kind: Kind[Any]) -> APIRouter:
                 )
             parse_resource_version(resource_version)  # a list is always current; the value is still checked
             with db.read() as session:
-                return service_for(session, kind.kind).list(scope, label_selector, limit, continue_)
+                page = service_for(session, kind.kind).list_json(
+                    scope, label_selector, limit, continue_, shown
+                )
+            return Response(page, media_type="application/json")
 
     add_list(base, f"list{many}", scope_dep, "")
     if kind.namespaced:

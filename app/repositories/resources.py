@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Row, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.clock import rfc3339, utc_now
@@ -16,7 +16,26 @@ from app.repositories.revisions import next_revision, record_event
 Selector = Callable[[dict[str, str]], bool]
 
 
-def to_object(info: Kind[Any], row: ResourceRow) -> dict[str, Any]:
+# What an object shows (to_object), not a kind's own bookkeeping (progress, intent, ...).
+SHOWN_COLUMNS = (
+    "uid",
+    "namespace",
+    "name",
+    "labels",
+    "annotations",
+    "spec",
+    "status",
+    "generation",
+    "resource_version",
+    "created_at",
+    "deleted_at",
+)
+
+# What identifies a version of an object, and its labels for selectors.
+KEY_COLUMNS = ("uid", "namespace", "name", "labels", "resource_version")
+
+
+def to_object(info: Kind[Any], row: ResourceRow | Row[Any]) -> dict[str, Any]:
     """The row as an API object (Kubernetes shape)."""
     meta: dict[str, Any] = {
         "name": row.name,
@@ -64,8 +83,38 @@ class ResourceRepository(Generic[RowT]):
         **column_filters: Any,
     ) -> tuple[list[RowT], bool]:
         """Rows ordered by (namespace, name) after the `after` key; returns (rows, more_remain)."""
+        return self._paged(None, namespace, selector, after, limit, column_filters)
+
+    def read_page(
+        self,
+        namespace: str | None,
+        *,
+        selector: Selector | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+        columns: tuple[str, ...] = SHOWN_COLUMNS,
+    ) -> tuple[list[Row[Any]], bool]:
+        """page() as plain rows of these columns, for reads that only show them: no ORM objects to build
+        and track, which is most of a list's cost."""
+        return self._paged(columns, namespace, selector, after, limit, {})
+
+    def read_by_uid(self, uids: list[str]) -> list[Row[Any]]:
+        """Plain rows (SHOWN_COLUMNS) of these objects, those that still exist."""
         row = self.info.row
-        query = select(row)
+        query = select(*(getattr(row, c) for c in SHOWN_COLUMNS)).where(row.uid.in_(uids))
+        return list(self.session.connection().execute(query))
+
+    def _paged(
+        self,
+        plain: tuple[str, ...] | None,
+        namespace: str | None,
+        selector: Selector | None,
+        after: tuple[str, str] | None,
+        limit: int | None,
+        column_filters: dict[str, Any],
+    ) -> tuple[list[Any], bool]:
+        row = self.info.row
+        query = select(*(getattr(row, c) for c in plain)) if plain is not None else select(row)
         if namespace is not None:
             query = query.where(row.namespace == namespace)
         for column, value in column_filters.items():
@@ -73,11 +122,15 @@ class ResourceRepository(Generic[RowT]):
         if after is not None:
             query = query.where(tuple_(row.namespace, row.name) > tuple_(*after))
         query = query.order_by(row.namespace, row.name)
-        found: list[RowT] = []
+        found: list[Any] = []
         # One row past the page tells whether more remain; a selector may drop rows, so it reads in batches.
         batch = (limit + 1 if limit is not None else 500) if selector is None else max(limit or 500, 100)
         while True:
-            rows = list(self.session.scalars(query.limit(batch)))
+            batch_query = query.limit(batch)
+            if plain is not None:  # Core, past the ORM's result machinery
+                rows: list[Any] = list(self.session.connection().execute(batch_query))
+            else:
+                rows = list(self.session.scalars(batch_query))
             for item in rows:
                 if selector is None or selector(item.labels or {}):
                     if limit is not None and len(found) == limit:

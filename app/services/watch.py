@@ -160,7 +160,7 @@ class Watch:
                 conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             with Session(bind=conn) as session:
                 current = revisions.current_revision(session)
-                rows, _ = ResourceRepository[Any](session, self.kind).page(
+                rows, _ = ResourceRepository[Any](session, self.kind).read_page(
                     self.namespace, selector=self.selector
                 )
                 self.initial = [to_object(self.kind, r) for r in rows]
