@@ -130,3 +130,16 @@ def test_a_closed_pipe_is_not_an_error() -> None:
         f"{CORRAL} openapi | head -c 10", shell=True, capture_output=True, text=True, timeout=60, check=False
     )
     assert piped.stdout == '{\n  "compo' and piped.stderr == ""
+
+
+def test_a_broken_config_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "corral").mkdir()
+    (tmp_path / "corral" / "config.yaml").write_text("- not\n- a mapping\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")} | {
+        "XDG_CONFIG_HOME": str(tmp_path)
+    }
+    done = subprocess.run(
+        [CORRAL, "get", "vmi"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("config.yaml: expected a mapping with 'contexts'")

@@ -72,8 +72,8 @@ class Contexts:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise Failure(f"{path}: not YAML ({exc})") from None
-        contexts = data.get("contexts") or {}
-        if not isinstance(data, dict) or not isinstance(contexts, dict):
+        contexts = data.get("contexts") or {} if isinstance(data, dict) else None
+        if not isinstance(contexts, dict):
             raise Failure(f"{path}: expected a mapping with 'contexts'")
         return cls(data.get("current-context"), {str(k): dict(v or {}) for k, v in contexts.items()})
 
