@@ -210,19 +210,31 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
-    """`corral serve` on a big test-driver node: POST `count` instances, all Running, idle, delete them."""
+@contextmanager
+def big_node_serve(
+    backend: str, workdir: Path, name: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, httpx.Client]]:
+    """A fresh `corral serve` on its own database whose local node is a test-driver host with room for
+    thousands of instances; (process, URL, client) once the node is Ready."""
     node = workdir / "node.xml"
     node.write_text(NODE_XML)
     port = free_port()
-    database = fresh_database(backend, "corral_bench_scale", workdir)
-    env = corral_env(database, workdir / f"scale-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
+    database = fresh_database(backend, f"corral_bench_{name}", workdir)
+    env = corral_env(database, workdir / f"{name}-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
     url = f"http://127.0.0.1:{port}"
-    with process(
-        [CORRAL, "serve", "--port", str(port)], env, workdir / f"scale-{backend}.log", f"{url}/healthz"
-    ) as proc:
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    argv = [CORRAL, "serve", "--port", str(port)]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        process(argv, env, workdir / f"{name}-{backend}.log", f"{url}/healthz") as proc,
+        httpx.Client(base_url=url, headers=headers, timeout=120) as client,
+    ):
         wait_until(lambda: node_ready(client), 60, "node local Ready")
+        yield proc, url, client
+
+
+def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
+    """`corral serve` on a big test-driver node: POST `count` instances, all Running, idle, delete them."""
+    with big_node_serve(backend, workdir, "scale") as (proc, url, client):
         not_ready: list[float] = []
         stop_watching = threading.Event()
 
@@ -270,7 +282,6 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         wait_until(lambda: not list_all(client, base), 900, "all deleted")
         deleted_after = time.monotonic() - deleted_from
         failed = phases.get("Failed", 0)
-        client.close()
     return {
         "instances": count,
         "post_rate_first_hundred": hundreds[0],
@@ -287,18 +298,8 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
 
 
 def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dict[str, Any]:
-    node = workdir / "node.xml"
-    node.write_text(NODE_XML)
-    port = free_port()
-    database = fresh_database(backend, "corral_bench_claims", workdir)
-    env = corral_env(database, workdir / f"claims-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
-    url = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
-    with process(
-        [CORRAL, "serve", "--port", str(port)], env, workdir / f"claims-{backend}.log", f"{url}/healthz"
-    ):
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
-        wait_until(lambda: node_ready(client), 60, "node local Ready")
+    with big_node_serve(backend, workdir, "claims") as (_, url, client):
         pool = {"metadata": {"name": "warm"}, "spec": {"size": size, "template": {"spec": SPEC}}}
         client.post("/v1/namespaces/bench/pools", json=pool).raise_for_status()
         for _ in range(5):
@@ -313,7 +314,6 @@ def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dic
             claim: Request = ("POST", "/v1/namespaces/bench/pools/warm/claim", {})
             _, batch = drive(url, TOKEN, [claim] * racers, racers, accept=(503,))
             latencies += batch
-        client.close()
     return {
         "racers": racers,
         "pool": size,
