@@ -27,6 +27,8 @@ WORK_CHANNEL = "corral_work"
 OPERATIONS_CHANNEL = "corral_operations"  # a guest operation finished
 TOKENS_CHANNEL = "corral_tokens"  # a token was created, revoked or rotated: drop cached principals
 CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)
+# On Postgres, inserts into the change log and the work queue send these by trigger (migration 0015).
+NOTIFIED_BY_TRIGGER = frozenset({EVENTS_CHANNEL, WORK_CHANNEL})
 READ_ONLY = "corral_read_only"
 
 
@@ -72,8 +74,11 @@ class Hub:
 
 def signal(session: Session, channel: str) -> None:
     """Record that this transaction changed something `channel` listeners care about."""
-    session.info.setdefault("signals", set()).add(channel)
-    if session.get_bind().dialect.name == "postgresql":
+    signals: set[str] = session.info.setdefault("signals", set())
+    if channel in signals:
+        return  # one NOTIFY per channel and transaction (Postgres folds duplicates anyway)
+    signals.add(channel)
+    if channel not in NOTIFIED_BY_TRIGGER and session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
 
 

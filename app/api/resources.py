@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody, with_etag
+from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
 from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
@@ -77,6 +77,14 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
 
     def stored_ns(scope: str | None) -> str:
         return scope or ""
+
+    def shown_object(obj: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
+        """The object as its response model shows it (encoded once per resourceVersion), its
+        resourceVersion as the ETag (for If-Match)."""
+        etag = f'"{obj["metadata"]["resourceVersion"]}"'
+        return Response(
+            shown.encoded(kind, obj), status_code, {"ETag": etag, **headers}, media_type="application/json"
+        )
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
 
@@ -172,18 +180,18 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         openapi_extra=request_body(kind.body_model.__name__),
         **common,
     )
-    def create(db: DB, caller: Caller, scope: scope_param, response: Response, body: ObjectBody) -> Any:
+    def create(db: DB, caller: Caller, scope: scope_param, body: ObjectBody) -> Any:
         caller.require(kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).create(stored_ns(scope), body)
-        response.headers["Location"] = f"{base.format(namespace=scope)}/{obj['metadata']['name']}"
-        return with_etag(response, obj)
+        return shown_object(obj, 201, Location=f"{base.format(namespace=scope)}/{obj['metadata']['name']}")
 
     @router.get(item, operation_id=f"read{one}", summary=f"Read {a_one}", **common)
-    def read(db: DB, caller: Caller, scope: scope_param, response: Response, name: NamePath) -> Any:
+    def read(db: DB, caller: Caller, scope: scope_param, name: NamePath) -> Any:
         caller.require(kind.read_role, scope, hide=True)
         with db.read() as session:
-            return with_etag(response, service_for(session, kind.kind).get(stored_ns(scope), name))
+            obj = service_for(session, kind.kind).get(stored_ns(scope), name)
+        return shown_object(obj)
 
     @router.put(
         item,
@@ -196,7 +204,6 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         db: DB,
         caller: Caller,
         scope: scope_param,
-        response: Response,
         body: ObjectBody,
         name: NamePath,
         if_match: IfMatch = None,
@@ -204,7 +211,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).replace(stored_ns(scope), name, body, if_match)
-        return with_etag(response, obj)
+        return shown_object(obj)
 
     @router.patch(
         item,
@@ -217,7 +224,6 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         db: DB,
         caller: Caller,
         scope: scope_param,
-        response: Response,
         body: PatchBody,
         name: NamePath,
         if_match: IfMatch = None,
@@ -225,7 +231,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).patch(stored_ns(scope), name, body, if_match)
-        return with_etag(response, obj)
+        return shown_object(obj)
 
     @router.delete(
         item,
@@ -238,13 +244,12 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         db: DB,
         caller: Caller,
         scope: scope_param,
-        response: Response,
         name: NamePath,
         if_match: IfMatch = None,
     ) -> Any:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).delete(stored_ns(scope), name, if_match)
-        return with_etag(response, obj)
+        return shown_object(obj, 202)
 
     return router

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
 from app.db import EVENTS_CHANNEL, signal
 from app.models import EventRow, RevisionRow
 
+# Core statements for the two hottest writes: neither row is ever loaded as an ORM object.
+EVENTS = cast(Table, EventRow.__table__)
+REVISIONS = cast(Table, RevisionRow.__table__)
+
 
 def next_revision(session: Session) -> int:
     """Take the next resourceVersion. The row lock is held to commit, so revisions commit in order."""
     value = session.execute(
-        update(RevisionRow)
-        .where(RevisionRow.id == 1)
-        .values(value=RevisionRow.value + 1)
-        .returning(RevisionRow.value)
+        update(REVISIONS)
+        .where(REVISIONS.c.id == 1)
+        .values(value=REVISIONS.c.value + 1)
+        .returning(REVISIONS.c.value)
     ).scalar_one()
     return int(value)
 
@@ -29,8 +33,9 @@ def current_revision(session: Session) -> int:
 
 def record_event(session: Session, rv: int, event_type: str, obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
-    session.add(
-        EventRow(
+    # Core, not the ORM: nothing reads an event back in the transaction that wrote it.
+    session.execute(
+        insert(EVENTS).values(
             rv=rv,
             kind=obj["kind"],
             namespace=meta.get("namespace") or "",

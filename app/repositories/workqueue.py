@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, case, delete, event, func, or_, select, update
+from sqlalchemy import Table, and_, case, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,6 +25,8 @@ class Lease:
 
 
 PENDING = "corral.enqueued"  # session.info: key -> earliest due time, written when the transaction commits
+# Core statements: the queue's rows are never loaded as ORM objects, so the ORM's bookkeeping is pure cost.
+WORK = cast(Table, WorkItemRow.__table__)
 
 
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
@@ -32,23 +35,29 @@ def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
     transaction never holds a queue row while it waits for a resource row or the revision counter, and two
     transactions take queue rows in one order, so enqueues cannot deadlock with each other or with writes."""
     due = utc_now() + timedelta(seconds=delay)
-    pending: dict[str, datetime] | None = session.info.get(PENDING)
-    if pending is None:
-        pending = session.info[PENDING] = {}
-        event.listen(session, "before_commit", _write_enqueued, once=True)
+    pending: dict[str, datetime] = session.info.setdefault(PENDING, {})
     pending[key] = min(due, pending.get(key, due))
 
 
+@event.listens_for(Session, "after_rollback")
+def _drop_enqueued(session: Session) -> None:
+    session.info.pop(PENDING, None)
+
+
+# For every session (a listener per session costs more than the check): most commits enqueue nothing.
+@event.listens_for(Session, "before_commit")
 def _write_enqueued(session: Session) -> None:
     pending: dict[str, datetime] = session.info.pop(PENDING, {})
+    if not pending:
+        return
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for key, due in sorted(pending.items()):
-        stmt = insert(WorkItemRow).values(key=key, due_at=due, seq=1, attempts=0)
+        stmt = insert(WORK).values(key=key, due_at=due, seq=1, attempts=0)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[WorkItemRow.key],
+            index_elements=[WORK.c.key],
             set_={
-                "seq": WorkItemRow.seq + 1,
-                "due_at": case((WorkItemRow.due_at < due, WorkItemRow.due_at), else_=due),
+                "seq": WORK.c.seq + 1,
+                "due_at": case((WORK.c.due_at < due, WORK.c.due_at), else_=due),
             },
         )
         session.execute(stmt)
@@ -63,28 +72,24 @@ def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> li
     SKIP LOCKED only keeps Postgres workers from queueing behind each other.
     """
     t = utc_now()
-    free = or_(WorkItemRow.lease_until.is_(None), WorkItemRow.lease_until < t)
+    free = or_(WORK.c.lease_until.is_(None), WORK.c.lease_until < t)
     # Node heartbeats first: a backlog of instance passes must never make a busy worker's node look dead.
-    heartbeat_first = case((WorkItemRow.key.startswith(f"{NODES.kind}/"), 0), else_=1)
-    candidates = (
-        select(WorkItemRow.key)
-        .where(WorkItemRow.due_at <= t, free)
-        .order_by(heartbeat_first, WorkItemRow.due_at)
-    )
+    heartbeat_first = case((WORK.c.key.startswith(f"{NODES.kind}/"), 0), else_=1)
+    candidates = select(WORK.c.key).where(WORK.c.due_at <= t, free).order_by(heartbeat_first, WORK.c.due_at)
     candidates = candidates.limit(limit * 2)
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     taken: list[Lease] = []
     for key in session.scalars(candidates):
         row = session.execute(
-            update(WorkItemRow)
-            .where(WorkItemRow.key == key, WorkItemRow.due_at <= t, free)
+            update(WORK)
+            .where(WORK.c.key == key, WORK.c.due_at <= t, free)
             .values(
                 leased_by=worker,
-                leased_seq=WorkItemRow.seq,
+                leased_seq=WORK.c.seq,
                 lease_until=t + timedelta(seconds=lease_seconds),
             )
-            .returning(WorkItemRow.seq, WorkItemRow.attempts)
+            .returning(WORK.c.seq, WORK.c.attempts)
         ).one_or_none()
         if row is not None:
             taken.append(Lease(key=key, seq=int(row.seq), attempts=int(row.attempts)))
@@ -96,8 +101,8 @@ def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> li
 def renew(session: Session, worker: str, keys: list[str], lease_seconds: float) -> None:
     if keys:
         session.execute(
-            update(WorkItemRow)
-            .where(WorkItemRow.key.in_(keys), WorkItemRow.leased_by == worker)
+            update(WORK)
+            .where(WORK.c.key.in_(keys), WORK.c.leased_by == worker)
             .values(lease_until=utc_now() + timedelta(seconds=lease_seconds))
         )
 
@@ -111,50 +116,48 @@ def finish(
     error: str | None = None,
 ) -> None:
     """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile."""
-    mine = and_(WorkItemRow.key == taken.key, WorkItemRow.leased_by == worker)
+    mine = and_(WORK.c.key == taken.key, WORK.c.leased_by == worker)
     release = {"leased_by": None, "leased_seq": None, "lease_until": None}
     if error is not None:
         session.execute(
-            update(WorkItemRow)
+            update(WORK)
             .where(mine)
             .values(
                 **release,
-                attempts=WorkItemRow.attempts + 1,
+                attempts=WORK.c.attempts + 1,
                 last_error=error[:2000],
                 due_at=utc_now() + timedelta(seconds=requeue_after or 0),
             )
         )
         return
     if requeue_after is None:
-        gone = session.execute(delete(WorkItemRow).where(mine, WorkItemRow.seq == taken.seq))
+        gone = session.execute(delete(WORK).where(mine, WORK.c.seq == taken.seq))
         if getattr(gone, "rowcount", 0):
             return
         # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
-        session.execute(update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None))
+        session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None))
         return
     # Enqueued again during the pass: keep the earlier due time the enqueue set, so it runs again now.
     later = utc_now() + timedelta(seconds=requeue_after)
-    due = case((WorkItemRow.seq == taken.seq, later), else_=WorkItemRow.due_at)
-    session.execute(
-        update(WorkItemRow).where(mine).values(**release, attempts=0, last_error=None, due_at=due)
-    )
+    due = case((WORK.c.seq == taken.seq, later), else_=WORK.c.due_at)
+    session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None, due_at=due))
 
 
 def holders(session: Session) -> set[str]:
     """Identities of the workers that hold leases now."""
-    held = select(WorkItemRow.leased_by).where(WorkItemRow.leased_by.is_not(None)).distinct()
+    held = select(WORK.c.leased_by).where(WORK.c.leased_by.is_not(None)).distinct()
     return {str(h) for h in session.scalars(held)}
 
 
 def release(session: Session, worker: str) -> int:
     """Drop every lease of `worker` (known dead): its keys are due at once instead of at lease expiry."""
     result = session.execute(
-        update(WorkItemRow)
-        .where(WorkItemRow.leased_by == worker)
+        update(WORK)
+        .where(WORK.c.leased_by == worker)
         .values(leased_by=None, leased_seq=None, lease_until=None, due_at=utc_now())
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 def depth(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(WorkItemRow)).scalar_one())
+    return int(session.execute(select(func.count()).select_from(WORK)).scalar_one())

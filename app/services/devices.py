@@ -109,7 +109,6 @@ class DeviceService:
 
     def check_requests(self, spec: InstanceSpec) -> None:
         """422 naming the field for a device that is unknown, not PCI, or not permitted."""
-        rules = permitted(self.session)
         entries = [
             (f"spec.domain.devices.gpus[{i}].deviceName", d.device_name)
             for i, d in enumerate(spec.domain.devices.gpus)
@@ -123,6 +122,9 @@ class DeviceService:
             for key in spec.domain.resources.requests
             if is_resource_name(key)
         ]
+        if not entries:
+            return
+        rules = permitted(self.session)
         for field, name in entries:
             problem = self._problem(name, rules)
             if problem is not None:

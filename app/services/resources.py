@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
@@ -91,8 +92,6 @@ class ResourceService:
                     [FieldError("metadata.name", "required")],
                 )
             name = self._generated_name(namespace, meta.generate_name)
-        elif self.repo.get(namespace, name) is not None:
-            raise AlreadyExists(f"{self.kind.kind} {name!r} already exists")
         row = self.kind.row(
             uid=str(uuid.uuid4()),
             namespace=namespace,
@@ -104,7 +103,10 @@ class ResourceService:
             generation=1,
         )
         self.prepare_new(row)
-        self.repo.add(row)
+        try:
+            self.repo.add(row)
+        except IntegrityError as exc:  # the (namespace, name) key: cheaper than reading before every create
+            raise AlreadyExists(f"{self.kind.kind} {name!r} already exists") from exc
         self._wake(namespace, name)
         return self._shown(row)
 

@@ -40,6 +40,12 @@ class ShownObjects:
                     found[uid] = encoded
         return found
 
+    def encoded(self, kind: Kind[Any], obj: JsonObject) -> bytes:
+        """The object's encoding: the one held for its resourceVersion, or a new one."""
+        meta = obj["metadata"]
+        found = self.known(kind, [(str(meta["uid"]), str(meta["resourceVersion"]))])
+        return next(iter(found.values())) if found else self.encode(kind, obj)
+
     def encode(self, kind: Kind[Any], obj: JsonObject) -> bytes:
         adapter = _item_adapter(kind)
         encoded = adapter.dump_json(adapter.validate_python(obj), by_alias=True, exclude_none=True)
