@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
     worker_concurrency: int = Field(default=4, ge=1, le=64)
-    resync_seconds: float = Field(default=60.0, gt=0)
+    resync_seconds: float = Field(default=300.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     node_grace_seconds: float = Field(
         default=40.0, gt=0, description="A node no worker has reported for this long shows Ready=Unknown."

@@ -80,6 +80,7 @@ from app.virt.driver import (
     DomainInfo,
     DomainNotFound,
     DomainState,
+    EventKind,
     GuestCommandFailed,
     Hypervisor,
     HypervisorError,
@@ -270,6 +271,12 @@ class InstanceReconciler:
                 repo.touch(row)
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+        if event.kind is EventKind.CONNECTION_CLOSED:
+            # Events are lost until the next pass reconnects: every instance there looks again at once
+            # instead of waiting for the periodic resync.
+            return [
+                INSTANCES.work_key(ns, name) for ns, name in InstanceRepository(session).keys_on_node(node)
+            ]
         if event.domain_uuid is None:
             return []
         row = ResourceRepository[InstanceRow](session, INSTANCES).get_by_uid(event.domain_uuid)

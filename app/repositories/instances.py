@@ -43,6 +43,16 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         query = select(InstanceRow).where(InstanceRow.pool_uid == pool_uid).order_by(InstanceRow.id)
         return list(self.session.scalars(query.with_for_update() if for_update else query))
 
+    def keys_on_node(self, node: str) -> list[tuple[str, str]]:
+        """(namespace, name) of the instances placed on `node` or migrating to it."""
+        on_node = (InstanceRow.node_name == node) | (InstanceRow.migration_target == node)
+        return [
+            (ns, name)
+            for ns, name in self.session.execute(
+                select(InstanceRow.namespace, InstanceRow.name).where(on_node)
+            )
+        ]
+
     def used_by_node(self, exclude_uid: str) -> dict[str, tuple[int, int]]:
         """(vCPUs, memory bytes) held per node: placed instances on their node, terminating ones until
         their domain is gone, and migrating ones on their target as well."""

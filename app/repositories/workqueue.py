@@ -27,6 +27,7 @@ class Lease:
 PENDING = "corral.enqueued"  # session.info: key -> earliest due time, written when the transaction commits
 # Core statements: the queue's rows are never loaded as ORM objects, so the ORM's bookkeeping is pure cost.
 WORK = cast(Table, WorkItemRow.__table__)
+ENQUEUE_BATCH = 1000  # keys per statement: 4,000 parameters, well within SQLite's limit
 
 
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
@@ -51,16 +52,17 @@ def _write_enqueued(session: Session) -> None:
     if not pending:
         return
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    for key, due in sorted(pending.items()):
-        stmt = insert(WORK).values(key=key, due_at=due, seq=1, attempts=0)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[WORK.c.key],
-            set_={
-                "seq": WORK.c.seq + 1,
-                "due_at": case((WORK.c.due_at < due, WORK.c.due_at), else_=due),
-            },
+    ordered = sorted(pending.items())
+    # A statement per batch of keys, not per key (a resync enqueues thousands), in key order.
+    for first in range(0, len(ordered), ENQUEUE_BATCH):
+        batch = ordered[first : first + ENQUEUE_BATCH]
+        stmt = insert(WORK).values([{"key": k, "due_at": due, "seq": 1, "attempts": 0} for k, due in batch])
+        earlier = case((WORK.c.due_at < stmt.excluded.due_at, WORK.c.due_at), else_=stmt.excluded.due_at)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[WORK.c.key], set_={"seq": WORK.c.seq + 1, "due_at": earlier}
+            )
         )
-        session.execute(stmt)
     if any(due <= utc_now() for due in pending.values()):
         signal(session, WORK_CHANNEL)
 
@@ -68,34 +70,31 @@ def _write_enqueued(session: Session) -> None:
 def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> list[Lease]:
     """Take up to `limit` due keys that no live lease holds, nodes' first, then oldest first.
 
-    Each key is taken with a conditional UPDATE, so two workers can never both win it, on any database;
-    SKIP LOCKED only keeps Postgres workers from queueing behind each other.
+    One conditional UPDATE takes them, so two workers can never both win a key, on any database; SKIP LOCKED
+    only keeps Postgres workers from queueing behind each other.
     """
     t = utc_now()
     free = or_(WORK.c.lease_until.is_(None), WORK.c.lease_until < t)
     # Node heartbeats first: a backlog of instance passes must never make a busy worker's node look dead.
     heartbeat_first = case((WORK.c.key.startswith(f"{NODES.kind}/"), 0), else_=1)
-    candidates = select(WORK.c.key).where(WORK.c.due_at <= t, free).order_by(heartbeat_first, WORK.c.due_at)
-    candidates = candidates.limit(limit * 2)
+    chosen = (
+        select(WORK.c.key)
+        .where(WORK.c.due_at <= t, free)
+        .order_by(heartbeat_first, WORK.c.due_at)
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    taken: list[Lease] = []
-    for key in session.scalars(candidates):
-        row = session.execute(
+        chosen = chosen.with_for_update(skip_locked=True)
+    rows = list(
+        session.execute(
             update(WORK)
-            .where(WORK.c.key == key, WORK.c.due_at <= t, free)
-            .values(
-                leased_by=worker,
-                leased_seq=WORK.c.seq,
-                lease_until=t + timedelta(seconds=lease_seconds),
-            )
-            .returning(WORK.c.seq, WORK.c.attempts)
-        ).one_or_none()
-        if row is not None:
-            taken.append(Lease(key=key, seq=int(row.seq), attempts=int(row.attempts)))
-            if len(taken) == limit:
-                break
-    return taken
+            .where(WORK.c.key.in_(chosen), WORK.c.due_at <= t, free)
+            .values(leased_by=worker, leased_seq=WORK.c.seq, lease_until=t + timedelta(seconds=lease_seconds))
+            .returning(WORK.c.key, WORK.c.seq, WORK.c.attempts, WORK.c.due_at)
+        )
+    )
+    rows.sort(key=lambda row: (not row.key.startswith(f"{NODES.kind}/"), row.due_at))
+    return [Lease(key=row.key, seq=int(row.seq), attempts=int(row.attempts)) for row in rows]
 
 
 def renew(session: Session, worker: str, keys: list[str], lease_seconds: float) -> None:

@@ -6,16 +6,21 @@ domains can be stopped out of band (a guest shutdown, a crash) from this process
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
 
+from app.controllers.instances import InstanceReconciler
 from app.db import Database
+from app.kinds import INSTANCES
 from app.models import InstanceRow
 from app.schemas.common import parse_quantity
-from app.virt.driver import DomainNotFound, DomainState, Hypervisor, ShutdownMode
+from app.virt.driver import DomainNotFound, DomainState, EventKind, Hypervisor, HypervisorEvent, ShutdownMode
+from app.virt.libvirt_driver import connect
+from app.worker.connections import NodeConnections
 from tests.conftest import add_node, conditions, wait_for
 
 BASE = "/v1/namespaces/default/instances"
@@ -248,3 +253,16 @@ def test_a_pause_from_outside_corral_is_reported_not_fought(api: httpx.Client, h
     assert act(api, "outside", "unpause").status_code == 202
     wait_phase(api, "outside", "Running")
     assert hv.lookup(domain).state is DomainState.RUNNING
+
+
+def test_a_lost_connection_rechecks_every_instance_on_its_node(api: httpx.Client, pg: Database) -> None:
+    """Events are lost while a node's connection is down: its instances must not wait for the resync."""
+    for name in ("lost-a", "lost-b"):
+        assert api.post(BASE, json=instance(name)).status_code == 201
+        wait_phase(api, name, "Running")
+    reconciler = InstanceReconciler(pg, NodeConnections(connect), Path("/nonexistent"))
+    closed = HypervisorEvent("test:///default", EventKind.CONNECTION_CLOSED, "Closed", "0")
+    with pg.read() as session:
+        keys = reconciler.keys_for_event(session, "td", closed)
+        assert {INSTANCES.work_key("default", n) for n in ("lost-a", "lost-b")} <= set(keys)
+        assert reconciler.keys_for_event(session, "elsewhere", closed) == []
