@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic
+from dataclasses import dataclass, field
+from typing import Any, Generic, cast
 
-from sqlalchemy import Row, func, select, tuple_
+from sqlalchemy import Row, Table, bindparam, event, func, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.clock import rfc3339, utc_now
 from app.kinds import Kind, RowT
 from app.models import ResourceRow
-from app.repositories.revisions import next_revision, record_event
+from app.repositories import workqueue
+from app.repositories.revisions import record_events, take_revisions
 
 Selector = Callable[[dict[str, str]], bool]
+UNSTAMPED = 0  # a new row's resourceVersion until its transaction stamps it
 
 
 # What an object shows (to_object), not a kind's own bookkeeping (progress, intent, ...).
@@ -157,18 +161,17 @@ class ResourceRepository(Generic[RowT]):
         return [(ns, name) for ns, name in self.session.execute(select(row.namespace, row.name))]
 
     def add(self, item: RowT) -> RowT:
-        item.resource_version = next_revision(self.session)
+        item.resource_version = UNSTAMPED
         item.created_at = utc_now()
         self.session.add(item)
         self.session.flush()
-        record_event(self.session, item.resource_version, "ADDED", to_object(self.info, item))
+        _pending(self.session).add(self.info, "ADDED", item)
         return item
 
     def touch(self, item: RowT) -> RowT:
-        """Record a change made to `item`: a new resourceVersion and a MODIFIED event."""
-        item.resource_version = next_revision(self.session)
-        self.session.flush()
-        record_event(self.session, item.resource_version, "MODIFIED", to_object(self.info, item))
+        """Record a change made to `item`: it takes a new resourceVersion, and watchers get a MODIFIED event,
+        when the transaction commits (or `stamp` is called)."""
+        _pending(self.session).add(self.info, "MODIFIED", item)
         return item
 
     def rename(self, item: RowT, new_name: str) -> None:
@@ -176,17 +179,92 @@ class ResourceRepository(Generic[RowT]):
         new one ADDED, each at its own resourceVersion."""
         self.remove_event(item)
         item.name = new_name
-        item.resource_version = next_revision(self.session)
-        self.session.flush()
-        record_event(self.session, item.resource_version, "ADDED", to_object(self.info, item))
+        _pending(self.session).add(self.info, "ADDED", item)
 
     def remove_event(self, item: RowT) -> None:
-        rv = next_revision(self.session)
-        obj = to_object(self.info, item)
-        obj["metadata"]["resourceVersion"] = str(rv)
-        record_event(self.session, rv, "DELETED", obj)
+        _pending(self.session).add(self.info, "DELETED", item, to_object(self.info, item))
+
+    def settled(self, item: RowT) -> dict[str, Any]:
+        """The item as an API object, after the transaction's changes took their resourceVersions (a write
+        shows what it wrote with the version it will commit as)."""
+        stamp(self.session)
+        return to_object(self.info, item)
 
     def remove(self, item: RowT) -> None:
         self.remove_event(item)
         self.session.delete(item)
         self.session.flush()
+
+
+@dataclass
+class _Change:
+    info: Kind[Any]
+    event_type: str
+    row: Any
+    deleted: dict[str, Any] | None  # DELETED: the object as it was; otherwise shown as it is when stamped
+
+
+@dataclass
+class PendingChanges:
+    """A transaction's writes that still need their resourceVersion and watch event (session.info)."""
+
+    changes: list[_Change] = field(default_factory=list)
+
+    def add(self, info: Kind[Any], event_type: str, row: Any, deleted: dict[str, Any] | None = None) -> None:
+        same_row = [c for c in self.changes if c.row is row and c.event_type != "DELETED"]
+        if event_type == "MODIFIED" and same_row:
+            return  # one event shows the row as it is at commit
+        if event_type == "ADDED":  # renamed: its earlier MODIFIED would show the new name before its ADDED
+            self.changes = [c for c in self.changes if not (c.row is row and c.event_type == "MODIFIED")]
+        self.changes.append(_Change(info, event_type, row, deleted))
+
+
+PENDING = "corral.changes"
+
+
+def _pending(session: Session) -> PendingChanges:
+    pending: PendingChanges | None = session.info.get(PENDING)
+    if pending is None:
+        pending = session.info[PENDING] = PendingChanges()
+    return pending
+
+
+def stamp(session: Session) -> None:
+    """Give the transaction's changes their resourceVersions and watch events, now: everything else is
+    written first (rows, then work queue entries), then the revision counter's row lock is taken and held to
+    commit, so revisions commit in order while the lock is held for a few statements only. Runs before
+    every commit; a request calls it before it shows what it wrote. Nothing may be written after it but
+    further stamps."""
+    session.flush()
+    workqueue.write_enqueued(session)
+    pending: PendingChanges | None = session.info.pop(PENDING, None)
+    if pending is None or not pending.changes:
+        return
+    changes = pending.changes
+    # Shown before the lock is taken: only the resourceVersion is filled in under it.
+    objects = [c.deleted if c.deleted is not None else to_object(c.info, c.row) for c in changes]
+    first = take_revisions(session, len(changes))
+    stamped: dict[Table, list[dict[str, int]]] = {}
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    for offset, (change, obj) in enumerate(zip(changes, objects, strict=True)):
+        rv = first + offset
+        obj["metadata"]["resourceVersion"] = str(rv)
+        events.append((rv, change.event_type, obj))
+        if change.deleted is None:
+            set_committed_value(change.row, "resource_version", rv)
+            table = cast(Table, change.info.row.__table__)
+            stamped.setdefault(table, []).append({"row_id": change.row.id, "rv": rv})
+    for table, values in stamped.items():
+        statement = update(table).where(table.c.id == bindparam("row_id"))
+        session.execute(statement.values(resource_version=bindparam("rv")), values)
+    record_events(session, events)
+
+
+@event.listens_for(Session, "before_commit")
+def _stamp_before_commit(session: Session) -> None:
+    stamp(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_changes(session: Session) -> None:
+    session.info.pop(PENDING, None)

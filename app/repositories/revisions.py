@@ -16,34 +16,40 @@ EVENTS = cast(Table, EventRow.__table__)
 REVISIONS = cast(Table, RevisionRow.__table__)
 
 
-def next_revision(session: Session) -> int:
-    """Take the next resourceVersion. The row lock is held to commit, so revisions commit in order."""
+def take_revisions(session: Session, count: int) -> int:
+    """Take `count` consecutive resourceVersions; returns the first. The counter's row lock is held to
+    commit, so revisions commit in order: take them last (repositories.resources.stamp does)."""
     value = session.execute(
         update(REVISIONS)
         .where(REVISIONS.c.id == 1)
-        .values(value=REVISIONS.c.value + 1)
+        .values(value=REVISIONS.c.value + count)
         .returning(REVISIONS.c.value)
     ).scalar_one()
-    return int(value)
+    return int(value) - count + 1
 
 
 def current_revision(session: Session) -> int:
     return int(session.execute(select(RevisionRow.value).where(RevisionRow.id == 1)).scalar_one())
 
 
-def record_event(session: Session, rv: int, event_type: str, obj: dict[str, Any]) -> None:
-    meta = obj["metadata"]
+def record_events(session: Session, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """The change log's entries: (resourceVersion, event type, object), in one statement."""
+    at = utc_now()
     # Core, not the ORM: nothing reads an event back in the transaction that wrote it.
     session.execute(
-        insert(EVENTS).values(
-            rv=rv,
-            kind=obj["kind"],
-            namespace=meta.get("namespace") or "",
-            name=meta["name"],
-            type=event_type,
-            object=obj,
-            created_at=utc_now(),
-        )
+        insert(EVENTS),
+        [
+            {
+                "rv": rv,
+                "kind": obj["kind"],
+                "namespace": obj["metadata"].get("namespace") or "",
+                "name": obj["metadata"]["name"],
+                "type": event_type,
+                "object": obj,
+                "created_at": at,
+            }
+            for rv, event_type, obj in events
+        ],
     )
     signal(session, EVENTS_CHANNEL)
 

@@ -47,7 +47,9 @@ def _drop_enqueued(session: Session) -> None:
 
 # For every session (a listener per session costs more than the check): most commits enqueue nothing.
 @event.listens_for(Session, "before_commit")
-def _write_enqueued(session: Session) -> None:
+def write_enqueued(session: Session) -> None:
+    """Write the transaction's enqueues: before it commits, and before repositories.resources.stamp takes
+    the revision counter (so no transaction holds it while it waits for a queue row)."""
     pending: dict[str, datetime] = session.info.pop(PENDING, {})
     if not pending:
         return

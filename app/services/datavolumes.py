@@ -13,7 +13,7 @@ from app.errors import Conflict, FieldError, Invalid, NotFound
 from app.kinds import DATAVOLUMES, INSTANCES, NODES
 from app.models import DataVolumeRow, InstanceRow
 from app.repositories import workqueue
-from app.repositories.resources import ResourceRepository, to_object
+from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject
 from app.schemas.datavolume import DataVolumeSpec, data_volume_status
 from app.schemas.instance import InstanceSpec
@@ -114,4 +114,4 @@ def record_upload(session: Session, namespace: str, name: str, uid: str, capacit
     for user in users_of(session, namespace, name):
         workqueue.enqueue(session, INSTANCES.work_key(namespace, user))
     repo.touch(row)
-    return to_object(DATAVOLUMES, row)
+    return repo.settled(row)

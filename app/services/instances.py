@@ -14,7 +14,7 @@ from app.errors import BadRequest, Conflict, FieldError, NotFound
 from app.kinds import INSTANCES, NODES
 from app.repositories import idempotency
 from app.repositories.instances import InstanceRepository, intent_of, set_intent, set_progress, set_requests
-from app.repositories.resources import ResourceRepository, to_object
+from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject
 from app.schemas.instance import InstanceSpec, StopOptions
 from app.schemas.phases import Action, legal_actions
@@ -89,7 +89,7 @@ class InstanceService(ResourceService):
         set_intent(row, requested(intent_of(row), action, options, phase))
         self.repo.touch(row)
         self._wake(namespace, name)
-        answer = to_object(INSTANCES, row)
+        answer = self.repo.settled(row)
         if idempotency_key is not None:
             idempotency.remember(self.session, principal, idempotency_key, request, 202, answer)
         return 202, answer

@@ -11,7 +11,7 @@ from app.errors import Conflict, FieldError, Invalid, NotFound
 from app.kinds import INSTANCES, MIGRATIONS, NODES
 from app.models import InstanceRow
 from app.repositories.migrations import MigrationRepository
-from app.repositories.resources import ResourceRepository, to_object
+from app.repositories.resources import ResourceRepository
 from app.schemas.common import GENERATE_NAME_MAX, JsonObject, name_with_suffix
 from app.schemas.conditions import find_condition
 from app.schemas.migration import (
@@ -97,7 +97,7 @@ class MigrationService(ResourceService):
             row.intent = MigrationIntent(abort=True, abort_requested_at=utc_now()).dump()
             self.repo.touch(row)
             self._wake(namespace, name)
-        return to_object(MIGRATIONS, row)
+        return self.repo.settled(row)
 
     def migrate_instance(self, namespace: str, name: str, options: MigrateOptions) -> JsonObject:
         """The shortcut POST .../instances/{name}/migrate: a migration named after the instance."""

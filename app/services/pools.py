@@ -15,7 +15,6 @@ from app.kinds import INSTANCES, POOLS
 from app.models import InstanceRow, PoolRow
 from app.repositories import workqueue
 from app.repositories.instances import InstanceRepository, intent_of, set_intent
-from app.repositories.resources import to_object
 from app.schemas.common import JsonObject, name_with_suffix
 from app.schemas.instance import InstanceSpec, data_volume_names
 from app.schemas.pool import (
@@ -94,7 +93,7 @@ class PoolService(ResourceService):
             self.instances.touch(member)
         workqueue.enqueue(self.session, INSTANCES.work_key(namespace, member.name))
         workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
-        return to_object(INSTANCES, member)
+        return self.instances.settled(member)
 
     def add_member(self, pool: PoolRow, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
         index = 0

@@ -108,7 +108,7 @@ class ResourceService:
         except IntegrityError as exc:  # the (namespace, name) key: cheaper than reading before every create
             raise AlreadyExists(f"{self.kind.kind} {name!r} already exists") from exc
         self._wake(namespace, name)
-        return self._shown(row)
+        return self._settled(row)
 
     def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
@@ -151,7 +151,7 @@ class ResourceService:
             row.deleted_at = utc_now()
             self.repo.touch(row)
             self._wake(namespace, name)
-        return self._shown(row)
+        return self._settled(row)
 
     def check_deletable(self, row: Any) -> None:
         """Kinds refuse deletion by overriding this (e.g. a node that still hosts instances)."""
@@ -169,6 +169,10 @@ class ResourceService:
     # -- helpers -------------------------------------------------------------------------------------
     def _shown(self, row: Any) -> JsonObject:
         return self.kind.shown(to_object(self.kind, row))
+
+    def _settled(self, row: Any) -> JsonObject:
+        """A written row as the API shows it, with the resourceVersion it commits as."""
+        return self.kind.shown(self.repo.settled(row))
 
     def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
         row = self.repo.get(namespace, name, for_update=for_update)
@@ -194,7 +198,7 @@ class ResourceService:
         if changed:
             self.repo.touch(row)
             self._wake(row.namespace, row.name)
-        return self._shown(row)
+        return self._settled(row)
 
     def _check_body(self, body: Any, namespace: str) -> tuple[ObjectMeta, JsonObject]:
         """Validate a whole object (from JSON, YAML or a merged patch); returns metadata and stored spec."""

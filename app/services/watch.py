@@ -43,9 +43,9 @@ class ChangeFeed:
     not N. It keeps the newest changes of every kind in memory; a watch behind them (resuming from an old
     resourceVersion) reads the log itself.
 
-    Revisions commit in order (next_revision holds the counter's row lock to commit), so when the hub's
-    counter moves, every change up to the newest committed one can be read, and none can appear later below
-    it: the buffer is complete up to `high`."""
+    Revisions commit in order (a transaction takes them last and holds the counter's row lock to commit), so
+    when the hub's counter moves, every change up to the newest committed one can be read, and none can appear
+    later below it: the buffer is complete up to `high`."""
 
     CAPACITY = 4096
 
