@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
 
-from sqlalchemy import Row, Table, bindparam, event, func, select, tuple_, update
+from sqlalchemy import Row, Table, event, func, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -14,7 +14,7 @@ from app.clock import rfc3339, utc_now
 from app.kinds import Kind, RowT
 from app.models import ResourceRow
 from app.repositories import workqueue
-from app.repositories.revisions import record_events, take_revisions
+from app.repositories.revisions import StampedRows, write_revisions
 
 Selector = Callable[[dict[str, str]], bool]
 UNSTAMPED = 0  # a new row's resourceVersion until its transaction stamps it
@@ -242,22 +242,19 @@ def stamp(session: Session) -> None:
         return
     changes = pending.changes
     # Shown before the lock is taken: only the resourceVersion is filled in under it.
-    objects = [c.deleted if c.deleted is not None else to_object(c.info, c.row) for c in changes]
-    first = take_revisions(session, len(changes))
-    stamped: dict[Table, list[dict[str, int]]] = {}
-    events: list[tuple[int, str, dict[str, Any]]] = []
-    for offset, (change, obj) in enumerate(zip(changes, objects, strict=True)):
-        rv = first + offset
-        obj["metadata"]["resourceVersion"] = str(rv)
-        events.append((rv, change.event_type, obj))
+    logged = [
+        (ordinal, c.event_type, c.deleted if c.deleted is not None else to_object(c.info, c.row))
+        for ordinal, c in enumerate(changes, start=1)
+    ]
+    rows: StampedRows = {}
+    for ordinal, change in enumerate(changes, start=1):
         if change.deleted is None:
-            set_committed_value(change.row, "resource_version", rv)
-            table = cast(Table, change.info.row.__table__)
-            stamped.setdefault(table, []).append({"row_id": change.row.id, "rv": rv})
-    for table, values in stamped.items():
-        statement = update(table).where(table.c.id == bindparam("row_id"))
-        session.execute(statement.values(resource_version=bindparam("rv")), values)
-    record_events(session, events)
+            rows.setdefault(cast(Table, change.info.row.__table__), []).append((change.row.id, ordinal))
+    base = write_revisions(session, rows, logged)
+    for (ordinal, _, obj), change in zip(logged, changes, strict=True):
+        obj["metadata"]["resourceVersion"] = str(base + ordinal)
+        if change.deleted is None:
+            set_committed_value(change.row, "resource_version", base + ordinal)
 
 
 @event.listens_for(Session, "before_commit")

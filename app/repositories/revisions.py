@@ -2,30 +2,152 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from functools import cache
+from typing import Any
+from typing import cast as typed
 
-from sqlalchemy import Table, delete, func, insert, select, update
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
 from app.db import EVENTS_CHANNEL, signal
 from app.models import EventRow, RevisionRow
+from app.models.base import UtcDateTime
 
 # Core statements for the two hottest writes: neither row is ever loaded as an ORM object.
-EVENTS = cast(Table, EventRow.__table__)
-REVISIONS = cast(Table, RevisionRow.__table__)
+EVENTS = typed(Table, EventRow.__table__)
+REVISIONS = typed(Table, RevisionRow.__table__)
 
 
-def take_revisions(session: Session, count: int) -> int:
-    """Take `count` consecutive resourceVersions; returns the first. The counter's row lock is held to
-    commit, so revisions commit in order: take them last (repositories.resources.stamp does)."""
+# A write's place in the change log: (table, row id) when a row takes the version, and the event.
+StampedRows = dict[Table, list[tuple[int, int]]]  # table -> (row id, ordinal)
+Change = tuple[int, str, dict[str, Any]]  # (ordinal, event type, object)
+
+
+def write_revisions(session: Session, rows: StampedRows, changes: list[Change]) -> int:
+    """Take len(changes) consecutive resourceVersions, set each row's (base + its ordinal) and log the
+    changes; returns the base. The counter's row lock is then held to commit, so revisions commit in
+    order: call this last (repositories.resources.stamp does). Postgres does it all in one statement, so
+    the lock covers that statement and the commit only."""
+    count = len(changes)
+    if session.get_bind().dialect.name == "postgresql":
+        return _write_revisions_at_once(session, rows, changes)
     value = session.execute(
         update(REVISIONS)
         .where(REVISIONS.c.id == 1)
         .values(value=REVISIONS.c.value + count)
         .returning(REVISIONS.c.value)
     ).scalar_one()
-    return int(value) - count + 1
+    base = int(value) - count
+    for table, stamped in rows.items():
+        statement = update(table).where(table.c.id == bindparam("row_id"))
+        session.execute(
+            statement.values(resource_version=bindparam("rv")),
+            [{"row_id": row_id, "rv": base + ordinal} for row_id, ordinal in stamped],
+        )
+    for ordinal, _, obj in changes:
+        obj["metadata"]["resourceVersion"] = str(base + ordinal)
+    record_events(session, [(base + ordinal, event_type, obj) for ordinal, event_type, obj in changes])
+    return base
+
+
+def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[Change]) -> int:
+    parameters: dict[str, Any] = {
+        "count": len(changes),
+        "at": utc_now(),
+        "ordinals": [ordinal for ordinal, _, _ in changes],
+        "kinds": [obj["kind"] for _, _, obj in changes],
+        "namespaces": [obj["metadata"].get("namespace") or "" for _, _, obj in changes],
+        "names": [obj["metadata"]["name"] for _, _, obj in changes],
+        "types": [event_type for _, event_type, _ in changes],
+        "objects": [orjson.dumps(obj).decode() for _, _, obj in changes],
+    }
+    for index, stamped in enumerate(rows.values()):
+        parameters[f"row_ids_{index}"] = [row_id for row_id, _ in stamped]
+        parameters[f"row_ordinals_{index}"] = [ordinal for _, ordinal in stamped]
+    statement = _revisions_statement(tuple(rows))
+    base = int(session.execute(statement, parameters).scalar_one())
+    signal(session, EVENTS_CHANNEL)
+    return base
+
+
+@cache
+def _revisions_statement(tables: tuple[Table, ...]) -> Select[Any]:
+    """One statement for a stamp touching these tables: the values come as arrays, so it is compiled once."""
+    count = bindparam("count", type_=Integer())
+    taken = (
+        update(REVISIONS)
+        .where(REVISIONS.c.id == 1)
+        .values(value=REVISIONS.c.value + count)
+        .returning((REVISIONS.c.value - count).label("base"))
+        .cte("taken")
+    )
+    base = select(taken.c.base).scalar_subquery()  # one row: a subquery, not a join, reaches it everywhere
+    statement = select(taken.c.base)
+    for index, table in enumerate(tables):
+        stamped = _unnest(
+            f"rows_{index}",
+            ("row_id", f"row_ids_{index}", BigInteger()),
+            ("ordinal", f"row_ordinals_{index}", Integer()),
+        )
+        stamp_rows = (
+            update(table)
+            .where(table.c.id == stamped.c.row_id)
+            .values(resource_version=base + stamped.c.ordinal)
+        )
+        statement = statement.add_cte(stamp_rows.cte(f"stamp_{index}"))
+    logged = _unnest(
+        "changes",
+        ("ordinal", "ordinals", Integer()),
+        ("kind", "kinds", Text()),
+        ("namespace", "namespaces", Text()),
+        ("name", "names", Text()),
+        ("type", "types", Text()),
+        ("object", "objects", Text()),
+    )
+    rv = base + logged.c.ordinal
+    # The object was shown before its version was known: the version is filled in here.
+    shown = func.jsonb_set(
+        cast(logged.c.object, JSONB()),
+        cast(literal(_RV_PATH), ARRAY(Text())),
+        func.to_jsonb(cast(rv, Text())),
+    )
+    at = bindparam("at", type_=UtcDateTime())
+    log = insert(EVENTS).from_select(
+        ["rv", "kind", "namespace", "name", "type", "object", "created_at"],
+        select(rv, logged.c.kind, logged.c.namespace, logged.c.name, logged.c.type, shown, at),
+    )
+    return statement.add_cte(log.cte("logged"))
+
+
+def _unnest(name: str, *columns: tuple[str, str, Any]) -> Any:
+    """unnest(:array, ...) AS name(column, ...): one row per position of equally long array parameters."""
+    arrays = [bindparam(parameter, type_=ARRAY(type_)) for _, parameter, type_ in columns]
+    return (
+        func.unnest(*arrays)
+        .table_valued(*(column(column_name, type_) for column_name, _, type_ in columns), name=name)
+        .render_derived()
+    )
+
+
+_RV_PATH = "{metadata,resourceVersion}"
 
 
 def current_revision(session: Session) -> int:

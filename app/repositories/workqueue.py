@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, case, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -27,7 +28,6 @@ class Lease:
 PENDING = "corral.enqueued"  # session.info: key -> earliest due time, written when the transaction commits
 # Core statements: the queue's rows are never loaded as ORM objects, so the ORM's bookkeeping is pure cost.
 WORK = cast(Table, WorkItemRow.__table__)
-ENQUEUE_BATCH = 1000  # keys per statement: 4,000 parameters, well within SQLite's limit
 
 
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
@@ -53,20 +53,22 @@ def write_enqueued(session: Session) -> None:
     pending: dict[str, datetime] = session.info.pop(PENDING, {})
     if not pending:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    ordered = sorted(pending.items())
-    # A statement per batch of keys, not per key (a resync enqueues thousands), in key order.
-    for first in range(0, len(ordered), ENQUEUE_BATCH):
-        batch = ordered[first : first + ENQUEUE_BATCH]
-        stmt = insert(WORK).values([{"key": k, "due_at": due, "seq": 1, "attempts": 0} for k, due in batch])
-        earlier = case((WORK.c.due_at < stmt.excluded.due_at, WORK.c.due_at), else_=stmt.excluded.due_at)
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[WORK.c.key], set_={"seq": WORK.c.seq + 1, "due_at": earlier}
-            )
-        )
+    # Key order: two transactions take queue rows in one order, so they cannot deadlock.
+    rows = [{"key": key, "due_at": due, "seq": 1, "attempts": 0} for key, due in sorted(pending.items())]
+    session.execute(_enqueue_statement(session.get_bind().dialect.name), rows)
     if any(due <= utc_now() for due in pending.values()):
         signal(session, WORK_CHANNEL)
+
+
+@cache
+def _enqueue_statement(dialect: str) -> Any:
+    """Insert a key, or for one already queued: count the request and keep the earlier due time."""
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(WORK)
+    excluded = statement.excluded
+    earlier = case((WORK.c.due_at < excluded.due_at, WORK.c.due_at), else_=excluded.due_at)
+    return statement.on_conflict_do_update(
+        index_elements=[WORK.c.key], set_={"seq": WORK.c.seq + 1, "due_at": earlier}
+    )
 
 
 def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> list[Lease]:
