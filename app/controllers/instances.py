@@ -279,8 +279,8 @@ class InstanceReconciler:
             ]
         if event.domain_uuid is None:
             return []
-        row = ResourceRepository[InstanceRow](session, INSTANCES).get_by_uid(event.domain_uuid)
-        return [INSTANCES.work_key(row.namespace, row.name)] if row is not None else []
+        key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
+        return [INSTANCES.work_key(*key)] if key is not None else []
 
     # -- convergence ---------------------------------------------------------------------------------
     def _converge(self, loaded: LoadedInstance, hv: Hypervisor) -> Outcome:
@@ -421,7 +421,7 @@ class InstanceReconciler:
             return loaded
         with self.db.transaction() as session:
             instances = InstanceRepository(session)
-            node_rows, views = cluster_views(session, loaded.uid)
+            node_rows, views = cluster_views(session, loaded.uid, devices=bool(needs))
             if pinned is not None:  # its disks are there
                 views = [v for v in views if v.name == pinned]
             chosen, reasons = choose(views, request)
@@ -432,9 +432,12 @@ class InstanceReconciler:
                 failed = placed(None, unschedulable_message(len(views), reasons))
                 self._apply(instances, row, loaded, Outcome(failed))
                 return loaded
-            picked = pick_devices(chosen.devices, needs, chosen.mdevs) if needs else Picked([], [])
-            assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
-            held, assignments = self._take_devices(session, loaded, chosen.name, picked)
+            held: tuple[str, ...] = ()
+            assignments: list[JsonObject] = []
+            if needs:
+                picked = pick_devices(chosen.devices, needs, chosen.mdevs)
+                assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
+                held, assignments = self._take_devices(session, loaded, chosen.name, picked)
             row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
             if assignments:  # kept by every later status write: devices are held until the instance goes
                 row.status = {**(row.status or {}), "deviceAssignments": assignments}
@@ -445,7 +448,7 @@ class InstanceReconciler:
                 node_name=node_row.name,
                 node=_address(node_row),
                 pci_devices=held,
-                mdevs=tuple(DeviceRepository(session).mdevs_of(loaded.uid, chosen.name)),
+                mdevs=tuple(DeviceRepository(session).mdevs_of(loaded.uid, chosen.name)) if needs else (),
             )
 
     @staticmethod

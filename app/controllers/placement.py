@@ -196,13 +196,16 @@ def pick_devices(
     return Picked([s.name for s in chosen], carve)
 
 
-def cluster_views(session: Session, exclude_uid: str) -> tuple[list[NodeRow], list[NodeView]]:
-    """The nodes, locked, and what each has free. Locking the node rows serializes placements (instances
-    and migration targets), so two passes cannot both take the last room. A migrating instance holds room
-    on its source and its target."""
+def cluster_views(
+    session: Session, exclude_uid: str, *, devices: bool = True
+) -> tuple[list[NodeRow], list[NodeView]]:
+    """The nodes, locked, and what each has free (host devices only if `devices`: a request for none
+    need not read them). Locking the node rows serializes placements (instances and migration targets),
+    so two passes cannot both take the last room. A migrating instance holds room on its source and its
+    target."""
     node_rows = ResourceRepository[NodeRow](session, NODES).lock_all()
-    rules, ledger = permitted(session), DeviceRepository(session)
-    devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows}
+    rules, ledger = (permitted(session), DeviceRepository(session)) if devices else (None, None)
+    devices_by_node = {n.name: ledger.on_node(n.name) for n in node_rows} if ledger is not None else {}
     used = InstanceRepository(session).used_by_node(exclude_uid)
     views = [
         node_view(
@@ -211,8 +214,8 @@ def cluster_views(session: Session, exclude_uid: str) -> tuple[list[NodeRow], li
             n.spec,
             n.status or {},
             *used.get(n.name, (0, 0)),
-            devices=tuple(device_slot(d, rules) for d in devices_by_node.get(n.name, [])),
-            mdevs=tuple(mdev_slots(devices_by_node.get(n.name, []), rules)),
+            devices=tuple(device_slot(d, rules) for d in devices_by_node.get(n.name, [])) if rules else (),
+            mdevs=tuple(mdev_slots(devices_by_node.get(n.name, []), rules)) if rules else (),
         )
         for n in node_rows
         if n.deleted_at is None

@@ -74,6 +74,12 @@ class ResourceRepository(Generic[RowT]):
             query = query.with_for_update()
         return self.session.scalars(query).one_or_none()
 
+    def key_of(self, uid: str) -> tuple[str, str] | None:
+        """(namespace, name) of the object with this uid, without loading it."""
+        row = self.info.row
+        found = self.session.execute(select(row.namespace, row.name).where(row.uid == uid)).first()
+        return (found.namespace, found.name) if found is not None else None
+
     def get_by_uid(self, uid: str) -> RowT | None:
         return self.session.scalars(select(self.info.row).where(self.info.row.uid == uid)).one_or_none()
 

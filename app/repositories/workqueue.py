@@ -117,8 +117,9 @@ def finish(
     *,
     requeue_after: float | None = None,
     error: str | None = None,
-) -> None:
-    """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile."""
+) -> bool:
+    """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile. True when
+    the key is due again at once (enqueued during the pass): a worker should look for work now."""
     mine = and_(WORK.c.key == taken.key, WORK.c.leased_by == worker)
     release = {"leased_by": None, "leased_seq": None, "lease_until": None}
     if error is not None:
@@ -132,18 +133,24 @@ def finish(
                 due_at=utc_now() + timedelta(seconds=requeue_after or 0),
             )
         )
-        return
+        return not requeue_after
     if requeue_after is None:
         gone = session.execute(delete(WORK).where(mine, WORK.c.seq == taken.seq))
         if getattr(gone, "rowcount", 0):
-            return
+            return False
         # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
         session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None))
-        return
+        return True
     # Enqueued again during the pass: keep the earlier due time the enqueue set, so it runs again now.
     later = utc_now() + timedelta(seconds=requeue_after)
     due = case((WORK.c.seq == taken.seq, later), else_=WORK.c.due_at)
-    session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None, due_at=due))
+    seq = session.execute(
+        update(WORK)
+        .where(mine)
+        .values(**release, attempts=0, last_error=None, due_at=due)
+        .returning(WORK.c.seq)
+    ).scalar()
+    return seq is not None and seq != taken.seq
 
 
 def holders(session: Session) -> set[str]:

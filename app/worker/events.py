@@ -20,6 +20,7 @@ from app.repositories import workqueue
 from app.virt.driver import EventCallback, HypervisorEvent
 
 log = logging.getLogger(__name__)
+BATCH = 500  # events per transaction at most
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between attempts to deliver an event while the database is away
 EVENTS = Counter("corral_libvirt_events_total", "libvirt events received", ["kind", "event"])
 
@@ -49,19 +50,33 @@ class EventBridge:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            batch, stopping = [item], False
+            # A burst (a thousand domains starting) is delivered in one transaction, not one per event.
+            while len(batch) < BATCH and not stopping:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
             delay = RETRY_FIRST
-            while not self._deliver(*item):
+            while not self._deliver(batch):
                 if self._stopping.wait(delay):
                     return
                 delay = min(delay * 2, RETRY_MAX)
+            if stopping:
+                return
 
-    def _deliver(self, node: str, event: HypervisorEvent) -> bool:
+    def _deliver(self, batch: list[tuple[str, HypervisorEvent]]) -> bool:
         try:
             with self.db.transaction() as session:
-                for reconciler in self.reconcilers:
-                    for key in reconciler.keys_for_event(session, node, event):
-                        workqueue.enqueue(session, key)
+                for node, event in batch:
+                    for reconciler in self.reconcilers:
+                        for key in reconciler.keys_for_event(session, node, event):
+                            workqueue.enqueue(session, key)
         except Exception as exc:
-            log.warning("could not enqueue for %s on %s (kept, retrying): %s", event, node, exc)
+            log.warning("could not enqueue for %d event(s) (kept, retrying): %s", len(batch), exc)
             return False
         return True

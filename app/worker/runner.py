@@ -74,6 +74,9 @@ class Worker:
         self.event_retention = event_retention
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._inflight: set[str] = set()
+        # The last lease found fewer due keys than it had room for: a freed slot alone is no reason to look
+        # again (an enqueue, a key due again at once, or the idle poll is).
+        self._drained = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -124,6 +127,7 @@ class Worker:
                 try:
                     with self.db.transaction() as session:
                         taken = workqueue.lease(session, self.identity, free, self.lease_seconds)
+                    self._drained = len(taken) < free
                 except Exception:
                     log.warning("leasing work failed", exc_info=True)
                     self._stop.wait(IDLE_POLL)
@@ -158,14 +162,18 @@ class Worker:
             )
         finally:
             PASSES.labels(kind_name, outcome).observe(time.perf_counter() - started)
+            again = True
             try:
                 with self.db.transaction() as session:
-                    workqueue.finish(session, self.identity, lease, requeue_after=requeue, error=error)
+                    again = workqueue.finish(
+                        session, self.identity, lease, requeue_after=requeue, error=error
+                    )
             except Exception:
                 log.warning("finishing %s failed", lease.key, exc_info=True)
             with self._lock:
                 self._inflight.discard(lease.key)
-            self.db.hub.notify(WORK_CHANNEL)
+            if again or not self._drained:
+                self.db.hub.notify(WORK_CHANNEL)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
