@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         default=None, description="Force the local node's virtualization type (kvm or qemu)."
     )
     auto_migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
-    worker_concurrency: int = Field(default=16, ge=1, le=64)
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
     resync_seconds: float = Field(default=300.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     node_grace_seconds: float = Field(
