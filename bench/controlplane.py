@@ -8,6 +8,8 @@
    hundred), the time until all are Running, the node's Ready condition throughout, idle CPU and RSS with
    all Running, and the time to delete them all.
 3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99).
+4. Watches: PATCH latency and delivery to 50 open watches.
+5. Scale-out (Postgres): creates through 1 API + 1 worker process against 2 + 2.
 
     .venv/bin/python -m bench.controlplane [--rounds 3] [--scale 1000] [--backends postgres,sqlite]
 """
@@ -26,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,20 +72,27 @@ def fresh_database(backend: str, name: str, workdir: Path) -> str:
 
 
 @contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path, ready: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process, once `ready` (a URL) answers; stopped afterwards."""
+def process(
+    argv: list[str], env: dict[str, str], log: Path, ready: str | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, once `ready` (a URL) answers (None: once it has run for a second); stopped
+    afterwards."""
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + (60 if ready else 1)
         while True:
             try:
-                if httpx.get(ready, timeout=2).status_code < 500:
+                if ready is not None and httpx.get(ready, timeout=2).status_code < 500:
                     break
             except httpx.HTTPError:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None:
                 raise RuntimeError(f"{argv[:3]} did not start:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                if ready is None:
+                    break
+                raise RuntimeError(f"{argv[:3]} did not answer:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
         yield proc
     finally:
@@ -261,15 +270,9 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
             hundreds.append(rate)
         posted = time.monotonic() - started
         phases: dict[str, int] = {}
-
-        def all_running() -> bool:
-            phases.clear()
-            for item in list_all(client, base):
-                phase = item.get("status", {}).get("phase", "Pending")
-                phases[phase] = phases.get(phase, 0) + 1
-            return phases.get("Running", 0) == count
-
-        wait_until(all_running, 900, f"{count} Running", lambda: str(phases))
+        wait_until(
+            lambda: all_running(client, base, count, phases), 900, f"{count} Running", lambda: str(phases)
+        )
         running_after = time.monotonic() - started
         time.sleep(5)  # settle, then measure idle
         before = cpu_seconds(proc.pid)
@@ -395,12 +398,76 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
     }
 
 
+def scale_out(workdir: Path, count: int = 1000) -> dict[str, Any]:
+    """`count` creates through 1 `corral api` + 1 `corral worker` process, then through 2 + 2, on one
+    Postgres. The workers share one node: libvirt's test driver inside libvirtd (test+unix:///default: one
+    state for every connection, unlike a test:// file), tiny instances so that all fit."""
+    result: dict[str, Any] = {f"{n}+{n}": scale_out_run(workdir, n, count) for n in (1, 2)}
+    result["create_ratio_2_to_1"] = result["2+2"]["create_rate"] / result["1+1"]["create_rate"]
+    return result
+
+
+def scale_out_run(workdir: Path, processes: int, count: int) -> dict[str, float]:
+    spec = {"domain": {"resources": {"requests": {"cpu": "1", "memory": "1Mi"}}}}
+    body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "spec": spec}
+    database = fresh_database("postgres", f"corral_bench_scaleout_{processes}", workdir)
+    env = corral_env(
+        database,
+        workdir / f"scaleout-{processes}",
+        CORRAL_LIBVIRT_URI="test+unix:///default",
+        CORRAL_CPU_ALLOCATION_RATIO="100",
+    )
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(processes)]
+    with ExitStack() as running:
+        for index, url in enumerate(urls):
+            argv = [CORRAL, "api", "--port", url.rsplit(":", 1)[1]]
+            log = workdir / f"scaleout-{processes}-api-{index}.log"
+            running.enter_context(process(argv, env, log, f"{url}/healthz"))
+        for index in range(processes):
+            log = workdir / f"scaleout-{processes}-worker-{index}.log"
+            running.enter_context(process([CORRAL, "worker"], env, log, None))
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        client = running.enter_context(httpx.Client(base_url=urls[0], headers=headers, timeout=120))
+        wait_until(lambda: node_ready(client), 60, "node local Ready")
+        base = "/v1/namespaces/bench/instances"
+        shares: list[list[Request]] = [[] for _ in urls]
+        for i in range(count):  # the clients spread over the API processes
+            shares[i % processes].append(("POST", base, {**body, "metadata": {"name": f"o-{i}"}}))
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=drive, args=(url, TOKEN, share, CLIENTS // processes))
+            for url, share in zip(urls, shares, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rate = count / (time.monotonic() - started)
+        phases: dict[str, int] = {}
+        wait_until(lambda: all_running(client, base, count, phases), 600, "all Running", lambda: str(phases))
+        running_after = time.monotonic() - started
+        # libvirtd keeps the test driver's domains: leave it as found
+        drive(urls[0], TOKEN, [("DELETE", f"{base}/o-{i}", None) for i in range(count)])
+        wait_until(lambda: not list_all(client, base), 600, "all deleted")
+        return {"create_rate": rate, "all_running_s": running_after}
+
+
+def all_running(client: httpx.Client, base: str, count: int, phases: dict[str, int]) -> bool:
+    """Whether all `count` instances are Running; `phases` is refilled with how many are in each."""
+    phases.clear()
+    for item in list_all(client, base):
+        phase = item.get("status", {}).get("phase", "Pending")
+        phases[phase] = phases.get(phase, 0) + 1
+    return phases.get("Running", 0) == count
+
+
 def node_ready(client: httpx.Client) -> bool:
     try:
-        node = client.get("/v1/nodes/local").json()
+        answer = client.get("/v1/nodes/local")
+        node = answer.json()
     except (httpx.HTTPError, ValueError):
         return False
-    return any(
+    return answer.status_code == 200 and any(
         c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", [])
     )
 
@@ -431,7 +498,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=int, nargs="*", default=[1000])
     parser.add_argument("--backends", default="postgres,sqlite")
-    parser.add_argument("--skip", default="", help="comma-separated: requests, scale, claims, watch")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated: requests, scale, claims, watch, scaleout"
+    )
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     result: dict[str, Any] = {}
@@ -458,6 +527,9 @@ def main() -> None:
             if "watch" not in skip:
                 result[f"watch-{backend}"] = run = watch_fanout(backend, workdir)
                 print(f"{backend:8} watch: {run}", flush=True)
+            if "scaleout" not in skip and backend == "postgres":  # SQLite is one process by design
+                result["scaleout-postgres"] = run = scale_out(workdir)
+                print(f"{backend:8} scale-out: {run}", flush=True)
     print(save("controlplane", result))
 
 

@@ -10,7 +10,11 @@ from pydantic import AfterValidator, Field, StrictBool
 
 from app.schemas.common import ApiModel, Condition, ListMeta, ObjectMeta, ObjectMetaOut
 
-LIBVIRT_SCHEMES = ("qemu", "qemu+tcp", "qemu+tls", "qemu+ssh", "qemu+unix", "qemu+libssh2", "test")
+TRANSPORTS = ("tcp", "tls", "ssh", "unix", "libssh2")
+# libvirt's test driver also runs inside libvirtd (test+unix:///default): one shared state for every client.
+LIBVIRT_SCHEMES = tuple(
+    f"{driver}{suffix}" for driver in ("qemu", "test") for suffix in ("", *(f"+{t}" for t in TRANSPORTS))
+)
 VirtType = Literal["kvm", "qemu"]
 
 
@@ -22,7 +26,7 @@ def check_libvirt_uri(uri: str) -> str:
         )
     if parts.scheme.startswith("qemu") and parts.path not in ("/system", "/session"):
         raise ValueError("a QEMU URI names /system or /session, e.g. qemu+tcp://host/system")
-    if parts.scheme == "test" and not parts.path:
+    if parts.scheme.startswith("test") and not parts.path:
         raise ValueError("a test URI names a path, e.g. test:///default")
     if not uri.isascii() or not uri.isprintable() or " " in uri:
         raise ValueError("must be printable ASCII without spaces")
@@ -33,8 +37,8 @@ def check_libvirt_uri(uri: str) -> str:
 _HOST = r"[\x21\x22\x24-\x2e\x30-\x3e\x40-\x5a\x5c\x5e-\x7e]*"
 _TAIL = r"(\?[\x21\x22\x24-\x7e]*)?(#[\x21-\x7e]*)?$"
 LIBVIRT_URI_PATTERN = (
-    rf"^(qemu(\+(tcp|tls|ssh|unix|libssh2))?://{_HOST}/(system|session){_TAIL}"
-    rf"|^test://{_HOST}/[\x21\x22\x24-\x3e\x40-\x7e]*{_TAIL})"
+    rf"^(qemu(\+({'|'.join(TRANSPORTS)}))?://{_HOST}/(system|session){_TAIL}"
+    rf"|^test(\+({'|'.join(TRANSPORTS)}))?://{_HOST}/[\x21\x22\x24-\x3e\x40-\x7e]*{_TAIL})"
 )
 LibvirtUri = Annotated[
     str,

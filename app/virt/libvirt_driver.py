@@ -314,7 +314,7 @@ class LibvirtHypervisor:
 
     @property
     def capabilities(self) -> Capabilities:
-        return TEST_DRIVER if self._uri.startswith("test:") else Capabilities()
+        return TEST_DRIVER if self._uri.startswith(("test:", "test+")) else Capabilities()
 
     @property
     def alive(self) -> bool:

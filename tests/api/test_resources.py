@@ -280,8 +280,13 @@ def test_nodes_are_cluster_scoped_and_validated(api: httpx.Client) -> None:
     assert created.status_code == 201, created.text
     assert "namespace" not in created.json()["metadata"]
     assert created.headers["Location"] == "/v1/nodes/n2"
+    # libvirt's test driver inside libvirtd: one state for every client (several workers share the host)
+    shared = api.post("/v1/nodes", json={"metadata": {"name": "n5"}, "spec": {"uri": "test+unix:///default"}})
+    assert shared.status_code == 201, shared.text
     for uri in (
         "http://example.com",
+        "test+http:///default",
+        "test+unix://",
         "qemu+tcp://host/nowhere",
         "qemu:///system extra",
         "test://",
