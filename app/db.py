@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -86,7 +88,9 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.hub = Hub()
-        self.engine = make_engine(url, echo=echo)
+        # Postgres sessions carry it as application_name, which the notify triggers send as the payload.
+        self.identity = f"corral:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.engine = make_engine(url, echo=echo, application_name=self.identity)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self.sessions, "after_commit", self._after_commit)
         event.listen(self.sessions, "after_rollback", self._after_rollback)
@@ -139,7 +143,8 @@ class Database:
                         self.hub.notify(channel)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            self.hub.notify(note.channel)
+                            if note.payload != self.identity:  # this process's commits woke it already
+                                self.hub.notify(note.channel)
             except Exception:
                 log.warning("Postgres LISTEN connection lost; reconnecting", exc_info=True)
                 self._stop.wait(1.0)
@@ -157,7 +162,7 @@ def _dump_json(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _dump_json, "json_deserializer": orjson.loads}
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, application_name: str = "corral") -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -185,7 +190,15 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             )
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, **JSON_CODEC)
+    return create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"application_name": application_name},
+        **JSON_CODEC,
+    )
 
 
 # SQLSTATEs of failures that say nothing about the request: a retry (now, or after a moment) succeeds.

@@ -1,7 +1,8 @@
 """The change log behind resourceVersion and resumable watches.
 
-Every write takes the next value of the single `revisions` row (its row lock orders commits, so a watch that
-has seen revision N has seen every commit before N) and appends the object as it now is.
+Every change takes the next value of the single `revisions` row when its transaction is about to commit (the
+row lock, held to commit, orders commits, so a watch that has seen revision N has seen every commit before
+N) and appends the object as it then is.
 """
 
 from __future__ import annotations

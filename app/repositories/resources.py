@@ -68,10 +68,12 @@ class ResourceRepository(Generic[RowT]):
         self.session = session
         self.info = info
 
-    def get(self, namespace: str, name: str, *, for_update: bool = False) -> RowT | None:
+    def get(
+        self, namespace: str, name: str, *, for_update: bool = False, for_share: bool = False
+    ) -> RowT | None:
         query = select(self.info.row).where(self.info.row.namespace == namespace, self.info.row.name == name)
-        if for_update:
-            query = query.with_for_update()
+        if for_update or for_share:
+            query = query.with_for_update(read=not for_update)
         return self.session.scalars(query).one_or_none()
 
     def key_of(self, uid: str) -> tuple[str, str] | None:
@@ -217,11 +219,15 @@ class PendingChanges:
     changes: list[_Change] = field(default_factory=list)
 
     def add(self, info: Kind[Any], event_type: str, row: Any, deleted: dict[str, Any] | None = None) -> None:
-        same_row = [c for c in self.changes if c.row is row and c.event_type != "DELETED"]
-        if event_type == "MODIFIED" and same_row:
-            return  # one event shows the row as it is at commit
-        if event_type == "ADDED":  # renamed: its earlier MODIFIED would show the new name before its ADDED
-            self.changes = [c for c in self.changes if not (c.row is row and c.event_type == "MODIFIED")]
+        mine = [c for c in self.changes if c.row is row]
+        if event_type == "MODIFIED" and any(c.event_type != "DELETED" for c in mine):
+            return  # its pending event shows the row as it is at commit
+        if event_type == "DELETED":
+            # Its pending MODIFIED would show what comes after (a rename's new name): the DELETED shows the
+            # last state. Added in this same transaction: nobody ever saw it, so neither event is logged.
+            self.changes = [c for c in self.changes if c.row is not row]
+            if any(c.event_type == "ADDED" for c in mine):
+                return
         self.changes.append(_Change(info, event_type, row, deleted))
 
 

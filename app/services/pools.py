@@ -56,27 +56,32 @@ class PoolService(ResourceService):
         check_secrets(self.session, row.namespace, template, "spec.template.spec")
 
     def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
-        """Hand over one available member, or None when there is none. The pool row's lock serializes claims
-        of one pool, so two claims never get the same member."""
+        """Hand over one available member, or None when there is none. Claims share the pool row's lock (a
+        pool pass takes it alone) and each locks only the member it takes, skipping those another claim
+        holds: racing claims never get the same member and never wait for each other."""
         try:
             request = ClaimRequest.model_validate(body or {})
         except ValidationError as exc:
             raise invalid(exc) from exc
-        pool = self._row(namespace, name, for_update=True)
+        pool = self._row(namespace, name, for_share=True)
         if pool.deleted_at is not None:
             raise Conflict(f"pool {name!r} is being deleted")
         if request.name is not None and self.instances.get(namespace, request.name) is not None:
             raise AlreadyExists(f"VirtualMachineInstance {request.name!r} already exists")
         spec = PoolSpec.model_validate(pool.spec)
-        member = next(
-            (
-                m
-                for m in self.instances.members(pool.uid, for_update=True)
-                if m.deleted_at is None
+
+        def available(m: InstanceRow) -> bool:
+            return (
+                m.pool_uid == pool.uid
+                and m.deleted_at is None
                 and member_state(m.status or {}, m.annotations or {}, spec.warm_state) == "available"
-            ),
-            None,
+            )
+
+        # Each candidate is locked unless a racing claim holds it, then checked again as it now is.
+        locked = (
+            self.instances.lock_member(m, pool.uid) for m in self.instances.members(pool.uid) if available(m)
         )
+        member = next((m for m in locked if m is not None and available(m)), None)
         if member is None:
             return None
         member.pool_uid = None
@@ -108,9 +113,7 @@ class PoolService(ResourceService):
             },
             "spec": spec,
         }
-        InstanceService(self.session).create(pool.namespace, body)
-        row = self.instances.get(pool.namespace, member_name)
-        assert row is not None
+        row = InstanceService(self.session).create_row(pool.namespace, body)
         row.pool_uid = pool.uid
         taken.add(member_name)
         return member_name

@@ -83,6 +83,11 @@ class ResourceService:
 
     # -- writes --------------------------------------------------------------------------------------
     def create(self, namespace: str, body: Any) -> JsonObject:
+        return self._settled(self.create_row(namespace, body))
+
+    def create_row(self, namespace: str, body: Any) -> Any:
+        """The new row; its resourceVersion comes when the transaction commits (a caller that shows it
+        uses `create`)."""
         meta, spec = self._check_body(body, namespace)
         name = meta.name
         if name is None:
@@ -108,7 +113,7 @@ class ResourceService:
         except IntegrityError as exc:  # the (namespace, name) key: cheaper than reading before every create
             raise AlreadyExists(f"{self.kind.kind} {name!r} already exists") from exc
         self._wake(namespace, name)
-        return self._settled(row)
+        return row
 
     def replace(self, namespace: str, name: str, body: Any, if_match: str | None) -> JsonObject:
         meta, spec = self._check_body(body, namespace)
@@ -174,8 +179,8 @@ class ResourceService:
         """A written row as the API shows it, with the resourceVersion it commits as."""
         return self.kind.shown(self.repo.settled(row))
 
-    def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
-        row = self.repo.get(namespace, name, for_update=for_update)
+    def _row(self, namespace: str, name: str, *, for_update: bool = False, for_share: bool = False) -> Any:
+        row = self.repo.get(namespace, name, for_update=for_update, for_share=for_share)
         if row is None:
             where = f" in namespace {namespace!r}" if self.kind.namespaced else ""
             raise NotFound(f"{self.kind.kind} {name!r} not found{where}")

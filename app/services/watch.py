@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -56,30 +56,64 @@ class ChangeFeed:
         self._high = 0
         self._read_at: tuple[int, float] = (-1, 0.0)  # hub counter and time of the last read
         self._lock = threading.Lock()
+        # Each change's line, encoded once for all watchers (the key holds the event type a watch shows).
+        self._lines: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
+        self._lines_lock = threading.Lock()  # never held across a database read: the event loop takes it
+
+    def line(self, kind: Kind[Any], event_type: str, obj: JsonObject) -> bytes:
+        """A watch event as sent: one JSON line."""
+        meta = obj["metadata"]
+        key = (kind.kind, str(meta.get("uid")), str(meta.get("resourceVersion")), event_type)
+        with self._lines_lock:
+            encoded = self._lines.get(key)
+        if encoded is None:
+            encoded = orjson.dumps({"type": event_type, "object": kind.shown(obj)}) + b"\n"
+            if kind.present is None:  # values derived from secrets are not kept in memory
+                with self._lines_lock:
+                    self._lines[key] = encoded
+                    if len(self._lines) > self.CAPACITY:
+                        self._lines.popitem(last=False)
+        return encoded
 
     def after(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
         """Changes of `kind` (in `namespace`) after `rv`, at most `limit`, and the resourceVersion the caller
         has then seen; None when `rv` is older than the buffer."""
         with self._lock:
-            self._refresh()
-            if self._low is None or rv < self._low:
-                return None
-            found: list[Change] = []
-            for change in self._changes:
-                if change.rv > rv and change.kind == kind and namespace in (None, change.namespace):
-                    found.append(change)
-                    if len(found) == limit:
-                        return found, change.rv
-            return found, max(rv, self._high)
+            if not self._fresh():
+                self._refresh()
+            return self._find(kind, namespace, rv, limit)
+
+    def after_at_once(
+        self, kind: str, namespace: str | None, rv: int, limit: int
+    ) -> tuple[list[Change], int] | None:
+        """`after`, when memory answers it without waiting (for the event loop); None when it would read the
+        change log, or another thread is reading it."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._find(kind, namespace, rv, limit) if self._fresh() else None
+        finally:
+            self._lock.release()
+
+    def _find(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
+        if self._low is None or rv < self._low:
+            return None
+        found: list[Change] = []
+        for change in self._changes:
+            if change.rv > rv and change.kind == kind and namespace in (None, change.namespace):
+                found.append(change)
+                if len(found) == limit:
+                    return found, change.rv
+        return found, max(rv, self._high)
+
+    def _fresh(self) -> bool:
+        # Another process's writes reach the hub through Postgres NOTIFY; on SQLite only by polling.
+        return self.db.hub.counter(EVENTS_CHANNEL) == self._read_at[0] and (
+            self.db.is_postgres or time.monotonic() - self._read_at[1] < SQLITE_POLL_SECONDS
+        )
 
     def _refresh(self) -> None:
         counter, now = self.db.hub.counter(EVENTS_CHANNEL), time.monotonic()
-        # Another process's writes reach the hub through Postgres NOTIFY; on SQLite only by polling.
-        fresh = counter == self._read_at[0] and (
-            self.db.is_postgres or now - self._read_at[1] < SQLITE_POLL_SECONDS
-        )
-        if fresh:
-            return
         with self.db.read() as session:
             current = revisions.current_revision(session)
             if self._low is None or current < self._high:  # first use, or a database restored from before
@@ -168,8 +202,20 @@ class Watch:
         return current
 
     def _line(self, event_type: str, obj: JsonObject) -> bytes:
-        shown = obj if event_type == "BOOKMARK" else self.kind.shown(obj)
-        return (json.dumps({"type": event_type, "object": shown}, separators=(",", ":")) + "\n").encode()
+        if event_type == "BOOKMARK":
+            return orjson.dumps({"type": event_type, "object": obj}) + b"\n"
+        return feed_for(self.db).line(self.kind, event_type, obj)
+
+    def _fetch_at_once(self) -> tuple[int, int, list[tuple[str, JsonObject]]] | None:
+        """`_fetch` from the shared feed's memory, without a thread (None when that would wait or read): 50
+        watches woken by one change cost 50 lookups, not 50 thread hand-offs."""
+        if self.selector is not None:  # its view of a change may need the change log
+            return None
+        shared = feed_for(self.db).after_at_once(self.kind.kind, self.namespace, self.rv, BATCH)
+        if shared is None:
+            return None
+        changes, reached = shared
+        return len(changes), reached, [(c.type, c.object) for c in changes]
 
     def _fetch(self) -> tuple[int, int, list[tuple[str, JsonObject]]]:
         """The next events after self.rv: how many, the resourceVersion they reach, and what this client
@@ -221,7 +267,10 @@ class Watch:
         deadline = None if self.timeout_seconds is None else time.monotonic() + self.timeout_seconds
         while True:
             seen = hub.counter(EVENTS_CHANNEL)
-            fetched, self.rv, events = await run_in_threadpool(self._fetch)
+            at_once = self._fetch_at_once()
+            fetched, self.rv, events = (
+                at_once if at_once is not None else await run_in_threadpool(self._fetch)
+            )
             for event_type, obj in events:
                 yield self._line(event_type, obj)
             if fetched:

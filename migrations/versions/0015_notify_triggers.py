@@ -26,7 +26,8 @@ def upgrade() -> None:
     for table, channel in NOTIFYING:
         op.execute(
             f"CREATE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$"
+            # The payload names the writer (its application_name): a process skips its own, already heard.
+            f"BEGIN PERFORM pg_notify('{channel}', current_setting('application_name')); RETURN NULL; END $$"
         )
         # INSERT statements only (an upsert is one): leases and releases update rows and must not wake anyone.
         op.execute(
