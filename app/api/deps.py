@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -115,13 +115,15 @@ async def read_body(request: Request, *, patch: bool = False) -> Any:
     raise UnsupportedMediaType(f"content type {media!r} is not accepted; use {accepted}")
 
 
-async def poll_until(db: Database, channel: str, probe: Callable[[], T | None], timeout: float) -> T | None:
-    """Run `probe` (in a thread) until it finds something or `timeout` passes; a signal on `channel` runs it
-    again at once, and a 1 s poll covers writers the hub cannot hear (another process on SQLite)."""
+async def poll_until(
+    db: Database, channel: str, probe: Callable[[], Awaitable[T | None]], timeout: float
+) -> T | None:
+    """Run `probe` until it finds something or `timeout` passes; a signal on `channel` runs it again at
+    once, and a 1 s poll covers writers the hub cannot hear (another process on SQLite)."""
     deadline = time.monotonic() + timeout
     while True:
         seen = db.hub.counter(channel)
-        found = await run_in_threadpool(probe)
+        found = await probe()
         left = deadline - time.monotonic()
         if found is not None or left <= 0:
             return found

@@ -40,7 +40,7 @@ async def current(db: DB, caller: Caller, namespace: str, name: str, refresh: bo
         report = read()
         return report if report.get("observedAt") != before else None
 
-    report = await poll_until(db, EVENTS_CHANNEL, fresh, REFRESH_WAIT)
+    report = await poll_until(db, EVENTS_CHANNEL, lambda: run_in_threadpool(fresh), REFRESH_WAIT)
     if report is not None:
         return guest_view(report)
     raise Unavailable(

@@ -72,7 +72,7 @@ def add_operation(kind: OperationKind) -> None:
             with db.read() as session:
                 return OperationService(session).outcome(operation_id)
 
-        result = await poll_until(db, OPERATIONS_CHANNEL, outcome, timeout + SLACK)
+        result = await poll_until(db, OPERATIONS_CHANNEL, lambda: run_in_threadpool(outcome), timeout + SLACK)
         if result is not None:
             return {"id": operation_id, **result}
         where = BASE.format(namespace=namespace, name=name)

@@ -43,16 +43,12 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         query = select(InstanceRow).where(InstanceRow.pool_uid == pool_uid).order_by(InstanceRow.id)
         return list(self.session.scalars(query.with_for_update() if for_update else query))
 
-    def lock_member(self, member: InstanceRow, pool_uid: str) -> InstanceRow | None:
-        """The pool member locked and read afresh; None if another transaction holds it (Postgres skips it
-        instead of waiting) or it has left the pool."""
-        query = (
-            select(InstanceRow)
-            .where(InstanceRow.id == member.id, InstanceRow.pool_uid == pool_uid)
-            .with_for_update(skip_locked=True)
-            .execution_options(populate_existing=True)
-        )
-        return self.session.scalars(query).one_or_none()
+    def named(self, namespace: str, names: list[str]) -> list[InstanceRow]:
+        """The instances of these names that exist in the namespace."""
+        if not names:
+            return []
+        query = select(InstanceRow).where(InstanceRow.namespace == namespace, InstanceRow.name.in_(names))
+        return list(self.session.scalars(query))
 
     def keys_on_node(self, node: str) -> list[tuple[str, str]]:
         """(namespace, name) of the instances placed on `node` or migrating to it."""

@@ -68,12 +68,10 @@ class ResourceRepository(Generic[RowT]):
         self.session = session
         self.info = info
 
-    def get(
-        self, namespace: str, name: str, *, for_update: bool = False, for_share: bool = False
-    ) -> RowT | None:
+    def get(self, namespace: str, name: str, *, for_update: bool = False) -> RowT | None:
         query = select(self.info.row).where(self.info.row.namespace == namespace, self.info.row.name == name)
-        if for_update or for_share:
-            query = query.with_for_update(read=not for_update)
+        if for_update:
+            query = query.with_for_update()
         return self.session.scalars(query).one_or_none()
 
     def key_of(self, uid: str) -> tuple[str, str] | None:

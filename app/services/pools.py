@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
-from app.errors import AlreadyExists, Conflict, FieldError, Invalid
+from app.errors import AlreadyExists, Conflict, CorralError, FieldError, Invalid
 from app.kinds import INSTANCES, POOLS
 from app.models import InstanceRow, PoolRow
 from app.repositories import workqueue
@@ -56,37 +56,62 @@ class PoolService(ResourceService):
         check_secrets(self.session, row.namespace, template, "spec.template.spec")
 
     def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
-        """Hand over one available member, or None when there is none. Claims share the pool row's lock (a
-        pool pass takes it alone) and each locks only the member it takes, skipping those another claim
-        holds: racing claims never get the same member and never wait for each other."""
-        try:
-            request = ClaimRequest.model_validate(body or {})
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-        pool = self._row(namespace, name, for_share=True)
+        """Hand over one available member, or None when there is none."""
+        (answer,) = self.claim_many(namespace, name, [body])
+        if isinstance(answer, CorralError):
+            raise answer
+        return answer
+
+    def claim_many(
+        self, namespace: str, name: str, bodies: list[Any]
+    ) -> list[JsonObject | CorralError | None]:
+        """Claims that arrived together, served in one transaction: for each, in order, the member it got,
+        None when none was left, or why it was refused. The pool row's lock serializes claims of one pool
+        (across processes too), so two claims never get the same member."""
+        requests: list[ClaimRequest | CorralError] = []
+        for body in bodies:
+            try:
+                requests.append(ClaimRequest.model_validate(body or {}))
+            except ValidationError as exc:
+                requests.append(invalid(exc))
+        pool = self._row(namespace, name, for_update=True)
         if pool.deleted_at is not None:
             raise Conflict(f"pool {name!r} is being deleted")
-        if request.name is not None and self.instances.get(namespace, request.name) is not None:
-            raise AlreadyExists(f"VirtualMachineInstance {request.name!r} already exists")
         spec = PoolSpec.model_validate(pool.spec)
+        available = [
+            m
+            for m in self.instances.members(pool.uid, for_update=True)
+            if m.deleted_at is None
+            and member_state(m.status or {}, m.annotations or {}, spec.warm_state) == "available"
+        ]
+        answers: list[JsonObject | CorralError | None] = []
+        handed: list[tuple[int, InstanceRow]] = []
+        names = {r.name for r in requests if isinstance(r, ClaimRequest) and r.name is not None}
+        taken_names = {row.name for row in self.instances.named(namespace, sorted(names))}
+        for request in requests:
+            if isinstance(request, CorralError):
+                answers.append(request)
+            elif request.name is not None and request.name in taken_names:
+                answers.append(AlreadyExists(f"VirtualMachineInstance {request.name!r} already exists"))
+            elif not available:
+                answers.append(None)
+            else:
+                if request.name is not None:
+                    taken_names.add(request.name)
+                handed.append((len(answers), self._hand_over(name, spec, available.pop(0), request)))
+                answers.append(None)  # filled in once the batch has its resourceVersions
+        if handed:
+            workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
+            for index, member in handed:
+                answers[index] = self.instances.settled(member)
+        return answers
 
-        def available(m: InstanceRow) -> bool:
-            return (
-                m.pool_uid == pool.uid
-                and m.deleted_at is None
-                and member_state(m.status or {}, m.annotations or {}, spec.warm_state) == "available"
-            )
-
-        # Each candidate is locked unless a racing claim holds it, then checked again as it now is.
-        locked = (
-            self.instances.lock_member(m, pool.uid) for m in self.instances.members(pool.uid) if available(m)
-        )
-        member = next((m for m in locked if m is not None and available(m)), None)
-        if member is None:
-            return None
+    def _hand_over(
+        self, pool_name: str, spec: PoolSpec, member: InstanceRow, request: ClaimRequest
+    ) -> InstanceRow:
         member.pool_uid = None
         template_labels = {k: v for k, v in (member.labels or {}).items() if k != POOL_LABEL}
-        member.labels = {**template_labels, CLAIMED_LABEL: name, **request.labels}
+        member.labels = {**template_labels, CLAIMED_LABEL: pool_name, **request.labels}
         kept = {k: v for k, v in (member.annotations or {}).items() if k not in (TEMPLATE_HASH, WARM_PAUSED)}
         member.annotations = {**kept, **request.annotations, CLAIMED_AT: utc_now().isoformat()}
         if spec.warm_state == "Paused":
@@ -96,9 +121,8 @@ class PoolService(ResourceService):
             self.instances.rename(member, request.name)
         else:
             self.instances.touch(member)
-        workqueue.enqueue(self.session, INSTANCES.work_key(namespace, member.name))
-        workqueue.enqueue(self.session, POOLS.work_key(namespace, name))
-        return self.instances.settled(member)
+        workqueue.enqueue(self.session, INSTANCES.work_key(member.namespace, member.name))
+        return member
 
     def add_member(self, pool: PoolRow, template: InstanceTemplate, digest: str, taken: set[str]) -> str:
         index = 0

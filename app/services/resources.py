@@ -179,8 +179,8 @@ class ResourceService:
         """A written row as the API shows it, with the resourceVersion it commits as."""
         return self.kind.shown(self.repo.settled(row))
 
-    def _row(self, namespace: str, name: str, *, for_update: bool = False, for_share: bool = False) -> Any:
-        row = self.repo.get(namespace, name, for_update=for_update, for_share=for_share)
+    def _row(self, namespace: str, name: str, *, for_update: bool = False) -> Any:
+        row = self.repo.get(namespace, name, for_update=for_update)
         if row is None:
             where = f" in namespace {namespace!r}" if self.kind.namespaced else ""
             raise NotFound(f"{self.kind.kind} {name!r} not found{where}")

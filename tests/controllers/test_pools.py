@@ -10,6 +10,9 @@ from typing import Any
 
 import httpx
 
+from app.db import Database
+from app.errors import AlreadyExists, Invalid
+from app.services.pools import PoolService
 from tests.conftest import ADMIN_TOKEN, bearer, conditions, wait_for
 
 POOLS = "/v1/namespaces/default/pools"
@@ -261,3 +264,23 @@ def test_a_member_whose_image_cannot_be_pulled_waits_and_the_pool_says_why(api: 
     condition = next(c for c in failing["conditions"] if c["type"] == "ReplicaFailure")
     assert condition["reason"] in ("ErrImagePull", "ImagePullBackOff") and "no/such:1" in condition["message"]
     assert (failing["replicas"], failing["warming"], failing["failed"]) == (1, 1, 0)
+
+
+def test_claims_served_together_each_get_their_own_answer(api: httpx.Client, pg: Database) -> None:
+    """A burst of claims is served in one transaction: each claim still gets its own member, its own refusal
+    or nothing, in the order they came."""
+    api.post(POOLS, json=pool("batch", 2))
+    settled(api, "batch", 2)
+    with pg.transaction() as session:
+        answers = PoolService(session).claim_many(
+            "default", "batch", [{"name": "mine"}, {"name": "mine"}, {"labels": 5}, {}, {}]
+        )
+    first, same_name, bad, second, none_left = answers
+    assert isinstance(first, dict) and first["metadata"]["name"] == "mine"
+    assert isinstance(same_name, AlreadyExists) and isinstance(bad, Invalid)
+    assert isinstance(second, dict) and none_left is None
+    assert first["metadata"]["uid"] != second["metadata"]["uid"]
+    assert int(second["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert (
+        api.get("/v1/namespaces/default/instances/mine").json()["metadata"]["uid"] == first["metadata"]["uid"]
+    )
