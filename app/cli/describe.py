@@ -3,10 +3,10 @@ the phase history and, for instances, the recent guest operations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from app.cli.tables import Column, Item, age, table
+from app.cli.tables import Column, Item, age, field, table
 
 Section = list[tuple[str, str]]
 
@@ -61,10 +61,6 @@ def _indent(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
 
 
-def _key(key: str) -> Callable[[Item], str]:
-    return lambda row: str(row.get(key) or "")
-
-
 def _operation_detail(op: Item) -> str:
     if op.get("error"):
         return str(op["error"])
@@ -75,16 +71,16 @@ def _operation_detail(op: Item) -> str:
 
 
 CONDITION_COLUMNS: list[Column] = [
-    ("TYPE", _key("type")),
-    ("STATUS", _key("status")),
-    ("REASON", _key("reason")),
+    ("TYPE", field("type")),
+    ("STATUS", field("status")),
+    ("REASON", field("reason")),
     ("AGE", lambda row: age(row.get("lastTransitionTime"))),
-    ("MESSAGE", _key("message")),
+    ("MESSAGE", field("message")),
 ]
 OPERATION_COLUMNS: list[Column] = [
-    ("KIND", _key("kind")),
-    ("STATE", _key("state")),
-    ("BY", _key("requestedBy")),
+    ("KIND", field("kind")),
+    ("STATE", field("state")),
+    ("BY", field("requestedBy")),
     ("AGE", lambda row: age(row.get("createdAt"))),
     ("DETAIL", _operation_detail),
 ]

@@ -38,7 +38,9 @@ def _condition(kind: str) -> Callable[[Item], str]:
     return value
 
 
-def _field(*path: str) -> Callable[[Item], str]:
+def field(*path: str) -> Callable[[Item], str]:
+    """A column's cell: the value at `path` (keys into nested objects), blank when absent."""
+
     def value(item: Item) -> str:
         found: Any = item
         for key in path:
@@ -67,8 +69,8 @@ def _network_type(item: Item) -> str:
 
 NAME: Column = ("NAME", lambda item: str(item["metadata"]["name"]))
 AGE: Column = ("AGE", lambda item: age(item["metadata"].get("creationTimestamp")))
-PHASE: Column = ("PHASE", _field("status", "phase"))
-NODE: Column = ("NODE", _field("status", "nodeName"))
+PHASE: Column = ("PHASE", field("status", "phase"))
+NODE: Column = ("NODE", field("status", "nodeName"))
 
 COLUMNS: dict[str, tuple[Sequence[Column], Sequence[Column]]] = {
     # plural: (columns, more columns for -o wide)
@@ -76,61 +78,61 @@ COLUMNS: dict[str, tuple[Sequence[Column], Sequence[Column]]] = {
         [
             NAME,
             PHASE,
-            ("NODE", _field("status", "nodeName")),
+            ("NODE", field("status", "nodeName")),
             ("IP", _address),
             ("READY", _condition("Ready")),
             AGE,
         ],
-        [("AGENT", _condition("AgentConnected")), ("DOMAIN", _field("status", "domainName"))],
+        [("AGENT", _condition("AgentConnected")), ("DOMAIN", field("status", "domainName"))],
     ),
     "pools": (
         [
             NAME,
-            ("DESIRED", _field("status", "replicas")),
-            ("READY", _field("status", "readyReplicas")),
-            ("AVAILABLE", _field("status", "availableReplicas")),
-            ("CLAIMED", _field("status", "claimed")),
+            ("DESIRED", field("status", "replicas")),
+            ("READY", field("status", "readyReplicas")),
+            ("AVAILABLE", field("status", "availableReplicas")),
+            ("CLAIMED", field("status", "claimed")),
             AGE,
         ],
-        [("WARMING", _field("status", "warming")), ("UPDATED", _field("status", "updatedReplicas"))],
+        [("WARMING", field("status", "warming")), ("UPDATED", field("status", "updatedReplicas"))],
     ),
     "migrations": (
         [
             NAME,
-            ("VMI", _field("spec", "vmiName")),
+            ("VMI", field("spec", "vmiName")),
             PHASE,
-            ("SOURCE", _field("status", "migrationState", "sourceNode")),
-            ("TARGET", _field("status", "migrationState", "targetNode")),
+            ("SOURCE", field("status", "migrationState", "sourceNode")),
+            ("TARGET", field("status", "migrationState", "targetNode")),
             ("PROGRESS", _migration_progress),
             AGE,
         ],
-        [("MODE", _field("status", "migrationState", "mode")), ("REASON", _field("status", "reason"))],
+        [("MODE", field("status", "migrationState", "mode")), ("REASON", field("status", "reason"))],
     ),
     "datavolumes": (
         [
             NAME,
             PHASE,
-            ("PROGRESS", _field("status", "progress")),
-            ("NODE", _field("status", "nodeName")),
+            ("PROGRESS", field("status", "progress")),
+            ("NODE", field("status", "nodeName")),
             AGE,
         ],
-        [("CAPACITY", _field("status", "capacity"))],
+        [("CAPACITY", field("status", "capacity"))],
     ),
     "nodes": (
-        [NAME, ("STATUS", _field("status", "phase")), ("READY", _condition("Ready")), AGE],
-        [("URI", _field("spec", "uri"))],
+        [NAME, ("STATUS", field("status", "phase")), ("READY", _condition("Ready")), AGE],
+        [("URI", field("spec", "uri"))],
     ),
     "devices": (
         [
             NAME,
-            ("NODE", _field("spec", "nodeName")),
-            ("RESOURCE", _field("status", "resourceName")),
-            ("HOLDER", _field("status", "holder")),
+            ("NODE", field("spec", "nodeName")),
+            ("RESOURCE", field("status", "resourceName")),
+            ("HOLDER", field("status", "holder")),
         ],
-        [("DRIVER", _field("status", "driver")), ("IOMMU", _field("status", "iommuGroup"))],
+        [("DRIVER", field("status", "driver")), ("IOMMU", field("status", "iommuGroup"))],
     ),
     "secrets": (
-        [NAME, ("TYPE", _field("type")), ("DATA", lambda item: str(len(item.get("data") or {}))), AGE],
+        [NAME, ("TYPE", field("type")), ("DATA", lambda item: str(len(item.get("data") or {}))), AGE],
         [],
     ),
     "networks": ([NAME, ("NETWORK", _network_type), AGE], []),
@@ -150,7 +152,7 @@ def table(
     standard, extra = COLUMNS.get(plural, ([NAME, PHASE, AGE], []))
     chosen = list(columns) if columns is not None else [*standard, *(extra if wide else [])]
     if namespaces:
-        chosen.insert(0, ("NAMESPACE", _field("metadata", "namespace")))
+        chosen.insert(0, ("NAMESPACE", field("metadata", "namespace")))
     rows = [[heading for heading, _ in chosen]] + [[value(item) for _, value in chosen] for item in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(chosen))]
     lines = [
