@@ -42,9 +42,14 @@ class NodeAccess:
     volume_dir: str = "/var/lib/corral/instances"
 
 
+def etag(obj: dict[str, Any]) -> str:
+    """The object's resourceVersion as an ETag (for If-Match)."""
+    return f'"{obj["metadata"]["resourceVersion"]}"'
+
+
 def with_etag(response: Response, obj: dict[str, Any]) -> dict[str, Any]:
-    """The object, its resourceVersion set as the response's ETag (for If-Match)."""
-    response.headers["ETag"] = f'"{obj["metadata"]["resourceVersion"]}"'
+    """The object, its ETag set on the response."""
+    response.headers["ETag"] = etag(obj)
     return obj
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody
+from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody, etag
 from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
@@ -81,9 +81,11 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
     def shown_object(obj: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
         """The object as its response model shows it (encoded once per resourceVersion), its
         resourceVersion as the ETag (for If-Match)."""
-        etag = f'"{obj["metadata"]["resourceVersion"]}"'
         return Response(
-            shown.encoded(kind, obj), status_code, {"ETag": etag, **headers}, media_type="application/json"
+            shown.encoded(kind, obj),
+            status_code,
+            {"ETag": etag(obj), **headers},
+            media_type="application/json",
         )
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}

@@ -55,13 +55,6 @@ class PoolService(ResourceService):
         _no_shared_disks(template)
         check_secrets(self.session, row.namespace, template, "spec.template.spec")
 
-    def claim(self, namespace: str, name: str, body: Any) -> JsonObject | None:
-        """Hand over one available member, or None when there is none."""
-        (answer,) = self.claim_many(namespace, name, [body])
-        if isinstance(answer, CorralError):
-            raise answer
-        return answer
-
     def claim_many(
         self, namespace: str, name: str, bodies: list[Any]
     ) -> list[JsonObject | CorralError | None]:

@@ -185,8 +185,8 @@ def test_a_full_pool_is_steady(rig: Rig) -> None:
     rig.assert_steady(rig.pools.reconcile, NS, "warm")
     rig.assert_steady(rig.instances.reconcile, NS, "warm-0")
     with rig.db.transaction() as session:
-        claimed = PoolService(session).claim(NS, "warm", {"name": "mine"})
-    assert claimed is not None and claimed["metadata"]["name"] == "mine"
+        (claimed,) = PoolService(session).claim_many(NS, "warm", [{"name": "mine"}])
+    assert isinstance(claimed, dict) and claimed["metadata"]["name"] == "mine"
 
 
 def test_a_waiting_and_a_finished_migration_are_steady(rig: Rig) -> None:
