@@ -476,7 +476,10 @@ def list_all(client: httpx.Client, path: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 1000}
     while True:
-        page = client.get(path, params=params).json()
+        answer = client.get(path, params=params)
+        if answer.status_code != 200:
+            raise RuntimeError(f"GET {path}: {answer.status_code} {answer.text}")
+        page = answer.json()
         items += page["items"]
         if not page["metadata"].get("continue"):
             return items

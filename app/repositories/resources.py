@@ -190,10 +190,13 @@ class ResourceRepository(Generic[RowT]):
     def remove_event(self, item: RowT) -> None:
         _pending(self.session).add(self.info, "DELETED", item, to_object(self.info, item))
 
-    def settled(self, item: RowT) -> dict[str, Any]:
+    def settled(self, item: RowT, *, commit: bool = True) -> dict[str, Any]:
         """The item as an API object, after the transaction's changes took their resourceVersions (a write
-        shows what it wrote with the version it will commit as)."""
-        stamp(self.session)
+        shows what it wrote with the version it commits as). On Postgres they also commit now, so the
+        revision lock is not held while the answer is built and sent; the session may still read, and
+        what it writes after goes in a new transaction. A caller whose later writes must commit with
+        these passes commit=False."""
+        stamp(self.session, commit=commit)
         return to_object(self.info, item)
 
     def remove(self, item: RowT) -> None:
@@ -239,12 +242,12 @@ def _pending(session: Session) -> PendingChanges:
     return pending
 
 
-def stamp(session: Session) -> None:
+def stamp(session: Session, *, commit: bool = False) -> None:
     """Give the transaction's changes their resourceVersions and watch events, now: everything else is
     written first (rows, then work queue entries), then the revision counter's row lock is taken and held to
     commit, so revisions commit in order while the lock is held for a few statements only. Runs before
-    every commit; a request calls it before it shows what it wrote. Nothing may be written after it but
-    further stamps."""
+    every commit; a request calls it before it shows what it wrote. With `commit`, Postgres commits with
+    it; otherwise nothing versioned may be written after it but further stamps."""
     session.flush()
     workqueue.write_enqueued(session)
     pending: PendingChanges | None = session.info.pop(PENDING, None)
@@ -260,7 +263,7 @@ def stamp(session: Session) -> None:
     for ordinal, change in enumerate(changes, start=1):
         if change.deleted is None:
             rows.setdefault(cast(Table, change.info.row.__table__), []).append((change.row.id, ordinal))
-    base = write_revisions(session, rows, logged)
+    base = write_revisions(session, rows, logged, commit=commit)
     for (ordinal, _, obj), change in zip(logged, changes, strict=True):
         obj["metadata"]["resourceVersion"] = str(base + ordinal)
         if change.deleted is None:
@@ -269,7 +272,7 @@ def stamp(session: Session) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _stamp_before_commit(session: Session) -> None:
-    stamp(session)
+    stamp(session, commit=True)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -7,6 +7,7 @@ from typing import Any
 from typing import cast as typed
 
 import orjson
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Integer,
@@ -24,6 +25,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.engine import Compiled, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
@@ -41,14 +44,17 @@ StampedRows = dict[Table, list[tuple[int, int]]]  # table -> (row id, ordinal)
 Change = tuple[int, str, dict[str, Any]]  # (ordinal, event type, object)
 
 
-def write_revisions(session: Session, rows: StampedRows, changes: list[Change]) -> int:
+def write_revisions(
+    session: Session, rows: StampedRows, changes: list[Change], *, commit: bool = False
+) -> int:
     """Take len(changes) consecutive resourceVersions, set each row's (base + its ordinal) and log the
     changes; returns the base. The counter's row lock is then held to commit, so revisions commit in
     order: call this last (repositories.resources.stamp does). Postgres does it all in one statement, so
-    the lock covers that statement and the commit only."""
+    the lock covers that statement and the commit only; with `commit`, the COMMIT goes to the server with
+    the statement, so the lock is never held while this process waits for its GIL to send it."""
     count = len(changes)
     if session.get_bind().dialect.name == "postgresql":
-        return _write_revisions_at_once(session, rows, changes)
+        return _write_revisions_at_once(session, rows, changes, commit)
     value = session.execute(
         update(REVISIONS)
         .where(REVISIONS.c.id == 1)
@@ -68,7 +74,7 @@ def write_revisions(session: Session, rows: StampedRows, changes: list[Change]) 
     return base
 
 
-def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[Change]) -> int:
+def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[Change], commit: bool) -> int:
     parameters: dict[str, Any] = {
         "count": len(changes),
         "at": utc_now(),
@@ -83,9 +89,28 @@ def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[
         parameters[f"row_ids_{index}"] = [row_id for row_id, _ in stamped]
         parameters[f"row_ordinals_{index}"] = [ordinal for _, ordinal in stamped]
     statement = _revisions_statement(tuple(rows))
-    base = int(session.execute(statement, parameters).scalar_one())
+    if not commit:
+        base = int(session.execute(statement, parameters).scalar_one())
+    else:
+        # Pipelined with the statement. SQLAlchemy's own COMMIT that follows finds the connection idle:
+        # psycopg sends nothing for it, and a statement after this one would start a new transaction.
+        compiled = _compiled(statement, session.get_bind().dialect)
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        try:
+            with driver.pipeline():
+                cursor = driver.execute(compiled.string, compiled.construct_params(parameters))
+                driver.commit()
+        except psycopg.Error as exc:  # as SQLAlchemy reports it: callers retry contention by its SQLSTATE
+            raise DBAPIError.instance(compiled.string, None, exc, psycopg.Error) from exc
+        base = int(typed(tuple[int], cursor.fetchone())[0])
     signal(session, EVENTS_CHANNEL)
     return base
+
+
+@cache
+def _compiled(statement: Select[Any], dialect: Dialect) -> Compiled:
+    return statement.compile(dialect=dialect)
 
 
 @cache

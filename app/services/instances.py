@@ -89,7 +89,8 @@ class InstanceService(ResourceService):
         set_intent(row, requested(intent_of(row), action, options, phase))
         self.repo.touch(row)
         self._wake(namespace, name)
-        answer = self.repo.settled(row)
+        # The stored answer commits with the action: a retry never repeats an action it cannot replay.
+        answer = self.repo.settled(row, commit=idempotency_key is None)
         if idempotency_key is not None:
             idempotency.remember(self.session, principal, idempotency_key, request, 202, answer)
         return 202, answer

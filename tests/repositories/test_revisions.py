@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
-from app.db import Database
+from app.db import Database, transient_failure
 from app.kinds import INSTANCES
-from app.models import EventRow, InstanceRow
+from app.models import EventRow, InstanceRow, RevisionRow
 from app.repositories.resources import ResourceRepository
 from app.repositories.revisions import current_revision
 
@@ -96,3 +97,21 @@ def test_a_rolled_back_transaction_takes_no_version(db: Database) -> None:
     with db.transaction() as session:  # nothing of the abandoned one is carried into the next
         ResourceRepository[InstanceRow](session, INSTANCES).add(new_instance("rv-kept"))
     assert [(rv, name) for rv, _, name, _ in events_after(db, before)] == [(before + 1, "rv-kept")]
+
+
+def test_a_stamp_committed_with_its_statement_reports_contention_as_sqlalchemy_does(pg: Database) -> None:
+    """On Postgres the stamp and the COMMIT go to the server together, outside SQLAlchemy's execute: a lock
+    wait that times out still arrives as a DBAPIError with its SQLSTATE, which the API retries."""
+    db = pg
+    holder = db.engine.connect()
+    holder.execute(select(RevisionRow).where(RevisionRow.id == 1).with_for_update())
+    try:
+        with pytest.raises(DBAPIError) as caught, db.transaction() as session:
+            session.execute(text("SET LOCAL lock_timeout = '50ms'"))
+            ResourceRepository[InstanceRow](session, INSTANCES).add(new_instance("rv-contended"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert transient_failure(caught.value) == "contention"
+    with db.read() as session:
+        assert ResourceRepository[InstanceRow](session, INSTANCES).get("default", "rv-contended") is None
