@@ -23,6 +23,7 @@ from app.clock import Clock, rfc3339, utc_now
 from app.controllers.base import Result
 from app.controllers.credentials import agent_keys, load_secrets
 from app.controllers.definitions import Definer, Owner
+from app.controllers.expectations import Expectations
 from app.controllers.image_cache import ImageCache, resolver
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
@@ -47,7 +48,7 @@ from app.controllers.instance_decisions import (
 )
 from app.controllers.instance_status import Observed, add_guest_report, interfaces_status, render
 from app.controllers.naming import default_network, domain_name, seed_file, volume_file
-from app.controllers.operations import run_queued
+from app.controllers.operations import QueuedOperation, queued_operations, run_queued
 from app.controllers.placement import (
     Picked,
     Request,
@@ -132,6 +133,7 @@ class LoadedInstance:
     data_volumes: dict[str, DataVolumeRef] = field(default_factory=dict)  # by name, those that exist
     networks: dict[str, NetworkSpec] = field(default_factory=dict)  # the Network resources it names
     secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the Secrets it names that exist
+    operations: tuple[QueuedOperation, ...] = ()  # guest operations waiting for this pass to run them
 
     @property
     def domain(self) -> str:
@@ -163,6 +165,16 @@ class LoadedInstance:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What a pass writes of an instance row."""
+
+    status: JsonObject
+    progress: InstanceProgress
+    intent: InstanceIntent
+    guest: JsonObject  # the guest agent's last report ({}: none)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a pass saw and decided: written back in one short transaction."""
 
@@ -191,6 +203,7 @@ class InstanceReconciler:
         self.images = ImageCache(db, clock)
         self.definer = Definer(volume_dir, network or default_network())
         self.clock = clock
+        self.expected = Expectations()
 
     # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -230,7 +243,7 @@ class InstanceReconciler:
             if not self._sync_agent_keys(loaded, hv):
                 requeue = min(requeue or KEYS_RETRY, KEYS_RETRY)
         run_queued(
-            self.db, hv, loaded.uid, loaded.domain, outcome.observed.agent, self._freeze_status(loaded)
+            self.db, hv, loaded.operations, loaded.domain, outcome.observed.agent, self._freeze_status(loaded)
         )
         return Result(requeue_after=requeue)
 
@@ -279,6 +292,8 @@ class InstanceReconciler:
             ]
         if event.domain_uuid is None:
             return []
+        if event.kind is EventKind.LIFECYCLE and self.expected.met(event.domain_uuid, event.event, event.at):
+            return []  # this worker's own action, which its pass already saw through
         key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
         return [INSTANCES.work_key(*key)] if key is not None else []
 
@@ -316,10 +331,12 @@ class InstanceReconciler:
                 )
                 disks = _disk_finder(loaded, hv)
                 owner, spec = loaded.owner, loaded.spec
-                failure = self.definer.define(
-                    hv, owner, spec, resolve, disks, loaded.networks, loaded.secrets
-                )
+                with self.expected.acting(loaded.uid, "Defined"):
+                    failure = self.definer.define(
+                        hv, owner, spec, resolve, disks, loaded.networks, loaded.secrets
+                    )
                 if failure is not None:
+                    self.expected.withdraw(loaded.uid, "Defined")
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
                     self._write(loaded, Outcome(Observed("Scheduled", "Defined")))
@@ -334,28 +351,30 @@ class InstanceReconciler:
         if hv.capabilities.mediated_devices:  # mediated devices are transient on the host: make them now
             for parent, type_id, mdev_uuid in loaded.mdevs:
                 hv.create_mdev(parent, type_id, mdev_uuid)
-        with suppress(InvalidOperation):  # already running: a racing event, a retried pass
+        # Already running: a racing event, a retried pass. QEMU resumes the CPUs it started paused.
+        with suppress(InvalidOperation), self.expected.acting(loaded.uid, "Started", "Resumed"):
             hv.start(loaded.domain)
 
-    @staticmethod
-    def _act(loaded: LoadedInstance, hv: Hypervisor, act: Act) -> None:
-        """One action on the domain, its volumes or its devices; 'already so' counts as done."""
+    def _act(self, loaded: LoadedInstance, hv: Hypervisor, act: Act) -> None:
+        """One action on the domain, its volumes or its devices; 'already so' counts as done. A graceful
+        shutdown or a reboot is not expected: the guest finishes it after the pass looked."""
         domain = loaded.domain
         if act is Act.POWER_OFF:
-            _power_off(hv, domain)
+            self._power_off(loaded, hv)
         elif act is Act.SHUT_DOWN:
             try:
                 hv.shutdown(domain, agent_or_acpi(hv, domain))
             except HypervisorError as exc:
                 log.info("%s: graceful shutdown failed (%s); powering off", domain, exc)
-                _power_off(hv, domain)
+                self._power_off(loaded, hv)
         elif act is Act.REBOOT:
             hv.reboot(domain, agent_or_acpi(hv, domain))
         elif act in (Act.SUSPEND, Act.RESUME):
-            with suppress(InvalidOperation):
+            event = "Suspended" if act is Act.SUSPEND else "Resumed"
+            with suppress(InvalidOperation), self.expected.acting(loaded.uid, event):
                 (hv.suspend if act is Act.SUSPEND else hv.resume)(domain)
         elif act is Act.UNDEFINE:
-            with suppress(DomainNotFound):
+            with suppress(DomainNotFound), self.expected.acting(loaded.uid, "Undefined"):
                 hv.undefine(domain)
         elif act is Act.DELETE_VOLUMES:
             for volume in volume_names(loaded.desired.volumes, loaded.progress):
@@ -364,6 +383,10 @@ class InstanceReconciler:
         elif act is Act.REMOVE_MDEVS and hv.capabilities.mediated_devices:
             for _, _, mdev_uuid in loaded.mdevs:
                 hv.remove_mdev(mdev_uuid)
+
+    def _power_off(self, loaded: LoadedInstance, hv: Hypervisor) -> None:
+        with suppress(DomainNotFound, InvalidOperation), self.expected.acting(loaded.uid, "Stopped"):
+            hv.destroy(loaded.domain)
 
     def _guest_report(self, loaded: LoadedInstance, hv: Hypervisor) -> JsonObject | None:
         """A fresh report when the agent just connected, none is stored, or the stored one is a minute old."""
@@ -496,13 +519,17 @@ class InstanceReconciler:
             if row is None:
                 return None
             progress = progress_of(row)
-            ledger = DeviceRepository(session)
             node = (
                 None
                 if row.node_name is None
                 else ResourceRepository[NodeRow](session, NODES).get("", row.node_name)
             )
             spec = InstanceSpec.model_validate(row.spec)  # once per pass: validation is not free
+            status = dict(row.status or {})
+            # Devices are taken only for a spec that asks for them and recorded in the status until released.
+            ledger = (
+                DeviceRepository(session) if device_needs(spec) or status.get("deviceAssignments") else None
+            )
             return LoadedInstance(
                 namespace,
                 name,
@@ -511,21 +538,27 @@ class InstanceReconciler:
                 spec,
                 intent_of(row),
                 progress,
-                dict(row.status or {}),
+                status,
                 row.node_name,
                 row.deleted_at is not None,
                 row.created_at,
                 node=_address(node) if node is not None else None,
                 guest=dict(row.guest or {}),
                 migration=_unfinished(session, progress.migration),
-                pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid)),
-                mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if row.node_name else (),
+                pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid))
+                if ledger
+                else (),
+                mdevs=tuple(ledger.mdevs_of(row.uid, row.node_name)) if ledger and row.node_name else (),
                 data_volumes=_data_volumes(session, namespace, spec),
                 networks=_networks(session, spec),
                 secrets=load_secrets(session, namespace, spec),
+                operations=queued_operations(session, row.uid),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
+        as_loaded = Stored(loaded.status, loaded.progress, loaded.intent, loaded.guest)
+        if self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
+            return  # nothing new since this pass read the row; whoever wrote it since queued its own pass
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
             row = repo.get(loaded.namespace, loaded.name, for_update=True)
@@ -535,38 +568,42 @@ class InstanceReconciler:
     def _apply(
         self, repo: InstanceRepository, row: InstanceRow, loaded: LoadedInstance, outcome: Outcome
     ) -> None:
-        """Fold an outcome into the row: status, and the plan's changes to progress and intent rebased onto
-        what the row holds now (the API or a migration may have written since this pass read it). A pass
-        that changed nothing writes nothing."""
+        """Fold an outcome into the row as it is now; a pass that changed nothing writes nothing."""
+        stored = Stored(row.status or {}, progress_of(row), intent_of(row), row.guest or {})
+        folded = self._folded(loaded, outcome, stored, row.node_name)
+        if folded == stored:
+            return
+        row.status, row.guest = folded.status, folded.guest
+        set_progress(row, folded.progress)
+        set_intent(row, folded.intent)
+        repo.touch(row)
+        wake_pool(repo.session, row)
+
+    def _folded(self, loaded: LoadedInstance, outcome: Outcome, onto: Stored, node: str | None) -> Stored:
+        """The outcome folded onto a stored state: status, and the plan's changes to progress and intent
+        rebased onto it (the API or a migration may have written since this pass read the row)."""
         at, plan = self.clock(), outcome.plan
-        progress, intent = progress_of(row), intent_of(row)
+        progress, intent = onto.progress, onto.intent
         if plan is not None:
             progress = plan.progress.rebased(before=loaded.progress, onto=progress)
             intent = plan.intent.rebased(before=loaded.intent, onto=intent)
         extra = {"retryAfter": rfc3339(plan.retry_after)} if plan is not None and plan.retry_after else {}
         status = render(
-            row.status or {},
+            onto.status,
             outcome.observed,
             generation=loaded.generation,
-            node=row.node_name,
+            node=node,
             domain=progress.domain,
             at=at,
             extra=extra,
         )
-        guest = row.guest if outcome.guest is None else outcome.guest
+        guest = onto.guest if outcome.guest is None else outcome.guest
         if outcome.guest is not None:
             add_guest_report(status, outcome.guest, at)
         if outcome.nics is not None:
             names = [nic.name for nic in loaded.spec.domain.devices.interfaces] or ["default"]
-            status["interfaces"] = interfaces_status(names, outcome.nics, guest or {})
-        same = status == (row.status or {}) and progress == progress_of(row) and intent == intent_of(row)
-        if same and guest == row.guest:
-            return
-        row.status, row.guest = status, guest
-        set_progress(row, progress)
-        set_intent(row, intent)
-        repo.touch(row)
-        wake_pool(repo.session, row)
+            status["interfaces"] = interfaces_status(names, outcome.nics, guest)
+        return Stored(status, progress, intent, guest)
 
     @staticmethod
     def _freeze_status(loaded: LoadedInstance) -> Callable[[Session, str], None]:
@@ -624,11 +661,6 @@ def _lookup(hv: Hypervisor, domain: str) -> DomainInfo | None:
         return hv.lookup(domain)
     except DomainNotFound:
         return None
-
-
-def _power_off(hv: Hypervisor, domain: str) -> None:
-    with suppress(DomainNotFound, InvalidOperation):
-        hv.destroy(domain)
 
 
 def _address(node: NodeRow) -> NodeAddress:

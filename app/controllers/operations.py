@@ -59,18 +59,24 @@ def failure(exc: Exception) -> tuple[int, str]:
     raise exc
 
 
+QueuedOperation = tuple[str, str, JsonObject]  # (id, kind, request)
+
+
+def queued_operations(session: Session, uid: str) -> tuple[QueuedOperation, ...]:
+    """The instance's guest operations still to run, in the order they were asked."""
+    return tuple((op.id, op.kind, dict(op.request)) for op in operations.pending(session, uid))
+
+
 def run_queued(
     db: Database,
     hv: Hypervisor | None,
-    uid: str,
+    queued: tuple[QueuedOperation, ...],
     domain: str,
     agent: str,
     on_freeze: Callable[[Session, str], None],
 ) -> None:
-    """Guest operations queued for an instance, one at a time, in the order they were asked. `agent` is the
-    AgentConnected condition's status; `on_freeze` records a freeze or thaw's fsFreezeStatus."""
-    with db.read() as session:
-        queued = [(op.id, op.kind, dict(op.request)) for op in operations.pending(session, uid)]
+    """Run queued guest operations, one at a time. `agent` is the AgentConnected condition's status;
+    `on_freeze` records a freeze or thaw's fsFreezeStatus."""
     for op_id, kind, request in queued:
         result: JsonObject = {}
         error: tuple[int, str] | None = None

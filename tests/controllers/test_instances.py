@@ -6,11 +6,13 @@ domains can be stopped out of band (a guest shutdown, a crash) from this process
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import update
 
 from app.controllers.instances import InstanceReconciler
@@ -266,3 +268,24 @@ def test_a_lost_connection_rechecks_every_instance_on_its_node(api: httpx.Client
         keys = reconciler.keys_for_event(session, "td", closed)
         assert {INSTANCES.work_key("default", n) for n in ("lost-a", "lost-b")} <= set(keys)
         assert reconciler.keys_for_event(session, "elsewhere", closed) == []
+
+
+def instance_passes() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "corral_reconcile_duration_seconds_count", {"kind": INSTANCES.kind, "outcome": "ok"}
+        )
+        or 0.0
+    )
+
+
+def test_the_events_of_its_own_actions_do_not_wake_another_pass(api: httpx.Client, hv: Hypervisor) -> None:
+    """Defining and starting a domain is one pass: the pass looked at the domain after acting, so the
+    Defined and Started events it caused wake nothing. An event nobody here caused still does."""
+    assert api.post(BASE, json=instance("quiet")).status_code == 201
+    before = instance_passes()
+    domain = wait_phase(api, "quiet", "Running")["status"]["domainName"]
+    time.sleep(1)  # long enough for the events to arrive and be delivered
+    assert instance_passes() - before <= 1
+    hv.suspend(domain)  # not this worker's doing: a pass reports it
+    wait_phase(api, "quiet", "Paused")
