@@ -4,9 +4,10 @@
    bench/minimal_app.py (one process) on the same database, interleaved round by round, 16 clients:
    req/s, p50 and p99 of create, get and list-100-of-1000, and Corral's ratio to the minimal app; on Postgres
    and on SQLite.
-2. Scale: `corral serve` with a large test-driver node: N instances POSTed by 16 clients (POST rate per
-   hundred), the time until all are Running, the node's Ready condition throughout, idle CPU and RSS with
-   all Running, and the time to delete them all.
+2. Scale: Corral as deployed (SQLite: `corral serve`; Postgres: `corral api` + `corral worker`) with a
+   large test-driver node: N instances POSTed by 16 clients (POST rate per hundred), the time until all are
+   Running and the CPU time it took, the node's Ready condition throughout, idle CPU (the processes
+   together) and RSS (each) with all Running, and the time to delete them all.
 3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99).
 4. Watches: PATCH latency and delivery to 50 open watches.
 5. Scale-out (Postgres): creates through 1 API + 1 worker process against 2 + 2.
@@ -207,9 +208,13 @@ def request_costs(backend: str, rounds: int, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time the processes used so far, together."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -220,30 +225,37 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def big_node_serve(
-    backend: str, workdir: Path, name: str
-) -> Iterator[tuple[subprocess.Popen[bytes], str, httpx.Client]]:
-    """A fresh `corral serve` on its own database whose local node is a test-driver host with room for
-    thousands of instances; (process, URL, client) once the node is Ready."""
+def big_node_corral(backend: str, workdir: Path, name: str) -> Iterator[tuple[list[int], str, httpx.Client]]:
+    """Corral on its own fresh database, laid out as it is deployed: on SQLite `corral serve` (one process
+    by design), on Postgres `corral api` + `corral worker` (docker-compose.yml). Its local node is a
+    test-driver host with room for thousands of instances. Yields (process ids, URL, client) once the node
+    is Ready."""
     node = workdir / "node.xml"
     node.write_text(NODE_XML)
     port = free_port()
     database = fresh_database(backend, f"corral_bench_{name}", workdir)
     env = corral_env(database, workdir / f"{name}-{backend}", CORRAL_LIBVIRT_URI=f"test://{node}")
     url = f"http://127.0.0.1:{port}"
-    argv = [CORRAL, "serve", "--port", str(port)]
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with (
-        process(argv, env, workdir / f"{name}-{backend}.log", f"{url}/healthz") as proc,
-        httpx.Client(base_url=url, headers=headers, timeout=120) as client,
-    ):
+    log = workdir / f"{name}-{backend}.log"
+    with ExitStack() as running:
+        if backend == "sqlite":
+            argv = [CORRAL, "serve", "--port", str(port)]
+            processes = [running.enter_context(process(argv, env, log, f"{url}/healthz"))]
+        else:
+            api = running.enter_context(
+                process([CORRAL, "api", "--port", str(port)], env, log, f"{url}/healthz")
+            )
+            worker_log = workdir / f"{name}-{backend}-worker.log"
+            processes = [api, running.enter_context(process([CORRAL, "worker"], env, worker_log, None))]
+        client = running.enter_context(httpx.Client(base_url=url, headers=headers, timeout=120))
         wait_until(lambda: node_ready(client), 60, "node local Ready")
-        yield proc, url, client
+        yield [p.pid for p in processes], url, client
 
 
 def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
-    """`corral serve` on a big test-driver node: POST `count` instances, all Running, idle, delete them."""
-    with big_node_serve(backend, workdir, "scale") as (proc, url, client):
+    """Corral on a big test-driver node: POST `count` instances, all Running, idle, delete them."""
+    with big_node_corral(backend, workdir, "scale") as (pids, url, client):
         not_ready: list[float] = []
         stop_watching = threading.Event()
 
@@ -260,7 +272,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
             "spec": SPEC,
         }
         base = "/v1/namespaces/bench/instances"
-        started = time.monotonic()
+        started, cpu_at_start = time.monotonic(), cpu_seconds(pids)
         hundreds: list[float] = []
         for first in range(0, count, 100):
             batch: list[Request] = [
@@ -274,11 +286,12 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
             lambda: all_running(client, base, count, phases), 900, f"{count} Running", lambda: str(phases)
         )
         running_after = time.monotonic() - started
+        cpu_to_running = cpu_seconds(pids) - cpu_at_start
         time.sleep(5)  # settle, then measure idle
-        before = cpu_seconds(proc.pid)
+        before = cpu_seconds(pids)
         time.sleep(30)
-        idle_cpu = (cpu_seconds(proc.pid) - before) / 30
-        rss = rss_mib(proc.pid)
+        idle_cpu = (cpu_seconds(pids) - before) / 30
+        rss = [rss_mib(pid) for pid in pids]
         stop_watching.set()
         deleted_from = time.monotonic()
         drive(url, TOKEN, [("DELETE", f"{base}/{n}", None) for n in names])
@@ -292,6 +305,9 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         "post_rate_ratio_last_to_first": hundreds[-1] / hundreds[0],
         "posted_s": posted,
         "all_running_s": running_after,
+        # Corral's CPU time from the first POST to all Running, per instance: steadier than wall time on a
+        # shared machine
+        "cpu_ms_per_instance_to_running": 1000 * cpu_to_running / count,
         "failed": failed,
         "node_not_ready_seconds": len(not_ready),
         "idle_cpu_percent": 100 * idle_cpu,
@@ -302,7 +318,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
 
 def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dict[str, Any]:
     latencies: list[float] = []
-    with big_node_serve(backend, workdir, "claims") as (_, url, client):
+    with big_node_corral(backend, workdir, "claims") as (_, url, client):
         pool = {"metadata": {"name": "warm"}, "spec": {"size": size, "template": {"spec": SPEC}}}
         client.post("/v1/namespaces/bench/pools", json=pool).raise_for_status()
         for _ in range(5):
