@@ -204,12 +204,20 @@ class InstanceReconciler:
         self.definer = Definer(volume_dir, network or default_network())
         self.clock = clock
         self.expected = Expectations()
+        # Instances (by uid) whose current pass wrote their row: what it read is no longer what is stored.
+        self._written: set[str] = set()
 
     # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
         loaded = self._load(namespace, name)
         if loaded is None:
             return Result()
+        try:
+            return self._reconcile_loaded(loaded)
+        finally:
+            self._written.discard(loaded.uid)
+
+    def _reconcile_loaded(self, loaded: LoadedInstance) -> Result:
         if loaded.migration is not None:
             agent = (find_condition(loaded.status, "AgentConnected") or {}).get("status", "False")
             self._write(loaded, Outcome(while_migrating(loaded.desired, agent)))
@@ -557,7 +565,8 @@ class InstanceReconciler:
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
         as_loaded = Stored(loaded.status, loaded.progress, loaded.intent, loaded.guest)
-        if self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
+        unwritten = loaded.uid not in self._written
+        if unwritten and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
             return  # nothing new since this pass read the row; whoever wrote it since queued its own pass
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
@@ -578,6 +587,7 @@ class InstanceReconciler:
         set_intent(row, folded.intent)
         repo.touch(row)
         wake_pool(repo.session, row)
+        self._written.add(loaded.uid)
 
     def _folded(self, loaded: LoadedInstance, outcome: Outcome, onto: Stored, node: str | None) -> Stored:
         """The outcome folded onto a stored state: status, and the plan's changes to progress and intent
