@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 EXPECTED_FOR = 10.0  # seconds an action's event is waited for
-PRUNE_ABOVE = 1000  # domains with expectations before expired ones are swept
+SWEEP_ABOVE = 1000  # domains with expectations before expired ones are swept
 
 
 class Expectations:
@@ -23,13 +23,15 @@ class Expectations:
         self._clock = clock
         self._lock = threading.Lock()
         self._waiting: dict[str, list[tuple[str, float]]] = {}  # domain uuid -> (event, deadline)
+        self._sweep_above = SWEEP_ABOVE  # doubles with what a sweep leaves: a sweep's cost is spread out
 
     def expect(self, uuid: str, *events: str) -> None:
         """This process's action on the domain causes these events (names as HypervisorEvent has)."""
         now = self._clock()
         with self._lock:
-            if len(self._waiting) > PRUNE_ABOVE:
+            if len(self._waiting) > self._sweep_above:
                 self._sweep(now)
+                self._sweep_above = max(SWEEP_ABOVE, 2 * len(self._waiting))
             self._waiting.setdefault(uuid, []).extend((event, now + EXPECTED_FOR) for event in events)
 
     @contextmanager
