@@ -560,7 +560,8 @@ class InstanceReconciler:
                 data_volumes=_data_volumes(session, namespace, spec),
                 networks=_networks(session, spec),
                 secrets=load_secrets(session, namespace, spec),
-                operations=queued_operations(session, row.uid),
+                # A pass that tears the instance down runs none of them.
+                operations=queued_operations(session, row.uid) if row.deleted_at is None else (),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
