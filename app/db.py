@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -190,15 +191,27 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
             )
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
         connect_args={"application_name": application_name},
         **JSON_CODEC,
     )
+    event.listen(engine, "checkout", _discard_if_dead)
+    return engine
+
+
+def _discard_if_dead(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """The pool's liveness check without a round trip (pre-ping costs one per transaction): an idle pooled
+    connection has nothing to read, so a readable socket means the server closed it or is about to (a
+    restart, an administrator's termination). SQLAlchemy then discards it and checks out another."""
+    if dbapi_conn.closed or dbapi_conn.broken:
+        raise DisconnectionError("the connection is closed")
+    readable, _, _ = select.select([dbapi_conn.pgconn.socket], [], [], 0)
+    if readable:
+        raise DisconnectionError("the server closed the connection")
 
 
 # SQLSTATEs of failures that say nothing about the request: a retry (now, or after a moment) succeeds.

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.common import CORRAL, TOKEN, save, summary
+from bench.lean_http import Connection, race
 from bench.minimal_app import TOKEN as MINIMAL_TOKEN
 
 CLIENTS = 16
@@ -54,6 +55,7 @@ NODE_XML = """<node>
 SPEC = {"domain": {"resources": {"requests": {"cpu": "1", "memory": "16Mi"}}}}
 
 Request = tuple[str, str, dict[str, Any] | None]
+Arrival = tuple[float, bytes]  # a watch line and when its bytes arrived
 
 
 def free_port() -> int:
@@ -321,18 +323,20 @@ def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dic
     with big_node_corral(backend, workdir, "claims") as (_, url, client):
         pool = {"metadata": {"name": "warm"}, "spec": {"size": size, "template": {"spec": SPEC}}}
         client.post("/v1/namespaces/bench/pools", json=pool).raise_for_status()
+
+        def warm() -> bool:  # the members themselves: the pool's status may not show the last claims yet
+            members = list_all(client, "/v1/namespaces/bench/instances", labelSelector="corral.dev/pool=warm")
+            return len([m for m in members if m["status"].get("phase") == "Running"]) == size
+
         for _ in range(5):
-            wait_until(
-                lambda: (
-                    client.get("/v1/namespaces/bench/pools/warm").json()["status"].get("availableReplicas")
-                    == size
-                ),
-                120,
-                "pool warm",
+            wait_until(warm, 120, "pool warm")
+            answers = asyncio.run(
+                race(url, TOKEN, "POST", "/v1/namespaces/bench/pools/warm/claim", b"{}", racers)
             )
-            claim: Request = ("POST", "/v1/namespaces/bench/pools/warm/claim", {})
-            _, batch = drive(url, TOKEN, [claim] * racers, racers, accept=(503,))
-            latencies += batch
+            unexpected = [status for status, _ in answers if status not in (201, 503)]
+            if unexpected or sum(status == 201 for status, _ in answers) != size:
+                raise RuntimeError(f"claims answered {sorted(status for status, _ in answers)}")
+            latencies += [seconds for _, seconds in answers]
     return {
         "racers": racers,
         "pool": size,
@@ -371,37 +375,39 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
             return sent, took
 
         _, alone = patch_all(patches, 0)
-        arrivals: list[list[tuple[float, str]]] = [[] for _ in range(watchers)]
         version = client.get(base).json()["metadata"]["resourceVersion"]
-        opened = threading.Barrier(watchers + 1)
+        arrivals: list[list[Arrival]] = [[] for _ in range(watchers)]
+        opened = threading.Event()
+        last = f'"n":"{2 * patches - 1}"'.encode()  # as the server writes it (compact JSON)
 
-        def watch(seen: list[tuple[float, str]]) -> None:
-            params = {"watch": "true", "resourceVersion": version}
-            with (
-                httpx.Client(
-                    base_url=url, headers=client.headers, timeout=httpx.Timeout(60, read=None)
-                ) as own,
-                own.stream("GET", base, params=params) as stream,
-            ):
-                opened.wait()
-                for line in stream.iter_lines():
-                    if line:
-                        label = json.loads(line)["object"]["metadata"]["labels"].get("n", "")
-                        seen.append((time.monotonic(), label))
-                        if label == str(2 * patches - 1):
-                            return
+        async def watch_all() -> None:
+            """Every stream on one event loop; an event is timed when its bytes arrive, parsed later."""
+            connections = [await Connection.open(url, TOKEN) for _ in range(watchers)]
+            streams = [c.lines(f"{base}?watch=true&resourceVersion={version}") for c in connections]
 
-        threads = [threading.Thread(target=watch, args=(a,), daemon=True) for a in arrivals]
-        for thread in threads:
-            thread.start()
-        opened.wait()
+            async def follow(stream: AsyncIterator[Arrival], seen: list[Arrival]) -> None:
+                async for arrived, line in stream:
+                    seen.append((arrived, line))
+                    if last in line:
+                        return
+
+            followers = [asyncio.create_task(follow(st, a)) for st, a in zip(streams, arrivals, strict=True)]
+            await asyncio.sleep(1)  # every watch request is in
+            opened.set()
+            await asyncio.wait_for(asyncio.gather(*followers), 120)
+            for connection in connections:
+                connection.close()
+
+        watching = threading.Thread(target=asyncio.run, args=(watch_all(),), daemon=True)
+        watching.start()
+        opened.wait(60)
         sent, watched = patch_all(patches, patches)
-        for thread in threads:
-            thread.join(60)
+        watching.join(120)
         client.close()
+    labels = [[(arrived, label(line)) for arrived, line in a] for a in arrivals]
     expected = [str(patches + i) for i in range(patches)]
-    intact = all([label for _, label in a] == expected for a in arrivals)
-    delivery = [arrived - sent[int(label) - patches] for a in arrivals for arrived, label in a]
+    intact = all([n for _, n in a] == expected for a in labels)
+    delivery = [arrived - sent[int(n) - patches] for a in labels for arrived, n in a]
     alone_p50, watched_p50 = statistics.median(alone), statistics.median(watched)
     return {
         "watchers": watchers,
@@ -412,6 +418,11 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
         "delivery_p99_ms": 1000 * sorted(delivery)[round(0.99 * (len(delivery) - 1))],
         "every_event_once_in_order": intact,
     }
+
+
+def label(line: bytes) -> str:
+    """The `n` label of a watch event's object."""
+    return str(json.loads(line)["object"]["metadata"]["labels"].get("n", ""))
 
 
 def scale_out(workdir: Path, count: int = 1000) -> dict[str, Any]:
@@ -488,9 +499,9 @@ def node_ready(client: httpx.Client) -> bool:
     )
 
 
-def list_all(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+def list_all(client: httpx.Client, path: str, **query: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 1000}
+    params: dict[str, Any] = {"limit": 1000, **query}
     while True:
         answer = client.get(path, params=params)
         if answer.status_code != 200:

@@ -78,12 +78,10 @@ def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[
     parameters: dict[str, Any] = {
         "count": len(changes),
         "at": utc_now(),
-        "ordinals": [ordinal for ordinal, _, _ in changes],
-        "kinds": [obj["kind"] for _, _, obj in changes],
-        "namespaces": [obj["metadata"].get("namespace") or "" for _, _, obj in changes],
-        "names": [obj["metadata"]["name"] for _, _, obj in changes],
-        "types": [event_type for _, event_type, _ in changes],
-        "objects": [orjson.dumps(obj).decode() for _, _, obj in changes],
+        # One JSON document, not arrays: a text array would escape every quote of every object.
+        "changes": orjson.dumps(
+            [{"ordinal": ordinal, **_logged(event_type, obj)} for ordinal, event_type, obj in changes]
+        ).decode(),
     }
     for index, stamped in enumerate(rows.values()):
         parameters[f"row_ids_{index}"] = [row_id for row_id, _ in stamped]
@@ -138,19 +136,23 @@ def _revisions_statement(tables: tuple[Table, ...]) -> Select[Any]:
             .values(resource_version=base + stamped.c.ordinal)
         )
         statement = statement.add_cte(stamp_rows.cte(f"stamp_{index}"))
-    logged = _unnest(
-        "changes",
-        ("ordinal", "ordinals", Integer()),
-        ("kind", "kinds", Text()),
-        ("namespace", "namespaces", Text()),
-        ("name", "names", Text()),
-        ("type", "types", Text()),
-        ("object", "objects", Text()),
+    logged = (
+        func.jsonb_to_recordset(cast(bindparam("changes", type_=Text()), JSONB()))
+        .table_valued(
+            column("ordinal", Integer()),
+            column("kind", Text()),
+            column("namespace", Text()),
+            column("name", Text()),
+            column("type", Text()),
+            column("object", JSONB()),
+            name="changes",
+        )
+        .render_derived(with_types=True)
     )
     rv = base + logged.c.ordinal
     # The object was shown before its version was known: the version is filled in here.
     shown = func.jsonb_set(
-        cast(logged.c.object, JSONB()),
+        logged.c.object,
         cast(literal(_RV_PATH), ARRAY(Text())),
         func.to_jsonb(cast(rv, Text())),
     )
@@ -179,24 +181,24 @@ def current_revision(session: Session) -> int:
     return int(session.execute(select(RevisionRow.value).where(RevisionRow.id == 1)).scalar_one())
 
 
+def _logged(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """A change log entry's columns but its version and time."""
+    return {
+        "kind": obj["kind"],
+        "namespace": obj["metadata"].get("namespace") or "",
+        "name": obj["metadata"]["name"],
+        "type": event_type,
+        "object": obj,
+    }
+
+
 def record_events(session: Session, events: list[tuple[int, str, dict[str, Any]]]) -> None:
     """The change log's entries: (resourceVersion, event type, object), in one statement."""
     at = utc_now()
     # Core, not the ORM: nothing reads an event back in the transaction that wrote it.
     session.execute(
         insert(EVENTS),
-        [
-            {
-                "rv": rv,
-                "kind": obj["kind"],
-                "namespace": obj["metadata"].get("namespace") or "",
-                "name": obj["metadata"]["name"],
-                "type": event_type,
-                "object": obj,
-                "created_at": at,
-            }
-            for rv, event_type, obj in events
-        ],
+        [{"rv": rv, **_logged(event_type, obj), "created_at": at} for rv, event_type, obj in events],
     )
     signal(session, EVENTS_CHANNEL)
 

@@ -74,9 +74,6 @@ class Worker:
         self.event_retention = event_retention
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._inflight: set[str] = set()
-        # The last lease found fewer due keys than it had room for: a freed slot alone is no reason to look
-        # again (an enqueue, a key due again at once, or the idle poll is).
-        self._drained = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -127,7 +124,6 @@ class Worker:
                 try:
                     with self.db.transaction() as session:
                         taken = workqueue.lease(session, self.identity, free, self.lease_seconds)
-                    self._drained = len(taken) < free
                 except Exception:
                     log.warning("leasing work failed", exc_info=True)
                     self._stop.wait(IDLE_POLL)
@@ -140,6 +136,15 @@ class Worker:
                 hub.wait(WORK_CHANNEL, seen, IDLE_POLL)
 
     def _process(self, lease: workqueue.Lease) -> None:
+        """Run passes on this thread as long as the queue has due keys: each pass's finishing transaction
+        leases the next key, so a busy worker needs no extra transaction and no hand-over through the loop
+        per pass."""
+        following: workqueue.Lease | None = lease
+        while following is not None:
+            following = self._pass(following)
+
+    def _pass(self, lease: workqueue.Lease) -> workqueue.Lease | None:
+        """One reconcile of the leased key, then its lease ended; returns the next key leased, if any."""
         kind_name, namespace, name = split_work_key(lease.key)
         reconciler = self.reconcilers.get(kind_name)
         started = time.perf_counter()
@@ -160,20 +165,23 @@ class Worker:
                 error,
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
-        finally:
-            PASSES.labels(kind_name, outcome).observe(time.perf_counter() - started)
-            again = True
-            try:
-                with self.db.transaction() as session:
-                    again = workqueue.finish(
-                        session, self.identity, lease, requeue_after=requeue, error=error
-                    )
-            except Exception:
-                log.warning("finishing %s failed", lease.key, exc_info=True)
-            with self._lock:
-                self._inflight.discard(lease.key)
-            if again or not self._drained:
-                self.db.hub.notify(WORK_CHANNEL)
+        PASSES.labels(kind_name, outcome).observe(time.perf_counter() - started)
+        again, following = True, None
+        try:
+            with self.db.transaction() as session:
+                again = workqueue.finish(session, self.identity, lease, requeue_after=requeue, error=error)
+                if not self._stop.is_set():
+                    taken = workqueue.lease(session, self.identity, 1, self.lease_seconds)
+                    following = taken[0] if taken else None
+        except Exception:
+            log.warning("finishing %s failed", lease.key, exc_info=True)
+        with self._lock:
+            self._inflight.discard(lease.key)
+            if following is not None:
+                self._inflight.add(following.key)
+        if following is None and again:
+            self.db.hub.notify(WORK_CHANNEL)  # due again, and this thread took nothing: the loop looks
+        return following
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
