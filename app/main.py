@@ -108,7 +108,7 @@ class RequestMetrics:
             REQUESTS.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
 
 
-def _build_routes(app: FastAPI) -> None:
+def build_routes(app: FastAPI) -> None:
     """FastAPI builds an included router's routes (their validators and serializers) on the first request
     that reaches it, which then takes a hundred milliseconds or more: build them all before serving. Looking
     up a route name that none has walks every router, so it builds them all."""
@@ -123,9 +123,8 @@ def create_app(
     node_access: NodeAccess | None = None,
 ) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         db.start_listener()
-        _build_routes(app)
         lifecycle = asyncio.create_task(_mark_unreported_nodes(db, node_grace_seconds))
         yield
         lifecycle.cancel()
@@ -135,6 +134,7 @@ def create_app(
     app.state.metrics_tenant_labels = metrics_tenant_labels
     app.state.node_access = node_access
     app.state.principals = PrincipalCache(db.hub)
+    app.state.principal_lookups = {}  # (event loop, Authorization header) -> the lookup in flight
     problems.install(app)
     app.include_router(system.router)
     shown = ShownObjects()  # one per app: what each object looks like at its resourceVersion

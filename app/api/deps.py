@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -81,7 +82,15 @@ async def get_principal(db: DB, request: Request) -> Principal:
         with db.read() as session:
             return authenticate(session, authorization)
 
-    return await run_in_threadpool(cache.fill, authorization, lookup)
+    # Requests with one header that miss together share one lookup: a burst after the entry expired would
+    # otherwise take a thread and a database connection each.
+    pending: dict[tuple[object, str | None], asyncio.Future[Principal]] = request.app.state.principal_lookups
+    key = (asyncio.get_running_loop(), authorization)  # a future belongs to its event loop
+    shared = pending.get(key)
+    if shared is None:
+        shared = pending[key] = asyncio.ensure_future(run_in_threadpool(cache.fill, authorization, lookup))
+        shared.add_done_callback(lambda _: pending.pop(key, None))
+    return await asyncio.shield(shared)
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -49,20 +50,30 @@ def _serve_http(db: Any, host: str, port: int) -> None:
     import uvicorn
 
     from app.api.deps import NodeAccess
-    from app.main import create_app
+    from app.main import build_routes, create_app
     from app.virt.libvirt_driver import connect
 
     settings = get_settings()
     access = NodeAccess(connect, settings.data_dir / "uploads", settings.max_disk_bytes)
+    app = create_app(db, settings.node_grace_seconds, settings.metrics_tenant_labels, access)
+    build_routes(app)
+    freeze_heap()
     # Watches stream until the client leaves: bound the wait for them at shutdown.
     uvicorn.run(
-        create_app(db, settings.node_grace_seconds, settings.metrics_tenant_labels, access),
+        app,
         host=host,
         port=port,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def freeze_heap() -> None:
+    """Leave what startup built (routes, validators, mappers: hundreds of thousands of objects) out of the
+    garbage collector's full passes, which otherwise stall the process for 100-200 ms now and then."""
+    gc.collect()
+    gc.freeze()
 
 
 def _run_worker(db: Any, settings: Settings) -> Any:
@@ -112,6 +123,7 @@ def worker() -> None:
     settings = get_settings()
     db = _database(settings)
     process = _run_worker(db, settings)
+    freeze_heap()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

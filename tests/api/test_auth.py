@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from app.api import deps
 from app.db import Database
 from app.models import TokenRow
+from app.services.auth import Principal
 from tests.api.test_resources import INSTANCES, problem
-from tests.conftest import ADMIN_TOKEN, bearer, make_token, vmi
+from tests.conftest import ADMIN_TOKEN, LiveServer, bearer, make_token, vmi
 
 
 def test_missing_and_invalid_tokens_are_401(anon: httpx.Client) -> None:
@@ -125,3 +131,29 @@ def test_tokens_are_stored_hashed_and_revocable(api: httpx.Client, anon: httpx.C
 )
 def test_token_requests_are_validated(api: httpx.Client, body: dict, field: str) -> None:
     assert problem(api.post("/v1/tokens", json=body), 422)["errors"][0]["field"] == field
+
+
+def test_requests_that_miss_the_principal_cache_together_share_one_lookup(
+    api: httpx.Client, server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = make_token(api, "burst", [{"namespace": "default", "role": "viewer"}])
+    lookups: list[str | None] = []
+    real = deps.authenticate
+
+    def counted(session: Session, authorization: str | None) -> Principal:
+        lookups.append(authorization)
+        time.sleep(0.2)  # the others arrive while this lookup runs
+        return real(session, authorization)
+
+    monkeypatch.setattr(deps, "authenticate", counted)
+
+    async def burst(headers: dict[str, str]) -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+            answers = await asyncio.gather(*(client.get(INSTANCES) for _ in range(20)))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst(bearer(token))) == [200] * 20
+    assert lookups == [f"Bearer {token}"]
+    assert asyncio.run(burst(bearer("crl_not-a-token"))) == [401] * 20  # a refusal is shared, never cached
+    assert asyncio.run(burst(bearer("crl_not-a-token"))) == [401] * 20
+    assert lookups.count("Bearer crl_not-a-token") == 2
