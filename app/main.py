@@ -137,9 +137,9 @@ def create_app(
     app.state.principal_lookups = {}  # (event loop, Authorization header) -> the lookup in flight
     problems.install(app)
     app.include_router(system.router)
-    shown = ShownObjects()  # one per app: what each object looks like at its resourceVersion
+    app.state.shown = ShownObjects()  # one per app: what each object looks like at its resourceVersion
     for kind in KINDS.values():
-        app.include_router(resource_router(kind, shown))
+        app.include_router(resource_router(kind, app.state.shown))
     app.include_router(instances.router)
     app.include_router(pools.router)
     app.include_router(migrations.router)

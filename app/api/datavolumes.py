@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, node_access, with_etag
+from app.api.deps import DB, Caller, Shown, node_access, shown_object
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.disks.untrusted import UnsafeDisk
 from app.errors import FieldError, Invalid, Unavailable
@@ -46,7 +46,7 @@ router = APIRouter(tags=["datavolumes"])
     },
 )
 async def upload(
-    request: Request, response: Response, db: DB, caller: Caller, namespace: NamespacePath, name: NamePath
+    request: Request, db: DB, caller: Caller, shown: Shown, namespace: NamespacePath, name: NamePath
 ) -> Any:
     caller.require_write(DATAVOLUMES.read_role, DATAVOLUMES.write_role, namespace)
     uploads = node_access(request.app)
@@ -91,4 +91,4 @@ async def upload(
         with db.transaction() as session:
             return record_upload(session, namespace, name, uid, capacity)
 
-    return with_etag(response, await run_in_threadpool(record))
+    return shown_object(shown, DATAVOLUMES, await run_in_threadpool(record))

@@ -16,7 +16,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
 from app.errors import BadRequest, FieldError, Unavailable, UnsupportedMediaType
+from app.kinds import Kind
 from app.services.auth import Principal, PrincipalCache, authenticate
+from app.services.shown import ShownObjects
 from app.virt.driver import Hypervisor
 
 T = TypeVar("T")
@@ -48,10 +50,22 @@ def etag(obj: dict[str, Any]) -> str:
     return f'"{obj["metadata"]["resourceVersion"]}"'
 
 
-def with_etag(response: Response, obj: dict[str, Any]) -> dict[str, Any]:
-    """The object, its ETag set on the response."""
-    response.headers["ETag"] = etag(obj)
-    return obj
+def shown_object(
+    shown: ShownObjects, kind: Kind[Any], obj: dict[str, Any], status_code: int = 200, **headers: str
+) -> Response:
+    """The object as its response model shows it (encoded once per resourceVersion, and not validated again
+    by FastAPI), its resourceVersion as the ETag (for If-Match)."""
+    return Response(
+        shown.encoded(kind, obj), status_code, {"ETag": etag(obj), **headers}, media_type="application/json"
+    )
+
+
+def shown_objects(request: Request) -> ShownObjects:
+    shown: ShownObjects = request.app.state.shown
+    return shown
+
+
+Shown = Annotated[ShownObjects, Depends(shown_objects)]
 
 
 def node_access(app: Any) -> NodeAccess:

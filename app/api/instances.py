@@ -2,10 +2,10 @@
 
 from typing import Annotated, Any
 
-from fastapi import Header, Request, Response
+from fastapi import Header, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body, with_etag
+from app.api.deps import DB, Caller, Shown, optional_body, shown_object
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.kinds import INSTANCES
@@ -48,9 +48,9 @@ def add_action(action: Action) -> None:
     )
     async def act(
         request: Request,
-        response: Response,
         db: DB,
         caller: Caller,
+        shown: Shown,
         namespace: NamespacePath,
         name: NamePath,
         idempotency_key: IdempotencyKey = None,
@@ -66,8 +66,7 @@ def add_action(action: Action) -> None:
                 )
 
         status, obj = await run_in_threadpool(run)
-        response.status_code = status
-        return with_etag(response, obj)
+        return shown_object(shown, INSTANCES, obj, status)
 
 
 for _action in INSTANCE_ACTIONS:

@@ -3,11 +3,11 @@
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body, with_etag
+from app.api.deps import DB, Caller, Shown, optional_body, shown_object
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.kinds import INSTANCES, MIGRATIONS, NODES
@@ -59,7 +59,7 @@ async def cancel(db: DB, caller: Caller, namespace: NamespacePath, name: NamePat
     },
 )
 async def migrate(
-    request: Request, response: Response, db: DB, caller: Caller, namespace: NamespacePath, name: NamePath
+    request: Request, db: DB, caller: Caller, shown: Shown, namespace: NamespacePath, name: NamePath
 ) -> Any:
     caller.require_write(INSTANCES.read_role, MIGRATIONS.write_role, namespace)
     body = await optional_body(request)
@@ -73,8 +73,8 @@ async def migrate(
             return MigrationService(session).migrate_instance(namespace, name, options)
 
     created = await run_in_threadpool(run)
-    response.headers["Location"] = f"/v1/namespaces/{namespace}/migrations/{created['metadata']['name']}"
-    return with_etag(response, created)
+    location = f"/v1/namespaces/{namespace}/migrations/{created['metadata']['name']}"
+    return shown_object(shown, MIGRATIONS, created, 201, Location=location)
 
 
 @drain_router.post(

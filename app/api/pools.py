@@ -5,11 +5,11 @@ import time
 import weakref
 from typing import Annotated, Any
 
-from fastapi import Query, Request, Response
+from fastapi import Query, Request
 from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DB, Caller, optional_body, poll_until, with_etag
+from app.api.deps import DB, Caller, Shown, optional_body, poll_until, shown_object
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
 from app.api.routing import api_router
 from app.db import EVENTS_CHANNEL, Database
@@ -107,9 +107,9 @@ def desk_for(db: Database) -> ClaimDesk:
 )
 async def claim(
     request: Request,
-    response: Response,
     db: DB,
     caller: Caller,
+    shown: Shown,
     namespace: NamespacePath,
     name: NamePath,
     wait_seconds: Annotated[float, Query(alias="waitSeconds", ge=0, le=300)] = 0,
@@ -130,5 +130,5 @@ async def claim(
             f"pool {name!r} has no ready member; retry after {RETRY_AFTER_SECONDS}s",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    response.headers["Location"] = f"/v1/namespaces/{namespace}/instances/{claimed['metadata']['name']}"
-    return with_etag(response, claimed)
+    location = f"/v1/namespaces/{namespace}/instances/{claimed['metadata']['name']}"
+    return shown_object(shown, INSTANCES, claimed, 201, Location=location)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody, etag
+from app.api.deps import DB, Caller, IfMatch, ObjectBody, PatchBody, shown_object
 from app.api.routing import api_router
 from app.kinds import Kind
 from app.schemas.common import Problem
@@ -77,16 +77,6 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
 
     def stored_ns(scope: str | None) -> str:
         return scope or ""
-
-    def shown_object(obj: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
-        """The object as its response model shows it (encoded once per resourceVersion), its
-        resourceVersion as the ETag (for If-Match)."""
-        return Response(
-            shown.encoded(kind, obj),
-            status_code,
-            {"ETag": etag(obj), **headers},
-            media_type="application/json",
-        )
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
 
@@ -186,14 +176,16 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require(kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).create(stored_ns(scope), body)
-        return shown_object(obj, 201, Location=f"{base.format(namespace=scope)}/{obj['metadata']['name']}")
+        return shown_object(
+            shown, kind, obj, 201, Location=f"{base.format(namespace=scope)}/{obj['metadata']['name']}"
+        )
 
     @router.get(item, operation_id=f"read{one}", summary=f"Read {a_one}", **common)
     def read(db: DB, caller: Caller, scope: scope_param, name: NamePath) -> Any:
         caller.require(kind.read_role, scope, hide=True)
         with db.read() as session:
             obj = service_for(session, kind.kind).get(stored_ns(scope), name)
-        return shown_object(obj)
+        return shown_object(shown, kind, obj)
 
     @router.put(
         item,
@@ -213,7 +205,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).replace(stored_ns(scope), name, body, if_match)
-        return shown_object(obj)
+        return shown_object(shown, kind, obj)
 
     @router.patch(
         item,
@@ -233,7 +225,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).patch(stored_ns(scope), name, body, if_match)
-        return shown_object(obj)
+        return shown_object(shown, kind, obj)
 
     @router.delete(
         item,
@@ -252,6 +244,6 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
         caller.require_write(kind.read_role, kind.write_role, scope)
         with db.transaction() as session:
             obj = service_for(session, kind.kind).delete(stored_ns(scope), name, if_match)
-        return shown_object(obj, 202)
+        return shown_object(shown, kind, obj, 202)
 
     return router
