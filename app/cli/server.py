@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,19 @@ def _serve_http(db: Any, host: str, port: int) -> None:
     )
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas() -> None:
+    """Two malloc arenas instead of glibc's eight per core: the request and reconcile threads otherwise
+    each grow an arena of their own, which costs a server tens of MiB of RSS and buys it nothing (the GIL
+    serializes them anyway). Before any thread starts; MALLOC_ARENA_MAX in the environment wins."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    with suppress(OSError, AttributeError):  # not glibc (musl has no arenas to limit)
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+
+
 def freeze_heap() -> None:
     """Leave what startup built (routes, validators, mappers: hundreds of thousands of objects) out of the
     garbage collector's full passes, which otherwise stall the process for 100-200 ms now and then."""
@@ -102,6 +118,7 @@ def listen(command: Callable[..., Any]) -> Callable[..., Any]:
 @listen
 def serve(host: str, port: int) -> None:
     """API and worker in one process (embedded defaults)."""
+    limit_malloc_arenas()
     settings, db = _api_database()
     process = _run_worker(db, settings)
     try:
@@ -114,12 +131,14 @@ def serve(host: str, port: int) -> None:
 @listen
 def api(host: str, port: int) -> None:
     """The API server alone."""
+    limit_malloc_arenas()
     _serve_http(_api_database()[1], host, port)
 
 
 @click.command()
 def worker() -> None:
     """The reconcile worker alone."""
+    limit_malloc_arenas()
     settings = get_settings()
     db = _database(settings)
     process = _run_worker(db, settings)
