@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from app.controllers.instance_status import STOP_REASONS, Observed, phase_of
 from app.controllers.volumes import volume_names
+from app.schemas.common import JsonObject
 from app.schemas.records import InstanceIntent, InstanceProgress, MigrationLock
 from app.virt.driver import DomainInfo, DomainState, NicAddress
 
@@ -36,6 +37,10 @@ STOPPING_POLL = 1.0
 UNSCHEDULABLE_RETRY = 5.0
 CONFIG_RETRY = 30.0  # a missing image or a name conflict: someone must act; look again now and then
 GUEST_REFRESH = 60.0  # seconds between guest agent reports while it stays connected
+# An agent that answers while its guest is still booting may leave sections out (libvirt skips a command that
+# timed out): such a report is asked for again this soon, for this long after the start.
+INCOMPLETE_REPORT_RETRY = 2.0
+INCOMPLETE_REPORT_WAIT = timedelta(minutes=2)
 NODE_RETRY = 10.0
 KEYS_RETRY = 5.0  # the guest refused SSH keys (its user may not exist yet)
 LEASE_POLL = 1.0
@@ -364,6 +369,13 @@ def while_migrating(desired: Desired, agent: str) -> Observed:
     return Observed("Migrating", "Migrating", message, agent=agent, agent_reason="AgentNotConnected")
 
 
+def report_incomplete(report: JsonObject, progress: InstanceProgress, now: datetime) -> bool:
+    """A report early in the run that does not say what the guest OS is: the agent answered too soon."""
+    started = progress.last_start_at
+    early = started is not None and now - started < INCOMPLETE_REPORT_WAIT
+    return early and not report.get("osInfo")
+
+
 def guest_report_due(
     observed_at: datetime | None,
     refreshed: int,
@@ -371,10 +383,14 @@ def guest_report_due(
     progress: InstanceProgress,
     was_connected: bool,
     now: datetime,
+    incomplete: bool = False,
 ) -> bool:
-    """Report again when a refresh was asked, the last report is a minute old, or the agent just connected
-    in a run the last report predates. An agent that reconnects after a pause in the same run finds the guest
-    as it was: reporting then would only hold the pass (a pause during the report waits out the agent)."""
+    """Report again when a refresh was asked, the last report is a minute old or `incomplete`, or the agent
+    just connected in a run the last report predates. An agent that reconnects after a pause in the same run
+    finds the guest as it was: reporting then would only hold the pass (a pause during the report waits out
+    the agent)."""
+    if incomplete:
+        return True
     asked = intent.guest_refresh > refreshed
     fresh = observed_at is not None and (now - observed_at).total_seconds() < GUEST_REFRESH
     started = progress.last_start_at

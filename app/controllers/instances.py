@@ -27,6 +27,7 @@ from app.controllers.expectations import Expectations
 from app.controllers.image_cache import ImageCache, resolver
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
+    INCOMPLETE_REPORT_RETRY,
     KEYS_RETRY,
     NODE_RETRY,
     POWERED,
@@ -42,6 +43,7 @@ from app.controllers.instance_decisions import (
     lease_recheck,
     placed,
     report,
+    report_incomplete,
     requeue_after,
     unreachable,
     while_migrating,
@@ -248,6 +250,8 @@ class InstanceReconciler:
             guest = self._guest_report(loaded, hv)
             if guest is not None:
                 self._write(loaded, replace(outcome, guest=guest))
+            if report_incomplete(guest or loaded.guest, loaded.progress, self.clock()):
+                requeue = min(requeue or INCOMPLETE_REPORT_RETRY, INCOMPLETE_REPORT_RETRY)
             if not self._sync_agent_keys(loaded, hv):
                 requeue = min(requeue or KEYS_RETRY, KEYS_RETRY)
         run_queued(
@@ -402,7 +406,11 @@ class InstanceReconciler:
         was_connected = (find_condition(loaded.status, "AgentConnected") or {}).get("status") == "True"
         observed_at = parse_time(loaded.guest.get("observedAt"))
         refreshed = int(loaded.guest.get("refresh", 0))
-        if not guest_report_due(observed_at, refreshed, loaded.intent, loaded.progress, was_connected, at):
+        incomplete = report_incomplete(loaded.guest, loaded.progress, at) if observed_at else False
+        due = guest_report_due(
+            observed_at, refreshed, loaded.intent, loaded.progress, was_connected, at, incomplete
+        )
+        if not due:
             return None
         try:
             answer = hv.guest_report(loaded.domain)

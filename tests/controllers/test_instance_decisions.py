@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from app.controllers.instance_decisions import (
     CONFIG_RETRY,
     GUEST_REFRESH,
+    INCOMPLETE_REPORT_WAIT,
     STABLE_AFTER,
     STOPPING_POLL,
     Act,
@@ -22,6 +24,7 @@ from app.controllers.instance_decisions import (
     guest_report_due,
     placed,
     report,
+    report_incomplete,
     requeue_after,
     unreachable,
     while_migrating,
@@ -347,3 +350,16 @@ def test_guest_reports_are_refreshed_when_due(
     intent = InstanceIntent(guest_refresh=asked)
     progress = RUNNING.but(last_start_at=NOW - timedelta(seconds=started_ago))
     assert guest_report_due(observed_at, refreshed, intent, progress, connected, NOW) == due
+
+
+def test_a_report_without_the_os_is_asked_again_early_in_the_run() -> None:
+    """An agent that answered while its guest was booting may leave sections out (libvirt skips a command
+    that timed out): such a report is due again at once, for the first minutes of the run only."""
+    progress = RUNNING.but(last_start_at=NOW - timedelta(seconds=20))
+    partial: dict[str, Any] = {"osInfo": {}, "hostname": "vm", "observedAt": "x"}
+    assert report_incomplete(partial, progress, NOW)
+    assert not report_incomplete({**partial, "osInfo": {"id": "debian"}}, progress, NOW)
+    assert not report_incomplete(partial, progress, NOW + INCOMPLETE_REPORT_WAIT)  # an agent that never says
+    fresh = NOW - timedelta(seconds=5)
+    assert guest_report_due(fresh, 0, InstanceIntent(), progress, True, NOW, incomplete=True)
+    assert not guest_report_due(fresh, 0, InstanceIntent(), progress, True, NOW, incomplete=False)
