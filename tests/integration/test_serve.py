@@ -335,9 +335,9 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
     )
     # The watch is read by its own thread: its last event may land just after the GET saw the 404.
     wait_for(lambda: serve.events[-1]["type"] == "DELETED", timeout=5, what="the DELETED event on the watch")
-    # A real guest takes a moment to shut down (Terminating meanwhile); the test driver's is off at once,
-    # so its delete ends in the pass that asked.
-    assert serve.phases_seen("test-vmi")[-1] == ("Terminating" if real else "Running")
+    # A guest still shutting down shows Terminating; one already off when the pass looks again (the test
+    # driver's always, a real one through its agent often) is gone in the pass that asked.
+    assert serve.phases_seen("test-vmi")[-1] in ("Running", "Terminating")
     if hv is not None:
         with pytest.raises(DomainNotFound):
             hv.lookup(domain)
