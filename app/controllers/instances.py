@@ -97,6 +97,8 @@ from app.virt.driver import (
 )
 
 log = logging.getLogger(__name__)
+# What a guest that powers off when asked causes: QEMU's report that it shut down, then the stop.
+SHUTDOWN_EVENTS = ("Shutdown", "Stopped")
 
 
 @dataclass(frozen=True)
@@ -428,18 +430,10 @@ class InstanceReconciler:
                 plan = decide_teardown(
                     loaded.desired, loaded.progress, _lookup(hv, loaded.domain), self.clock()
                 )
-                for act in plan.actions:
-                    self._act(loaded, hv, act)
                 if Act.SHUT_DOWN in plan.actions:
-                    # Looked at again: a guest already off (libvirt's test driver's are at once) is torn
-                    # down in this pass instead of the next.
-                    then = decide_teardown(
-                        loaded.desired, plan.progress, _lookup(hv, loaded.domain), self.clock()
-                    )
-                    if then.hold is None:
-                        plan = then
-                        for act in plan.actions:
-                            self._act(loaded, hv, act)
+                    plan = self._shut_down_for_teardown(loaded, hv, plan)
+                else:
+                    self._carry_out(loaded, hv, plan)
             except HypervisorUnavailable as exc:
                 self.hypervisors.forget(loaded.node_name)
                 self._write(loaded, Outcome(unreachable(str(exc), deleting=True)))
@@ -457,6 +451,24 @@ class InstanceReconciler:
                     workqueue.enqueue(session, NODES.work_key("", str(row.node_name)))
                 repo.remove(row)
         return Result()
+
+    def _shut_down_for_teardown(self, loaded: LoadedInstance, hv: Hypervisor, plan: Plan) -> Plan:
+        """Ask the guest to shut down, then look again: a guest already off (libvirt's test driver's are at
+        once) is torn down in this pass instead of the next, and the events of its shutdown, which this
+        pass saw through, wake none. A guest still shutting down holds; its events, when they come, wake
+        the next pass (one that came in between is caught by the hold's short requeue)."""
+        with self.expected.acting(loaded.uid, *SHUTDOWN_EVENTS):
+            self._carry_out(loaded, hv, plan)
+            then = decide_teardown(loaded.desired, plan.progress, _lookup(hv, loaded.domain), self.clock())
+        if then.hold is not None:
+            self.expected.withdraw(loaded.uid, *SHUTDOWN_EVENTS)
+            return plan
+        self._carry_out(loaded, hv, then)
+        return then
+
+    def _carry_out(self, loaded: LoadedInstance, hv: Hypervisor, plan: Plan) -> None:
+        for act in plan.actions:
+            self._act(loaded, hv, act)
 
     # -- placement -----------------------------------------------------------------------------------
     def _schedule(self, loaded: LoadedInstance) -> LoadedInstance:
