@@ -187,6 +187,7 @@ class Outcome:
     requeue: float | None = None
     guest: JsonObject | None = None  # a fresh guest agent report to store
     nics: list[NicAddress] | None = None  # the domain's NICs and leased addresses, when looked at
+    passed: tuple[Observed, ...] = ()  # phases the pass went through before `observed`, for the history
 
 
 class InstanceReconciler:
@@ -336,6 +337,7 @@ class InstanceReconciler:
 
     def _execute(self, loaded: LoadedInstance, hv: Hypervisor, plan: Plan) -> Observed | None:
         """Carry the plan's actions out in order; the failure to report when one cannot be done."""
+        defined: tuple[Observed, ...] = ()
         for act in plan.actions:
             if act is Act.DEFINE:
                 waiter = INSTANCES.work_key(loaded.namespace, loaded.name)
@@ -353,9 +355,12 @@ class InstanceReconciler:
                     self.expected.withdraw(loaded.uid, "Defined")
                     return failure
                 if loaded.status.get("phase") in (None, "Pending", "Scheduling", "Failed"):
-                    self._write(loaded, Outcome(Observed("Scheduled", "Defined")))
+                    defined = (Observed("Scheduled", "Defined"),)
+                    if Act.START not in plan.actions:
+                        self._write(loaded, Outcome(defined[0]))
             elif act is Act.START:
-                self._write(loaded, Outcome(Observed("Starting", "Starting")))
+                # Defined just now and started next: Scheduled is stamped with Starting, in one write.
+                self._write(loaded, Outcome(Observed("Starting", "Starting"), passed=defined))
                 self._start(loaded, hv)
             else:
                 self._act(loaded, hv, act)
@@ -629,15 +634,17 @@ class InstanceReconciler:
             progress = plan.progress.rebased(before=loaded.progress, onto=progress)
             intent = plan.intent.rebased(before=loaded.intent, onto=intent)
         extra = {"retryAfter": rfc3339(plan.retry_after)} if plan is not None and plan.retry_after else {}
-        status = render(
-            onto.status,
-            outcome.observed,
-            generation=loaded.generation,
-            node=node,
-            domain=progress.domain,
-            at=at,
-            extra=extra,
-        )
+        status = onto.status
+        for observed in (*outcome.passed, outcome.observed):
+            status = render(
+                status,
+                observed,
+                generation=loaded.generation,
+                node=node,
+                domain=progress.domain,
+                at=at,
+                extra=extra,
+            )
         guest = onto.guest if outcome.guest is None else outcome.guest
         if outcome.guest is not None:
             add_guest_report(status, outcome.guest, at)

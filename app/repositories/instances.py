@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from app.kinds import INSTANCES
@@ -63,18 +63,35 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
     def used_by_node(self, exclude_uid: str) -> dict[str, tuple[int, int]]:
         """(vCPUs, memory bytes) held per node: placed instances on their node, terminating ones until
         their domain is gone, and migrating ones on their target as well."""
-        unsummed = InstanceRow.node_name.is_not(None) & InstanceRow.vcpus.is_(None)
-        for row in self.session.scalars(select(InstanceRow).where(unsummed)):  # rows older than the columns
-            set_requests(row, InstanceSpec.model_validate(row.spec))
-            set_progress(row, progress_of(row))
-        self.session.flush()
-        used: dict[str, tuple[int, int]] = {}
-        others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != exclude_uid)
-        for node in (InstanceRow.node_name, InstanceRow.migration_target):
-            sums = select(node, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.memory_bytes))
-            for name, vcpus, memory in self.session.execute(
-                sums.where(others, node.is_not(None)).group_by(node)
-            ):
-                cpu, mem = used.get(str(name), (0, 0))
-                used[str(name)] = (cpu + int(vcpus or 0), mem + int(memory or 0))
+        used, unsummed = self._held(exclude_uid)
+        if unsummed:  # rows stored before the columns existed: filled from their spec, once
+            missing = InstanceRow.node_name.is_not(None) & InstanceRow.vcpus.is_(None)
+            for row in self.session.scalars(select(InstanceRow).where(missing)):
+                set_requests(row, InstanceSpec.model_validate(row.spec))
+                set_progress(row, progress_of(row))
+            self.session.flush()
+            used, _ = self._held(exclude_uid)
         return used
+
+    def _held(self, exclude_uid: str) -> tuple[dict[str, tuple[int, int]], bool]:
+        """The sums per node in one statement, and whether a row counted lacks its request columns."""
+        others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != exclude_uid)
+        requests = (InstanceRow.vcpus, InstanceRow.memory_bytes)
+        held = union_all(
+            select(InstanceRow.node_name.label("node"), *requests).where(others),
+            select(InstanceRow.migration_target, *requests).where(
+                others, InstanceRow.migration_target.is_not(None)
+            ),
+        ).subquery()
+        sums = select(
+            held.c.node,
+            func.sum(held.c.vcpus),
+            func.sum(held.c.memory_bytes),
+            func.count() - func.count(held.c.vcpus),
+        ).group_by(held.c.node)
+        used: dict[str, tuple[int, int]] = {}
+        unsummed = False
+        for name, vcpus, memory, missing in self.session.execute(sums):
+            used[str(name)] = (int(vcpus or 0), int(memory or 0))
+            unsummed = unsummed or bool(missing)
+        return used, unsummed
