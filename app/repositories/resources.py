@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
 
-from sqlalchemy import Row, Table, event, func, select, tuple_
+from sqlalchemy import Row, Select, Table, bindparam, event, func, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -63,16 +64,22 @@ def to_object(info: Kind[Any], row: ResourceRow | Row[Any]) -> dict[str, Any]:
     }
 
 
+@cache
+def _get_statement(info: Kind[Any], for_update: bool) -> Select[Any]:
+    """Built once: the hottest read, whose construction and cache key cost more than its execution."""
+    row = info.row
+    query = select(row).where(row.namespace == bindparam("namespace"), row.name == bindparam("name"))
+    return query.with_for_update() if for_update else query
+
+
 class ResourceRepository(Generic[RowT]):
     def __init__(self, session: Session, info: Kind[RowT]) -> None:
         self.session = session
         self.info = info
 
     def get(self, namespace: str, name: str, *, for_update: bool = False) -> RowT | None:
-        query = select(self.info.row).where(self.info.row.namespace == namespace, self.info.row.name == name)
-        if for_update:
-            query = query.with_for_update()
-        return self.session.scalars(query).one_or_none()
+        query = _get_statement(self.info, for_update)
+        return self.session.scalars(query, {"namespace": namespace, "name": name}).one_or_none()
 
     def key_of(self, uid: str) -> tuple[str, str] | None:
         """(namespace, name) of the object with this uid, without loading it."""
