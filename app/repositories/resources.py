@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Generic, cast
 
 from sqlalchemy import Row, Select, Table, bindparam, event, func, select, tuple_

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, delete, event, func, or_, select, update
+from sqlalchemy import Integer, Table, and_, bindparam, case, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -78,27 +78,37 @@ def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> li
     only keeps Postgres workers from queueing behind each other.
     """
     t = utc_now()
-    free = or_(WORK.c.lease_until.is_(None), WORK.c.lease_until < t)
+    parameters = {"now": t, "worker": worker, "limit": limit, "until": t + timedelta(seconds=lease_seconds)}
+    rows = list(session.execute(_lease_statement(session.get_bind().dialect.name), parameters))
+    rows.sort(key=lambda row: (not row.key.startswith(f"{NODES.kind}/"), row.due_at))
+    return [Lease(key=row.key, seq=int(row.seq), attempts=int(row.attempts)) for row in rows]
+
+
+@cache
+def _lease_statement(dialect: str) -> Any:
+    """Built once: every pass's finishing transaction runs it."""
+    now = bindparam("now", type_=WORK.c.due_at.type)
+    free = or_(WORK.c.lease_until.is_(None), WORK.c.lease_until < now)
     # Node heartbeats first: a backlog of instance passes must never make a busy worker's node look dead.
     heartbeat_first = case((WORK.c.key.startswith(f"{NODES.kind}/"), 0), else_=1)
     chosen = (
         select(WORK.c.key)
-        .where(WORK.c.due_at <= t, free)
+        .where(WORK.c.due_at <= now, free)
         .order_by(heartbeat_first, WORK.c.due_at)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer()))
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         chosen = chosen.with_for_update(skip_locked=True)
-    rows = list(
-        session.execute(
-            update(WORK)
-            .where(WORK.c.key.in_(chosen), WORK.c.due_at <= t, free)
-            .values(leased_by=worker, leased_seq=WORK.c.seq, lease_until=t + timedelta(seconds=lease_seconds))
-            .returning(WORK.c.key, WORK.c.seq, WORK.c.attempts, WORK.c.due_at)
+    return (
+        update(WORK)
+        .where(WORK.c.key.in_(chosen), WORK.c.due_at <= now, free)
+        .values(
+            leased_by=bindparam("worker"),
+            leased_seq=WORK.c.seq,
+            lease_until=bindparam("until", type_=WORK.c.lease_until.type),
         )
+        .returning(WORK.c.key, WORK.c.seq, WORK.c.attempts, WORK.c.due_at)
     )
-    rows.sort(key=lambda row: (not row.key.startswith(f"{NODES.kind}/"), row.due_at))
-    return [Lease(key=row.key, seq=int(row.seq), attempts=int(row.attempts)) for row in rows]
 
 
 def renew(session: Session, worker: str, keys: list[str], lease_seconds: float) -> None:
@@ -134,23 +144,36 @@ def finish(
             )
         )
         return not requeue_after
+    done, requeued = _finish_statements()
+    lease_of = {"leased_key": taken.key, "worker": worker, "leased_at_seq": taken.seq}
     if requeue_after is None:
-        gone = session.execute(delete(WORK).where(mine, WORK.c.seq == taken.seq))
+        gone = session.execute(done, lease_of)
         if getattr(gone, "rowcount", 0):
             return False
         # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
         session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None))
         return True
-    # Enqueued again during the pass: keep the earlier due time the enqueue set, so it runs again now.
     later = utc_now() + timedelta(seconds=requeue_after)
-    due = case((WORK.c.seq == taken.seq, later), else_=WORK.c.due_at)
-    seq = session.execute(
+    seq = session.execute(requeued, {**lease_of, "later": later}).scalar()
+    return seq is not None and seq != taken.seq
+
+
+@cache
+def _finish_statements() -> tuple[Any, Any]:
+    """Built once, the two ends of a successful pass: the row deleted if not enqueued again during the
+    pass, or due again later (an enqueue during the pass keeps its earlier due time, so it runs now)."""
+    # Parameter names other than the columns': an UPDATE reserves those for its SET clause.
+    mine = and_(WORK.c.key == bindparam("leased_key"), WORK.c.leased_by == bindparam("worker"))
+    same = WORK.c.seq == bindparam("leased_at_seq", type_=WORK.c.seq.type)
+    done = delete(WORK).where(mine, same)
+    due = case((same, bindparam("later", type_=WORK.c.due_at.type)), else_=WORK.c.due_at)
+    requeued = (
         update(WORK)
         .where(mine)
-        .values(**release, attempts=0, last_error=None, due_at=due)
+        .values(leased_by=None, leased_seq=None, lease_until=None, attempts=0, last_error=None, due_at=due)
         .returning(WORK.c.seq)
-    ).scalar()
-    return seq is not None and seq != taken.seq
+    )
+    return done, requeued
 
 
 def holders(session: Session) -> set[str]:
