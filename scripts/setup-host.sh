@@ -27,7 +27,7 @@ need_install=0
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q bpo12 || need_install=1
 dpkg-query -W -f='${Version}' libvirt-daemon-driver-network 2>/dev/null | grep -q bpo12 || need_install=1
 for p in postgresql python3-venv python3-dev gcc pkg-config iproute2 cpio kmod e2fsprogs tini \
-  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iputils-ping mmdebstrap openssh-client tmux; do
+  docker-registry syslinux mtools dosfstools dnsmasq-base nftables iptables iputils-ping mmdebstrap openssh-client tmux; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_install=1
 done
 if [ "$need_install" = 1 ]; then
@@ -41,7 +41,7 @@ if [ "$need_install" = 1 ]; then
     libvirt-daemon-driver-storage/$B libvirt-daemon-driver-network/$B libvirt-clients/$B libvirt-dev/$B \
     postgresql postgresql-contrib pkg-config python3-venv python3-dev gcc iproute2 cpio kmod e2fsprogs \
     busybox-static ca-certificates tini docker-registry syslinux syslinux-common mtools dosfstools \
-    dnsmasq-base nftables iputils-ping mmdebstrap openssh-client tmux >/dev/null
+    dnsmasq-base nftables iptables iputils-ping mmdebstrap openssh-client tmux >/dev/null
 fi
 # The TypeScript check of the OpenAPI document (tests/integration/test_sdk.py) runs on Node.js and npm.
 if ! command -v npm >/dev/null; then
@@ -53,6 +53,25 @@ fi
 grep -q '^user = "root"' /etc/libvirt/qemu.conf || \
   printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n' >> /etc/libvirt/qemu.conf
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu
+
+# libvirt's nftables firewall fills in the checksums of DHCP replies with tc's csum action. A kernel built
+# without it (CONFIG_NET_ACT_CSUM) cannot start a NAT network that way; libvirt's iptables backend does the
+# same with the CHECKSUM target. Probed on a scratch bridge, as libvirt would set it up.
+tc_csum_works() {
+  ip link add name crlprobe0 type bridge 2>/dev/null || return 0 # cannot probe: libvirt's default stays
+  local works=0
+  { tc qdisc add dev crlprobe0 root handle 1: htb default 2 &&
+    tc filter add dev crlprobe0 prio 2 protocol ip parent 1: u32 match ip dport 68 ffff action csum ip and udp
+  } >/dev/null 2>&1 || works=1
+  ip link del crlprobe0
+  return "$works"
+}
+restart_libvirtd=0
+if ! grep -q '^firewall_backend' /etc/libvirt/network.conf 2>/dev/null && ! tc_csum_works; then
+  log "this kernel has no tc csum action: libvirt's networks use the iptables firewall backend"
+  echo 'firewall_backend = "iptables"' >>/etc/libvirt/network.conf
+  restart_libvirtd=1
+fi
 
 # Alive and not a zombie: an orphaned daemon killed a moment ago waits a second or two for PID 1 to reap it.
 running() {
@@ -76,10 +95,11 @@ virsh -c qemu:///system version >/dev/null || {
   die "libvirtd does not answer on qemu:///system (its output above)"
 }
 virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvirtd has no QEMU (TCG) support"
-# libvirt loads its network driver (Corral's NAT network on every node) when it starts: a libvirtd that
-# started before the driver was installed is restarted (its guests keep running).
-if ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; then
-  log "restarting libvirtd to load its network driver"
+# libvirt loads its network driver (Corral's NAT network on every node) and its settings when it starts: a
+# libvirtd that started before the driver was installed or the settings changed is restarted (its guests
+# keep running).
+if [ "$restart_libvirtd" = 1 ] || ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; then
+  log "restarting libvirtd to load its network driver and settings"
   kill "$(cat /run/libvirtd.pid)"
   for _ in $(seq 1 100); do running /run/libvirtd.pid || break; sleep 0.1; done
   setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
