@@ -217,13 +217,12 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
     assert created["metadata"]["name"] == "test-vmi"
 
     running = serve.wait("test-vmi", "Running", agent=True if real else None)
-    assert serve.phases_seen("test-vmi")[:5] == [
-        "Pending",
-        "Scheduling",
-        "Scheduled",
-        "Starting",
-        "Running",
-    ] or serve.phases_seen("test-vmi")[:4] == ["Scheduling", "Scheduled", "Starting", "Running"]
+    # A watch sees each write; the pass that defines the domain and starts it writes Scheduled into the
+    # history with Starting, not on its own.
+    seen = [phase for phase in serve.phases_seen("test-vmi") if phase != "Pending"]
+    assert seen[:3] == ["Scheduling", "Starting", "Running"], seen
+    stamped = [s["phase"] for s in running["status"]["phaseTransitionTimestamps"]]
+    assert stamped[:4] == ["Scheduling", "Scheduled", "Starting", "Running"], stamped
     domain, uid = running["status"]["domainName"], running["metadata"]["uid"]
     # The test driver lives inside the serve process; only the real libvirtd can be inspected from here.
     hv = connect("qemu:///system") if real else None
