@@ -176,6 +176,26 @@ _CONFIG_ERRORS = {
 _CONNECTION_ERRORS = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_INVALID_CONN}
 
 
+def _defined_meanwhile(lookup: Callable[[], Any], define_failed: HypervisorError) -> Any:
+    """The object another pass or process defined between this one's lookup and its define (libvirt
+    refuses a second with the same name); the define's own error when there is none."""
+    try:
+        return lookup()
+    except HypervisorError:
+        raise define_failed from None
+
+
+def _activate(is_active: Callable[[], Any], start: Callable[[], Any]) -> None:
+    """Start a pool or network unless it runs; one that another pass started meanwhile is fine."""
+    if is_active():
+        return
+    try:
+        start()
+    except HypervisorError:
+        if not is_active():
+            raise
+
+
 def _ensure_event_loop() -> None:
     """libvirt delivers events and keepalives from one default event loop per process."""
     global _loop_started
@@ -639,14 +659,17 @@ class LibvirtHypervisor:
             xml = ET.Element("pool", {"type": "dir"})
             ET.SubElement(xml, "name").text = name
             ET.SubElement(ET.SubElement(xml, "target"), "path").text = path
-            pool = self._call(
-                lambda: self._conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
-            )
-            with suppress(libvirt.libvirtError):
-                pool.build(0)  # creates the directory; fails harmlessly when it exists
-            self._call(lambda: pool.setAutostart(1))
-        if not self._call(pool.isActive):
-            self._call(lambda: pool.create(0))
+            try:
+                pool = self._call(
+                    lambda: self._conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
+                )
+            except HypervisorError as exc:
+                pool = _defined_meanwhile(lambda: self._pool(name), exc)
+            else:
+                with suppress(libvirt.libvirtError):
+                    pool.build(0)  # creates the directory; fails harmlessly when it exists
+                self._call(lambda: pool.setAutostart(1))
+        _activate(lambda: self._call(pool.isActive), lambda: self._call(lambda: pool.create(0)))
 
     def refresh_pool(self, name: str) -> None:
         pool = self._pool(name)
@@ -791,19 +814,21 @@ class LibvirtHypervisor:
 
     # -- networks ------------------------------------------------------------------------------------
     def ensure_network(self, network: NetworkConfig) -> None:
+        def find() -> Any:
+            return self._call(lambda: self._conn.networkLookupByName(network.name))
+
         try:
-            net = self._call(lambda: self._conn.networkLookupByName(network.name))
+            net = find()
         except HypervisorError as exc:
             if exc.code != libvirt.VIR_ERR_NO_NETWORK:
                 raise
-            net = self._call(lambda: self._conn.networkDefineXML(network_xml(network)))
-            self._call(lambda: net.setAutostart(1))
-        if not self._call(net.isActive):
             try:
-                self._call(net.create)
-            except HypervisorError:
-                if not self._call(net.isActive):  # another pass started it meanwhile: fine
-                    raise
+                net = self._call(lambda: self._conn.networkDefineXML(network_xml(network)))
+            except HypervisorError as define_failed:
+                net = _defined_meanwhile(find, define_failed)
+            else:
+                self._call(lambda: net.setAutostart(1))
+        _activate(lambda: self._call(net.isActive), lambda: self._call(net.create))
 
     def nic_addresses(self, name: str) -> list[NicAddress]:
         dom = self._domain(name)

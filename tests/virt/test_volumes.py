@@ -8,12 +8,15 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from app.controllers.naming import default_network
 from app.virt.disk_import import store_file, visible_pool_directory
-from app.virt.driver import STORAGE_POOL, Hypervisor
+from app.virt.driver import STORAGE_POOL, Hypervisor, NetworkConfig
 from app.virt.libvirt_driver import connect
 
 POOL_DIR = "/var/lib/corral/instances"
@@ -96,3 +99,21 @@ def test_a_file_reaches_the_pool_byte_for_byte(
         path = hypervisor.upload_volume(STORAGE_POOL, name, disk, sent.append)
         assert sent[-1] == len(expected)
     assert Path(path).read_bytes() == expected
+
+
+def test_passes_that_set_up_a_node_together_all_succeed(tmp_path: Path) -> None:
+    """The first passes of a burst each make sure the node's storage pool and network exist and run, on
+    connections of their own: whichever defines or starts one second finds it there and goes on (it used to
+    fail its instance with NodeNotReady "pool ... already exists")."""
+    connections = [connect("test:///default") for _ in range(8)]
+    for round_ in range(5):
+        pool = f"race-{round_}-{uuid.uuid4().hex[:6]}"
+        network = replace(default_network(), name=f"race-{round_}-{uuid.uuid4().hex[:6]}")
+
+        def set_up(hv: Hypervisor, pool: str = pool, network: NetworkConfig = network) -> None:
+            hv.ensure_pool(pool, str(tmp_path / pool))
+            hv.ensure_network(network)
+
+        with ThreadPoolExecutor(len(connections)) as threads:
+            for done in [threads.submit(set_up, hv) for hv in connections]:
+                done.result()
