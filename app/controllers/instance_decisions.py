@@ -383,14 +383,11 @@ def guest_report_due(
     progress: InstanceProgress,
     was_connected: bool,
     now: datetime,
-    incomplete: bool = False,
 ) -> bool:
-    """Report again when a refresh was asked, the last report is a minute old or `incomplete`, or the agent
-    just connected in a run the last report predates. An agent that reconnects after a pause in the same run
-    finds the guest as it was: reporting then would only hold the pass (a pause during the report waits out
-    the agent)."""
-    if incomplete:
-        return True
+    """Report again when a refresh was asked, the last report is a minute old, or the agent just connected
+    in a run the last report predates. An agent that reconnects after a pause in the same run finds the
+    guest as it was: reporting then would only hold the pass (a pause during the report waits out the
+    agent)."""
     asked = intent.guest_refresh > refreshed
     fresh = observed_at is not None and (now - observed_at).total_seconds() < GUEST_REFRESH
     started = progress.last_start_at

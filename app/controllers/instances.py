@@ -408,16 +408,16 @@ class InstanceReconciler:
             hv.destroy(loaded.domain)
 
     def _guest_report(self, loaded: LoadedInstance, hv: Hypervisor) -> JsonObject | None:
-        """A fresh report when the agent just connected, none is stored, or the stored one is a minute old."""
+        """A fresh report when the agent just connected, none is stored, the stored one is a minute old, or
+        it left out what the guest OS is early in the run."""
         at = self.clock()
         was_connected = (find_condition(loaded.status, "AgentConnected") or {}).get("status") == "True"
         observed_at = parse_time(loaded.guest.get("observedAt"))
         refreshed = int(loaded.guest.get("refresh", 0))
-        incomplete = report_incomplete(loaded.guest, loaded.progress, at) if observed_at else False
-        due = guest_report_due(
-            observed_at, refreshed, loaded.intent, loaded.progress, was_connected, at, incomplete
-        )
-        if not due:
+        incomplete = observed_at is not None and report_incomplete(loaded.guest, loaded.progress, at)
+        if not incomplete and not guest_report_due(
+            observed_at, refreshed, loaded.intent, loaded.progress, was_connected, at
+        ):
             return None
         try:
             answer = hv.guest_report(loaded.domain)

@@ -360,6 +360,3 @@ def test_a_report_without_the_os_is_asked_again_early_in_the_run() -> None:
     assert report_incomplete(partial, progress, NOW)
     assert not report_incomplete({**partial, "osInfo": {"id": "debian"}}, progress, NOW)
     assert not report_incomplete(partial, progress, NOW + INCOMPLETE_REPORT_WAIT)  # an agent that never says
-    fresh = NOW - timedelta(seconds=5)
-    assert guest_report_due(fresh, 0, InstanceIntent(), progress, True, NOW, incomplete=True)
-    assert not guest_report_due(fresh, 0, InstanceIntent(), progress, True, NOW, incomplete=False)
