@@ -28,6 +28,7 @@ class Lease:
 PENDING = "corral.enqueued"  # session.info: key -> earliest due time, written when the transaction commits
 # Core statements: the queue's rows are never loaded as ORM objects, so the ORM's bookkeeping is pure cost.
 WORK = cast(Table, WorkItemRow.__table__)
+UNLEASED = {"leased_by": None, "leased_seq": None, "lease_until": None}  # a row's lease columns, emptied
 
 
 def enqueue(session: Session, key: str, delay: float = 0.0) -> None:
@@ -131,13 +132,12 @@ def finish(
     """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile. True when
     the key is due again at once (enqueued during the pass): a worker should look for work now."""
     mine = and_(WORK.c.key == taken.key, WORK.c.leased_by == worker)
-    release = {"leased_by": None, "leased_seq": None, "lease_until": None}
     if error is not None:
         session.execute(
             update(WORK)
             .where(mine)
             .values(
-                **release,
+                **UNLEASED,
                 attempts=WORK.c.attempts + 1,
                 last_error=error[:2000],
                 due_at=utc_now() + timedelta(seconds=requeue_after or 0),
@@ -151,7 +151,7 @@ def finish(
         if getattr(gone, "rowcount", 0):
             return False
         # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
-        session.execute(update(WORK).where(mine).values(**release, attempts=0, last_error=None))
+        session.execute(update(WORK).where(mine).values(**UNLEASED, attempts=0, last_error=None))
         return True
     later = utc_now() + timedelta(seconds=requeue_after)
     seq = session.execute(requeued, {**lease_of, "later": later}).scalar()
@@ -170,7 +170,7 @@ def _finish_statements() -> tuple[Any, Any]:
     requeued = (
         update(WORK)
         .where(mine)
-        .values(leased_by=None, leased_seq=None, lease_until=None, attempts=0, last_error=None, due_at=due)
+        .values(**UNLEASED, attempts=0, last_error=None, due_at=due)
         .returning(WORK.c.seq)
     )
     return done, requeued
@@ -185,9 +185,7 @@ def holders(session: Session) -> set[str]:
 def release(session: Session, worker: str) -> int:
     """Drop every lease of `worker` (known dead): its keys are due at once instead of at lease expiry."""
     result = session.execute(
-        update(WORK)
-        .where(WORK.c.leased_by == worker)
-        .values(leased_by=None, leased_seq=None, lease_until=None, due_at=utc_now())
+        update(WORK).where(WORK.c.leased_by == worker).values(**UNLEASED, due_at=utc_now())
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
