@@ -60,7 +60,9 @@ def shown_object(
     )
 
 
-def shown_objects(request: Request) -> ShownObjects:
+# Dependencies are async even when they do not wait: FastAPI runs a plain `def` one in the thread pool, a
+# thread hop per request for reading app.state.
+async def shown_objects(request: Request) -> ShownObjects:
     shown: ShownObjects = request.app.state.shown
     return shown
 
@@ -75,7 +77,7 @@ def node_access(app: Any) -> NodeAccess:
     return access
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 

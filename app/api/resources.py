@@ -1,6 +1,6 @@
 """One router per resource kind, built from its description: the conventions live here once."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -33,11 +33,15 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def namespaced(namespace: NamespacePath) -> str | None:
+# The namespace path parameter, or None for cluster-scoped kinds (async, as app.api.deps explains).
+ScopeOf = Callable[..., Awaitable[str | None]]
+
+
+async def namespaced(namespace: NamespacePath) -> str | None:
     return namespace
 
 
-def cluster_scoped() -> str | None:
+async def cluster_scoped() -> str | None:
     return None
 
 
@@ -67,7 +71,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
     item = base + "/{name}"
     one, many = kind.singular, kind.singular + "s"
     a_one = f"an {one}" if one[0] in "AEIOU" else f"a {one}"
-    scope_dep: Callable[..., str | None] = namespaced if kind.namespaced else cluster_scoped
+    scope_dep: ScopeOf = namespaced if kind.namespaced else cluster_scoped
     scope_param = Annotated[str | None, Depends(scope_dep)]
     common: dict[str, Any] = {
         "response_model": kind.object_model,
@@ -80,7 +84,7 @@ def resource_router(kind: Kind[Any], shown: ShownObjects) -> APIRouter:
 
     watch_events = {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/WatchEvent"}}}
 
-    def add_list(path: str, operation_id: str, scope_of: Callable[..., str | None], where: str) -> None:
+    def add_list(path: str, operation_id: str, scope_of: ScopeOf, where: str) -> None:
         @router.get(
             path,
             operation_id=operation_id,
