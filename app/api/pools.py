@@ -34,6 +34,8 @@ CLAIMS = Counter(
     registry=TENANT_REGISTRY,
 )
 RETRY_AFTER_SECONDS = 5
+CLAIM_LINGER_SECONDS = 0.001
+CLAIM_LINGER_MAX_SECONDS = 0.005
 
 
 class ClaimDesk:
@@ -56,6 +58,7 @@ class ClaimDesk:
 
     async def _serve(self, key: tuple[str, str]) -> None:
         try:
+            await self._gathered(key)
             while batch := self._waiting.pop(key, None):
                 answers: list[JsonObject | Exception | None]
                 try:
@@ -71,6 +74,16 @@ class ClaimDesk:
                         future.set_result(answer)
         finally:
             del self._serving[key]
+
+    async def _gathered(self, key: tuple[str, str]) -> None:
+        """Let the rest of a burst come in first: wait while the last millisecond brought more claims of
+        the pool, up to a few. A burst then costs one transaction, run while the event loop is idle, instead
+        of a first claim's transaction fighting the burst's requests for the GIL (several times slower) and
+        the rest waiting behind it."""
+        deadline = time.monotonic() + CLAIM_LINGER_MAX_SECONDS
+        waiting = 0
+        while waiting != (waiting := len(self._waiting.get(key, ()))) and time.monotonic() < deadline:
+            await asyncio.sleep(CLAIM_LINGER_SECONDS)
 
     def _claim_many(self, key: tuple[str, str], bodies: list[Any]) -> list[JsonObject | CorralError | None]:
         with self.db.transaction() as session:

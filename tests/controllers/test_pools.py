@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -9,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from app.api.pools import ClaimDesk
 from app.db import Database
 from app.errors import AlreadyExists, Invalid
 from app.services.pools import PoolService
@@ -149,6 +152,36 @@ def test_racing_claims_never_share_a_member(api: httpx.Client, server: Any) -> N
     uids = [r.json()["metadata"]["uid"] for r in answers if r.status_code == 201]
     assert len(uids) == len(set(uids)), "a member was handed out twice"
     settled(api, "race", 4, replicas=4)  # the pool refills
+
+
+def test_a_burst_of_claims_is_served_in_one_transaction(
+    api: httpx.Client, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims that come in while the event loop takes in a burst wait for the rest of it: one transaction
+    serves them all (a first claim served alone would fight the burst for the GIL, the rest queued
+    behind it)."""
+    api.post(POOLS, json=pool("burst", 3))
+    settled(api, "burst", 3)
+    batches: list[int] = []
+    serve = PoolService.claim_many
+
+    def counted(self: PoolService, namespace: str, name: str, bodies: list[Any]) -> Any:
+        batches.append(len(bodies))
+        return serve(self, namespace, name, bodies)
+
+    monkeypatch.setattr(PoolService, "claim_many", counted)
+
+    async def burst() -> list[Any]:
+        desk = ClaimDesk(db)
+        claims = []
+        for _ in range(8):  # one per loop turn, as a burst's requests are taken in
+            claims.append(asyncio.create_task(desk.claim("default", "burst", None)))
+            await asyncio.sleep(0)
+        return list(await asyncio.gather(*claims))
+
+    answers = asyncio.run(burst())
+    assert batches == [8]
+    assert sum(answer is not None for answer in answers) == 3
 
 
 def test_claims_racing_deletes_of_claimed_instances_answer_no_5xx(api: httpx.Client, server: Any) -> None:
