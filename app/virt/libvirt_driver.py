@@ -691,6 +691,9 @@ class LibvirtHypervisor:
         xml = ET.Element("volume")
         ET.SubElement(xml, "name").text = volume
         ET.SubElement(xml, "capacity", {"unit": "bytes"}).text = str(capacity)
+        # Thin, as a new qcow2 is: without it libvirt books the whole capacity as allocated, and a pool
+        # that keeps books (the test driver's fixed 100 GiB) refuses volumes long before it is full.
+        ET.SubElement(xml, "allocation", {"unit": "bytes"}).text = "0"
         ET.SubElement(ET.SubElement(xml, "target"), "format", {"type": "qcow2"})
         if backing is not None:
             store = ET.SubElement(xml, "backingStore")
