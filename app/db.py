@@ -194,7 +194,9 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
     engine = create_engine(
         url,
         echo=echo,
-        pool_size=10,
+        # Connections beyond pool_size are closed when handed back: a burst of 16 clients over 10 kept
+        # connections opened and closed ~230 Postgres backends per 2,000 requests (a fork each).
+        pool_size=20,
         max_overflow=20,
         connect_args={"application_name": application_name},
         **JSON_CODEC,
