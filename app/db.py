@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,6 +122,15 @@ class Database:
         with self.sessions.begin() as session:
             session.connection(execution_options={READ_ONLY: True})
             yield session
+
+    @contextmanager
+    def read_rows(self) -> Iterator[Connection]:
+        """`read` for Core statements, without an ORM session around the connection (the watch feed reads on
+        every commit anywhere, and the session's bookkeeping cost as much as the read)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
 
     def start_listener(self) -> None:
         """Relay Postgres NOTIFY into the hub, so other processes' writes wake this one's waiters."""

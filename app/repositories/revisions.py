@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.engine import Compiled, Dialect
+from sqlalchemy.engine import Compiled, Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -177,8 +177,13 @@ def _unnest(name: str, *columns: tuple[str, str, Any]) -> Any:
 _RV_PATH = "{metadata,resourceVersion}"
 
 
-def current_revision(session: Session) -> int:
-    return int(session.execute(select(RevisionRow.value).where(RevisionRow.id == 1)).scalar_one())
+def current_revision(session: Session | Connection) -> int:
+    return int(session.execute(_current_statement()).scalar_one())
+
+
+@cache
+def _current_statement() -> Select[Any]:
+    return select(REVISIONS.c.value).where(REVISIONS.c.id == 1)
 
 
 def _logged(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +218,23 @@ def events_after(
     if namespace is not None:
         query = query.where(EventRow.namespace == namespace)
     return list(session.scalars(query.order_by(EventRow.rv).limit(limit)))
+
+
+def changes_after(session: Session | Connection, rv: int, limit: int) -> list[Any]:
+    """Every kind's changes after `rv` in order, as (rv, kind, namespace, type, object) rows: the shared
+    watch feed's read, on every commit anywhere, so a Core statement built once, not an ORM query."""
+    return list(session.execute(_changes_statement(), {"after": rv, "limit": limit}))
+
+
+@cache
+def _changes_statement() -> Select[Any]:
+    columns = (EVENTS.c.rv, EVENTS.c.kind, EVENTS.c.namespace, EVENTS.c.type, EVENTS.c.object)
+    return (
+        select(*columns)
+        .where(EVENTS.c.rv > bindparam("after"))
+        .order_by(EVENTS.c.rv)
+        .limit(bindparam("limit"))
+    )
 
 
 def event_before(session: Session, kind: str, namespace: str, name: str, rv: int) -> EventRow | None:

@@ -99,11 +99,14 @@ class ChangeFeed:
         if self._low is None or rv < self._low:
             return None
         found: list[Change] = []
-        for change in self._changes:
-            if change.rv > rv and change.kind == kind and namespace in (None, change.namespace):
+        for change in reversed(self._changes):  # from the newest: a watch that keeps up wants the last few
+            if change.rv <= rv:
+                break
+            if change.kind == kind and namespace in (None, change.namespace):
                 found.append(change)
-                if len(found) == limit:
-                    return found, change.rv
+        found.reverse()
+        if len(found) > limit:
+            return found[:limit], found[limit - 1].rv
         return found, max(rv, self._high)
 
     def _fresh(self) -> bool:
@@ -114,16 +117,18 @@ class ChangeFeed:
 
     def _refresh(self) -> None:
         counter, now = self.db.hub.counter(EVENTS_CHANNEL), time.monotonic()
-        with self.db.read() as session:
-            current = revisions.current_revision(session)
-            if self._low is None or current < self._high:  # first use, or a database restored from before
-                self._changes.clear()
-                self._low = self._high = current
-            rows = revisions.events_after(session, None, None, self._high, self.CAPACITY)
+        with self.db.read_rows() as conn:
+            rows = [] if self._low is None else revisions.changes_after(conn, self._high, self.CAPACITY)
+            if not rows:  # first use, nothing new, or a database restored from before
+                current = revisions.current_revision(conn)
+                if self._low is None or current < self._high:
+                    self._changes.clear()
+                    self._low = self._high = current
+                    rows = revisions.changes_after(conn, current, self.CAPACITY)
             for row in rows:
                 if len(self._changes) == self.CAPACITY:
                     self._low = self._changes[0].rv
-                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.object))
+                self._changes.append(Change(*row))
                 self._high = row.rv
         if len(rows) < self.CAPACITY:  # else more remain: read again next time
             self._read_at = (counter, now)
