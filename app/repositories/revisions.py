@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.engine import Compiled, Connection, Dialect
+from sqlalchemy.engine import Compiled, Connection, Dialect, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -209,32 +209,24 @@ def record_events(session: Session, events: list[tuple[int, str, dict[str, Any]]
 
 
 def events_after(
-    session: Session, kind: str | None, namespace: str | None, rv: int, limit: int = 500
-) -> list[EventRow]:
-    """Changes after `rv` in order, of one kind (None: every kind) and namespace (None: every one)."""
-    query = select(EventRow).where(EventRow.rv > rv)
-    if kind is not None:
-        query = query.where(EventRow.kind == kind)
-    if namespace is not None:
-        query = query.where(EventRow.namespace == namespace)
-    return list(session.scalars(query.order_by(EventRow.rv).limit(limit)))
-
-
-def changes_after(session: Session | Connection, rv: int, limit: int) -> list[Any]:
-    """Every kind's changes after `rv` in order, as (rv, kind, namespace, type, object) rows: the shared
-    watch feed's read, on every commit anywhere, so a Core statement built once, not an ORM query."""
-    return list(session.execute(_changes_statement(), {"after": rv, "limit": limit}))
+    session: Session | Connection, kind: str | None, namespace: str | None, rv: int, limit: int = 500
+) -> list[Row[Any]]:
+    """Changes after `rv` in order, as (rv, kind, namespace, type, object) rows, of one kind (None: every
+    kind) and namespace (None: every one). The shared watch feed reads them on every commit anywhere: Core
+    statements built once, not ORM queries."""
+    parameters = {"after": rv, "limit": limit, "kind": kind, "namespace": namespace}
+    return list(session.execute(_events_statement(kind is not None, namespace is not None), parameters))
 
 
 @cache
-def _changes_statement() -> Select[Any]:
+def _events_statement(by_kind: bool, by_namespace: bool) -> Select[Any]:
     columns = (EVENTS.c.rv, EVENTS.c.kind, EVENTS.c.namespace, EVENTS.c.type, EVENTS.c.object)
-    return (
-        select(*columns)
-        .where(EVENTS.c.rv > bindparam("after"))
-        .order_by(EVENTS.c.rv)
-        .limit(bindparam("limit"))
-    )
+    query = select(*columns).where(EVENTS.c.rv > bindparam("after"))
+    if by_kind:
+        query = query.where(EVENTS.c.kind == bindparam("kind"))
+    if by_namespace:
+        query = query.where(EVENTS.c.namespace == bindparam("namespace"))
+    return query.order_by(EVENTS.c.rv).limit(bindparam("limit"))
 
 
 def event_before(session: Session, kind: str, namespace: str, name: str, rv: int) -> EventRow | None:

@@ -118,17 +118,21 @@ class ChangeFeed:
     def _refresh(self) -> None:
         counter, now = self.db.hub.counter(EVENTS_CHANNEL), time.monotonic()
         with self.db.read_rows() as conn:
-            rows = [] if self._low is None else revisions.changes_after(conn, self._high, self.CAPACITY)
+            rows = (
+                []
+                if self._low is None
+                else revisions.events_after(conn, None, None, self._high, self.CAPACITY)
+            )
             if not rows:  # first use, nothing new, or a database restored from before
                 current = revisions.current_revision(conn)
                 if self._low is None or current < self._high:
                     self._changes.clear()
                     self._low = self._high = current
-                    rows = revisions.changes_after(conn, current, self.CAPACITY)
+                    rows = revisions.events_after(conn, None, None, current, self.CAPACITY)
             for row in rows:
                 if len(self._changes) == self.CAPACITY:
                     self._low = self._changes[0].rv
-                self._changes.append(Change(*row))
+                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.object))
                 self._high = row.rv
         if len(rows) < self.CAPACITY:  # else more remain: read again next time
             self._read_at = (counter, now)
