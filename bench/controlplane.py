@@ -6,13 +6,14 @@
    and on SQLite.
 2. Scale: Corral as deployed (SQLite: `corral serve`; Postgres: `corral api` + `corral worker`) with a
    large test-driver node: N instances POSTed by 16 clients (POST rate per hundred), the time until all are
-   Running (followed by one watch, as a client waiting for them would) and the CPU time it took, the node's Ready condition throughout, idle CPU (the processes
-   together) and RSS (each) with all Running, and the time to delete them all.
+   Running (followed by one watch, as a client waiting for them would) and the CPU time it took, the
+   node's Ready condition throughout, idle CPU (the processes together) and RSS (each) with all Running,
+   and the time to delete them all.
 3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99).
 4. Watches: PATCH latency and delivery to 50 open watches.
 5. Scale-out (Postgres): creates through 1 API + 1 worker process against 2 + 2.
 
-    .venv/bin/python -m bench.controlplane [--rounds 3] [--scale 1000] [--backends postgres,sqlite]
+    .venv/bin/python -m bench.controlplane [--rounds 3] [--scale 1000 5000] [--backends postgres,sqlite]
 """
 
 from __future__ import annotations
