@@ -211,17 +211,19 @@ def record_events(session: Session, events: list[tuple[int, str, dict[str, Any]]
 def events_after(
     session: Session | Connection, kind: str | None, namespace: str | None, rv: int, limit: int = 500
 ) -> list[Row[Any]]:
-    """Changes after `rv` in order, as (rv, kind, namespace, type, object) rows, of one kind (None: every
-    kind) and namespace (None: every one). The shared watch feed reads them on every commit anywhere: Core
-    statements built once, not ORM queries."""
+    """Changes after `rv` in order, as (rv, kind, namespace, type, stored) rows, `stored` the object's JSON
+    text, of one kind (None: every kind) and namespace (None: every one). The shared watch feed reads them
+    on every commit anywhere: Core statements built once, not ORM queries, and no JSON decoded."""
     parameters = {"after": rv, "limit": limit, "kind": kind, "namespace": namespace}
     return list(session.execute(_events_statement(kind is not None, namespace is not None), parameters))
 
 
 @cache
 def _events_statement(by_kind: bool, by_namespace: bool) -> Select[Any]:
-    columns = (EVENTS.c.rv, EVENTS.c.kind, EVENTS.c.namespace, EVENTS.c.type, EVENTS.c.object)
-    query = select(*columns).where(EVENTS.c.rv > bindparam("after"))
+    stored = cast(EVENTS.c.object, Text).label("stored")
+    query = select(EVENTS.c.rv, EVENTS.c.kind, EVENTS.c.namespace, EVENTS.c.type, stored).where(
+        EVENTS.c.rv > bindparam("after")
+    )
     if by_kind:
         query = query.where(EVENTS.c.kind == bindparam("kind"))
     if by_namespace:

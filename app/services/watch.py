@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +35,13 @@ class Change:
     kind: str
     namespace: str
     type: str
-    object: JsonObject
+    # The object's JSON as the change log holds it: sent as it is, decoded only when a watch has to look
+    # inside (a label selector, a kind shown differently). Decoded, a full buffer took ~30 MiB.
+    stored: str
+
+    def object(self) -> JsonObject:
+        decoded: JsonObject = orjson.loads(self.stored)
+        return decoded
 
 
 class ChangeFeed:
@@ -56,24 +62,6 @@ class ChangeFeed:
         self._high = 0
         self._read_at: tuple[int, float] = (-1, 0.0)  # hub counter and time of the last read
         self._lock = threading.Lock()
-        # Each change's line, encoded once for all watchers (the key holds the event type a watch shows).
-        self._lines: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
-        self._lines_lock = threading.Lock()  # never held across a database read: the event loop takes it
-
-    def line(self, kind: Kind[Any], event_type: str, obj: JsonObject) -> bytes:
-        """A watch event as sent: one JSON line."""
-        meta = obj["metadata"]
-        key = (kind.kind, str(meta.get("uid")), str(meta.get("resourceVersion")), event_type)
-        with self._lines_lock:
-            encoded = self._lines.get(key)
-        if encoded is None:
-            encoded = orjson.dumps({"type": event_type, "object": kind.shown(obj)}) + b"\n"
-            if kind.present is None:  # values derived from secrets are not kept in memory
-                with self._lines_lock:
-                    self._lines[key] = encoded
-                    if len(self._lines) > self.CAPACITY:
-                        self._lines.popitem(last=False)
-        return encoded
 
     def after(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
         """Changes of `kind` (in `namespace`) after `rv`, at most `limit`, and the resourceVersion the caller
@@ -132,7 +120,7 @@ class ChangeFeed:
             for row in rows:
                 if len(self._changes) == self.CAPACITY:
                     self._low = self._changes[0].rv
-                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.object))
+                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.stored))
                 self._high = row.rv
         if len(rows) < self.CAPACITY:  # else more remain: read again next time
             self._read_at = (counter, now)
@@ -210,12 +198,15 @@ class Watch:
             conn.rollback()
         return current
 
-    def _line(self, event_type: str, obj: JsonObject) -> bytes:
-        if event_type == "BOOKMARK":
-            return orjson.dumps({"type": event_type, "object": obj}) + b"\n"
-        return feed_for(self.db).line(self.kind, event_type, obj)
+    def _line(self, event_type: str, obj: JsonObject | str) -> bytes:
+        """A watch event as sent: one JSON line. `obj` is an object, or its JSON as stored (put in as it is
+        unless the kind shows objects differently)."""
+        if isinstance(obj, str) and self.kind.present is None:
+            return orjson.dumps({"type": event_type, "object": orjson.Fragment(obj)}) + b"\n"
+        decoded: JsonObject = orjson.loads(obj) if isinstance(obj, str) else obj
+        return orjson.dumps({"type": event_type, "object": self.kind.shown(decoded)}) + b"\n"
 
-    def _fetch_at_once(self) -> tuple[int, int, list[tuple[str, JsonObject]]] | None:
+    def _fetch_at_once(self) -> tuple[int, int, list[tuple[str, str]]] | None:
         """`_fetch` from the shared feed's memory, without a thread (None when that would wait or read): 50
         watches woken by one change cost 50 lookups, not 50 thread hand-offs."""
         if self.selector is not None:  # its view of a change may need the change log
@@ -224,9 +215,9 @@ class Watch:
         if shared is None:
             return None
         changes, reached = shared
-        return len(changes), reached, [(c.type, c.object) for c in changes]
+        return len(changes), reached, [(c.type, c.stored) for c in changes]
 
-    def _fetch(self) -> tuple[int, int, list[tuple[str, JsonObject]]]:
+    def _fetch(self) -> tuple[int, int, list[tuple[str, str]]]:
         """The next events after self.rv: how many, the resourceVersion they reach, and what this client
         sees of them."""
         shared = feed_for(self.db).after(self.kind.kind, self.namespace, self.rv, BATCH)
@@ -235,18 +226,19 @@ class Watch:
         else:
             with self.db.read() as session:
                 rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
-            changes = [Change(r.rv, r.kind, r.namespace, r.type, r.object) for r in rows]
+            changes = [Change(r.rv, r.kind, r.namespace, r.type, r.stored) for r in rows]
             reached = rows[-1].rv if rows else self.rv
-        seen = [(t, c.object) for c in changes if (t := self._as_seen(c.rv, c.type, c.object))]
+        seen = [(t, c.stored) for c in changes if (t := self._as_seen(c))]
         return len(changes), reached, seen
 
-    def _as_seen(self, rv: int, event_type: str, obj: JsonObject) -> str | None:
+    def _as_seen(self, change: Change) -> str | None:
         """Kubernetes' rule for a label-filtered watch: an object that comes to match is ADDED, one that stops
         matching is DELETED, others are not shown. Whether it matched before is what this stream showed, or
         else its previous retained event (unknown when there is none: then a change shows as MODIFIED)."""
+        rv, event_type = change.rv, change.type
         if self.selector is None:
             return event_type
-        meta = obj["metadata"]
+        meta = change.object()["metadata"]
         inside = self.selector(meta.get("labels") or {})
         uid = meta.get("uid", "")
         before = self.inside.get(uid)
@@ -280,8 +272,8 @@ class Watch:
             fetched, self.rv, events = (
                 at_once if at_once is not None else await run_in_threadpool(self._fetch)
             )
-            for event_type, obj in events:
-                yield self._line(event_type, obj)
+            for event_type, stored in events:
+                yield self._line(event_type, stored)
             if fetched:
                 idle = 0.0
                 if fetched == BATCH:
@@ -296,11 +288,9 @@ class Watch:
             idle += wait
             if self.bookmarks and idle >= BOOKMARK_SECONDS:
                 idle = 0.0
-                yield self._line(
-                    "BOOKMARK",
-                    {
-                        "kind": self.kind.kind,
-                        "apiVersion": self.kind.api_version,
-                        "metadata": {"resourceVersion": str(self.rv)},
-                    },
-                )
+                bookmark = {
+                    "kind": self.kind.kind,
+                    "apiVersion": self.kind.api_version,
+                    "metadata": {"resourceVersion": str(self.rv)},
+                }
+                yield orjson.dumps({"type": "BOOKMARK", "object": bookmark}) + b"\n"

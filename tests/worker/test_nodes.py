@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import delete
 
@@ -102,7 +103,7 @@ def test_node_deletion_is_finalized_by_the_worker_and_refused_while_hosting(
     assert node(db, "n1") is None
     with db.transaction() as session:
         last = revisions.events_after(session, "Node", None, 0)[-1]
-    assert (last.type, last.object["metadata"]["name"]) == ("DELETED", "n1")
+    assert (last.type, orjson.loads(last.stored)["metadata"]["name"]) == ("DELETED", "n1")
 
 
 def test_local_node_is_registered_once(db: Database) -> None:
