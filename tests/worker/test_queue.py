@@ -11,14 +11,17 @@ import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from app.clock import utc_now
+from app.controllers.base import Result
 from app.db import Database
 from app.models import WorkItemRow
 from app.repositories import workqueue
-from app.worker.runner import backoff
+from app.worker.runner import Worker, backoff
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,3 +162,45 @@ def test_a_node_heartbeat_is_leased_before_an_older_backlog(db: Database) -> Non
     enqueue(db, "Node//local")  # due later than all of the backlog
     assert [taken.key for taken in lease(db, "w1", n=1)] == ["Node//local"]
     assert lease(db, "w1", n=1)[0].key == "VirtualMachineInstance/ns/vm-0"  # then oldest first
+
+
+def test_keys_leased_beyond_the_one_asked_for_are_run_not_left_idle(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres may lease more keys than the finishing transaction asks for (a concurrent enqueue re-runs
+    the SKIP LOCKED subquery): every key leased is run at once, none left until its lease runs out."""
+    reconciled: list[str] = []
+    first_pass = threading.Event()
+
+    class Recorder:
+        kind = "K"
+
+        def reconcile(self, namespace: str, name: str) -> Result:
+            reconciled.append(name)
+            first_pass.wait(10)  # the others are enqueued while the first pass runs
+            return Result()
+
+        def keys_for_event(self, session: object, node: str, event: object) -> list[str]:
+            return []
+
+    real_lease = workqueue.lease
+
+    def greedy(session: Any, worker: str, limit: int, seconds: float) -> list[workqueue.Lease]:
+        return real_lease(session, worker, limit if limit > 1 else 3, seconds)  # as the over-lease does
+
+    monkeypatch.setattr(workqueue, "lease", greedy)
+    enqueue(db, "K/ns/a")
+    worker = Worker(db, {"K": Recorder()}, concurrency=1, lease_seconds=60, resync_seconds=3600)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not reconciled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for name in ("b", "c"):
+            enqueue(db, f"K/ns/{name}")
+        first_pass.set()
+        while len(reconciled) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert sorted(reconciled) == ["a", "b", "c"]  # within seconds, not after the 60-s lease
