@@ -35,11 +35,6 @@ STATES = {libvirt.VIR_DOMAIN_RUNNING: "Running", libvirt.VIR_DOMAIN_PAUSED: "Pau
 pytestmark = pytest.mark.qemu
 
 
-@pytest.fixture
-def db(pg: Database) -> Database:
-    return pg
-
-
 class Processes:
     """`corral api` and `corral worker`, each restarted at once after it is killed."""
 
@@ -79,7 +74,9 @@ class Processes:
 
 
 @pytest.fixture
-def processes(pg_url: str, tmp_path: Path) -> Iterator[Processes]:
+def processes(pg: Database, pg_url: str, tmp_path: Path) -> Iterator[Processes]:
+    """The processes start on an emptied database (`pg`): on what an earlier test left, the new worker would
+    run it, on the real libvirtd, and nothing would remove it."""
     running = Processes(pg_url, tmp_path)
     try:
         yield running
