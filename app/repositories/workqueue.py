@@ -100,9 +100,13 @@ def _lease_statement(dialect: str) -> Any:
     )
     if dialect == "postgresql":
         chosen = chosen.with_for_update(skip_locked=True)
+    # A materialized CTE runs the pick once. As `key IN (subquery)`, Postgres may run the subquery more than
+    # once within the statement (a rescan, a recheck of a row changed meanwhile), and a rerun with SKIP
+    # LOCKED can pick other keys: a worker was seen holding 377 leases after asking for one.
+    picked = chosen.cte("picked").prefix_with("MATERIALIZED")
     return (
         update(WORK)
-        .where(WORK.c.key.in_(chosen), WORK.c.due_at <= now, free)
+        .where(WORK.c.key == picked.c.key, WORK.c.due_at <= now, free)
         .values(
             leased_by=bindparam("worker"),
             leased_seq=WORK.c.seq,

@@ -167,8 +167,8 @@ def test_a_node_heartbeat_is_leased_before_an_older_backlog(db: Database) -> Non
 def test_keys_leased_beyond_the_one_asked_for_are_run_not_left_idle(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Postgres may lease more keys than the finishing transaction asks for (a concurrent enqueue re-runs
-    the SKIP LOCKED subquery): every key leased is run at once, none left until its lease runs out."""
+    """Should a lease return more keys than the finishing transaction asked for (Postgres did, see
+    workqueue._lease_statement), every key leased is run at once, none left until its lease runs out."""
     reconciled: list[str] = []
     first_pass = threading.Event()
 
