@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +38,11 @@ class Change:
     # The object's JSON as the change log holds it: sent as it is, decoded only when a watch has to look
     # inside (a label selector, a kind shown differently). Decoded, a full buffer took ~30 MiB.
     stored: str
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> Change:
+        """A change from a row of revisions.events_after."""
+        return cls(row.rv, row.kind, row.namespace, row.type, row.stored)
 
     def object(self) -> JsonObject:
         decoded: JsonObject = orjson.loads(self.stored)
@@ -120,7 +125,7 @@ class ChangeFeed:
             for row in rows:
                 if len(self._changes) == self.CAPACITY:
                     self._low = self._changes[0].rv
-                self._changes.append(Change(row.rv, row.kind, row.namespace, row.type, row.stored))
+                self._changes.append(Change.of(row))
                 self._high = row.rv
         if len(rows) < self.CAPACITY:  # else more remain: read again next time
             self._read_at = (counter, now)
@@ -224,9 +229,9 @@ class Watch:
         if shared is not None:
             changes, reached = shared
         else:
-            with self.db.read() as session:
-                rows = revisions.events_after(session, self.kind.kind, self.namespace, self.rv, BATCH)
-            changes = [Change(r.rv, r.kind, r.namespace, r.type, r.stored) for r in rows]
+            with self.db.read_rows() as conn:
+                rows = revisions.events_after(conn, self.kind.kind, self.namespace, self.rv, BATCH)
+            changes = [Change.of(row) for row in rows]
             reached = rows[-1].rv if rows else self.rv
         seen = [(t, c.stored) for c in changes if (t := self._as_seen(c))]
         return len(changes), reached, seen
