@@ -37,6 +37,7 @@ from app.models.base import UtcDateTime
 # Core statements for the two hottest writes: neither row is ever loaded as an ORM object.
 EVENTS = typed(Table, EventRow.__table__)
 REVISIONS = typed(Table, RevisionRow.__table__)
+_LOG_EVENTS = insert(EVENTS)
 
 
 # A write's place in the change log: (table, row id) when a row takes the version, and the event.
@@ -55,18 +56,11 @@ def write_revisions(
     count = len(changes)
     if session.get_bind().dialect.name == "postgresql":
         return _write_revisions_at_once(session, rows, changes, commit)
-    value = session.execute(
-        update(REVISIONS)
-        .where(REVISIONS.c.id == 1)
-        .values(value=REVISIONS.c.value + count)
-        .returning(REVISIONS.c.value)
-    ).scalar_one()
-    base = int(value) - count
+    connection = session.connection()  # Core statements: the ORM session's execute only adds cost
+    base = int(connection.execute(_take_revisions(), {"count": count}).scalar_one())
     for table, stamped in rows.items():
-        statement = update(table).where(table.c.id == bindparam("row_id"))
-        session.execute(
-            statement.values(resource_version=bindparam("rv")),
-            [{"row_id": row_id, "rv": base + ordinal} for row_id, ordinal in stamped],
+        connection.execute(
+            _stamp_rows(table), [{"row_id": row_id, "rv": base + ordinal} for row_id, ordinal in stamped]
         )
     for ordinal, _, obj in changes:
         obj["metadata"]["resourceVersion"] = str(base + ordinal)
@@ -107,6 +101,27 @@ def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[
 
 
 @cache
+def _take_revisions() -> Any:
+    """Take `count` revisions: returns the base, the last revision before them."""
+    count = bindparam("count", type_=Integer())
+    return (
+        update(REVISIONS)
+        .where(REVISIONS.c.id == 1)
+        .values(value=REVISIONS.c.value + count)
+        .returning((REVISIONS.c.value - count).label("base"))
+    )
+
+
+@cache
+def _stamp_rows(table: Table) -> Any:
+    return (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(resource_version=bindparam("rv", type_=BigInteger()))
+    )
+
+
+@cache
 def _compiled(statement: Select[Any], dialect: Dialect) -> Compiled:
     return statement.compile(dialect=dialect)
 
@@ -114,14 +129,7 @@ def _compiled(statement: Select[Any], dialect: Dialect) -> Compiled:
 @cache
 def _revisions_statement(tables: tuple[Table, ...]) -> Select[Any]:
     """One statement for a stamp touching these tables: the values come as arrays, so it is compiled once."""
-    count = bindparam("count", type_=Integer())
-    taken = (
-        update(REVISIONS)
-        .where(REVISIONS.c.id == 1)
-        .values(value=REVISIONS.c.value + count)
-        .returning((REVISIONS.c.value - count).label("base"))
-        .cte("taken")
-    )
+    taken = _take_revisions().cte("taken")
     base = select(taken.c.base).scalar_subquery()  # one row: a subquery, not a join, reaches it everywhere
     statement = select(taken.c.base)
     for index, table in enumerate(tables):
@@ -157,7 +165,7 @@ def _revisions_statement(tables: tuple[Table, ...]) -> Select[Any]:
         func.to_jsonb(cast(rv, Text())),
     )
     at = bindparam("at", type_=UtcDateTime())
-    log = insert(EVENTS).from_select(
+    log = _LOG_EVENTS.from_select(
         ["rv", "kind", "namespace", "name", "type", "object", "created_at"],
         select(rv, logged.c.kind, logged.c.namespace, logged.c.name, logged.c.type, shown, at),
     )
@@ -201,8 +209,8 @@ def record_events(session: Session, events: list[tuple[int, str, dict[str, Any]]
     """The change log's entries: (resourceVersion, event type, object), in one statement."""
     at = utc_now()
     # Core, not the ORM: nothing reads an event back in the transaction that wrote it.
-    session.execute(
-        insert(EVENTS),
+    session.connection().execute(
+        _LOG_EVENTS,
         [{"rv": rv, **_logged(event_type, obj), "created_at": at} for rv, event_type, obj in events],
     )
     signal(session, EVENTS_CHANNEL)
