@@ -376,7 +376,9 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
         version = client.get(base).json()["metadata"]["resourceVersion"]
         arrivals: list[list[Arrival]] = [[] for _ in range(watchers)]
         opened = threading.Event()
-        last = f'"n":"{2 * patches - 1}"'.encode()  # as the server writes it (compact JSON)
+        # The last event as the server writes it: compact JSON, or as Postgres prints jsonb (a space after
+        # the colon; lines carry the change log's stored JSON as it is).
+        last = [f'"n":{gap}"{2 * patches - 1}"'.encode() for gap in ("", " ")]
 
         async def watch_all() -> None:
             """Every stream on one event loop; an event is timed when its bytes arrive, parsed later."""
@@ -386,7 +388,7 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
             async def follow(stream: AsyncIterator[Arrival], seen: list[Arrival]) -> None:
                 async for arrived, line in stream:
                     seen.append((arrived, line))
-                    if last in line:
+                    if any(marker in line for marker in last):
                         return
 
             followers = [asyncio.create_task(follow(st, a)) for st, a in zip(streams, arrivals, strict=True)]
