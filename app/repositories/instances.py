@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, union_all
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from app.kinds import INSTANCES
@@ -75,23 +78,28 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
 
     def _held(self, exclude_uid: str) -> tuple[dict[str, tuple[int, int]], bool]:
         """The sums per node in one statement, and whether a row counted lacks its request columns."""
-        others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != exclude_uid)
-        requests = (InstanceRow.vcpus, InstanceRow.memory_bytes)
-        held = union_all(
-            select(InstanceRow.node_name.label("node"), *requests).where(others),
-            select(InstanceRow.migration_target, *requests).where(
-                others, InstanceRow.migration_target.is_not(None)
-            ),
-        ).subquery()
-        sums = select(
-            held.c.node,
-            func.sum(held.c.vcpus),
-            func.sum(held.c.memory_bytes),
-            func.count() - func.count(held.c.vcpus),
-        ).group_by(held.c.node)
         used: dict[str, tuple[int, int]] = {}
         unsummed = False
-        for name, vcpus, memory, missing in self.session.execute(sums):
+        for name, vcpus, memory, missing in self.session.execute(_held_statement(), {"exclude": exclude_uid}):
             used[str(name)] = (int(vcpus or 0), int(memory or 0))
             unsummed = unsummed or bool(missing)
         return used, unsummed
+
+
+@cache
+def _held_statement() -> Select[Any]:
+    """Built once: every placement runs it."""
+    others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != bindparam("exclude"))
+    requests = (InstanceRow.vcpus, InstanceRow.memory_bytes)
+    held = union_all(
+        select(InstanceRow.node_name.label("node"), *requests).where(others),
+        select(InstanceRow.migration_target, *requests).where(
+            others, InstanceRow.migration_target.is_not(None)
+        ),
+    ).subquery()
+    return select(
+        held.c.node,
+        func.sum(held.c.vcpus),
+        func.sum(held.c.memory_bytes),
+        func.count() - func.count(held.c.vcpus),
+    ).group_by(held.c.node)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from app.clock import utc_now
@@ -21,11 +21,16 @@ def get(session: Session, operation_id: str) -> OperationRow | None:
     return session.get(OperationRow, operation_id)
 
 
+# Built once: every instance pass asks.
+_PENDING = (
+    select(OperationRow)
+    .where(OperationRow.instance_uid == bindparam("uid"), OperationRow.state == "Pending")
+    .order_by(OperationRow.created_at)
+)
+
+
 def pending(session: Session, instance_uid: str) -> list[OperationRow]:
-    query = select(OperationRow).where(
-        OperationRow.instance_uid == instance_uid, OperationRow.state == "Pending"
-    )
-    return list(session.scalars(query.order_by(OperationRow.created_at)))
+    return list(session.scalars(_PENDING, {"uid": instance_uid}))
 
 
 def recent(session: Session, instance_uid: str, limit: int = 100) -> list[OperationRow]:
