@@ -72,6 +72,13 @@ def _get_statement(info: Kind[Any], for_update: bool) -> Select[Any]:
     return query.with_for_update() if for_update else query
 
 
+@cache
+def _lock_all_statement(info: Kind[Any]) -> Select[Any]:
+    """Built once: every placement locks the nodes."""
+    row = info.row
+    return select(row).order_by(row.namespace, row.name).with_for_update()
+
+
 class ResourceRepository(Generic[RowT]):
     def __init__(self, session: Session, info: Kind[RowT]) -> None:
         self.session = session
@@ -160,8 +167,7 @@ class ResourceRepository(Generic[RowT]):
 
     def lock_all(self) -> list[RowT]:
         """Every row, locked for this transaction, in name order (a fixed order cannot deadlock)."""
-        row = self.info.row
-        return list(self.session.scalars(select(row).order_by(row.namespace, row.name).with_for_update()))
+        return list(self.session.scalars(_lock_all_statement(self.info)))
 
     def count(self) -> int:
         return int(self.session.execute(select(func.count()).select_from(self.info.row)).scalar_one())

@@ -135,11 +135,10 @@ def finish(
 ) -> bool:
     """End a lease. Without a requeue the row goes, unless the key was enqueued again meanwhile. True when
     the key is due again at once (enqueued during the pass): a worker should look for work now."""
-    mine = and_(WORK.c.key == taken.key, WORK.c.leased_by == worker)
     if error is not None:
         session.execute(
             update(WORK)
-            .where(mine)
+            .where(_held_by(worker, taken))
             .values(
                 **UNLEASED,
                 attempts=WORK.c.attempts + 1,
@@ -155,11 +154,18 @@ def finish(
         if getattr(gone, "rowcount", 0):
             return False
         # Enqueued again during the pass: keep the row (due as the enqueue asked), drop the lease.
-        session.execute(update(WORK).where(mine).values(**UNLEASED, attempts=0, last_error=None))
+        session.execute(
+            update(WORK).where(_held_by(worker, taken)).values(**UNLEASED, attempts=0, last_error=None)
+        )
         return True
     later = utc_now() + timedelta(seconds=requeue_after)
     seq = session.execute(requeued, {**lease_of, "later": later}).scalar()
     return seq is not None and seq != taken.seq
+
+
+def _held_by(worker: str, taken: Lease) -> Any:
+    """The lease's row, while `worker` holds it (built only on the rarer ends of a pass)."""
+    return and_(WORK.c.key == taken.key, WORK.c.leased_by == worker)
 
 
 @cache
