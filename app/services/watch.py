@@ -131,6 +131,11 @@ class ChangeFeed:
             self._read_at = (counter, now)
 
 
+def event_line(event_type: str, obj: JsonObject | orjson.Fragment) -> bytes:
+    """A watch event as sent: one JSON line."""
+    return orjson.dumps({"type": event_type, "object": obj}) + b"\n"
+
+
 _feeds: weakref.WeakKeyDictionary[Database, ChangeFeed] = weakref.WeakKeyDictionary()
 _feeds_lock = threading.Lock()
 
@@ -204,12 +209,12 @@ class Watch:
         return current
 
     def _line(self, event_type: str, obj: JsonObject | str) -> bytes:
-        """A watch event as sent: one JSON line. `obj` is an object, or its JSON as stored (put in as it is
+        """A change's line as this watch sends it. `obj` is an object, or its JSON as stored (put in as it is
         unless the kind shows objects differently)."""
         if isinstance(obj, str) and self.kind.present is None:
-            return orjson.dumps({"type": event_type, "object": orjson.Fragment(obj)}) + b"\n"
+            return event_line(event_type, orjson.Fragment(obj))
         decoded: JsonObject = orjson.loads(obj) if isinstance(obj, str) else obj
-        return orjson.dumps({"type": event_type, "object": self.kind.shown(decoded)}) + b"\n"
+        return event_line(event_type, self.kind.shown(decoded))
 
     def _fetch_at_once(self) -> tuple[int, int, list[tuple[str, str]]] | None:
         """`_fetch` from the shared feed's memory, without a thread (None when that would wait or read): 50
@@ -298,4 +303,4 @@ class Watch:
                     "apiVersion": self.kind.api_version,
                     "metadata": {"resourceVersion": str(self.rv)},
                 }
-                yield orjson.dumps({"type": "BOOKMARK", "object": bookmark}) + b"\n"
+                yield event_line("BOOKMARK", bookmark)
