@@ -7,9 +7,12 @@ from typing import Any
 
 import schemathesis
 from hypothesis.internal import lambda_sources
+from pydantic import TypeAdapter, ValidationError
 from schemathesis import Case
 from schemathesis.engine import observations
 from schemathesis.hooks import HookContext
+
+from app.schemas.node import LibvirtUri
 
 # CPython 3.11's AST constructor keeps one recursion counter per interpreter, so two workers describing a
 # strategy's lambda at once (ast.parse in both) fail with "AST constructor recursion depth mismatch".
@@ -23,6 +26,7 @@ def _described_one_at_a_time(*args: Any, **kwargs: Any) -> str:
 
 
 lambda_sources._lambda_description = _described_one_at_a_time
+_LIBVIRT_URI = TypeAdapter(LibvirtUri)
 
 # Schemathesis reads every answer's strings that start with http(s):// as links and stops the whole run when
 # one does not parse (urlsplit's ValueError), as an echoed annotation value like "https://[x" does.
@@ -41,6 +45,29 @@ observations._same_origin_path = _link_path_or_none
 
 @schemathesis.hook
 def map_case(context: HookContext, case: Case) -> Case:
+    _keep_nodes_off_real_hypervisors(case)
+    _name_put_objects_after_their_path(case)
+    return case
+
+
+def _keep_nodes_off_real_hypervisors(case: Case) -> None:
+    """The served worker connects to every node it is given: a generated qemu:// URI (qemu:///system,
+    qemu+unix://x/system) reaches this machine's libvirtd, and fuzzed instances would boot there as real
+    guests. Every URI Corral would accept becomes the test driver's; invalid ones stay, to be refused."""
+    spec = case.body.get("spec") if isinstance(case.body, dict) else None
+    if not case.path.startswith("/v1/nodes") or not isinstance(spec, dict):
+        return
+    for field in ("uri", "migrationUri"):
+        uri = spec.get(field)
+        if isinstance(uri, str) and not uri.startswith("test:///"):
+            try:
+                _LIBVIRT_URI.validate_python(uri)
+            except ValidationError:
+                continue
+            spec[field] = "test:///default"
+
+
+def _name_put_objects_after_their_path(case: Case) -> None:
     """A PUT names its object twice, in the path and in metadata.name, and the two must agree: a rule
     between a parameter and the body that JSON Schema cannot state. Positive cases get the path's name."""
     if (
@@ -53,4 +80,3 @@ def map_case(context: HookContext, case: Case) -> Case:
     ):
         case.body["metadata"]["name"] = case.path_parameters["name"]
         case.body["metadata"].pop("generateName", None)
-    return case

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import libvirt
+
 from tests.integration.test_serve import TOKEN, launch, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +18,29 @@ SCHEMATHESIS = str(Path(sys.executable).parent / "st")
 SEED = "20261202"  # fixed, so a CI failure can be replayed; change it to explore further
 
 
+def real_guests() -> set[str]:
+    conn = libvirt.open("qemu:///system")
+    try:
+        return {domain.name() for domain in conn.listAllDomains()}
+    finally:
+        conn.close()
+
+
+def destroy_and_undefine(names: set[str]) -> None:
+    conn = libvirt.open("qemu:///system")
+    try:
+        for name in names:
+            domain = conn.lookupByName(name)
+            if domain.isActive():
+                domain.destroy()
+            if domain.isPersistent():
+                domain.undefine()
+    finally:
+        conn.close()
+
+
 def test_schemathesis_finds_no_failure_over_the_whole_document(tmp_path: Path) -> None:
+    guests_before = real_guests()
     proc, served = launch(tmp_path / "data", "test:///default")
     try:
         run = subprocess.run(
@@ -43,6 +67,10 @@ def test_schemathesis_finds_no_failure_over_the_whole_document(tmp_path: Path) -
         )
     finally:
         stop(proc, served)
+    # Generated nodes stay on the test driver (the hooks' rule): nothing may boot on this machine's libvirtd.
+    leaked = real_guests() - guests_before
+    destroy_and_undefine(leaked)
+    assert not leaked, f"the run defined guests on qemu:///system: {sorted(leaked)}"
     report = run.stdout[-20000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     generated = re.search(r"(\d+) generated", run.stdout)
