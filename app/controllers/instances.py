@@ -106,6 +106,10 @@ class NodeAddress:
     uri: str
     virt_type: str
 
+    @classmethod
+    def of(cls, uri: str, virt_type: str | None) -> NodeAddress:
+        return cls(uri, virt_type or "qemu")  # until the node reports it
+
 
 @dataclass(frozen=True)
 class DataVolumeRef:
@@ -558,15 +562,11 @@ class InstanceReconciler:
     # -- reading and writing -------------------------------------------------------------------------
     def _load(self, namespace: str, name: str) -> LoadedInstance | None:
         with self.db.read() as session:
-            row = InstanceRepository(session).get(namespace, name)
-            if row is None:
+            read = InstanceRepository(session).read_for_pass(namespace, name)
+            if read is None:
                 return None
+            row = read.row
             progress = progress_of(row)
-            node = (
-                None
-                if row.node_name is None
-                else ResourceRepository[NodeRow](session, NODES).get("", row.node_name)
-            )
             spec = InstanceSpec.model_validate(row.spec)  # once per pass: validation is not free
             status = dict(row.status or {})
             # Devices are taken only for a spec that asks for them and recorded in the status until released.
@@ -585,7 +585,7 @@ class InstanceReconciler:
                 row.node_name,
                 row.deleted_at is not None,
                 row.created_at,
-                node=_address(node) if node is not None else None,
+                node=NodeAddress.of(*read.node) if read.node is not None else None,
                 guest=dict(row.guest or {}),
                 migration=_unfinished(session, progress.migration),
                 pci_devices=tuple(str(d.facts.get("address")) for d in ledger.held_by(row.uid))
@@ -596,7 +596,9 @@ class InstanceReconciler:
                 networks=_networks(session, spec),
                 secrets=load_secrets(session, namespace, spec),
                 # A pass that tears the instance down runs none of them.
-                operations=queued_operations(session, row.uid) if row.deleted_at is None else (),
+                operations=queued_operations(session, row.uid)
+                if read.operations_pending and row.deleted_at is None
+                else (),
             )
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
@@ -712,7 +714,7 @@ def _lookup(hv: Hypervisor, domain: str) -> DomainInfo | None:
 
 
 def _address(node: NodeRow) -> NodeAddress:
-    return NodeAddress(node.spec["uri"], str((node.status or {}).get("virtType") or "qemu"))
+    return NodeAddress.of(node.spec["uri"], (node.status or {}).get("virtType"))
 
 
 def _unfinished(session: Session, lock: MigrationLock | None) -> MigrationLock | None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, bindparam, exists, func, select, union_all
+from sqlalchemy.orm import Session, aliased
 
 from app.kinds import INSTANCES
-from app.models import InstanceRow
+from app.models import InstanceRow, NodeRow, OperationRow
 from app.repositories.resources import ResourceRepository
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.records import InstanceIntent, InstanceProgress
@@ -37,9 +38,26 @@ def set_requests(row: InstanceRow, spec: InstanceSpec) -> None:
     row.vcpus, row.memory_bytes = requested_vcpus(spec), requested_memory(spec)
 
 
+@dataclass(frozen=True)
+class PassRead:
+    """What a reconcile pass reads first, in one statement: the row, its node's address, and whether guest
+    operations wait for it."""
+
+    row: InstanceRow
+    node: tuple[str, str | None] | None  # (uri, virtType) of the node it is placed on, while that exists
+    operations_pending: bool
+
+
 class InstanceRepository(ResourceRepository[InstanceRow]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, INSTANCES)
+
+    def read_for_pass(self, namespace: str, name: str) -> PassRead | None:
+        found = self.session.execute(_pass_statement(), {"namespace": namespace, "name": name}).first()
+        if found is None:
+            return None
+        row, node_id, uri, virt_type, operations_pending = found
+        return PassRead(row, (uri, virt_type) if node_id is not None else None, bool(operations_pending))
 
     def members(self, pool_uid: str, *, for_update: bool = False) -> list[InstanceRow]:
         """A pool's unclaimed members, oldest first."""
@@ -84,6 +102,25 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
             used[str(name)] = (int(vcpus or 0), int(memory or 0))
             unsummed = unsummed or bool(missing)
         return used, unsummed
+
+
+@cache
+def _pass_statement() -> Select[Any]:
+    """Built once: every instance pass runs it."""
+    node = aliased(NodeRow)
+    on_node = and_(node.namespace == "", node.name == InstanceRow.node_name)
+    pending = exists().where(OperationRow.instance_uid == InstanceRow.uid, OperationRow.state == "Pending")
+    return (
+        select(
+            InstanceRow,
+            node.id,
+            node.spec["uri"].as_string(),
+            node.status["virtType"].as_string(),
+            pending.label("operations_pending"),
+        )
+        .outerjoin(node, on_node)
+        .where(InstanceRow.namespace == bindparam("namespace"), InstanceRow.name == bindparam("name"))
+    )
 
 
 @cache
