@@ -1,5 +1,6 @@
 """SQLAlchemy tables. Importing this package registers every table on `Base.metadata`."""
 
+from app.models.allocations import NodeAllocationRow
 from app.models.auth import GrantRow, TokenRow
 from app.models.base import Base, ResourceRow
 from app.models.devices import HostDeviceRow
@@ -30,6 +31,7 @@ __all__ = [
     "InstanceRow",
     "MigrationRow",
     "NetworkRow",
+    "NodeAllocationRow",
     "NodeRow",
     "OperationRow",
     "PoolRow",

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, func, select, union_all
+from sqlalchemy import Select, and_, bindparam, case, exists, func, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from app.kinds import INSTANCES
-from app.models import InstanceRow, NodeRow, OperationRow
+from app.models import InstanceRow, NodeAllocationRow, NodeRow, OperationRow
 from app.repositories.resources import ResourceRepository
 from app.schemas.instance import InstanceSpec, requested_memory, requested_vcpus
 from app.schemas.records import InstanceIntent, InstanceProgress
@@ -86,7 +86,7 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         their domain is gone, and migrating ones on their target as well."""
         used, unsummed = self._held(exclude_uid)
         if unsummed:  # rows stored before the columns existed: filled from their spec, once
-            missing = InstanceRow.node_name.is_not(None) & InstanceRow.vcpus.is_(None)
+            missing = or_(*(held_on.is_not(None) for held_on in HELD_ON)) & InstanceRow.vcpus.is_(None)
             for row in self.session.scalars(select(InstanceRow).where(missing)):
                 set_requests(row, InstanceSpec.model_validate(row.spec))
                 set_progress(row, progress_of(row))
@@ -95,7 +95,7 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         return used
 
     def _held(self, exclude_uid: str) -> tuple[dict[str, tuple[int, int]], bool]:
-        """The sums per node in one statement, and whether a row counted lacks its request columns."""
+        """The sums per node in one statement, and whether an instance counted lacks its request columns."""
         used: dict[str, tuple[int, int]] = {}
         unsummed = False
         for name, vcpus, memory, missing in self.session.execute(_held_statement(), {"exclude": exclude_uid}):
@@ -123,20 +123,25 @@ def _pass_statement() -> Select[Any]:
     )
 
 
+HELD_ON = (InstanceRow.node_name, InstanceRow.migration_target)  # an instance holds room on both
+
+
 @cache
 def _held_statement() -> Select[Any]:
-    """Built once: every placement runs it."""
-    others = InstanceRow.node_name.is_not(None) & (InstanceRow.uid != bindparam("exclude"))
-    requests = (InstanceRow.vcpus, InstanceRow.memory_bytes)
+    """Built once: every placement runs it. The triggers' sums per node (app.models.allocations), less what
+    the instance being placed holds itself (a migration's target is chosen without its own reservation)."""
+    own = InstanceRow.uid == bindparam("exclude")
+    unsized = case((InstanceRow.vcpus.is_(None), -1), else_=0)
+    own_requests = (-InstanceRow.vcpus, -InstanceRow.memory_bytes, unsized)
     held = union_all(
-        select(InstanceRow.node_name.label("node"), *requests).where(others),
-        select(InstanceRow.migration_target, *requests).where(
-            others, InstanceRow.migration_target.is_not(None)
+        select(
+            NodeAllocationRow.node,
+            NodeAllocationRow.vcpus,
+            NodeAllocationRow.memory_bytes,
+            NodeAllocationRow.unsized,
         ),
+        *(select(held_on, *own_requests).where(own, held_on.is_not(None)) for held_on in HELD_ON),
     ).subquery()
     return select(
-        held.c.node,
-        func.sum(held.c.vcpus),
-        func.sum(held.c.memory_bytes),
-        func.count() - func.count(held.c.vcpus),
+        held.c.node, func.sum(held.c.vcpus), func.sum(held.c.memory_bytes), func.sum(held.c.unsized)
     ).group_by(held.c.node)
