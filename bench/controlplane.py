@@ -276,6 +276,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
             "kind": "VirtualMachineInstance",
             "spec": SPEC,
         }
+        speed = speed_probe_ms()
         started, cpu_at_start = time.monotonic(), cpu_seconds(pids)
         hundreds: list[float] = []
         for first in range(0, count, 100):
@@ -300,6 +301,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         deleted_after = time.monotonic() - deleted_from
     return {
         "instances": count,
+        "speed_probe_ms": speed,
         "post_rate_first_hundred": hundreds[0],
         "post_rate_last_hundred": hundreds[-1],
         "post_rate_ratio_last_to_first": hundreds[-1] / hundreds[0],
@@ -314,6 +316,17 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         "rss_mib": rss,
         "delete_all_s": deleted_after,
     }
+
+
+def speed_probe_ms() -> float:
+    """This machine's speed at the moment, to read a run's times against another's: the median wall time of
+    a fixed pure-Python loop (its speed drifts by a third within an hour on a shared host)."""
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        timings.append(1000 * (time.perf_counter() - start))
+    return statistics.median(timings)
 
 
 def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dict[str, Any]:
