@@ -213,8 +213,10 @@ class InstanceReconciler:
         self.definer = Definer(volume_dir, network or default_network())
         self.clock = clock
         self.expected = Expectations()
-        # Instances (by uid) whose current pass wrote their row: what it read is no longer what is stored.
-        self._written: set[str] = set()
+        # Rows (by uid) that their instance's current pass wrote, as it committed them: what the pass read is
+        # no longer what is stored, and its next write need not read the whole row again unless another
+        # writer came in between.
+        self._written: dict[str, InstanceRow] = {}
 
     # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -224,7 +226,7 @@ class InstanceReconciler:
         try:
             return self._reconcile_loaded(loaded)
         finally:
-            self._written.discard(loaded.uid)
+            self._written.pop(loaded.uid, None)
 
     def _reconcile_loaded(self, loaded: LoadedInstance) -> Result:
         if loaded.migration is not None:
@@ -603,12 +605,14 @@ class InstanceReconciler:
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
         as_loaded = Stored(loaded.status, loaded.progress, loaded.intent, loaded.guest)
-        unwritten = loaded.uid not in self._written
-        if unwritten and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
+        written = self._written.get(loaded.uid)
+        if written is None and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
             return  # nothing new since this pass read the row; whoever wrote it since queued its own pass
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
-            row = repo.get(loaded.namespace, loaded.name, for_update=True)
+            row = repo.relock(written) if written is not None else None
+            if row is None:
+                row = repo.get(loaded.namespace, loaded.name, for_update=True)
             if row is not None and row.uid == loaded.uid:
                 self._apply(repo, row, loaded, outcome)
 
@@ -625,7 +629,7 @@ class InstanceReconciler:
         set_intent(row, folded.intent)
         repo.touch(row)
         wake_pool(repo.session, row)
-        self._written.add(loaded.uid)
+        self._written[loaded.uid] = row
 
     def _folded(self, loaded: LoadedInstance, outcome: Outcome, onto: Stored, node: str | None) -> Stored:
         """The outcome folded onto a stored state: status, and the plan's changes to progress and intent

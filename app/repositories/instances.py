@@ -59,6 +59,16 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         row, node_id, uri, virt_type, operations_pending = found
         return PassRead(row, (uri, virt_type) if node_id is not None else None, bool(operations_pending))
 
+    def relock(self, row: InstanceRow) -> InstanceRow | None:
+        """`row`, as a writer that committed it last holds it, back in this session and locked, when it is
+        still stored at the version it holds: only the version is read, not the whole row again. None when
+        anyone wrote it since (or it is gone)."""
+        stored = self.session.connection().execute(_version_statement(), {"id": row.id}).scalar_one_or_none()
+        if stored != row.resource_version:
+            return None
+        self.session.add(row)
+        return row
+
     def members(self, pool_uid: str, *, for_update: bool = False) -> list[InstanceRow]:
         """A pool's unclaimed members, oldest first."""
         query = select(InstanceRow).where(InstanceRow.pool_uid == pool_uid).order_by(InstanceRow.id)
@@ -102,6 +112,11 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
             used[str(name)] = (int(vcpus or 0), int(memory or 0))
             unsummed = unsummed or bool(missing)
         return used, unsummed
+
+
+@cache
+def _version_statement() -> Select[Any]:
+    return select(InstanceRow.resource_version).where(InstanceRow.id == bindparam("id")).with_for_update()
 
 
 @cache
