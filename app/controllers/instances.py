@@ -213,10 +213,11 @@ class InstanceReconciler:
         self.definer = Definer(volume_dir, network or default_network())
         self.clock = clock
         self.expected = Expectations()
-        # Rows (by uid) that their instance's current pass wrote, as it committed them: what the pass read is
-        # no longer what is stored, and its next write need not read the whole row again unless another
-        # writer came in between.
-        self._written: dict[str, InstanceRow] = {}
+        # Instances (by uid) whose current pass wrote their row: what it read is no longer what is stored.
+        self._written: set[str] = set()
+        # Each instance's row as its current pass last read or committed it: a write takes it back by its
+        # version instead of reading the whole row again, unless another writer came in between.
+        self._rows: dict[str, InstanceRow] = {}
 
     # -- entry ---------------------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -226,7 +227,8 @@ class InstanceReconciler:
         try:
             return self._reconcile_loaded(loaded)
         finally:
-            self._written.pop(loaded.uid, None)
+            self._written.discard(loaded.uid)
+            self._rows.pop(loaded.uid, None)
 
     def _reconcile_loaded(self, loaded: LoadedInstance) -> Result:
         if loaded.migration is not None:
@@ -292,8 +294,8 @@ class InstanceReconciler:
     ) -> None:
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
-            row = repo.get(loaded.namespace, loaded.name, for_update=True)
-            if row is None or row.uid != loaded.uid:
+            row = self._locked_row(repo, loaded)
+            if row is None:
                 return
             status = copy.deepcopy(row.status or {})  # set_condition edits the conditions list in place
             value, reason, message = condition
@@ -454,8 +456,8 @@ class InstanceReconciler:
                 return Result(requeue_after=plan.requeue)
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
-            row = repo.get(loaded.namespace, loaded.name, for_update=True)
-            if row is not None and row.uid == loaded.uid:
+            row = self._locked_row(repo, loaded)
+            if row is not None:
                 wake_pool(session, row)
                 if (loaded.pci_devices or loaded.mdevs) and DeviceRepository(session).release(row.uid):
                     wake_unschedulable(session)  # a freed device may be what one of them waits for
@@ -497,8 +499,8 @@ class InstanceReconciler:
             if pinned is not None:  # its disks are there
                 views = [v for v in views if v.name == pinned]
             chosen, reasons = choose(views, request)
-            row = instances.get(loaded.namespace, loaded.name, for_update=True)
-            if row is None or row.uid != loaded.uid:
+            row = self._locked_row(instances, loaded)
+            if row is None:
                 return loaded
             if chosen is None:
                 failed = placed(None, unschedulable_message(len(views), reasons))
@@ -567,7 +569,7 @@ class InstanceReconciler:
             read = InstanceRepository(session).read_for_pass(namespace, name)
             if read is None:
                 return None
-            row = read.row
+            row = self._rows[read.row.uid] = read.row
             progress = progress_of(row)
             spec = InstanceSpec.model_validate(row.spec)  # once per pass: validation is not free
             status = dict(row.status or {})
@@ -605,16 +607,26 @@ class InstanceReconciler:
 
     def _write(self, loaded: LoadedInstance, outcome: Outcome) -> None:
         as_loaded = Stored(loaded.status, loaded.progress, loaded.intent, loaded.guest)
-        written = self._written.get(loaded.uid)
-        if written is None and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
+        unwritten = loaded.uid not in self._written
+        if unwritten and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
             return  # nothing new since this pass read the row; whoever wrote it since queued its own pass
         with self.db.transaction() as session:
             repo = InstanceRepository(session)
-            row = repo.relock(written) if written is not None else None
-            if row is None:
-                row = repo.get(loaded.namespace, loaded.name, for_update=True)
-            if row is not None and row.uid == loaded.uid:
+            row = self._locked_row(repo, loaded)
+            if row is not None:
                 self._apply(repo, row, loaded, outcome)
+
+    def _locked_row(self, repo: InstanceRepository, loaded: LoadedInstance) -> InstanceRow | None:
+        """The instance's row in this transaction, locked (None when it is gone): the one this pass last read
+        or committed while nobody wrote it since, else read again."""
+        known = self._rows.get(loaded.uid)
+        row = repo.relock(known) if known is not None else None
+        if row is None:
+            row = repo.get(loaded.namespace, loaded.name, for_update=True)
+            if row is None or row.uid != loaded.uid:
+                return None
+            self._rows[loaded.uid] = row
+        return row
 
     def _apply(
         self, repo: InstanceRepository, row: InstanceRow, loaded: LoadedInstance, outcome: Outcome
@@ -629,7 +641,7 @@ class InstanceReconciler:
         set_intent(row, folded.intent)
         repo.touch(row)
         wake_pool(repo.session, row)
-        self._written[loaded.uid] = row
+        self._written.add(loaded.uid)
 
     def _folded(self, loaded: LoadedInstance, outcome: Outcome, onto: Stored, node: str | None) -> Stored:
         """The outcome folded onto a stored state: status, and the plan's changes to progress and intent
