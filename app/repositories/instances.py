@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, exists, func, or_, select, union_all
+from sqlalchemy import Select, and_, bindparam, case, exists, func, inspect, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from app.kinds import INSTANCES
@@ -63,6 +63,9 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         """`row`, as a writer that committed it last holds it, back in this session and locked, when it is
         still stored at the version it holds: only the version is read, not the whole row again. None when
         anyone wrote it since (or it is gone)."""
+        key = inspect(row).identity_key
+        if key is not None and self.session.identity_map.get(key) is not None:
+            return None  # this session already holds the row (its own read): that one is the one to write
         stored = self.session.connection().execute(_version_statement(), {"id": row.id}).scalar_one_or_none()
         if stored != row.resource_version:
             return None

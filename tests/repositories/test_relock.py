@@ -28,3 +28,13 @@ def test_relock_takes_back_its_own_write_until_another_writer_comes_in(db: Datab
         repo.touch(theirs)
     with db.transaction() as session:
         assert InstanceRepository(session).relock(mine) is None, "written since: the pass must read it again"
+
+
+def test_relock_leaves_a_row_the_session_already_holds_to_that_session(db: Database) -> None:
+    with db.transaction() as session:
+        mine = InstanceRepository(session).add(new_instance("held"))
+    with db.transaction() as session:
+        repo = InstanceRepository(session)
+        held = repo.get("default", "held", for_update=True)
+        assert held is not None and held is not mine
+        assert repo.relock(mine) is None
