@@ -14,6 +14,7 @@ from app.db import Database
 from app.migrate import upgrade
 from app.models import InstanceRow, NodeAllocationRow
 from app.repositories.instances import InstanceRepository
+from tests.repositories.test_revisions import new_instance
 
 NODES = ("a", "b", "c", None)
 Sums = dict[str, tuple[int, int, int]]
@@ -42,23 +43,12 @@ def kept(db: Database) -> Sums:
         }
 
 
-def new_instance(name: str, rnd: random.Random) -> InstanceRow:
-    return InstanceRow(
-        uid=str(uuid.uuid4()),
-        namespace="default",
-        name=name,
-        spec={},
-        status={},
-        labels={},
-        annotations={},
-        generation=1,
-        resource_version=0,
-        created_at=utc_now(),
-        node_name=rnd.choice(NODES),
-        migration_target=rnd.choice((None, None, "b")),
-        vcpus=rnd.choice((1, 2, None)),
-        memory_bytes=rnd.choice((1 << 30, 2 << 30)),
-    )
+def placed_instance(name: str, rnd: random.Random) -> InstanceRow:
+    row = new_instance(name)
+    row.resource_version, row.created_at = 0, utc_now()
+    row.node_name, row.migration_target = rnd.choice(NODES), rnd.choice((None, None, "b"))
+    row.vcpus, row.memory_bytes = rnd.choice((1, 2, None)), rnd.choice((1 << 30, 2 << 30))
+    return row
 
 
 def test_counters_follow_inserts_moves_resizes_and_deletes(db: Database) -> None:
@@ -68,7 +58,7 @@ def test_counters_follow_inserts_moves_resizes_and_deletes(db: Database) -> None
             ids = list(session.scalars(select(InstanceRow.id)))
             dice = rnd.random()
             if dice < 0.35 or not ids:
-                session.add(new_instance(f"i-{step}", rnd))
+                session.add(placed_instance(f"i-{step}", rnd))
             elif dice < 0.55:
                 session.execute(delete(InstanceRow).where(InstanceRow.id == rnd.choice(ids)))
             elif dice < 0.75:
