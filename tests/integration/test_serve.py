@@ -405,8 +405,15 @@ def test_guest_agent_on_a_real_guest(tmp_path: Path) -> None:
         connected_at = next(
             t for t, event in iter(lambda: agent_events.get(timeout=5), None) if event == "Connected"
         )
-        shown_at = next(
-            t for t, e in served.timed_events if conditions(e["object"]).get("AgentConnected") == "True"
+
+        # The watch stream may deliver the change a moment after a GET already shows it.
+        def agent_shown(event: dict[str, Any]) -> bool:
+            return conditions(event["object"]).get("AgentConnected") == "True"
+
+        shown_at = wait_for(
+            lambda: next((t for t, e in served.timed_events if agent_shown(e)), None),
+            timeout=5,
+            what="AgentConnected on the watch stream",
         )
         assert shown_at - connected_at < 1.0, (
             f"AgentConnected shown {shown_at - connected_at:.3f}s after libvirt"
