@@ -9,7 +9,7 @@
    Running (followed by one watch, as a client waiting for them would) and the CPU time it took, the
    node's Ready condition throughout, idle CPU (the processes together) and RSS (each) with all Running,
    and the time to delete them all.
-3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99).
+3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99; the first race after start apart).
 4. Watches: PATCH latency and delivery to 50 open watches.
 5. Scale-out (Postgres): creates through 1 API + 1 worker process against 2 + 2.
 
@@ -329,8 +329,10 @@ def speed_probe_ms() -> float:
     return statistics.median(timings)
 
 
-def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dict[str, Any]:
-    latencies: list[float] = []
+def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10, rounds: int = 5) -> dict[str, Any]:
+    """Claim latency of `rounds` races, each on a full warm pool, after one race that is reported apart:
+    the first claims after the API starts build and prepare their statements."""
+    latencies: list[list[float]] = []
     with big_node_corral(backend, workdir, "claims") as (_, url, client):
         pool = {"metadata": {"name": "warm"}, "spec": {"size": size, "template": {"spec": SPEC}}}
         client.post("/v1/namespaces/bench/pools", json=pool).raise_for_status()
@@ -339,7 +341,7 @@ def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dic
             members = list_all(client, "/v1/namespaces/bench/instances", labelSelector="corral.dev/pool=warm")
             return len([m for m in members if m["status"].get("phase") == "Running"]) == size
 
-        for _ in range(5):
+        for _ in range(1 + rounds):
             wait_until(warm, 120, "pool warm")
             answers = asyncio.run(
                 race(url, TOKEN, "POST", "/v1/namespaces/bench/pools/warm/claim", b"{}", racers)
@@ -347,11 +349,13 @@ def claims(backend: str, workdir: Path, racers: int = 32, size: int = 10) -> dic
             unexpected = [status for status, _ in answers if status not in (201, 503)]
             if unexpected or sum(status == 201 for status, _ in answers) != size:
                 raise RuntimeError(f"claims answered {sorted(status for status, _ in answers)}")
-            latencies += [seconds for _, seconds in answers]
+            latencies.append([seconds for _, seconds in answers])
+    first, *steady = latencies
     return {
         "racers": racers,
         "pool": size,
-        **{k: 1000 * v for k, v in summary(latencies).items() if k != "n"},
+        **{k: 1000 * v for k, v in summary([s for race in steady for s in race]).items() if k != "n"},
+        "first_race_p99": 1000 * summary(first)["p99"],
     }
 
 

@@ -671,16 +671,16 @@ class InstanceReconciler:
             status["interfaces"] = interfaces_status(names, outcome.nics, guest)
         return Stored(status, progress, intent, guest)
 
-    @staticmethod
-    def _freeze_status(loaded: LoadedInstance) -> Callable[[Session, str], None]:
+    def _freeze_status(self, loaded: LoadedInstance) -> Callable[[Session, str], None]:
         """Records fsFreezeStatus after a freeze or thaw."""
 
         def record(session: Session, state: str) -> None:
             repo = InstanceRepository(session)
-            row = repo.get(loaded.namespace, loaded.name, for_update=True)
-            if row is not None and row.uid == loaded.uid:
+            row = self._locked_row(repo, loaded)
+            if row is not None:
                 row.status = {**(row.status or {}), "fsFreezeStatus": state}
                 repo.touch(row)
+                self._written.add(loaded.uid)
 
         return record
 
