@@ -215,8 +215,10 @@ class InstanceReconciler:
         self.expected = Expectations()
         # Instances (by uid) whose current pass wrote their row: what it read is no longer what is stored.
         self._written: set[str] = set()
-        # Each instance's row as its current pass last read or committed it: a write takes it back by its
-        # version instead of reading the whole row again, unless another writer came in between.
+        # Each instance's row as its current pass last read or committed it: a write changes this copy and
+        # stores it in one statement on the condition that the version is still the same, without reading
+        # the row again, unless another writer came in between. A failed transaction fails the pass, and
+        # the pass's copy goes with it.
         self._rows: dict[str, InstanceRow] = {}
 
     # -- entry ---------------------------------------------------------------------------------------
@@ -292,19 +294,19 @@ class InstanceReconciler:
     def _record_keys(
         self, loaded: LoadedInstance, written: dict[str, tuple[str, ...]], condition: tuple[str, str, str]
     ) -> None:
-        with self.db.transaction() as session:
-            repo = InstanceRepository(session)
-            row = self._locked_row(repo, loaded)
-            if row is None:
-                return
+        def record(row: InstanceRow) -> bool:
             status = copy.deepcopy(row.status or {})  # set_condition edits the conditions list in place
             value, reason, message = condition
             set_condition(status, "AccessCredentialsSynchronized", value, reason, message, self.clock())
             progress = progress_of(row)
-            if status != row.status or progress.agent_keys != written:
-                row.status = status
-                set_progress(row, progress.but(agent_keys=written))
-                repo.touch(row)
+            if status == row.status and progress.agent_keys == written:
+                return False
+            row.status = status
+            set_progress(row, progress.but(agent_keys=written))
+            return True
+
+        with self.db.transaction() as session:
+            self._change_row(InstanceRepository(session), loaded, record)
 
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.kind is EventKind.CONNECTION_CLOSED:
@@ -455,14 +457,12 @@ class InstanceReconciler:
                 self._write(loaded, Outcome(plan.hold, plan))
                 return Result(requeue_after=plan.requeue)
         with self.db.transaction() as session:
-            repo = InstanceRepository(session)
-            row = self._locked_row(repo, loaded)
+            row = self._remove_row(InstanceRepository(session), loaded)
             if row is not None:
                 wake_pool(session, row)
                 if (loaded.pci_devices or loaded.mdevs) and DeviceRepository(session).release(row.uid):
                     wake_unschedulable(session)  # a freed device may be what one of them waits for
                     workqueue.enqueue(session, NODES.work_key("", str(row.node_name)))
-                repo.remove(row)
         return Result()
 
     def _shut_down_for_teardown(self, loaded: LoadedInstance, hv: Hypervisor, plan: Plan) -> Plan:
@@ -499,12 +499,9 @@ class InstanceReconciler:
             if pinned is not None:  # its disks are there
                 views = [v for v in views if v.name == pinned]
             chosen, reasons = choose(views, request)
-            row = self._locked_row(instances, loaded)
-            if row is None:
-                return loaded
             if chosen is None:
                 failed = placed(None, unschedulable_message(len(views), reasons))
-                self._apply(instances, row, loaded, Outcome(failed))
+                self._change_row(instances, loaded, self._fold(session, loaded, Outcome(failed)))
                 return loaded
             held: tuple[str, ...] = ()
             assignments: list[JsonObject] = []
@@ -512,10 +509,18 @@ class InstanceReconciler:
                 picked = pick_devices(chosen.devices, needs, chosen.mdevs)
                 assert not isinstance(picked, str)  # choose() took only nodes where the pick succeeds
                 held, assignments = self._take_devices(session, loaded, chosen.name, picked)
-            row.node_name = chosen.name  # placed and reported in one write: phase Scheduling, nodeName set
-            if assignments:  # kept by every later status write: devices are held until the instance goes
-                row.status = {**(row.status or {}), "deviceAssignments": assignments}
-            self._apply(instances, row, loaded, Outcome(placed(chosen.name, "")))
+            fold = self._fold(session, loaded, Outcome(placed(chosen.name, "")))
+
+            def place(row: InstanceRow) -> bool:
+                row.node_name = chosen.name  # placed and reported in one write: Scheduling, nodeName set
+                if assignments:  # kept by every later status write: devices are held until the instance goes
+                    row.status = {**(row.status or {}), "deviceAssignments": assignments}
+                fold(row)
+                return True
+
+            if self._change_row(instances, loaded, place) is None:
+                # Only this pass removes the row, so another worker did, its lease lost: take nothing.
+                raise LookupError(f"instance {loaded.namespace}/{loaded.name} removed while being placed")
             node_row = next(n for n in node_rows if n.name == chosen.name)
             return replace(
                 loaded,
@@ -611,37 +616,62 @@ class InstanceReconciler:
         if unwritten and self._folded(loaded, outcome, as_loaded, loaded.node_name) == as_loaded:
             return  # nothing new since this pass read the row; whoever wrote it since queued its own pass
         with self.db.transaction() as session:
-            repo = InstanceRepository(session)
-            row = self._locked_row(repo, loaded)
-            if row is not None:
-                self._apply(repo, row, loaded, outcome)
+            self._change_row(InstanceRepository(session), loaded, self._fold(session, loaded, outcome))
 
-    def _locked_row(self, repo: InstanceRepository, loaded: LoadedInstance) -> InstanceRow | None:
-        """The instance's row in this transaction, locked (None when it is gone): the one this pass last read
-        or committed while nobody wrote it since, else read again."""
-        known = self._rows.get(loaded.uid)
-        row = repo.relock(known) if known is not None else None
-        if row is None:
-            row = repo.get(loaded.namespace, loaded.name, for_update=True)
-            if row is None or row.uid != loaded.uid:
-                return None
-            self._rows[loaded.uid] = row
+    def _change_row(
+        self, repo: InstanceRepository, loaded: LoadedInstance, change: Callable[[InstanceRow], bool]
+    ) -> InstanceRow | None:
+        """Apply `change` to the instance's row and write what it changed (it returns whether it changed
+        anything): to the copy this pass last read or committed, in one statement while nobody wrote the row
+        since, else to the row read again, locked. The row as written; None when it is gone."""
+        known = self._rows.pop(loaded.uid, None)
+        if known is not None:
+            if not change(known):
+                self._rows[loaded.uid] = known
+                return known
+            if repo.write_if_unchanged(known):
+                self._rows[loaded.uid] = known
+                self._written.add(loaded.uid)
+                return known
+            # Written by someone else since: that copy is stale, and holds this pass's changes.
+        row = repo.get(loaded.namespace, loaded.name, for_update=True)
+        if row is None or row.uid != loaded.uid:
+            return None
+        self._rows[loaded.uid] = row
+        if change(row):
+            repo.touch(row)
+            self._written.add(loaded.uid)
         return row
 
-    def _apply(
-        self, repo: InstanceRepository, row: InstanceRow, loaded: LoadedInstance, outcome: Outcome
-    ) -> None:
-        """Fold an outcome into the row as it is now; a pass that changed nothing writes nothing."""
-        stored = Stored(row.status or {}, progress_of(row), intent_of(row), row.guest or {})
-        folded = self._folded(loaded, outcome, stored, row.node_name)
-        if folded == stored:
-            return
-        row.status, row.guest = folded.status, folded.guest
-        set_progress(row, folded.progress)
-        set_intent(row, folded.intent)
-        repo.touch(row)
-        wake_pool(repo.session, row)
-        self._written.add(loaded.uid)
+    def _remove_row(self, repo: InstanceRepository, loaded: LoadedInstance) -> InstanceRow | None:
+        """`_change_row` for the removal: the row removed, None when it was gone."""
+        known = self._rows.pop(loaded.uid, None)
+        if known is not None and repo.remove_if_unchanged(known):
+            return known
+        row = repo.get(loaded.namespace, loaded.name, for_update=True)
+        if row is None or row.uid != loaded.uid:
+            return None
+        repo.remove(row)
+        return row
+
+    def _fold(
+        self, session: Session, loaded: LoadedInstance, outcome: Outcome
+    ) -> Callable[[InstanceRow], bool]:
+        """A change that folds an outcome into the row as it is stored; one that changes nothing writes
+        nothing."""
+
+        def fold(row: InstanceRow) -> bool:
+            stored = Stored(row.status or {}, progress_of(row), intent_of(row), row.guest or {})
+            folded = self._folded(loaded, outcome, stored, row.node_name)
+            if folded == stored:
+                return False
+            row.status, row.guest = folded.status, folded.guest
+            set_progress(row, folded.progress)
+            set_intent(row, folded.intent)
+            wake_pool(session, row)
+            return True
+
+        return fold
 
     def _folded(self, loaded: LoadedInstance, outcome: Outcome, onto: Stored, node: str | None) -> Stored:
         """The outcome folded onto a stored state: status, and the plan's changes to progress and intent
@@ -675,12 +705,11 @@ class InstanceReconciler:
         """Records fsFreezeStatus after a freeze or thaw."""
 
         def record(session: Session, state: str) -> None:
-            repo = InstanceRepository(session)
-            row = self._locked_row(repo, loaded)
-            if row is not None:
+            def freeze(row: InstanceRow) -> bool:
                 row.status = {**(row.status or {}), "fsFreezeStatus": state}
-                repo.touch(row)
-                self._written.add(loaded.uid)
+                return True
+
+            self._change_row(InstanceRepository(session), loaded, freeze)
 
         return record
 

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, bindparam, case, exists, func, inspect, or_, select, union_all
+from sqlalchemy import (
+    Delete,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    inspect,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.kinds import INSTANCES
 from app.models import InstanceRow, NodeAllocationRow, NodeRow, OperationRow
@@ -59,18 +76,40 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         row, node_id, uri, virt_type, operations_pending = found
         return PassRead(row, (uri, virt_type) if node_id is not None else None, bool(operations_pending))
 
-    def relock(self, row: InstanceRow) -> InstanceRow | None:
-        """`row`, as a writer that committed it last holds it, back in this session and locked, when it is
-        still stored at the version it holds: only the version is read, not the whole row again. None when
-        anyone wrote it since (or it is gone)."""
+    def write_if_unchanged(self, row: InstanceRow) -> bool:
+        """Write the changes made to `row`, a writer's own copy as it last read or committed it (in no
+        session), in one statement when the row is still stored at the version that copy holds, and record
+        them for watchers: no read before the write. False, nothing written, when anyone wrote it since,
+        it is gone, or this session holds the row itself (the identity map allows one object per row)."""
+        state = inspect(row)
+        changed = {attr.key: attr.value for attr in state.attrs if attr.history.has_changes()}
+        if not changed:
+            return True
+        if self._held_here(row):
+            return False
+        statement = _conditional_update(tuple(sorted(changed)))
+        values = {f"new_{key}": value for key, value in changed.items()}
+        known = {"row_id": row.id, "known_version": row.resource_version}
+        if self.session.connection().execute(statement, known | values).rowcount != 1:
+            return False
+        for key, value in changed.items():
+            set_committed_value(row, key, value)
+        self.touch(row)
+        return True
+
+    def remove_if_unchanged(self, row: InstanceRow) -> bool:
+        """`write_if_unchanged` for a removal: `row` deleted in one statement while nobody wrote it since."""
+        if self._held_here(row):
+            return False
+        known = {"row_id": row.id, "known_version": row.resource_version}
+        if self.session.connection().execute(_conditional_delete(), known).rowcount != 1:
+            return False
+        self.remove_event(row)
+        return True
+
+    def _held_here(self, row: InstanceRow) -> bool:
         key = inspect(row).identity_key
-        if key is not None and self.session.identity_map.get(key) is not None:
-            return None  # this session already holds the row (its own read): that one is the one to write
-        stored = self.session.connection().execute(_version_statement(), {"id": row.id}).scalar_one_or_none()
-        if stored != row.resource_version:
-            return None
-        self.session.add(row)
-        return row
+        return key is not None and self.session.identity_map.get(key) is not None
 
     def members(self, pool_uid: str, *, for_update: bool = False) -> list[InstanceRow]:
         """A pool's unclaimed members, oldest first."""
@@ -117,9 +156,22 @@ class InstanceRepository(ResourceRepository[InstanceRow]):
         return used, unsummed
 
 
+INSTANCES_TABLE = cast(Table, InstanceRow.__table__)
+_UNCHANGED = and_(
+    INSTANCES_TABLE.c.id == bindparam("row_id"),
+    INSTANCES_TABLE.c.resource_version == bindparam("known_version"),
+)
+
+
 @cache
-def _version_statement() -> Select[Any]:
-    return select(InstanceRow.resource_version).where(InstanceRow.id == bindparam("id")).with_for_update()
+def _conditional_update(keys: tuple[str, ...]) -> Update:
+    columns = InstanceRow.__mapper__.columns
+    return update(INSTANCES_TABLE).where(_UNCHANGED).values({columns[k]: bindparam(f"new_{k}") for k in keys})
+
+
+@cache
+def _conditional_delete() -> Delete:
+    return delete(INSTANCES_TABLE).where(_UNCHANGED)
 
 
 @cache
