@@ -217,9 +217,14 @@ def test_seed_manifest_through_the_state_machine(serve: Serve) -> None:
     assert created["metadata"]["name"] == "test-vmi"
 
     running = serve.wait("test-vmi", "Running", agent=True if real else None)
-    # A watch sees each write; the pass that defines the domain and starts it writes Scheduled into the
-    # history with Starting, not on its own.
-    seen = [phase for phase in serve.phases_seen("test-vmi") if phase != "Pending"]
+
+    def seen_phases() -> list[str]:
+        return [phase for phase in serve.phases_seen("test-vmi") if phase != "Pending"]
+
+    # A watch sees each write (a moment after a GET may); the pass that defines the domain and starts it
+    # writes Scheduled into the history with Starting, not on its own.
+    wait_for(lambda: "Running" in seen_phases(), timeout=5, what="Running on the watch stream")
+    seen = seen_phases()
     assert seen[:3] == ["Scheduling", "Starting", "Running"], seen
     stamped = [s["phase"] for s in running["status"]["phaseTransitionTimestamps"]]
     assert stamped[:4] == ["Scheduling", "Scheduled", "Starting", "Running"], stamped
