@@ -634,8 +634,8 @@ class InstanceReconciler:
                 self._written.add(loaded.uid)
                 return known
             # Written by someone else since: that copy is stale, and holds this pass's changes.
-        row = repo.get(loaded.namespace, loaded.name, for_update=True)
-        if row is None or row.uid != loaded.uid:
+        row = self._read_locked(repo, loaded)
+        if row is None:
             return None
         self._rows[loaded.uid] = row
         if change(row):
@@ -648,11 +648,16 @@ class InstanceReconciler:
         known = self._rows.pop(loaded.uid, None)
         if known is not None and repo.remove_if_unchanged(known):
             return known
-        row = repo.get(loaded.namespace, loaded.name, for_update=True)
-        if row is None or row.uid != loaded.uid:
-            return None
-        repo.remove(row)
+        row = self._read_locked(repo, loaded)
+        if row is not None:
+            repo.remove(row)
         return row
+
+    @staticmethod
+    def _read_locked(repo: InstanceRepository, loaded: LoadedInstance) -> InstanceRow | None:
+        """The instance's row read again and locked; None when it is gone (or another took its name)."""
+        row = repo.get(loaded.namespace, loaded.name, for_update=True)
+        return row if row is not None and row.uid == loaded.uid else None
 
     def _fold(
         self, session: Session, loaded: LoadedInstance, outcome: Outcome
