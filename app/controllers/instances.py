@@ -205,9 +205,12 @@ class InstanceReconciler:
         volume_dir: str = "/var/lib/corral/instances",
         clock: Clock = utc_now,
         network: NetworkConfig | None = None,
+        worker: str | None = None,
     ) -> None:
         self.db = db
         self.hypervisors = hypervisors
+        # The name the worker running these passes leases under (alone: a name no lease has).
+        self.worker = worker or workqueue.new_holder()
         self.image_dir = image_dir
         self.images = ImageCache(db, clock)
         self.definer = Definer(volume_dir, network or default_network())
@@ -317,10 +320,19 @@ class InstanceReconciler:
             ]
         if event.domain_uuid is None:
             return []
-        if event.kind is EventKind.LIFECYCLE and self.expected.met(event.domain_uuid, event.event, event.at):
+        lifecycle = event.kind is EventKind.LIFECYCLE
+        if lifecycle and self.expected.met(event.domain_uuid, event.event, event.at):
             return []  # this worker's own action, which its pass already saw through
         key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
-        return [INSTANCES.work_key(*key)] if key is not None else []
+        if key is None:
+            return []
+        work_key = INSTANCES.work_key(*key)
+        if lifecycle and workqueue.leased_elsewhere(session, work_key, self.worker):
+            # Another worker's pass holds the instance. That worker gets the event too (its pass connects to
+            # the node before it looks at the domain: an earlier event is in what it sees) and knows whether
+            # its own action caused it; waking a pass here as well would double the passes of its actions.
+            return []
+        return [work_key]
 
     # -- convergence ---------------------------------------------------------------------------------
     def _converge(self, loaded: LoadedInstance, hv: Hypervisor) -> Outcome:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, and_, bindparam, case, delete, event, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -70,6 +86,11 @@ def _enqueue_statement(dialect: str) -> Any:
     return statement.on_conflict_do_update(
         index_elements=[WORK.c.key], set_={"seq": WORK.c.seq + 1, "due_at": earlier}
     )
+
+
+def new_holder() -> str:
+    """A name for a worker's leases: its host and pid tell whether the holder is still alive."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> list[Lease]:
@@ -184,6 +205,22 @@ def _finish_statements() -> tuple[Any, Any]:
         .returning(WORK.c.seq)
     )
     return done, requeued
+
+
+def leased_elsewhere(session: Session, key: str, worker: str) -> bool:
+    """Whether a live lease of another worker holds `key` now."""
+    parameters = {"leased_key": key, "worker": worker, "now": utc_now()}
+    return session.execute(_leased_elsewhere_statement(), parameters).first() is not None
+
+
+@cache
+def _leased_elsewhere_statement() -> Any:
+    now = bindparam("now", type_=WORK.c.lease_until.type)
+    return select(literal(1)).where(
+        WORK.c.key == bindparam("leased_key"),
+        WORK.c.leased_by != bindparam("worker"),
+        WORK.c.lease_until >= now,
+    )
 
 
 def holders(session: Session) -> set[str]:

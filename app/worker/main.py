@@ -17,6 +17,7 @@ from app.controllers.naming import default_network
 from app.controllers.nodes import NodeReconciler
 from app.controllers.pools import PoolReconciler
 from app.db import Database
+from app.repositories import workqueue
 from app.services.nodes import NodeService
 from app.virt.driver import HypervisorError
 from app.virt.libvirt_driver import connect
@@ -98,6 +99,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     bridge = EventBridge(db, reconcilers)  # filled below: reconcilers need the connections first
     connections = NodeConnections(connect, bridge)
     network = default_network(settings.default_network_cidr)
+    identity = workqueue.new_holder()
     reconcilers += [
         NodeReconciler(
             db,
@@ -106,7 +108,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
             settings.cpu_allocation_ratio,
             settings.device_inventory_seconds,
         ),
-        InstanceReconciler(db, connections, settings.image_dir, network=network),
+        InstanceReconciler(db, connections, settings.image_dir, network=network, worker=identity),
         PoolReconciler(db, settings.pool_burst),
     ]
     migrations = MigrationReconciler(
@@ -131,5 +133,6 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
         resync_seconds=settings.resync_seconds,
         event_retention=settings.event_retention,
         resync_sources=[puller.resync_keys],
+        identity=identity,
     )
     return WorkerProcess(worker, bridge, connections)

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -64,6 +63,7 @@ class Worker:
         resync_seconds: float = 60.0,
         event_retention: int = 100_000,
         resync_sources: Sequence[Callable[[Session], list[str]]] = (),
+        identity: str | None = None,
     ) -> None:
         self.db = db
         self.reconcilers = dict(reconcilers)
@@ -72,7 +72,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.resync_seconds = resync_seconds
         self.event_retention = event_retention
-        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.identity = identity or workqueue.new_holder()
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
+from app.clock import utc_now
 from app.config import Settings
 from app.controllers.instances import InstanceReconciler
 from app.controllers.nodes import NodeReconciler
@@ -22,6 +24,7 @@ from app.repositories.resources import ResourceRepository
 from app.services.nodes import NodeService
 from app.services.resources import ResourceService
 from app.virt.domain_xml import DomainConfig, build_domain_xml
+from app.virt.driver import EventKind, HypervisorEvent
 from app.virt.libvirt_driver import connect
 from app.worker.connections import NodeConnections
 from app.worker.events import EventBridge
@@ -148,3 +151,32 @@ def test_libvirt_events_wake_the_owning_instance(db: Database) -> None:
         hv.undefine(name)
         pool.close_all()
         bridge.stop()
+
+
+def test_an_event_for_an_instance_another_workers_pass_holds_is_left_to_that_worker(db: Database) -> None:
+    """Every worker connected to a node gets each of its events. The worker whose pass holds the instance
+    knows whether its own action caused the event; another worker waking a pass for it would double the
+    passes of every action."""
+    with db.transaction() as session:
+        uid = ResourceService(session, INSTANCES).create("default", vmi("held"))["metadata"]["uid"]
+        session.execute(delete(WorkItemRow))
+    key = INSTANCES.work_key("default", "held")
+    reconciler = InstanceReconciler(db, NodeConnections(connect), Path("/nonexistent"), worker="me")
+    started = HypervisorEvent("test:///default", EventKind.LIFECYCLE, "Started", "0", "d", uid)
+
+    def woken(event: HypervisorEvent) -> list[str]:
+        with db.read() as session:
+            return reconciler.keys_for_event(session, "n1", event)
+
+    assert woken(started) == [key]  # nobody's pass holds it
+    with db.transaction() as session:
+        workqueue.enqueue(session, key)
+    with db.transaction() as session:
+        assert len(workqueue.lease(session, "other", 1, 30)) == 1
+    assert woken(started) == []
+    with db.transaction() as session:  # the holder's death: its lease runs out
+        session.execute(update(WorkItemRow).values(lease_until=utc_now() - timedelta(seconds=1)))
+    assert woken(started) == [key]
+    with db.transaction() as session:
+        assert len(workqueue.lease(session, "me", 1, 30)) == 1
+    assert woken(started) == [key]  # this worker's own pass may have looked before the event
