@@ -320,14 +320,13 @@ class InstanceReconciler:
             ]
         if event.domain_uuid is None:
             return []
-        lifecycle = event.kind is EventKind.LIFECYCLE
-        if lifecycle and self.expected.met(event.domain_uuid, event.event, event.at):
+        if event.kind is EventKind.LIFECYCLE and self.expected.met(event.domain_uuid, event.event, event.at):
             return []  # this worker's own action, which its pass already saw through
         key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
         if key is None:
             return []
         work_key = INSTANCES.work_key(*key)
-        if lifecycle and workqueue.leased_elsewhere(session, work_key, self.worker):
+        if workqueue.leased_elsewhere(session, work_key, self.worker):
             # Another worker's pass holds the instance. That worker gets the event too (its pass connects to
             # the node before it looks at the domain: an earlier event is in what it sees) and knows whether
             # its own action caused it; waking a pass here as well would double the passes of its actions.

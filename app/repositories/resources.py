@@ -79,6 +79,12 @@ def _lock_all_statement(info: Kind[Any]) -> Select[Any]:
     return select(row).order_by(row.namespace, row.name).with_for_update()
 
 
+@cache
+def _key_of_statement(info: Kind[Any]) -> Select[Any]:
+    table = cast(Table, info.row.__table__)
+    return select(table.c.namespace, table.c.name).where(table.c.uid == bindparam("uid"))
+
+
 class ResourceRepository(Generic[RowT]):
     def __init__(self, session: Session, info: Kind[RowT]) -> None:
         self.session = session
@@ -89,9 +95,9 @@ class ResourceRepository(Generic[RowT]):
         return self.session.scalars(query, {"namespace": namespace, "name": name}).one_or_none()
 
     def key_of(self, uid: str) -> tuple[str, str] | None:
-        """(namespace, name) of the object with this uid, without loading it."""
-        row = self.info.row
-        found = self.session.execute(select(row.namespace, row.name).where(row.uid == uid)).first()
+        """(namespace, name) of the object with this uid, without loading it (every libvirt event asks:
+        a Core statement built once, run on the connection)."""
+        found = self.session.connection().execute(_key_of_statement(self.info), {"uid": uid}).first()
         return (found.namespace, found.name) if found is not None else None
 
     def get_by_uid(self, uid: str) -> RowT | None:

@@ -210,7 +210,7 @@ def _finish_statements() -> tuple[Any, Any]:
 def leased_elsewhere(session: Session, key: str, worker: str) -> bool:
     """Whether a live lease of another worker holds `key` now."""
     parameters = {"leased_key": key, "worker": worker, "now": utc_now()}
-    return session.execute(_leased_elsewhere_statement(), parameters).first() is not None
+    return session.connection().execute(_leased_elsewhere_statement(), parameters).first() is not None
 
 
 @cache
