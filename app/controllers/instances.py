@@ -311,6 +311,14 @@ class InstanceReconciler:
         with self.db.transaction() as session:
             self._change_row(InstanceRepository(session), loaded, record)
 
+    def caused_here(self, event: HypervisorEvent) -> bool:
+        """Whether the event is one an action of this worker's passes caused, which its pass saw through."""
+        return (
+            event.kind is EventKind.LIFECYCLE
+            and event.domain_uuid is not None
+            and self.expected.met(event.domain_uuid, event.event, event.at)
+        )
+
     def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
         if event.kind is EventKind.CONNECTION_CLOSED:
             # Events are lost until the next pass reconnects: every instance there looks again at once
@@ -320,8 +328,6 @@ class InstanceReconciler:
             ]
         if event.domain_uuid is None:
             return []
-        if event.kind is EventKind.LIFECYCLE and self.expected.met(event.domain_uuid, event.event, event.at):
-            return []  # this worker's own action, which its pass already saw through
         key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
         if key is None:
             return []

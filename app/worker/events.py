@@ -3,7 +3,8 @@
 libvirt calls back on its event-loop thread, which must never block on the database: events go through a
 queue to a bridge thread that asks every reconciler which keys the event concerns and enqueues them. While
 the database is away the bridge retries the event at hand and the queue keeps the ones behind it: none is
-lost. Observers that only note an event (and never wait) see it on the event-loop thread, on arrival.
+lost. Observers that only note an event (and never wait) see it on the event-loop thread, on arrival, and
+the events of this process's own actions, which its passes saw through, stop there.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from prometheus_client import Counter
 
@@ -30,6 +32,9 @@ class EventBridge:
         self.db = db
         self.reconcilers = reconcilers  # read per event, so the list may be filled after construction
         self.observers: list[EventCallback] = []
+        # Whether an event is one an action of this process caused and its pass saw through: such an event
+        # wakes nothing, so it is dropped on arrival, before any transaction.
+        self.caused_here: list[Callable[[HypervisorEvent], bool]] = []
         self._queue: queue.Queue[tuple[str, HypervisorEvent] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
         self._stopping = threading.Event()
@@ -46,7 +51,8 @@ class EventBridge:
         EVENTS.labels(event.kind.value, event.event).inc()
         for observe in self.observers:
             observe(event)
-        self._queue.put((node, event))
+        if not any(caused(event) for caused in self.caused_here):
+            self._queue.put((node, event))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:

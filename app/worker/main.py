@@ -100,6 +100,8 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
     connections = NodeConnections(connect, bridge)
     network = default_network(settings.default_network_cidr)
     identity = workqueue.new_holder()
+    instances = InstanceReconciler(db, connections, settings.image_dir, network=network, worker=identity)
+    bridge.caused_here.append(instances.caused_here)
     reconcilers += [
         NodeReconciler(
             db,
@@ -108,7 +110,7 @@ def build_worker(db: Database, settings: Settings) -> WorkerProcess:
             settings.cpu_allocation_ratio,
             settings.device_inventory_seconds,
         ),
-        InstanceReconciler(db, connections, settings.image_dir, network=network, worker=identity),
+        instances,
         PoolReconciler(db, settings.pool_burst),
     ]
     migrations = MigrationReconciler(
