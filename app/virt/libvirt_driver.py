@@ -316,6 +316,14 @@ class LibvirtHypervisor:
         self._uri = uri
         self._callbacks: list[EventCallback] = []
         self._subscribed = False
+        # Domain, storage pool and network handles by name, looked up once: each lookup is a round trip to
+        # libvirtd (15 per instance from create to delete before). A domain's name carries its uid, which
+        # is its uuid, so its handle is right until the domain is undefined, when it goes. A "no such"
+        # error from a handle drops the handles of its kind: a domain, pool or network someone replaced
+        # by hand under the same name costs one failed call.
+        self._domains: dict[str, Any] = {}
+        self._pools: dict[str, Any] = {}
+        self._networks: dict[str, Any] = {}
         self._lock = threading.Lock()
         try:
             self._conn = libvirt.open(uri)
@@ -345,6 +353,12 @@ class LibvirtHypervisor:
         try:
             yield
         except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                self._domains.clear()  # a handle outlived its domain (rare): every name is looked up again
+            elif exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                self._pools.clear()
+            elif exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                self._networks.clear()
             raise _translate(exc, self._conn) from exc
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -352,7 +366,13 @@ class LibvirtHypervisor:
             return fn()
 
     def _domain(self, name: str) -> Any:
-        return self._call(lambda: self._conn.lookupByName(name))
+        dom = self._domains.get(name)
+        if dom is None:
+            try:
+                dom = self._domains[name] = self._conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, self._conn) from exc  # no handle failed: the others stand
+        return dom
 
     def _info(self, dom: Any) -> DomainInfo:
         state_code, reason_code = self._call(dom.state)
@@ -419,12 +439,15 @@ class LibvirtHypervisor:
 
     # -- domains -------------------------------------------------------------------------------------
     def define(self, xml: str) -> DomainInfo:
-        return self._info(self._call(lambda: self._conn.defineXML(xml)))
+        dom = self._call(lambda: self._conn.defineXML(xml))
+        self._domains[dom.name()] = dom
+        return self._info(dom)
 
     def undefine(self, name: str) -> None:
         dom = self._domain(name)
         flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         self._with_flag_fallback(lambda: dom.undefineFlags(flags), dom.undefine)
+        self._domains.pop(name, None)
 
     def start(self, name: str) -> None:
         self._call(self._domain(name).create)
@@ -650,7 +673,10 @@ class LibvirtHypervisor:
 
     # -- storage -------------------------------------------------------------------------------------
     def _pool(self, name: str) -> Any:
-        return self._call(lambda: self._conn.storagePoolLookupByName(name))
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = self._call(lambda: self._conn.storagePoolLookupByName(name))
+        return pool
 
     def ensure_pool(self, name: str, path: str) -> None:
         try:
@@ -816,9 +842,15 @@ class LibvirtHypervisor:
         return _SocketStream(socket.socket(fileno=fd))
 
     # -- networks ------------------------------------------------------------------------------------
+    def _network(self, name: str) -> Any:
+        net = self._networks.get(name)
+        if net is None:
+            net = self._networks[name] = self._call(lambda: self._conn.networkLookupByName(name))
+        return net
+
     def ensure_network(self, network: NetworkConfig) -> None:
         def find() -> Any:
-            return self._call(lambda: self._conn.networkLookupByName(network.name))
+            return self._network(network.name)
 
         try:
             net = find()
@@ -848,7 +880,7 @@ class LibvirtHypervisor:
         """The MAC's addresses from the network's DHCP leases, the newest first (a guest that asked again
         may hold a second, older lease until it expires)."""
         try:
-            net = self._call(lambda: self._conn.networkLookupByName(network))
+            net = self._network(network)
             leases = self._call(lambda: net.DHCPLeases(mac, 0))
         except HypervisorUnavailable:
             raise
@@ -974,6 +1006,8 @@ class LibvirtHypervisor:
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         name = _LIFECYCLE[event] if 0 <= event < len(_LIFECYCLE) else f"Event{event}"
+        if name == "Undefined":
+            self._domains.pop(dom.name(), None)
         details = _DETAILS.get(name, ())
         named = details[detail] if 0 <= detail < len(details) else str(detail)
         self._emit(HypervisorEvent(self._uri, EventKind.LIFECYCLE, name, named, dom.name(), dom.UUIDString()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +116,32 @@ def test_errors_are_translated(hypervisor: Hypervisor, cleanup: list[str], tmp_p
     hypervisor.define(build_domain_xml(config))
     with pytest.raises(AgentUnavailable):
         hypervisor.agent_command(config.name, {"execute": "guest-ping"}, 2)
+
+
+def test_a_domain_replaced_by_another_client_is_found_again(
+    hypervisor: Hypervisor, cleanup: list[str], tmp_path: Path
+) -> None:
+    """The driver keeps domain handles by name. A domain another client undefined and defined anew under
+    the same name (another uuid) costs at most one failed call, never a lasting wrong answer; one replaced
+    through the driver itself is right at once."""
+    config = guest_config(hypervisor, tmp_path)
+    cleanup.append(config.name)
+    hypervisor.define(build_domain_xml(config))
+    assert hypervisor.lookup(config.name).uuid == config.uuid
+    other = connect(hypervisor.uri)
+    try:
+        other.undefine(config.name)
+        by_other = replace(config, uuid=str(uuid.uuid4()))
+        other.define(build_domain_xml(by_other))
+    finally:
+        other.close()
+    with suppress(DomainNotFound):
+        hypervisor.lookup(config.name)  # the old handle's one failed call
+    assert hypervisor.lookup(config.name).uuid == by_other.uuid
+    hypervisor.undefine(config.name)
+    by_driver = replace(config, uuid=str(uuid.uuid4()))
+    hypervisor.define(build_domain_xml(by_driver))
+    assert hypervisor.lookup(config.name).uuid == by_driver.uuid
 
 
 @pytest.mark.qemu
