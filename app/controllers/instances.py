@@ -794,7 +794,8 @@ def _unfinished(session: Session, lock: MigrationLock | None) -> MigrationLock |
 
 def agent_or_acpi(hv: Hypervisor, domain: str) -> ShutdownMode:
     """Graceful shutdown and reboot go through the guest agent when it is connected, else ACPI."""
-    return ShutdownMode.AGENT if hv.agent_connected(domain) else ShutdownMode.ACPI
+    connected = hv.capabilities.guest_agent and hv.agent_connected(domain)
+    return ShutdownMode.AGENT if connected else ShutdownMode.ACPI
 
 
 def wake_pool(session: Session, row: InstanceRow) -> None:

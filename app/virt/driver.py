@@ -77,7 +77,6 @@ class DomainInfo:
     uuid: str
     state: DomainState
     reason: str  # libvirt's state reason, lower-case words (e.g. "booted", "user", "crashed")
-    persistent: bool = True
 
 
 @dataclass(frozen=True)

@@ -384,7 +384,6 @@ class LibvirtHypervisor:
             uuid=dom.UUIDString(),
             state=state,
             reason=reason,
-            persistent=bool(self._call(dom.isPersistent)),
         )
 
     # -- host ----------------------------------------------------------------------------------------
