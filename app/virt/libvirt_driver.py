@@ -324,6 +324,11 @@ class LibvirtHypervisor:
         self._domains: dict[str, Any] = {}
         self._pools: dict[str, Any] = {}
         self._networks: dict[str, Any] = {}
+        self._kept_by_error = {
+            libvirt.VIR_ERR_NO_DOMAIN: self._domains,
+            libvirt.VIR_ERR_NO_STORAGE_POOL: self._pools,
+            libvirt.VIR_ERR_NO_NETWORK: self._networks,
+        }
         self._lock = threading.Lock()
         try:
             self._conn = libvirt.open(uri)
@@ -353,26 +358,27 @@ class LibvirtHypervisor:
         try:
             yield
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                self._domains.clear()  # a handle outlived its domain (rare): every name is looked up again
-            elif exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                self._pools.clear()
-            elif exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-                self._networks.clear()
+            # A handle outlived what it named (rare): every name of its kind is looked up again.
+            self._kept_by_error.get(exc.get_error_code(), {}).clear()
             raise _translate(exc, self._conn) from exc
 
     def _call(self, fn: Callable[[], T]) -> T:
         with self._errors():
             return fn()
 
-    def _domain(self, name: str) -> Any:
-        dom = self._domains.get(name)
-        if dom is None:
+    def _kept(self, handles: dict[str, Any], name: str, look_up: Callable[[str], Any]) -> Any:
+        """The handle kept for `name`, else looked up and kept. A failed lookup used no handle: the kept ones
+        stand (every create's first look finds no domain)."""
+        handle = handles.get(name)
+        if handle is None:
             try:
-                dom = self._domains[name] = self._conn.lookupByName(name)
+                handle = handles[name] = look_up(name)
             except libvirt.libvirtError as exc:
-                raise _translate(exc, self._conn) from exc  # no handle failed: the others stand
-        return dom
+                raise _translate(exc, self._conn) from exc
+        return handle
+
+    def _domain(self, name: str) -> Any:
+        return self._kept(self._domains, name, self._conn.lookupByName)
 
     def _info(self, dom: Any) -> DomainInfo:
         state_code, reason_code = self._call(dom.state)
@@ -672,10 +678,7 @@ class LibvirtHypervisor:
 
     # -- storage -------------------------------------------------------------------------------------
     def _pool(self, name: str) -> Any:
-        pool = self._pools.get(name)
-        if pool is None:
-            pool = self._pools[name] = self._call(lambda: self._conn.storagePoolLookupByName(name))
-        return pool
+        return self._kept(self._pools, name, self._conn.storagePoolLookupByName)
 
     def ensure_pool(self, name: str, path: str) -> None:
         try:
@@ -842,10 +845,7 @@ class LibvirtHypervisor:
 
     # -- networks ------------------------------------------------------------------------------------
     def _network(self, name: str) -> Any:
-        net = self._networks.get(name)
-        if net is None:
-            net = self._networks[name] = self._call(lambda: self._conn.networkLookupByName(name))
-        return net
+        return self._kept(self._networks, name, self._conn.networkLookupByName)
 
     def ensure_network(self, network: NetworkConfig) -> None:
         def find() -> Any:
