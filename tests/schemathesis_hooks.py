@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import threading
 from typing import Any
 
 import schemathesis
-from hypothesis.internal import lambda_sources
 from pydantic import TypeAdapter, ValidationError
 from schemathesis import Case
 from schemathesis.engine import observations
@@ -14,18 +14,22 @@ from schemathesis.hooks import HookContext
 
 from app.schemas.node import LibvirtUri
 
-# CPython 3.11's AST constructor keeps one recursion counter per interpreter, so two workers describing a
-# strategy's lambda at once (ast.parse in both) fail with "AST constructor recursion depth mismatch".
-_describe = lambda_sources._lambda_description
-_describe_lock = threading.Lock()
+# CPython 3.11 (3.11.7 here) keeps one AST-constructor recursion counter per interpreter: when a thread
+# switch lands inside one worker's ast.parse (a finalizer run by the garbage collector) and the other worker
+# parses too, one of them fails with SystemError "AST constructor recursion depth mismatch", which
+# schemathesis reports as a Runtime Error. Hypothesis parses in several places: a strategy's lambda
+# description, filter rewriting, and the constants of every local module on a first run without its
+# .hypothesis cache (a clean clone), so every parse in this process takes turns.
+_parse = ast.parse
+_parse_lock = threading.RLock()
 
 
-def _described_one_at_a_time(*args: Any, **kwargs: Any) -> str:
-    with _describe_lock:
-        return str(_describe(*args, **kwargs))
+def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> ast.AST:
+    with _parse_lock:
+        return _parse(*args, **kwargs)
 
 
-lambda_sources._lambda_description = _described_one_at_a_time
+ast.parse = _parse_one_at_a_time  # type: ignore[assignment]
 _LIBVIRT_URI = TypeAdapter(LibvirtUri)
 
 # Schemathesis reads every answer's strings that start with http(s):// as links and stops the whole run when
