@@ -13,8 +13,8 @@ import os
 import select
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ class Hub:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._counters: dict[str, int] = dict.fromkeys(CHANNELS, 0)
-        self._async_waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {
-            c: [] for c in CHANNELS
+        # An event loop's waiters are futures of that loop, resolved from the notifying thread in one hop.
+        self._async_waiters: dict[str, dict[asyncio.Future[None], asyncio.AbstractEventLoop]] = {
+            c: {} for c in CHANNELS
         }
 
     def counter(self, channel: str) -> int:
@@ -52,11 +53,16 @@ class Hub:
     def notify(self, channel: str) -> None:
         with self._cond:
             self._counters[channel] += 1
-            waiters, self._async_waiters[channel] = self._async_waiters[channel], []
+            waiters, self._async_waiters[channel] = self._async_waiters[channel], {}
             self._cond.notify_all()
-        for loop, ev in waiters:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for future, loop in waiters.items():
+            by_loop.setdefault(loop, []).append(future)
+        # One hand-over per loop, not one per waiter: 50 watches woken by a change were 50 wake-ups of the
+        # loop's self-pipe, each written from this thread.
+        for loop, futures in by_loop.items():
             if not loop.is_closed():
-                loop.call_soon_threadsafe(ev.set)
+                loop.call_soon_threadsafe(_resolve, futures)
 
     def wait(self, channel: str, seen: int, timeout: float) -> int:
         """Block until the channel's counter passes `seen` or the timeout ends; returns the counter."""
@@ -65,14 +71,28 @@ class Hub:
             return self._counters[channel]
 
     async def wait_async(self, channel: str, seen: int, timeout: float) -> int:
-        ev = asyncio.Event()
+        """`wait` for an event loop. A bare future and the loop's timer: asyncio.wait_for made a task and a
+        second future per call, for every watch on every change."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
         with self._cond:
             if self._counters[channel] != seen:
                 return self._counters[channel]
-            self._async_waiters[channel].append((asyncio.get_running_loop(), ev))
-        with suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+            self._async_waiters[channel][woken] = loop
+        timer = loop.call_later(timeout, _resolve, (woken,))
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            with self._cond:  # gone unwoken (timed out, or its request ended): it must not pile up
+                self._async_waiters[channel].pop(woken, None)
         return self.counter(channel)
+
+
+def _resolve(futures: Iterable[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a timed-out or cancelled wait
+            future.set_result(None)
 
 
 def signal(session: Session, channel: str) -> None:
