@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -445,13 +446,21 @@ def label(line: bytes) -> str:
 def scale_out(workdir: Path, count: int = 1000) -> dict[str, Any]:
     """`count` creates through 1 `corral api` + 1 `corral worker` process, then through 2 + 2, on one
     Postgres. The workers share one node: libvirt's test driver inside libvirtd (test+unix:///default: one
-    state for every connection, unlike a test:// file), tiny instances so that all fit."""
+    state for every connection, unlike a test:// file), tiny instances so that all fit.
+
+    Then the same with the workers paused (SIGSTOP) while the POSTs run and resumed for the rest: what the API
+    processes alone make of the machine, without the workers' share of its CPU."""
     result: dict[str, Any] = {f"{n}+{n}": scale_out_run(workdir, n, count) for n in (1, 2)}
     result["create_ratio_2_to_1"] = result["2+2"]["create_rate"] / result["1+1"]["create_rate"]
+    paused = {f"{n}+{n}": scale_out_run(workdir, n, count, pause_workers=True) for n in (1, 2)}
+    result["workers_paused_while_posting"] = paused
+    result["workers_paused_create_ratio_2_to_1"] = paused["2+2"]["create_rate"] / paused["1+1"]["create_rate"]
     return result
 
 
-def scale_out_run(workdir: Path, processes: int, count: int) -> dict[str, float]:
+def scale_out_run(
+    workdir: Path, processes: int, count: int, *, pause_workers: bool = False
+) -> dict[str, float]:
     spec = {"domain": {"resources": {"requests": {"cpu": "1", "memory": "1Mi"}}}}
     body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "spec": spec}
     database = fresh_database("postgres", f"corral_bench_scaleout_{processes}", workdir)
@@ -467,9 +476,10 @@ def scale_out_run(workdir: Path, processes: int, count: int) -> dict[str, float]
             argv = [CORRAL, "api", "--port", url.rsplit(":", 1)[1]]
             log = workdir / f"scaleout-{processes}-api-{index}.log"
             running.enter_context(process(argv, env, log, f"{url}/healthz"))
+        workers = []
         for index in range(processes):
             log = workdir / f"scaleout-{processes}-worker-{index}.log"
-            running.enter_context(process([CORRAL, "worker"], env, log, None))
+            workers.append(running.enter_context(process([CORRAL, "worker"], env, log, None)))
         headers = {"Authorization": f"Bearer {TOKEN}"}
         client = running.enter_context(httpx.Client(base_url=urls[0], headers=headers, timeout=120))
         wait_until(lambda: node_ready(client), 60, "node local Ready")
@@ -478,16 +488,22 @@ def scale_out_run(workdir: Path, processes: int, count: int) -> dict[str, float]
         shares: list[list[Request]] = [[] for _ in urls]
         for i in range(count):  # the clients spread over the API processes
             shares[i % processes].append(("POST", base, {**body, "metadata": {"name": f"o-{i}"}}))
-        started = time.monotonic()
         threads = [
             threading.Thread(target=drive, args=(url, TOKEN, share, CLIENTS // processes))
             for url, share in zip(urls, shares, strict=True)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rate = count / (time.monotonic() - started)
+        for worker in workers if pause_workers else []:
+            worker.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rate = count / (time.monotonic() - started)
+        finally:
+            for worker in workers if pause_workers else []:
+                worker.send_signal(signal.SIGCONT)
         phases.wait_running(count, 600)
         running_after = time.monotonic() - started
         # libvirtd keeps the test driver's domains: leave it as found
