@@ -354,12 +354,13 @@ class LibvirtHypervisor:
         return _is_alive(self._conn)
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, *, from_kept_handle: bool = True) -> Iterator[None]:
         try:
             yield
         except libvirt.libvirtError as exc:
-            # A handle outlived what it named (rare): every name of its kind is looked up again.
-            self._kept_by_error.get(exc.get_error_code(), {}).clear()
+            if from_kept_handle:
+                # A handle outlived what it named (rare): every name of its kind is looked up again.
+                self._kept_by_error.get(exc.get_error_code(), {}).clear()
             raise _translate(exc, self._conn) from exc
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -371,10 +372,8 @@ class LibvirtHypervisor:
         stand (every create's first look finds no domain)."""
         handle = handles.get(name)
         if handle is None:
-            try:
+            with self._errors(from_kept_handle=False):
                 handle = handles[name] = look_up(name)
-            except libvirt.libvirtError as exc:
-                raise _translate(exc, self._conn) from exc
         return handle
 
     def _domain(self, name: str) -> Any:
@@ -848,18 +847,15 @@ class LibvirtHypervisor:
         return self._kept(self._networks, name, self._conn.networkLookupByName)
 
     def ensure_network(self, network: NetworkConfig) -> None:
-        def find() -> Any:
-            return self._network(network.name)
-
         try:
-            net = find()
+            net = self._network(network.name)
         except HypervisorError as exc:
             if exc.code != libvirt.VIR_ERR_NO_NETWORK:
                 raise
             try:
                 net = self._call(lambda: self._conn.networkDefineXML(network_xml(network)))
             except HypervisorError as define_failed:
-                net = _defined_meanwhile(find, define_failed)
+                net = _defined_meanwhile(lambda: self._network(network.name), define_failed)
             else:
                 self._call(lambda: net.setAutostart(1))
         _activate(lambda: self._call(net.isActive), lambda: self._call(net.create))
