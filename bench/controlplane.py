@@ -43,7 +43,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.common import CORRAL, TOKEN, save, summary
-from bench.lean_http import Connection, race
+from bench.lean_http import Connection, opened, race
 from bench.minimal_app import TOKEN as MINIMAL_TOKEN
 
 CLIENTS = 16
@@ -59,7 +59,7 @@ NODE_XML = """<node>
 """
 SPEC = {"domain": {"resources": {"requests": {"cpu": "1", "memory": "16Mi"}}}}
 
-SCALE_ROUNDS_UP_TO = 1000  # scale runs of at most this many instances are repeated --rounds times
+SCALE_ROUNDS_UP_TO = 1000  # larger scale runs show the shape once (5,000: about four minutes a backend)
 Request = tuple[str, str, dict[str, Any] | None]
 Arrival = tuple[float, bytes]  # a watch line and when its bytes arrived
 
@@ -136,9 +136,6 @@ def drive(
     async def run() -> tuple[float, list[float]]:
         latencies: list[float] = []
         waiting = deque(requests)
-        connections = await asyncio.gather(
-            *(Connection.open(url, token) for _ in range(min(clients, len(requests))))
-        )
 
         async def send(connection: Connection) -> None:
             while waiting:
@@ -150,13 +147,10 @@ def drive(
                 if status >= 400 and status not in accept:
                     raise RuntimeError(f"{method} {path}: {status} {answer[:300]!r}")
 
-        try:
+        async with opened(url, token, min(clients, len(requests))) as connections:
             started = time.perf_counter()
             await asyncio.gather(*(send(connection) for connection in connections))
             return len(requests) / (time.perf_counter() - started), latencies
-        finally:
-            for connection in connections:
-                connection.close()
 
     return asyncio.run(run())
 
@@ -272,9 +266,13 @@ WORST_OF_ROUNDS = ("failed", "node_not_ready_seconds")  # a goal of zero: any ro
 
 
 def scale_rounds(backend: str, count: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    """`scale` run `rounds` times on fresh databases: each figure is the median of the rounds (the worst
-    round for failures and a node not Ready, the largest RSS of each process), and the rounds are kept."""
-    runs = [scale(backend, count, workdir) for _ in range(rounds)]
+    """`scale` run `rounds` times, each on a fresh database."""
+    return merged_rounds([scale(backend, count, workdir) for _ in range(rounds)])
+
+
+def merged_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' figures as one: each the median of the rounds (the worst round for failures and a node not
+    Ready, the largest RSS of each process), with the rounds kept."""
     merged: dict[str, Any] = {}
     for key, first in runs[0].items():
         values = [run[key] for run in runs]
@@ -424,15 +422,13 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
         _, alone = patch_all(patches, 0)
         version = client.get(base).json()["metadata"]["resourceVersion"]
         arrivals: list[list[Arrival]] = [[] for _ in range(watchers)]
-        opened = threading.Event()
+        watching_all = threading.Event()
         # The last event as the server writes it: compact JSON, or as Postgres prints jsonb (a space after
         # the colon; lines carry the change log's stored JSON as it is).
         last = [f'"n":{gap}"{2 * patches - 1}"'.encode() for gap in ("", " ")]
 
         async def watch_all() -> None:
             """Every stream on one event loop; an event is timed when its bytes arrive, parsed later."""
-            connections = [await Connection.open(url, TOKEN) for _ in range(watchers)]
-            streams = [c.lines(f"{base}?watch=true&resourceVersion={version}") for c in connections]
 
             async def follow(stream: AsyncIterator[Arrival], seen: list[Arrival]) -> None:
                 async for arrived, line in stream:
@@ -440,16 +436,17 @@ def watch_fanout(backend: str, workdir: Path, watchers: int = 50, patches: int =
                     if any(marker in line for marker in last):
                         return
 
-            followers = [asyncio.create_task(follow(st, a)) for st, a in zip(streams, arrivals, strict=True)]
-            await asyncio.sleep(1)  # every watch request is in
-            opened.set()
-            await asyncio.wait_for(asyncio.gather(*followers), 120)
-            for connection in connections:
-                connection.close()
+            async with opened(url, TOKEN, watchers) as connections:
+                streams = [c.lines(f"{base}?watch=true&resourceVersion={version}") for c in connections]
+                pairs = zip(streams, arrivals, strict=True)
+                followers = [asyncio.create_task(follow(stream, seen)) for stream, seen in pairs]
+                await asyncio.sleep(1)  # every watch request is in
+                watching_all.set()
+                await asyncio.wait_for(asyncio.gather(*followers), 120)
 
         watching = threading.Thread(target=asyncio.run, args=(watch_all(),), daemon=True)
         watching.start()
-        opened.wait(60)
+        watching_all.wait(60)
         sent, watched = patch_all(patches, patches)
         watching.join(120)
         client.close()
@@ -486,10 +483,7 @@ def scale_out(workdir: Path, rounds: int, count: int = 1000) -> dict[str, Any]:
     for _ in range(rounds):
         for n in (1, 2):
             runs[f"{n}+{n}"].append(scale_out_run(workdir, n, count))
-    result: dict[str, Any] = {
-        layout: {key: statistics.median(run[key] for run in done) for key in done[0]} | {"rounds": done}
-        for layout, done in runs.items()
-    }
+    result: dict[str, Any] = {layout: merged_rounds(done) for layout, done in runs.items()}
     result["create_ratio_2_to_1"] = result["2+2"]["create_rate"] / result["1+1"]["create_rate"]
     paused = {f"{n}+{n}": scale_out_run(workdir, n, count, pause_workers=True) for n in (1, 2)}
     result["workers_paused_while_posting"] = paused
@@ -688,8 +682,6 @@ def main() -> None:
                     )
             if "scale" not in skip:
                 for count in args.scale:
-                    # The 5,000 run shows the shape once (about four minutes a backend); smaller ones are
-                    # the medians of --rounds.
                     rounds = args.rounds if count <= SCALE_ROUNDS_UP_TO else 1
                     result[f"scale-{backend}-{count}"] = run = scale_rounds(backend, count, rounds, workdir)
                     print(f"{backend:8} scale {count} (median of {rounds}): {medians(run)}", flush=True)

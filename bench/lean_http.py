@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import h11
@@ -93,16 +94,23 @@ async def race(
     url: str, token: str, method: str, path: str, body: bytes | None, racers: int
 ) -> list[tuple[int, float]]:
     """`racers` copies of one request, sent at once over connections opened beforehand: (status, seconds)."""
-    connections = await asyncio.gather(*(Connection.open(url, token) for _ in range(racers)))
-    await asyncio.gather(*(c.request("GET", "/healthz") for c in connections))  # each one accepted
 
     async def timed(connection: Connection) -> tuple[int, float]:
         started = time.perf_counter()
         status, _ = await connection.request(method, path, body)
         return status, time.perf_counter() - started
 
-    try:
+    async with opened(url, token, racers) as connections:
+        await asyncio.gather(*(c.request("GET", "/healthz") for c in connections))  # each one accepted
         return list(await asyncio.gather(*(timed(c) for c in connections)))
+
+
+@asynccontextmanager
+async def opened(url: str, token: str, count: int) -> AsyncIterator[list[Connection]]:
+    """`count` connections, opened together and closed afterwards."""
+    connections = list(await asyncio.gather(*(Connection.open(url, token) for _ in range(count))))
+    try:
+        yield connections
     finally:
         for connection in connections:
             connection.close()
