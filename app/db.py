@@ -33,6 +33,9 @@ CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)
 # On Postgres, inserts into the change log and the work queue send these by trigger (migration 0015).
 NOTIFIED_BY_TRIGGER = frozenset({EVENTS_CHANNEL, WORK_CHANNEL})
 READ_ONLY = "corral_read_only"
+# Postgres reads run at READ COMMITTED, where every statement takes its own snapshot even inside a
+# transaction: autocommit gives a read the same view, one round trip per statement instead of three.
+READING = {READ_ONLY: True, "isolation_level": "AUTOCOMMIT"}
 
 
 class Hub:
@@ -115,6 +118,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self.sessions, "after_commit", self._after_commit)
         event.listen(self.sessions, "after_rollback", self._after_rollback)
+        event.listen(self.sessions, "before_flush", _refuse_writes_in_reads)
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -138,9 +142,12 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A transaction that only reads: on SQLite it takes no write lock, so it never waits for writers."""
+        """Reads only: on SQLite a transaction that takes no write lock, so it never waits for writers; on
+        Postgres each statement on its own (see READING), without the two round trips of BEGIN and COMMIT.
+        A write in it is an error (nothing is flushed)."""
         with self.sessions.begin() as session:
-            session.connection(execution_options={READ_ONLY: True})
+            session.info[READ_ONLY] = True
+            session.connection(execution_options=self._reading)
             yield session
 
     @contextmanager
@@ -148,9 +155,13 @@ class Database:
         """`read` for Core statements, without an ORM session around the connection (the watch feed reads on
         every commit anywhere, and the session's bookkeeping cost as much as the read)."""
         with self.engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
+            conn.execution_options(**self._reading)
             with conn.begin():
                 yield conn
+
+    @property
+    def _reading(self) -> dict[str, Any]:
+        return READING if self.is_postgres else {READ_ONLY: True}
 
     def start_listener(self) -> None:
         """Relay Postgres NOTIFY into the hub, so other processes' writes wake this one's waiters."""
@@ -223,6 +234,7 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
     engine = create_engine(
         url,
         echo=echo,
+        isolation_level="READ COMMITTED",  # what READING relies on, whatever the server's default
         # Connections beyond pool_size are closed when handed back: a burst of 16 clients over 10 kept
         # connections opened and closed ~230 Postgres backends per 2,000 requests (a fork each).
         pool_size=20,
@@ -232,6 +244,11 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
     )
     event.listen(engine, "checkout", _discard_if_dead)
     return engine
+
+
+def _refuse_writes_in_reads(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(READ_ONLY):
+        raise RuntimeError("a write in a read-only session (Database.read)")
 
 
 def _discard_if_dead(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:

@@ -137,7 +137,7 @@ class DataVolumeReconciler:
 
     # -- placement -----------------------------------------------------------------------------------
     def _choose_node(self, dv: LoadedDataVolume) -> tuple[str | None, str]:
-        with self.db.read() as session:
+        with self.db.transaction() as session:  # placement sums may fill in legacy rows
             nodes = ResourceRepository[NodeRow](session, NODES)
             if dv.spec.source.pvc is not None:
                 source = self._clone_source(session, dv)

@@ -268,9 +268,9 @@ def stamp(session: Session, *, commit: bool = False) -> None:
     every commit; a request calls it before it shows what it wrote. With `commit`, Postgres commits with
     it; otherwise nothing versioned may be written after it but further stamps."""
     session.flush()
-    workqueue.write_enqueued(session)
     pending: PendingChanges | None = session.info.pop(PENDING, None)
     if pending is None or not pending.changes:
+        workqueue.write_enqueued(session)
         return
     changes = pending.changes
     # Shown before the lock is taken: only the resourceVersion is filled in under it.
@@ -282,14 +282,18 @@ def stamp(session: Session, *, commit: bool = False) -> None:
     for ordinal, change in enumerate(changes, start=1):
         if change.deleted is None:
             rows.setdefault(cast(Table, change.info.row.__table__), []).append((change.row.id, ordinal))
-    base = write_revisions(session, rows, logged, commit=commit)
+    queued = workqueue.take_enqueued(session)
+    dialect = session.get_bind().dialect.name
+    first = (workqueue.enqueue_statement(dialect), queued) if queued else None
+    base = write_revisions(session, rows, logged, commit=commit, first=first)
     for (ordinal, _, obj), change in zip(logged, changes, strict=True):
         obj["metadata"]["resourceVersion"] = str(base + ordinal)
         if change.deleted is None:
             set_committed_value(change.row, "resource_version", base + ordinal)
 
 
-@event.listens_for(Session, "before_commit")
+# Ahead of workqueue.write_enqueued: the enqueues then go to the server with the revisions and the COMMIT.
+@event.listens_for(Session, "before_commit", insert=True)
 def _stamp_before_commit(session: Session) -> None:
     stamp(session, commit=True)
 

@@ -10,6 +10,7 @@ import orjson
 import psycopg
 from sqlalchemy import (
     BigInteger,
+    Insert,
     Integer,
     Select,
     Table,
@@ -43,19 +44,29 @@ _LOG_EVENTS = insert(EVENTS)
 # A write's place in the change log: (table, row id) when a row takes the version, and the event.
 StampedRows = dict[Table, list[tuple[int, int]]]  # table -> (row id, ordinal)
 Change = tuple[int, str, dict[str, Any]]  # (ordinal, event type, object)
+# A statement and its rows, to be executed (as executemany) before the counter is taken.
+Batch = tuple[Insert, list[dict[str, Any]]]
 
 
 def write_revisions(
-    session: Session, rows: StampedRows, changes: list[Change], *, commit: bool = False
+    session: Session,
+    rows: StampedRows,
+    changes: list[Change],
+    *,
+    commit: bool = False,
+    first: Batch | None = None,
 ) -> int:
     """Take len(changes) consecutive resourceVersions, set each row's (base + its ordinal) and log the
-    changes; returns the base. The counter's row lock is then held to commit, so revisions commit in
-    order: call this last (repositories.resources.stamp does). Postgres does it all in one statement, so
-    the lock covers that statement and the commit only; with `commit`, the COMMIT goes to the server with
-    the statement, so the lock is never held while this process waits for its GIL to send it."""
+    changes; returns the base. `first` is written before (the work queue's rows). The counter's row lock
+    is then held to commit, so revisions commit in order: call this last (repositories.resources.stamp
+    does). Postgres does it all in one statement, so the lock covers that statement and the commit only;
+    with `commit`, `first`, the statement and the COMMIT go to the server together, in one round trip, so
+    the lock is never held while this process waits for its GIL to send the COMMIT."""
     count = len(changes)
     if session.get_bind().dialect.name == "postgresql":
-        return _write_revisions_at_once(session, rows, changes, commit)
+        return _write_revisions_at_once(session, rows, changes, first, commit)
+    if first is not None:
+        session.execute(*first)
     connection = session.connection()  # Core statements: the ORM session's execute only adds cost
     base = int(connection.execute(_take_revisions(), {"count": count}).scalar_one())
     for table, stamped in rows.items():
@@ -68,7 +79,9 @@ def write_revisions(
     return base
 
 
-def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[Change], commit: bool) -> int:
+def _write_revisions_at_once(
+    session: Session, rows: StampedRows, changes: list[Change], first: Batch | None, commit: bool
+) -> int:
     parameters: dict[str, Any] = {
         "count": len(changes),
         "at": utc_now(),
@@ -82,15 +95,23 @@ def _write_revisions_at_once(session: Session, rows: StampedRows, changes: list[
         parameters[f"row_ordinals_{index}"] = [ordinal for _, ordinal in stamped]
     statement = _revisions_statement(tuple(rows))
     if not commit:
+        if first is not None:
+            session.execute(*first)
         base = int(session.execute(statement, parameters).scalar_one())
     else:
         # Pipelined with the statement. SQLAlchemy's own COMMIT that follows finds the connection idle:
         # psycopg sends nothing for it, and a statement after this one would start a new transaction.
-        compiled = _compiled(statement, session.get_bind().dialect)
+        dialect = session.get_bind().dialect
+        compiled = _compiled(statement, dialect)
         driver = session.connection().connection.driver_connection
         assert driver is not None
         try:
             with driver.pipeline():
+                if first is not None:
+                    before, before_rows = first
+                    written = _compiled(before, dialect)
+                    params = [written.construct_params(row) for row in before_rows]
+                    driver.cursor().executemany(written.string, params)
                 cursor = driver.execute(compiled.string, compiled.construct_params(parameters))
                 driver.commit()
         except psycopg.Error as exc:  # as SQLAlchemy reports it: callers retry contention by its SQLSTATE
@@ -122,7 +143,7 @@ def _stamp_rows(table: Table) -> Any:
 
 
 @cache
-def _compiled(statement: Select[Any], dialect: Dialect) -> Compiled:
+def _compiled(statement: Select[Any] | Insert, dialect: Dialect) -> Compiled:
     return statement.compile(dialect=dialect)
 
 

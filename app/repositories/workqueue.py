@@ -67,20 +67,26 @@ def _drop_enqueued(session: Session) -> None:
 def write_enqueued(session: Session) -> None:
     """Write the transaction's enqueues: before it commits, and before repositories.resources.stamp takes
     the revision counter (so no transaction holds it while it waits for a queue row)."""
+    rows = take_enqueued(session)
+    if rows:
+        session.execute(enqueue_statement(session.get_bind().dialect.name), rows)
+
+
+def take_enqueued(session: Session) -> list[dict[str, Any]]:
+    """The transaction's enqueues as rows of `enqueue_statement`, for the caller to write now: in key order,
+    so two transactions take queue rows in one order and cannot deadlock."""
     pending: dict[str, datetime] = session.info.pop(PENDING, {})
-    if not pending:
-        return
-    # Key order: two transactions take queue rows in one order, so they cannot deadlock.
-    rows = [{"key": key, "due_at": due, "seq": 1, "attempts": 0} for key, due in sorted(pending.items())]
-    session.execute(_enqueue_statement(session.get_bind().dialect.name), rows)
     if any(due <= utc_now() for due in pending.values()):
         signal(session, WORK_CHANNEL)
+    return [{"key": key, "due_at": due} for key, due in sorted(pending.items())]
 
 
 @cache
-def _enqueue_statement(dialect: str) -> Any:
+def enqueue_statement(dialect: str) -> Any:
     """Insert a key, or for one already queued: count the request and keep the earlier due time."""
-    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(WORK)
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(WORK).values(
+        key=bindparam("key"), due_at=bindparam("due_at", type_=WORK.c.due_at.type), seq=1, attempts=0
+    )
     excluded = statement.excluded
     earlier = case((WORK.c.due_at < excluded.due_at, WORK.c.due_at), else_=excluded.due_at)
     return statement.on_conflict_do_update(

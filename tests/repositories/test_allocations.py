@@ -76,7 +76,7 @@ def test_counters_follow_inserts_moves_resizes_and_deletes(db: Database) -> None
                 session.execute(untouched.values(status={}))
         assert kept(db) == summed_over_every_instance(db), f"after step {step}"
     assert kept(db), "the run placed nothing: it proved nothing"
-    with db.read() as session:
+    with db.transaction() as session:  # it fills the sums of unsized rows
         some = session.scalars(select(InstanceRow).where(InstanceRow.node_name.is_not(None))).first()
         assert some is not None
         used = InstanceRepository(session).used_by_node(some.uid)

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.clock import utc_now
 from app.controllers.base import Result
 from app.db import Database
+from app.kinds import INSTANCES
 from app.models import WorkItemRow
 from app.repositories import workqueue
+from app.services.instances import InstanceService
 from app.worker.runner import Worker, backoff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,28 @@ def test_enqueue_during_a_pass_runs_the_key_again(db: Database) -> None:
         workqueue.finish(session, "w1", taken[0])
     again = lease(db, "w2")
     assert [t.key for t in again] == ["K/ns/a"]
+
+
+def test_enqueues_are_written_with_the_revisions_of_a_write(db: Database) -> None:
+    """A write that versions rows carries its enqueues to the server with its revisions and COMMIT (one
+    round trip on Postgres): a new key, and one already queued that keeps its earlier due time and counts
+    the request."""
+    enqueue(db, "K/ns/queued", delay=30)
+    with db.read() as session:
+        seq_before, due_before = session.execute(
+            select(WorkItemRow.seq, WorkItemRow.due_at).where(WorkItemRow.key == "K/ns/queued")
+        ).one()
+    with db.transaction() as session:
+        workqueue.enqueue(session, "K/ns/queued", delay=60)
+        workqueue.enqueue(session, "K/ns/new")
+        spec = {"domain": {"resources": {"requests": {"memory": "128Mi"}}}}
+        InstanceService(session).create("ns", {"metadata": {"name": "versioned"}, "spec": spec})
+    with db.read() as session:
+        queued = {row.key: row for row in session.scalars(select(WorkItemRow))}
+    assert {"K/ns/new", "K/ns/queued", INSTANCES.work_key("ns", "versioned")} <= set(queued)
+    assert queued["K/ns/queued"].seq == seq_before + 1
+    assert queued["K/ns/queued"].due_at == due_before
+    assert {t.key for t in lease(db, "w1")} == {"K/ns/new", INSTANCES.work_key("ns", "versioned")}
 
 
 def test_requeue_after_and_error_backoff(db: Database) -> None:
