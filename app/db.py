@@ -35,7 +35,8 @@ NOTIFIED_BY_TRIGGER = frozenset({EVENTS_CHANNEL, WORK_CHANNEL})
 READ_ONLY = "corral_read_only"
 # Postgres reads run at READ COMMITTED, where every statement takes its own snapshot even inside a
 # transaction: autocommit gives a read the same view, one round trip per statement instead of three.
-READING = {READ_ONLY: True, "isolation_level": "AUTOCOMMIT"}
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+READING = {READ_ONLY: True, **AUTOCOMMIT}
 
 
 class Hub:
@@ -148,6 +149,16 @@ class Database:
         with self.sessions.begin() as session:
             session.info[READ_ONLY] = True
             session.connection(execution_options=self._reading)
+            yield session
+
+    @contextmanager
+    def statements(self) -> Iterator[Session]:
+        """Writes each complete on its own, committed as they run on Postgres (one round trip each, no
+        BEGIN and COMMIT); a transaction on SQLite. For work that no crash between two statements can leave
+        half done, such as ending a work queue lease and taking the next."""
+        with self.sessions.begin() as session:
+            if self.is_postgres:
+                session.connection(execution_options=AUTOCOMMIT)
             yield session
 
     @contextmanager

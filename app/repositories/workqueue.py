@@ -114,7 +114,7 @@ def lease(session: Session, worker: str, limit: int, lease_seconds: float) -> li
 
 @cache
 def _lease_statement(dialect: str) -> Any:
-    """Built once: every pass's finishing transaction runs it."""
+    """Built once: every pass's finish runs it."""
     now = bindparam("now", type_=WORK.c.due_at.type)
     free = or_(WORK.c.lease_until.is_(None), WORK.c.lease_until < now)
     # Node heartbeats first: a backlog of instance passes must never make a busy worker's node look dead.

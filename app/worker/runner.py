@@ -122,7 +122,7 @@ class Worker:
             taken: list[workqueue.Lease] = []
             if free > 0:
                 try:
-                    with self.db.transaction() as session:
+                    with self.db.statements() as session:
                         taken = workqueue.lease(session, self.identity, free, self.lease_seconds)
                 except Exception:
                     log.warning("leasing work failed", exc_info=True)
@@ -136,9 +136,8 @@ class Worker:
                 hub.wait(WORK_CHANNEL, seen, IDLE_POLL)
 
     def _process(self, lease: workqueue.Lease) -> None:
-        """Run passes on this thread as long as the queue has due keys: each pass's finishing transaction
-        leases the next key, so a busy worker needs no extra transaction and no hand-over through the loop
-        per pass."""
+        """Run passes on this thread as long as the queue has due keys: each pass's finish leases the next
+        key as well, so a busy worker needs no extra statement and no hand-over through the loop per pass."""
         following: workqueue.Lease | None = lease
         while following is not None:
             following = self._pass(following)
@@ -168,7 +167,7 @@ class Worker:
         PASSES.labels(kind_name, outcome).observe(time.perf_counter() - started)
         again, taken = True, []
         try:
-            with self.db.transaction() as session:
+            with self.db.statements() as session:
                 again = workqueue.finish(session, self.identity, lease, requeue_after=requeue, error=error)
                 if not self._stop.is_set():
                     taken = workqueue.lease(session, self.identity, 1, self.lease_seconds)
@@ -193,7 +192,7 @@ class Worker:
             with self._lock:
                 keys = sorted(self._inflight)
             try:
-                with self.db.transaction() as session:
+                with self.db.statements() as session:
                     workqueue.renew(session, self.identity, keys, self.lease_seconds)
             except Exception:
                 log.warning("renewing leases failed", exc_info=True)
