@@ -1,5 +1,6 @@
-"""Database.read: on Postgres each statement runs on its own (no BEGIN and COMMIT round trips, no transaction
-left open between statements); on every backend a write inside it is refused and nothing is stored."""
+"""Database.read and Database.statements: on Postgres each statement runs on its own (no BEGIN and COMMIT
+round trips, no transaction left open between statements); a write inside a read is refused and nothing is
+stored, on every backend."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def test_a_write_in_a_read_is_refused_and_nothing_is_stored(db: Database) -> Non
     with db.read() as session:
         stored = session.scalars(select(InstanceRow).where(InstanceRow.name == "written-in-a-read"))
         assert stored.first() is None
+
+
+def test_postgres_statements_commit_as_they_run(pg_db: Database) -> None:
+    with pg_db.statements() as session:
+        session.execute(text("UPDATE revisions SET value = value + 1"))
+        writer = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert backend_state(pg_db, writer) == "idle"
+        with pg_db.transaction() as other:  # would wait for the row lock, were the UPDATE not committed
+            other.execute(text("SET LOCAL lock_timeout = '1s'"))
+            other.execute(text("UPDATE revisions SET value = value - 1"))
