@@ -258,6 +258,7 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
 
 
 def _refuse_writes_in_reads(session: Session, _context: Any, _instances: Any) -> None:
+    """A read runs statement by statement on Postgres: a write there would commit piece by piece."""
     if session.info.get(READ_ONLY):
         raise RuntimeError("a write in a read-only session (Database.read)")
 

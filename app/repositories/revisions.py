@@ -63,10 +63,12 @@ def write_revisions(
     with `commit`, `first`, the statement and the COMMIT go to the server together, in one round trip, so
     the lock is never held while this process waits for its GIL to send the COMMIT."""
     count = len(changes)
-    if session.get_bind().dialect.name == "postgresql":
-        return _write_revisions_at_once(session, rows, changes, first, commit)
-    if first is not None:
+    at_once = session.get_bind().dialect.name == "postgresql"
+    if first is not None and not (at_once and commit):  # else it goes in the commit's pipeline
         session.execute(*first)
+        first = None
+    if at_once:
+        return _write_revisions_at_once(session, rows, changes, first, commit)
     connection = session.connection()  # Core statements: the ORM session's execute only adds cost
     base = int(connection.execute(_take_revisions(), {"count": count}).scalar_one())
     for table, stamped in rows.items():
@@ -95,8 +97,6 @@ def _write_revisions_at_once(
         parameters[f"row_ordinals_{index}"] = [ordinal for _, ordinal in stamped]
     statement = _revisions_statement(tuple(rows))
     if not commit:
-        if first is not None:
-            session.execute(*first)
         base = int(session.execute(statement, parameters).scalar_one())
     else:
         # Pipelined with the statement. SQLAlchemy's own COMMIT that follows finds the connection idle:
