@@ -34,7 +34,7 @@ CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)
 NOTIFIED_BY_TRIGGER = frozenset({EVENTS_CHANNEL, WORK_CHANNEL})
 READ_ONLY = "corral_read_only"
 # Postgres reads run at READ COMMITTED, where every statement takes its own snapshot even inside a
-# transaction: autocommit gives a read the same view, one round trip per statement instead of three.
+# transaction: autocommit gives a read the same view, without the round trips of BEGIN and COMMIT.
 AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 READING = {READ_ONLY: True, **AUTOCOMMIT}
 
