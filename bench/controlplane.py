@@ -226,6 +226,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU time of every core so far, from /proc/stat: busy is all but idle and I/O wait."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), sum(fields) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -477,6 +484,9 @@ def scale_out(workdir: Path, rounds: int, count: int = 1000) -> dict[str, Any]:
     libvirt's test driver inside libvirtd (test+unix:///default: one state for every connection, unlike a
     test:// file), tiny instances so that all fit.
 
+    Each run also reports how busy the whole machine was while the POSTs ran, and the cores its API and
+    worker processes took: what a second process of each could still use.
+
     Then once more each with the workers paused (SIGSTOP) while the POSTs run and resumed for the rest: what
     the API processes alone make of the machine, without the workers' share of its CPU."""
     runs: dict[str, list[dict[str, float]]] = {"1+1": [], "2+2": []}
@@ -505,10 +515,11 @@ def scale_out_run(
     )
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(processes)]
     with ExitStack() as running:
+        apis = []
         for index, url in enumerate(urls):
             argv = [CORRAL, "api", "--port", url.rsplit(":", 1)[1]]
             log = workdir / f"scaleout-{processes}-api-{index}.log"
-            running.enter_context(process(argv, env, log, f"{url}/healthz"))
+            apis.append(running.enter_context(process(argv, env, log, f"{url}/healthz")))
         workers = []
         for index in range(processes):
             log = workdir / f"scaleout-{processes}-worker-{index}.log"
@@ -527,13 +538,28 @@ def scale_out_run(
         ]
         for worker in workers if pause_workers else []:
             worker.send_signal(signal.SIGSTOP)
+        api_pids, worker_pids = [p.pid for p in apis], [p.pid for p in workers]
         try:
+            machine_before, api_before, workers_before = (
+                machine_cpu_seconds(),
+                cpu_seconds(api_pids),
+                cpu_seconds(worker_pids),
+            )
             started = time.monotonic()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            rate = count / (time.monotonic() - started)
+            posting = time.monotonic() - started
+            rate = count / posting
+            machine_after = machine_cpu_seconds()
+            # What the POSTs left of the machine: room for more processes to use, or none.
+            cpu_use = {
+                "machine_busy_while_posting": (machine_after[0] - machine_before[0])
+                / (machine_after[1] - machine_before[1]),
+                "api_cores_while_posting": (cpu_seconds(api_pids) - api_before) / posting,
+                "worker_cores_while_posting": (cpu_seconds(worker_pids) - workers_before) / posting,
+            }
         finally:
             for worker in workers if pause_workers else []:
                 worker.send_signal(signal.SIGCONT)
@@ -542,7 +568,7 @@ def scale_out_run(
         # libvirtd keeps the test driver's domains: leave it as found
         drive(urls[0], TOKEN, [("DELETE", f"{base}/o-{i}", None) for i in range(count)])
         phases.wait_gone(600)
-        return {"create_rate": rate, "all_running_s": running_after}
+        return {"create_rate": rate, "all_running_s": running_after, **cpu_use}
 
 
 class Phases:
