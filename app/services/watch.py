@@ -15,7 +15,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import EVENTS_CHANNEL, Database
+from app.db import EVENTS_CHANNEL, READ_ONLY, Database
 from app.errors import BadRequest, FieldError, Gone
 from app.kinds import Kind
 from app.repositories import revisions
@@ -199,6 +199,8 @@ class Watch:
         with self.db.engine.connect() as conn:
             if self.db.is_postgres:
                 conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            else:  # a deferred BEGIN: one snapshot from its first read, and no wait for the writer's lock
+                conn.execution_options(**{READ_ONLY: True})
             with Session(bind=conn) as session:
                 current = revisions.current_revision(session)
                 rows, _ = ResourceRepository[Any](session, self.kind).read_page(

@@ -7,13 +7,14 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
 
 from app.db import Database
 from app.repositories.revisions import compact_events
+from app.services.instances import InstanceService
 from tests.api.test_resources import INSTANCES, problem
 from tests.conftest import vmi
 
@@ -143,3 +144,17 @@ def test_watch_rejects_bad_and_expired_versions(api: httpx.Client, db: Database)
         compact_events(session, keep=1)
     body = problem(api.get(INSTANCES, params={"watch": "true", "resourceVersion": "1"}), 410)
     assert "too old" in body["detail"]
+
+
+def test_a_watch_opens_while_a_write_is_under_way(api: httpx.Client, db: Database) -> None:
+    """The snapshot a watch starts from is a read: on SQLite it does not queue for the one writer's lock
+    (it waited up to the 30-s busy timeout), and what the write commits reaches it as a live event."""
+    api.post(INSTANCES, json=vmi("before"))
+    with ExitStack() as writing:
+        session = writing.enter_context(db.transaction())
+        InstanceService(session).create("default", vmi("during"))
+        session.flush()  # the write lock is taken (SQLite) and held until the commit
+        with watching(api) as stream:
+            assert stream.take(1) == [("ADDED", "before")]
+            writing.close()  # commits
+            assert stream.take(1) == [("ADDED", "during")]
