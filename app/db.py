@@ -162,6 +162,18 @@ class Database:
             yield session
 
     @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """Reads that must agree with each other (a watch's current objects and the revision they are at):
+        one snapshot for all of them, and never a wait for writers. Postgres runs them at REPEATABLE READ;
+        SQLite in a deferred BEGIN, whose first read fixes the snapshot. Nothing is kept: it rolls back."""
+        options = {"isolation_level": "REPEATABLE READ"} if self.is_postgres else {READ_ONLY: True}
+        with self.engine.connect() as conn:
+            conn.execution_options(**options)
+            with Session(bind=conn) as session:
+                yield session
+            conn.rollback()
+
+    @contextmanager
     def read_rows(self) -> Iterator[Connection]:
         """`read` for Core statements, without an ORM session around the connection (the watch feed reads on
         every commit anywhere, and the session's bookkeeping cost as much as the read)."""

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Row
 from starlette.concurrency import run_in_threadpool
 
-from app.db import EVENTS_CHANNEL, READ_ONLY, Database
+from app.db import EVENTS_CHANNEL, Database
 from app.errors import BadRequest, FieldError, Gone
 from app.kinds import Kind
 from app.repositories import revisions
@@ -196,18 +195,12 @@ class Watch:
                 )
             return rv
         # No resourceVersion: the current objects as ADDED, then changes, from one consistent snapshot.
-        with self.db.engine.connect() as conn:
-            if self.db.is_postgres:
-                conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-            else:  # a deferred BEGIN: one snapshot from its first read, and no wait for the writer's lock
-                conn.execution_options(**{READ_ONLY: True})
-            with Session(bind=conn) as session:
-                current = revisions.current_revision(session)
-                rows, _ = ResourceRepository[Any](session, self.kind).read_page(
-                    self.namespace, selector=self.selector
-                )
-                self.initial = [to_object(self.kind, r) for r in rows]
-            conn.rollback()
+        with self.db.snapshot() as session:
+            current = revisions.current_revision(session)
+            rows, _ = ResourceRepository[Any](session, self.kind).read_page(
+                self.namespace, selector=self.selector
+            )
+            self.initial = [to_object(self.kind, r) for r in rows]
         return current
 
     def _line(self, event_type: str, obj: JsonObject | str) -> bytes:
