@@ -6,12 +6,15 @@ to run again later); raising means retry with backoff.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from app.virt.driver import HypervisorEvent
+
+NodeEvent = tuple[str, HypervisorEvent]  # an event and the node it came from
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Reconciler(Protocol):
 
     def reconcile(self, namespace: str, name: str) -> Result: ...
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
-        """Work keys a libvirt event on `node` should wake (the event bridge asks every reconciler)."""
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
+        """Work keys these libvirt events should wake (the event bridge asks every reconciler, a burst's
+        events at once)."""
         ...

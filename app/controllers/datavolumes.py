@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.credentials import registry_logins, secret_values
 from app.controllers.image_cache import RegistryConfig
 from app.controllers.placement import cluster_views
@@ -39,7 +40,6 @@ from app.virt.driver import (
     STORAGE_POOL,
     Hypervisor,
     HypervisorError,
-    HypervisorEvent,
     HypervisorUnavailable,
     NodeHypervisors,
 )
@@ -92,7 +92,7 @@ class DataVolumeReconciler:
         self.volume_dir = volume_dir
         self.clock = clock
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
         return []
 
     def reconcile(self, namespace: str, name: str) -> Result:

@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.credentials import registry_logins, secret_values
 from app.db import Database
 from app.disks import reference as references
@@ -41,7 +41,6 @@ from app.virt.driver import (
     STORAGE_POOL,
     Hypervisor,
     HypervisorError,
-    HypervisorEvent,
     HypervisorUnavailable,
     NodeHypervisors,
 )
@@ -237,7 +236,7 @@ class ImagePuller:
         self.clock = clock
         self._slots = threading.BoundedSemaphore(config.concurrent_pulls)
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
         return []
 
     def resync_keys(self, session: Session) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, rfc3339, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.credentials import agent_keys, load_secrets
 from app.controllers.definitions import Definer, Owner
 from app.controllers.expectations import Expectations
@@ -319,25 +319,22 @@ class InstanceReconciler:
             and self.expected.met(event.domain_uuid, event.event, event.at)
         )
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
-        if event.kind is EventKind.CONNECTION_CLOSED:
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
+        """The instances of the events' domains, in two statements however many events came at once."""
+        repo = InstanceRepository(session)
+        keys: list[str] = []
+        for node in {node for node, event in events if event.kind is EventKind.CONNECTION_CLOSED}:
             # Events are lost until the next pass reconnects: every instance there looks again at once
             # instead of waiting for the periodic resync.
-            return [
-                INSTANCES.work_key(ns, name) for ns, name in InstanceRepository(session).keys_on_node(node)
-            ]
-        if event.domain_uuid is None:
-            return []
-        key = ResourceRepository[InstanceRow](session, INSTANCES).key_of(event.domain_uuid)
-        if key is None:
-            return []
-        work_key = INSTANCES.work_key(*key)
-        if workqueue.leased_elsewhere(session, work_key, self.worker):
-            # Another worker's pass holds the instance. That worker gets the event too (its pass connects to
-            # the node before it looks at the domain: an earlier event is in what it sees) and knows whether
-            # its own action caused it; waking a pass here as well would double the passes of its actions.
-            return []
-        return [work_key]
+            keys += [INSTANCES.work_key(ns, name) for ns, name in repo.keys_on_node(node)]
+        uids = {event.domain_uuid for _, event in events if event.domain_uuid is not None}
+        woken = [INSTANCES.work_key(ns, name) for ns, name in repo.keys_of(uids)]
+        # Those another worker's pass holds are left to it. That worker gets the event too (its pass connects
+        # to the node before it looks at the domain: an earlier event is in what it sees) and knows whether
+        # its own action caused it; waking a pass here as well would double the passes of its actions (with
+        # two workers, every action's events reach both).
+        held = workqueue.leased_elsewhere(session, woken, self.worker)
+        return keys + [key for key in woken if key not in held]
 
     # -- convergence ---------------------------------------------------------------------------------
     def _converge(self, loaded: LoadedInstance, hv: Hypervisor) -> Outcome:

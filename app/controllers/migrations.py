@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.image_cache import ANY_TIME, ImageCache, ImageNotReady, resolver
 from app.controllers.migration_decisions import (
     Location,
@@ -52,7 +52,6 @@ from app.virt.driver import (
     DomainState,
     Hypervisor,
     HypervisorError,
-    HypervisorEvent,
     MigrationOptions,
     NetworkConfig,
     NodeHypervisors,
@@ -91,7 +90,7 @@ class MigrationReconciler:
         self.images = ImageCache(db, clock)
         self.volume_dir = volume_dir
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
         return []  # a running migration is watched by its own pass; the instance reconciler takes events
 
     # -- entry ---------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.placement import device_slot, mdev_slots, wake_unschedulable
 from app.db import Database
 from app.kinds import NODES
@@ -20,7 +21,7 @@ from app.schemas.common import JsonObject
 from app.schemas.conditions import set_condition
 from app.schemas.devices import PermittedHostDevices
 from app.schemas.node import NodeSpec, NodeStatus
-from app.virt.driver import EventKind, HostInfo, HypervisorError, HypervisorEvent, NodeDevice, NodeHypervisors
+from app.virt.driver import EventKind, HostInfo, HypervisorError, NodeDevice, NodeHypervisors
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,6 @@ class NodeReconciler:
             row.status = status
             repo.touch(row)
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
-        if event.kind is EventKind.CONNECTION_CLOSED:
-            return [NODES.work_key("", node)]
-        return []
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
+        closed = {node for node, event in events if event.kind is EventKind.CONNECTION_CLOSED}
+        return [NODES.work_key("", node) for node in sorted(closed)]

@@ -8,12 +8,13 @@ short transaction with the pool row locked, so it cannot race a claim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
 from app.clock import Clock, utc_now
-from app.controllers.base import Result
+from app.controllers.base import NodeEvent, Result
 from app.controllers.pool_decisions import Bookkeeping, Member, decide, pool_status
 from app.db import Database
 from app.kinds import POOLS
@@ -22,7 +23,6 @@ from app.repositories.resources import ResourceRepository
 from app.schemas.common import JsonObject, parse_time
 from app.schemas.pool import CLAIMED_AT, TEMPLATE_HASH, WARM_PAUSED, PoolSpec, member_state
 from app.services.pools import PoolService, template_hash
-from app.virt.driver import HypervisorEvent
 
 
 class PoolReconciler:
@@ -33,7 +33,7 @@ class PoolReconciler:
         self.burst = burst  # members created per pass, and warming at once (TCG boots are CPU-bound)
         self.clock = clock
 
-    def keys_for_event(self, session: Session, node: str, event: HypervisorEvent) -> list[str]:
+    def keys_for_events(self, session: Session, events: Sequence[NodeEvent]) -> list[str]:
         return []  # members wake their pool when their status changes
 
     def reconcile(self, namespace: str, name: str) -> Result:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -19,7 +20,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    literal,
     or_,
     select,
     update,
@@ -213,17 +213,19 @@ def _finish_statements() -> tuple[Any, Any]:
     return done, requeued
 
 
-def leased_elsewhere(session: Session, key: str, worker: str) -> bool:
-    """Whether a live lease of another worker holds `key` now."""
-    parameters = {"leased_key": key, "worker": worker, "now": utc_now()}
-    return session.connection().execute(_leased_elsewhere_statement(), parameters).first() is not None
+def leased_elsewhere(session: Session, keys: Collection[str], worker: str) -> set[str]:
+    """Those of `keys` that a live lease of another worker holds now."""
+    if not keys:
+        return set()
+    parameters = {"leased_keys": list(keys), "worker": worker, "now": utc_now()}
+    return set(session.connection().execute(_leased_elsewhere_statement(), parameters).scalars())
 
 
 @cache
 def _leased_elsewhere_statement() -> Any:
     now = bindparam("now", type_=WORK.c.lease_until.type)
-    return select(literal(1)).where(
-        WORK.c.key == bindparam("leased_key"),
+    return select(WORK.c.key).where(
+        WORK.c.key.in_(bindparam("leased_keys", expanding=True)),
         WORK.c.leased_by != bindparam("worker"),
         WORK.c.lease_until >= now,
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
-from app.controllers.base import Reconciler
+from app.controllers.base import NodeEvent, Reconciler
 from app.db import Database
 from app.repositories import workqueue
 from app.virt.driver import EventCallback, HypervisorEvent
@@ -35,7 +35,7 @@ class EventBridge:
         # Whether an event is one an action of this process caused and its pass saw through: such an event
         # wakes nothing, so it is dropped on arrival, before any transaction.
         self.caused_here: list[Callable[[HypervisorEvent], bool]] = []
-        self._queue: queue.Queue[tuple[str, HypervisorEvent] | None] = queue.Queue()
+        self._queue: queue.Queue[NodeEvent | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="event-bridge", daemon=True)
         self._stopping = threading.Event()
 
@@ -75,13 +75,14 @@ class EventBridge:
             if stopping:
                 return
 
-    def _deliver(self, batch: list[tuple[str, HypervisorEvent]]) -> bool:
+    def _deliver(self, batch: list[NodeEvent]) -> bool:
         try:
-            with self.db.transaction() as session:
-                for node, event in batch:
-                    for reconciler in self.reconcilers:
-                        for key in reconciler.keys_for_event(session, node, event):
-                            workqueue.enqueue(session, key)
+            # Lookups, then the enqueues in one statement: nothing to keep atomic, so no BEGIN and COMMIT
+            # for a burst that wakes nothing (another worker's actions, which its passes saw through).
+            with self.db.statements() as session:
+                for reconciler in self.reconcilers:
+                    for key in reconciler.keys_for_events(session, batch):
+                        workqueue.enqueue(session, key)
         except Exception as exc:
             log.warning("could not enqueue for %d event(s) (kept, retrying): %s", len(batch), exc)
             return False

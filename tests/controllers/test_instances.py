@@ -265,9 +265,9 @@ def test_a_lost_connection_rechecks_every_instance_on_its_node(api: httpx.Client
     reconciler = InstanceReconciler(pg, NodeConnections(connect), Path("/nonexistent"))
     closed = HypervisorEvent("test:///default", EventKind.CONNECTION_CLOSED, "Closed", "0")
     with pg.read() as session:
-        keys = reconciler.keys_for_event(session, "td", closed)
+        keys = reconciler.keys_for_events(session, [("td", closed)])
         assert {INSTANCES.work_key("default", n) for n in ("lost-a", "lost-b")} <= set(keys)
-        assert reconciler.keys_for_event(session, "elsewhere", closed) == []
+        assert reconciler.keys_for_events(session, [("elsewhere", closed)]) == []
 
 
 def instance_passes() -> float:

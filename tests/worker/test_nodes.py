@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import delete, update
+from sqlalchemy import event as sqlalchemy_event
 
 from app.clock import utc_now
 from app.config import Settings
@@ -166,7 +167,7 @@ def test_an_event_for_an_instance_another_workers_pass_holds_is_left_to_that_wor
 
     def woken(event: HypervisorEvent) -> list[str]:
         with db.read() as session:
-            return reconciler.keys_for_event(session, "n1", event)
+            return reconciler.keys_for_events(session, [("n1", event)])
 
     assert woken(started) == [key]  # nobody's pass holds it
     with db.transaction() as session:
@@ -180,3 +181,37 @@ def test_an_event_for_an_instance_another_workers_pass_holds_is_left_to_that_wor
     with db.transaction() as session:
         assert len(workqueue.lease(session, "me", 1, 30)) == 1
     assert woken(started) == [key]  # this worker's own pass may have looked before the event
+
+
+def test_a_burst_of_events_is_looked_up_in_two_statements(db: Database) -> None:
+    """A thousand domains starting send two events each to every worker on the node: the keys they wake are
+    found in one statement and the leases of other workers in one more, however many events came at once."""
+    uids = {}
+    with db.transaction() as session:
+        for name in ("burst-a", "burst-b", "burst-c"):
+            uids[name] = ResourceService(session, INSTANCES).create("default", vmi(name))["metadata"]["uid"]
+        session.execute(delete(WorkItemRow))
+    with db.transaction() as session:
+        workqueue.enqueue(session, INSTANCES.work_key("default", "burst-b"))
+    with db.transaction() as session:
+        assert len(workqueue.lease(session, "other", 1, 30)) == 1
+    reconciler = InstanceReconciler(db, NodeConnections(connect), Path("/nonexistent"), worker="me")
+    events = [
+        ("n1", HypervisorEvent("test:///default", EventKind.LIFECYCLE, event, "0", "d", uid))
+        for uid in [*uids.values(), "00000000-0000-0000-0000-000000000000"]
+        for event in ("Defined", "Started")
+    ]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        if not args[2].startswith("BEGIN"):  # SQLite's read opens its snapshot with one
+            statements.append(args[2])
+
+    sqlalchemy_event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with db.read() as session:
+            keys = reconciler.keys_for_events(session, events)
+    finally:
+        sqlalchemy_event.remove(db.engine, "before_cursor_execute", count)
+    assert sorted(keys) == [INSTANCES.work_key("default", n) for n in ("burst-a", "burst-c")]
+    assert len(statements) == 2, statements
