@@ -1,6 +1,7 @@
 """The worker loop: lease due keys, run their reconcilers on a thread pool, renew leases, resync.
 
-Several worker processes may share one database: the queue's leases keep each key to one pass at a time.
+Several worker processes may share one database: the queue's leases keep each key to one pass at a time,
+the periodic resync included (it is a key of the queue too).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ MAX_BACKOFF = 300.0
 IDLE_POLL = 1.0  # picks up delayed keys and, on SQLite, other processes' enqueues
 IDEMPOTENCY_TTL = timedelta(hours=24)  # how long a retried action still gets its first answer
 OPERATIONS_TTL = timedelta(days=7)  # how long the record of guest operations is kept
+# The periodic resync's key: one worker at a time runs it, however many share the database, and another
+# takes it over when that one dies (its lease runs out).
+RESYNC_KEY = "Resync//all"
 
 
 def _alive(pid: int) -> bool:
@@ -83,11 +87,9 @@ class Worker:
     def start(self) -> None:
         self.db.start_listener()
         self.release_dead_local_leases()
-        for target, name in (
-            (self._loop, "worker-loop"),
-            (self._renew_loop, "worker-renew"),
-            (self._resync_loop, "worker-resync"),
-        ):
+        with self.db.transaction() as session:
+            workqueue.enqueue(session, RESYNC_KEY)  # at once: what changed while no worker ran
+        for target, name in ((self._loop, "worker-loop"), (self._renew_loop, "worker-renew")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -149,7 +151,10 @@ class Worker:
         started = time.perf_counter()
         outcome, requeue, error = "ok", None, None
         try:
-            if reconciler is None:
+            if lease.key == RESYNC_KEY:
+                self.resync()
+                requeue = self.resync_seconds
+            elif reconciler is None:
                 outcome = "unhandled"
             else:
                 requeue = reconciler.reconcile(namespace, name).requeue_after
@@ -197,16 +202,8 @@ class Worker:
             except Exception:
                 log.warning("renewing leases failed", exc_info=True)
 
-    def _resync_loop(self) -> None:
-        """Every object gets a pass now and then, whatever events were lost (level-triggered)."""
-        while not self._stop.is_set():
-            try:
-                self.resync()
-            except Exception:
-                log.warning("resync failed", exc_info=True)
-            self._stop.wait(self.resync_seconds)
-
     def resync(self) -> None:
+        """Every object gets a pass now and then, whatever events were lost (level-triggered)."""
         with self.db.transaction() as session:
             for kind_name in self.reconcilers:
                 kind = KINDS.get(kind_name)

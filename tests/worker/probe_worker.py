@@ -31,7 +31,7 @@ class Probe:
             out.write(f"{namespace}/{name} {os.getpid()} {start:.6f} {end:.6f}\n")
         return Result(requeue_after=0.01 if random.random() < 0.3 else None)
 
-    def keys_for_event(self, session: object, node: str, event: HypervisorEvent) -> list[str]:
+    def keys_for_events(self, session: object, events: list[tuple[str, HypervisorEvent]]) -> list[str]:
         return []
 
 

@@ -23,7 +23,7 @@ from app.kinds import INSTANCES
 from app.models import WorkItemRow
 from app.repositories import workqueue
 from app.services.instances import InstanceService
-from app.worker.runner import Worker, backoff
+from app.worker.runner import RESYNC_KEY, Worker, backoff
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,7 +204,7 @@ def test_keys_leased_beyond_the_one_asked_for_are_run_not_left_idle(
             first_pass.wait(10)  # the others are enqueued while the first pass runs
             return Result()
 
-        def keys_for_event(self, session: object, node: str, event: object) -> list[str]:
+        def keys_for_events(self, session: object, events: object) -> list[str]:
             return []
 
     real_lease = workqueue.lease
@@ -228,3 +228,28 @@ def test_keys_leased_beyond_the_one_asked_for_are_run_not_left_idle(
     finally:
         worker.stop()
     assert sorted(reconciled) == ["a", "b", "c"]  # within seconds, not after the 60-s lease
+
+
+def test_workers_sharing_a_database_resync_in_turn_not_each(db: Database) -> None:
+    """The periodic resync wakes every object: two workers on one database run it once per period between
+    them, not once each (which would double every idle object's passes), and the one that holds it is
+    known from the queue like any key's holder."""
+    runs: list[float] = []
+
+    def counted(session: object) -> list[str]:
+        runs.append(time.monotonic())
+        return []
+
+    workers = [Worker(db, {}, concurrency=2, resync_seconds=1.0, resync_sources=[counted]) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(3.5)  # each worker's start asks for one at once, then one a second
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert 3 <= len(runs) <= 6, runs  # each on its own would make 8
+    assert min(b - a for a, b in itertools.pairwise(sorted(runs[-3:]))) >= 0.8, runs
+    with db.transaction() as session:
+        due = session.scalar(select(WorkItemRow.due_at).where(WorkItemRow.key == RESYNC_KEY))
+    assert due is not None and due > utc_now()  # the next one is queued, for whichever worker is there
