@@ -57,11 +57,13 @@ class PrefilteredRouter(APIRouter):
         if self._paths is None or self._paths[0] != len(self.routes):
             # Group names repeat from route to route, and one pattern may use each only once.
             patterns = [
-                re.sub(r"\(\?P<\w+>", "(?:", route.path_regex.pattern)
+                re.sub(r"[(][?]P<[^>]+>", "(?:", route.path_regex.pattern)
                 for route in self.routes
                 if hasattr(route, "path_regex")
             ]
-            self._paths = (len(self.routes), re.compile("|".join(f"(?:{p})" for p in patterns)))
+            # A route not matched by its path (a Host) leaves every path to the routes themselves.
+            pattern = "|".join(f"(?:{p})" for p in patterns) if len(patterns) == len(self.routes) else ""
+            self._paths = (len(self.routes), re.compile(pattern))
         return self._paths[1].match(path) is not None
 
 
