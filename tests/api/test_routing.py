@@ -11,7 +11,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import Match
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Host, Match, Route
 from starlette.types import Scope
 
 from app.api.routing import PrefilteredRouter, api_router
@@ -27,9 +30,10 @@ class CountedRoute(APIRoute):
         return super().matches(scope)
 
 
-def answer(app: FastAPI, method: str, path: str) -> httpx.Response:
+def answer(app: FastAPI, method: str, path: str, host: str = "corral.test") -> httpx.Response:
     async def send() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
             return await client.request(method, path)
 
     return asyncio.run(send())
@@ -67,6 +71,23 @@ def test_its_own_paths_still_match_and_a_wrong_method_is_still_405(app: FastAPI)
     assert answer(app, "PUT", "/v1/namespaces/a/things/t").status_code == 405
     assert answer(app, "GET", "/v1/namespaces/a/things").status_code == 404
     assert answer(app, "GET", "/v1/namespaces/a/things/t/more").status_code == 404
+
+
+def test_a_router_with_a_route_not_matched_by_path_leaves_every_path_to_its_routes() -> None:
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"hello from {request.url.hostname}")
+
+    router = PrefilteredRouter()
+
+    @router.get("/v1/things")
+    async def things() -> list[str]:
+        return []
+
+    router.routes.append(Host("docs.corral.test", app=Starlette(routes=[Route("/guide", hello)])))
+    app = FastAPI()
+    app.include_router(router)
+    assert answer(app, "GET", "/guide", host="docs.corral.test").text == "hello from docs.corral.test"
+    assert answer(app, "GET", "/v1/things").json() == []
 
 
 def test_every_operation_of_the_api_is_found(db: Database) -> None:
