@@ -134,7 +134,7 @@ def create_app(
     app.state.metrics_tenant_labels = metrics_tenant_labels
     app.state.node_access = node_access
     app.state.principals = PrincipalCache(db.hub)
-    app.state.principal_lookups = {}  # (event loop, Authorization header) -> the lookup in flight
+    app.state.principal_lookups = {}  # the token lookups in flight, by event loop and Authorization header
     problems.install(app)
     app.include_router(system.router)
     app.state.shown = ShownObjects()  # one per app: what each object looks like at its resourceVersion

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -12,12 +11,12 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 from fastapi import Depends, Header, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from app.db import Database
 from app.errors import BadRequest, FieldError, Unavailable, UnsupportedMediaType
 from app.kinds import Kind
 from app.services.auth import Principal, PrincipalCache, authenticate
+from app.services.shared_calls import Pending, shared_in_thread
 from app.services.shown import ShownObjects
 from app.virt.driver import Hypervisor
 
@@ -98,15 +97,9 @@ async def get_principal(db: DB, request: Request) -> Principal:
         with db.read() as session:
             return authenticate(session, authorization)
 
-    # Requests with one header that miss together share one lookup: a burst after the entry expired would
-    # otherwise take a thread and a database connection each.
-    pending: dict[tuple[object, str | None], asyncio.Future[Principal]] = request.app.state.principal_lookups
-    key = (asyncio.get_running_loop(), authorization)  # a future belongs to its event loop
-    shared = pending.get(key)
-    if shared is None:
-        shared = pending[key] = asyncio.ensure_future(run_in_threadpool(cache.fill, authorization, lookup))
-        shared.add_done_callback(lambda _: pending.pop(key, None))
-    return await asyncio.shield(shared)
+    # Requests with one header that miss together share one lookup (after the entry expired, a burst).
+    pending: Pending[Principal] = request.app.state.principal_lookups
+    return await shared_in_thread(pending, authorization, lambda: cache.fill(authorization, lookup))
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

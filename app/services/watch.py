@@ -21,6 +21,7 @@ from app.repositories import revisions
 from app.repositories.resources import ResourceRepository, to_object
 from app.schemas.common import JsonObject
 from app.services.selectors import Predicate, parse_selector
+from app.services.shared_calls import Pending, shared_in_thread
 
 BOOKMARK_SECONDS = 30.0
 # SQLite has no NOTIFY: writes from another process are found by polling this often.
@@ -66,6 +67,7 @@ class ChangeFeed:
         self._high = 0
         self._read_at: tuple[int, float] = (-1, 0.0)  # hub counter and time of the last read
         self._lock = threading.Lock()
+        self._catching_up: Pending[None] = {}
 
     def after(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
         """Changes of `kind` (in `namespace`) after `rv`, at most `limit`, and the resourceVersion the caller
@@ -86,6 +88,18 @@ class ChangeFeed:
             return self._find(kind, namespace, rv, limit) if self._fresh() else None
         finally:
             self._lock.release()
+
+    async def caught_up(self) -> None:
+        """The buffer brought up to date, in one thread hand-off for all the watches of this event loop that
+        ask while it reads: a change wakes every watch at once, and 50 had each taken the thread pool (and
+        waited there for this lock) for the one read."""
+        if not self._fresh():
+            await shared_in_thread(self._catching_up, None, self._catch_up)
+
+    def _catch_up(self) -> None:
+        with self._lock:
+            if not self._fresh():
+                self._refresh()
 
     def _find(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
         if self._low is None or rv < self._low:
@@ -212,8 +226,7 @@ class Watch:
         return event_line(event_type, self.kind.shown(decoded))
 
     def _fetch_at_once(self) -> tuple[int, int, list[tuple[str, str]]] | None:
-        """`_fetch` from the shared feed's memory, without a thread (None when that would wait or read): 50
-        watches woken by one change cost 50 lookups, not 50 thread hand-offs."""
+        """`_fetch` from the shared feed's memory, without a thread (None when that would wait or read)."""
         if self.selector is not None:  # its view of a change may need the change log
             return None
         shared = feed_for(self.db).after_at_once(self.kind.kind, self.namespace, self.rv, BATCH)
@@ -274,6 +287,9 @@ class Watch:
         while True:
             seen = hub.counter(EVENTS_CHANNEL)
             at_once = self._fetch_at_once()
+            if at_once is None and self.selector is None:
+                await feed_for(self.db).caught_up()
+                at_once = self._fetch_at_once()
             fetched, self.rv, events = (
                 at_once if at_once is not None else await run_in_threadpool(self._fetch)
             )

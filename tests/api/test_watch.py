@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -11,9 +12,12 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from app.db import Database
-from app.repositories.revisions import compact_events
+from app.kinds import INSTANCES as INSTANCE_KIND
+from app.repositories.revisions import compact_events, current_revision
+from app.services import shared_calls, watch
 from app.services.instances import InstanceService
 from tests.api.test_resources import INSTANCES, problem
 from tests.conftest import vmi
@@ -158,3 +162,49 @@ def test_a_watch_opens_while_a_write_is_under_way(api: httpx.Client, db: Databas
             assert stream.take(1) == [("ADDED", "before")]
             writing.close()  # commits
             assert stream.take(1) == [("ADDED", "during")]
+
+
+def test_a_change_wakes_every_watch_of_an_event_loop_through_one_thread_hand_off(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken together by one change, the watches need the change log read once: one of them reads it in
+    the thread pool and the others wait for that read, instead of each taking a thread of the pool."""
+    hand_offs: list[object] = []  # this test's: the live server's event loop hands off work too
+    real = shared_calls.run_in_threadpool
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def counted(call: Any, *args: Any) -> Any:
+        if asyncio.get_running_loop() in loops:
+            hand_offs.append(call)
+        return await real(call, *args)
+
+    monkeypatch.setattr(shared_calls, "run_in_threadpool", counted)
+    monkeypatch.setattr(watch, "run_in_threadpool", counted)
+    # A Database of its own: its feed has no other watchers (the live server's streams of other tests wake
+    # on every change too, and a feed busy with one of them is read around, in a thread).
+    own = Database(db.engine.url.render_as_string(hide_password=False))
+
+    async def twenty_watches_see_one_create() -> list[bytes]:
+        loops.append(asyncio.get_running_loop())
+        await watch.feed_for(own).caught_up()  # its buffer starts here: the watches' first looks need no read
+        with own.read() as session:
+            version = str(current_revision(session))
+        watches = [watch.Watch(own, INSTANCE_KIND, "default", version, None, False) for _ in range(20)]
+        streams = [w.stream() for w in watches]
+        lines = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        await asyncio.sleep(0.2)  # each has looked once (nothing new) and waits
+        hand_offs.clear()
+        with own.transaction() as session:
+            InstanceService(session).create("default", vmi("woken"))
+        try:
+            return await asyncio.wait_for(asyncio.gather(*lines), 10)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+
+    try:
+        lines = asyncio.run(twenty_watches_see_one_create())
+    finally:
+        own.dispose()
+    assert [json.loads(line)["object"]["metadata"]["name"] for line in lines] == ["woken"] * 20
+    assert len(hand_offs) == 1
