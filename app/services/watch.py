@@ -73,8 +73,7 @@ class ChangeFeed:
         """Changes of `kind` (in `namespace`) after `rv`, at most `limit`, and the resourceVersion the caller
         has then seen; None when `rv` is older than the buffer."""
         with self._lock:
-            if not self._fresh():
-                self._refresh()
+            self._refresh()
             return self._find(kind, namespace, rv, limit)
 
     def after_at_once(
@@ -98,8 +97,7 @@ class ChangeFeed:
 
     def _catch_up(self) -> None:
         with self._lock:
-            if not self._fresh():
-                self._refresh()
+            self._refresh()
 
     def _find(self, kind: str, namespace: str | None, rv: int, limit: int) -> tuple[list[Change], int] | None:
         if self._low is None or rv < self._low:
@@ -122,6 +120,9 @@ class ChangeFeed:
         )
 
     def _refresh(self) -> None:
+        """Read what the buffer lacks, if anything (the caller holds the lock)."""
+        if self._fresh():
+            return
         counter, now = self.db.hub.counter(EVENTS_CHANNEL), time.monotonic()
         with self.db.read_rows() as conn:
             rows = (
