@@ -109,13 +109,18 @@ def signal(session: Session, channel: str) -> None:
         session.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
 
 
+# Postgres connections a process keeps open; as many again are opened for a burst and closed after it.
+POOL_SIZE = 20
+
+
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = POOL_SIZE) -> None:
         self.url = url
         self.hub = Hub()
+        self.pool_size = pool_size
         # Postgres sessions carry it as application_name, which the notify triggers send as the payload.
         self.identity = f"corral:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.engine = make_engine(url, echo=echo, application_name=self.identity)
+        self.engine = make_engine(url, echo=echo, application_name=self.identity, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self.sessions, "after_commit", self._after_commit)
         event.listen(self.sessions, "after_rollback", self._after_rollback)
@@ -226,7 +231,9 @@ def _dump_json(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _dump_json, "json_deserializer": orjson.loads}
 
 
-def make_engine(url: str, *, echo: bool = False, application_name: str = "corral") -> Engine:
+def make_engine(
+    url: str, *, echo: bool = False, application_name: str = "corral", pool_size: int = POOL_SIZE
+) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -260,8 +267,8 @@ def make_engine(url: str, *, echo: bool = False, application_name: str = "corral
         isolation_level="READ COMMITTED",  # what READING relies on, whatever the server's default
         # Connections beyond pool_size are closed when handed back: a burst of 16 clients over 10 kept
         # connections opened and closed ~230 Postgres backends per 2,000 requests (a fork each).
-        pool_size=20,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         connect_args={"application_name": application_name},
         **JSON_CODEC,
     )

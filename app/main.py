@@ -32,6 +32,7 @@ from app.api import (
 )
 from app.api.deps import NodeAccess
 from app.api.resources import resource_router
+from app.api.threads import limit_request_threads
 from app.clock import utc_now
 from app.db import Database
 from app.kinds import KINDS, Kind
@@ -125,6 +126,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         db.start_listener()
+        limit_request_threads(db.pool_size)
         lifecycle = asyncio.create_task(_mark_unreported_nodes(db, node_grace_seconds))
         yield
         lifecycle.cancel()

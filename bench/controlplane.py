@@ -3,7 +3,7 @@
 1. Requests: Corral's API (`corral api`, one process) against the minimal FastAPI + SQLAlchemy app of
    bench/minimal_app.py (one process) on the same database, interleaved round by round, 16 clients:
    req/s, p50 and p99 of create, get and list-100-of-1000, and Corral's ratio to the minimal app; on Postgres
-   and on SQLite.
+   and on SQLite. Then get again from 64 clients at once, past the 20 connections each process keeps.
 2. Scale: Corral as deployed (SQLite: `corral serve`; Postgres: `corral api` + `corral worker`) with a
    large test-driver node: N instances POSTed by 16 clients (POST rate per hundred), the time until all are
    Running (followed by one watch, as a client waiting for them would) and the CPU time it took, the
@@ -49,6 +49,9 @@ from bench.lean_http import Connection, opened, race
 from bench.minimal_app import TOKEN as MINIMAL_TOKEN
 
 CLIENTS = 16
+# More clients at once than a process keeps database connections (20): a burst.
+BURST_CLIENTS = 64
+BURST_GET = f"get_by_{BURST_CLIENTS}"
 PG_ADMIN_URL = os.environ.get(
     "CORRAL_TEST_DATABASE_URL", "postgresql+psycopg://corral:corral@127.0.0.1/corral"
 )
@@ -167,13 +170,16 @@ def figures(rate: float, latencies: list[float]) -> dict[str, float]:
 
 def requests_round(
     base: str, plural: str, prefix: str, creates: int, gets: int, lists: int
-) -> dict[str, list[Request]]:
+) -> dict[str, tuple[int, list[Request]]]:
+    """Each operation's requests and how many clients send them."""
     names = [f"{prefix}-{i}" for i in range(creates)]
     body = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "spec": SPEC}
+    gotten: list[Request] = [("GET", f"{base}/{plural}/{names[i % creates]}", None) for i in range(gets)]
     return {
-        "create": [("POST", f"{base}/{plural}", {**body, "metadata": {"name": n}}) for n in names],
-        "get": [("GET", f"{base}/{plural}/{names[i % creates]}", None) for i in range(gets)],
-        "list": [("GET", f"{base}/{plural}?limit=100", None) for _ in range(lists)],
+        "create": (CLIENTS, [("POST", f"{base}/{plural}", {**body, "metadata": {"name": n}}) for n in names]),
+        "get": (CLIENTS, gotten),
+        "list": (CLIENTS, [("GET", f"{base}/{plural}?limit=100", None) for _ in range(lists)]),
+        BURST_GET: (BURST_CLIENTS, gotten),
     }
 
 
@@ -204,11 +210,11 @@ def request_costs(backend: str, rounds: int, workdir: Path) -> dict[str, Any]:
         for round_ in range(rounds):
             for side, (url, token, plural) in sides.items():
                 work = requests_round("/v1/namespaces/bench", plural, f"r{round_}", 500, 2000, 200)
-                for operation, batch in work.items():
-                    rate, latencies = drive(url, token, batch)
+                for operation, (clients, batch) in work.items():
+                    rate, latencies = drive(url, token, batch, clients)
                     samples[side].setdefault(operation, []).append(figures(rate, latencies))
     result: dict[str, Any] = {}
-    for operation in ("create", "get", "list"):
+    for operation in samples["corral"]:
         row: dict[str, Any] = {}
         for side in ("minimal", "corral"):
             runs = samples[side][operation]
@@ -701,7 +707,7 @@ def main() -> None:
                 result[f"requests-{backend}"] = costs = request_costs(backend, args.rounds, workdir)
                 for operation, row in costs.items():
                     print(
-                        f"{backend:8} {operation:6} minimal {row['minimal']['rate']:7.1f}/s "
+                        f"{backend:8} {operation:9} minimal {row['minimal']['rate']:7.1f}/s "
                         f"p50 {row['minimal']['p50_ms']:6.1f} ms | corral {row['corral']['rate']:7.1f}/s "
                         f"p50 {row['corral']['p50_ms']:6.1f} ms p99 {row['corral']['p99_ms']:7.1f} ms | "
                         f"ratio {row['ratio']:.2f}",

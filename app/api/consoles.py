@@ -10,10 +10,10 @@ import contextlib
 from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import node_access
 from app.api.problems import problem_response
+from app.api.threads import in_node_io_thread
 from app.errors import Conflict, CorralError
 from app.kinds import INSTANCES
 from app.services.auth import authenticate
@@ -75,7 +75,7 @@ async def _bridge(
             raise Conflict(f"instance {name!r}: the device cannot be opened: {exc}") from None
 
     try:
-        stream = await run_in_threadpool(open_stream)
+        stream = await in_node_io_thread(open_stream)
     except CorralError as exc:
         await _deny(websocket, exc)
         return
@@ -90,7 +90,7 @@ async def _pump(websocket: WebSocket, stream: ByteStream) -> None:
     """Guest -> client and client -> guest until either side ends."""
 
     async def to_client() -> None:
-        while data := await run_in_threadpool(stream.read, CHUNK):
+        while data := await in_node_io_thread(stream.read, CHUNK):
             await websocket.send_bytes(data)
 
     async def to_guest() -> None:
@@ -100,7 +100,7 @@ async def _pump(websocket: WebSocket, stream: ByteStream) -> None:
                 return
             data = message.get("bytes") or (message.get("text") or "").encode()
             if data:
-                await run_in_threadpool(stream.write, data)
+                await in_node_io_thread(stream.write, data)
 
     tasks = [asyncio.create_task(to_client()), asyncio.create_task(to_guest())]
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

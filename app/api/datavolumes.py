@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DB, Caller, Shown, node_access, shown_object
 from app.api.resources import PROBLEMS, NamePath, NamespacePath
+from app.api.threads import in_node_io_thread
 from app.disks.untrusted import UnsafeDisk
 from app.errors import FieldError, Invalid, Unavailable
 from app.kinds import DATAVOLUMES
@@ -62,7 +63,7 @@ async def upload(
         received = directory / "disk"
         with received.open("wb") as sink:
             async for chunk in request.stream():
-                await run_in_threadpool(sink.write, chunk)
+                await in_node_io_thread(sink.write, chunk)
 
         def store() -> int:
             hv = uploads.connect(uri)
@@ -79,7 +80,7 @@ async def upload(
                 hv.close()
 
         try:
-            capacity = await run_in_threadpool(store)
+            capacity = await in_node_io_thread(store)
         except UnsafeDisk as exc:
             raise Invalid(f"the uploaded disk is refused: {exc}", [FieldError("body", str(exc))]) from None
         except HypervisorError as exc:

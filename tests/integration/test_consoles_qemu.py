@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ADMIN_TOKEN, conditions, make_token, wait_for
+from app.db import Database
+from tests.conftest import ADMIN_TOKEN, LiveServer, bearer, conditions, make_token, wait_for
 
 INSTANCES = "/v1/namespaces/default/instances"
 
@@ -102,13 +104,17 @@ def test_the_serial_console_over_a_websocket(api: httpx.Client, server: Any) -> 
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
+def display(base_url: str, name: str) -> ClientConnection:
+    url = base_url.replace("http://", "ws://") + f"{INSTANCES}/{name}/vnc"
+    return connect(url, additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, open_timeout=10)
+
+
 @pytest.mark.qemu
-def test_the_display_speaks_rfb_over_a_websocket(api: httpx.Client, server: Any) -> None:
+def test_the_display_speaks_rfb_over_a_websocket(api: httpx.Client, server: Any, pg_url: str) -> None:
     spec = {"domain": {"resources": {"requests": {"memory": "192Mi"}}}}
     assert api.post(INSTANCES, json={"metadata": {"name": "screen"}, "spec": spec}).status_code == 201
     wait_for(lambda: api.get(f"{INSTANCES}/screen").json()["status"].get("phase") == "Running", timeout=60)
-    url = server.url.replace("http://", "ws://") + f"{INSTANCES}/screen/vnc"
-    with connect(url, additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, open_timeout=10) as rfb:
+    with display(server.url, "screen") as rfb:
         buffer = b""
 
         def take(count: int) -> bytes:
@@ -128,3 +134,19 @@ def test_the_display_speaks_rfb_over_a_websocket(api: httpx.Client, server: Any)
         rfb.send(bytes([1]))  # ClientInit, shared
         width, height = int.from_bytes(take(2), "big"), int.from_bytes(take(2), "big")
         assert width > 0 and height > 0  # ServerInit: the framebuffer
+
+    # Open displays wait on the guest in threads of their own: an API process with two request threads
+    # (a database pool of two) still answers with three displays open, each blocked reading.
+    small = Database(pg_url, pool_size=2)
+    narrow = LiveServer(small)
+    try:
+        with ExitStack() as opened:
+            for _ in range(3):
+                viewer = opened.enter_context(display(narrow.url, "screen"))
+                assert viewer.recv(timeout=10)[:8] == b"RFB 003."  # its reader now waits for more
+            started = time.monotonic()
+            answer = httpx.get(f"{narrow.url}{INSTANCES}/screen", headers=bearer(ADMIN_TOKEN), timeout=10)
+            assert answer.status_code == 200 and time.monotonic() - started < 5
+    finally:
+        narrow.stop()
+        small.dispose()
