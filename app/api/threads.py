@@ -1,9 +1,11 @@
-"""Where the API's blocking work runs. A request's own work (a transaction, a read) takes one of the
-request threads, as many as the database pool keeps connections: on Postgres a thread beyond the pool opens
-a connection of its own and closes it after (a server process forked each time), so a burst past the pool
-waits its turn instead. Node I/O that blocks for as long as a client stays (a console's or a display's
-stream, an upload written and imported) runs on threads of its own: open consoles never take the threads
-requests need."""
+"""Where the API's blocking work runs.
+
+A request's own work (a transaction, a read) takes one of the request threads, as many as the process
+keeps Postgres connections (Database.pool_size): a thread beyond them would open a connection of its own
+and close it after (a server process forked each time), so a burst past the pool waits its turn instead.
+(SQLite's connections are files, opened at no such cost.) Node I/O that blocks for as long as a client
+stays (a console's or a display's stream, an upload written and imported) runs on threads of its own: open
+consoles never take the threads requests need."""
 
 from collections.abc import Callable
 from typing import TypeVar
