@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ class LiveServer:
     """uvicorn in a thread: real HTTP, real streaming (watch), the app sharing the test's Database."""
 
     def __init__(self, db: Database) -> None:
+        self.db = db
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -151,6 +153,19 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(5)
+
+
+@contextmanager
+def server_with_pool(url: str, pool_size: int) -> Iterator[LiveServer]:
+    """An API process of its own on the database at `url`, keeping `pool_size` connections (and as many
+    request threads)."""
+    db = Database(url, pool_size=pool_size)
+    server = LiveServer(db)
+    try:
+        yield server
+    finally:
+        server.stop()
+        db.dispose()
 
 
 @pytest.fixture(scope="session")

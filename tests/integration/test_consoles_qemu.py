@@ -18,8 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app.db import Database
-from tests.conftest import ADMIN_TOKEN, LiveServer, bearer, conditions, make_token, wait_for
+from tests.conftest import ADMIN_TOKEN, bearer, conditions, make_token, server_with_pool, wait_for
 
 INSTANCES = "/v1/namespaces/default/instances"
 
@@ -137,16 +136,10 @@ def test_the_display_speaks_rfb_over_a_websocket(api: httpx.Client, server: Any,
 
     # Open displays wait on the guest in threads of their own: an API process with two request threads
     # (a database pool of two) still answers with three displays open, each blocked reading.
-    small = Database(pg_url, pool_size=2)
-    narrow = LiveServer(small)
-    try:
-        with ExitStack() as opened:
-            for _ in range(3):
-                viewer = opened.enter_context(display(narrow.url, "screen"))
-                assert viewer.recv(timeout=10)[:8] == b"RFB 003."  # its reader now waits for more
-            started = time.monotonic()
-            answer = httpx.get(f"{narrow.url}{INSTANCES}/screen", headers=bearer(ADMIN_TOKEN), timeout=10)
-            assert answer.status_code == 200 and time.monotonic() - started < 5
-    finally:
-        narrow.stop()
-        small.dispose()
+    with server_with_pool(pg_url, 2) as narrow, ExitStack() as opened:
+        for _ in range(3):
+            viewer = opened.enter_context(display(narrow.url, "screen"))
+            assert viewer.recv(timeout=10)[:8] == b"RFB 003."  # its reader now waits for more
+        started = time.monotonic()
+        answer = httpx.get(f"{narrow.url}{INSTANCES}/screen", headers=bearer(ADMIN_TOKEN), timeout=10)
+        assert answer.status_code == 200 and time.monotonic() - started < 5
