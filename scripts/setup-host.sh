@@ -82,10 +82,12 @@ running /run/virtlogd.pid || { log "starting virtlogd"; virtlogd -d; }
 # libvirt waits for a stopped QEMU's PID to vanish. QEMU is daemonized, so PID 1 reaps it, and PID 1 on
 # these machines reaps orphans only every second or two (systemd does at once): every stop took that long.
 # libvirtd in the foreground under a subreaper (tini -s) gets its QEMUs reaped at once.
-running /run/libvirtd.pid || {
+start_libvirtd() { setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 & }
+if ! running /run/libvirtd.pid; then
   log "starting libvirtd"
-  setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
-}
+  start_libvirtd
+  restart_libvirtd=0 # it reads the settings above as it starts
+fi
 # Wait for an answer, not for the socket: a libvirtd killed without cleanup (a rebooted container keeps
 # /run) leaves its socket behind, and connecting to that is refused until the new daemon replaces it.
 for _ in $(seq 1 300); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done
@@ -100,9 +102,16 @@ virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null || die "libvi
 # keep running).
 if [ "$restart_libvirtd" = 1 ] || ! virsh -c qemu:///system net-list --all >/dev/null 2>&1; then
   log "restarting libvirtd to load its network driver and settings"
-  kill "$(cat /run/libvirtd.pid)"
-  for _ in $(seq 1 100); do running /run/libvirtd.pid || break; sleep 0.1; done
-  setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd.out 2>&1 &
+  pid=$(cat /run/libvirtd.pid)
+  kill "$pid"
+  # A daemon stopped while it still probes the host gives up only after its own 15-s shutdown timeout, and
+  # a new one cannot take the PID file until it is gone.
+  for _ in $(seq 1 300); do running /run/libvirtd.pid || break; sleep 0.1; done
+  if running /run/libvirtd.pid; then
+    kill -9 "$pid"
+    for _ in $(seq 1 50); do running /run/libvirtd.pid || break; sleep 0.1; done
+  fi
+  start_libvirtd
   for _ in $(seq 1 300); do virsh -c qemu:///system net-list --all >/dev/null 2>&1 && break; sleep 0.1; done
   virsh -c qemu:///system net-list --all >/dev/null || die "libvirtd has no network driver (libvirt-daemon-driver-network)"
 fi
