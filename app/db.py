@@ -30,6 +30,8 @@ WORK_CHANNEL = "corral_work"
 OPERATIONS_CHANNEL = "corral_operations"  # a guest operation finished
 TOKENS_CHANNEL = "corral_tokens"  # a token was created, revoked or rotated: drop cached principals
 CHANNELS = (EVENTS_CHANNEL, WORK_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)
+API_CHANNELS = (EVENTS_CHANNEL, OPERATIONS_CHANNEL, TOKENS_CHANNEL)  # what requests and watches wait on
+WORKER_CHANNELS = (WORK_CHANNEL,)
 # On Postgres, inserts into the change log and the work queue send these by trigger (migration 0015).
 NOTIFIED_BY_TRIGGER = frozenset({EVENTS_CHANNEL, WORK_CHANNEL})
 READ_ONLY = "corral_read_only"
@@ -126,6 +128,7 @@ class Database:
         event.listen(self.sessions, "after_rollback", self._after_rollback)
         event.listen(self.sessions, "before_flush", _refuse_writes_in_reads)
         self._listener: threading.Thread | None = None
+        self._channels: frozenset[str] = frozenset()  # what the listener is asked to relay
         self._stop = threading.Event()
 
     @property
@@ -191,12 +194,17 @@ class Database:
     def _reading(self) -> dict[str, Any]:
         return READING if self.is_postgres else {READ_ONLY: True}
 
-    def start_listener(self) -> None:
-        """Relay Postgres NOTIFY into the hub, so other processes' writes wake this one's waiters."""
-        if not self.is_postgres or self._listener is not None:
+    def start_listener(self, channels: Iterable[str]) -> None:
+        """Relay Postgres NOTIFY on these channels into the hub, so other processes' writes wake this one's
+        waiters. Only the channels a process waits on: every notification costs its listener a wake-up (an
+        API process has no use for the work queue's, a worker none for the change log's). Called again
+        (`corral serve` runs both), the listener takes the new channels on within a second."""
+        if not self.is_postgres:
             return
-        self._listener = threading.Thread(target=self._listen_forever, name="pg-listen", daemon=True)
-        self._listener.start()
+        self._channels |= frozenset(channels)
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen_forever, name="pg-listen", daemon=True)
+            self._listener.start()
 
     def _listen_forever(self) -> None:
         import psycopg
@@ -205,12 +213,16 @@ class Database:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
-                    for channel in CHANNELS:
-                        conn.execute(f"LISTEN {channel}")
-                    # A reconnect may have missed notifications: wake everyone once.
-                    for channel in CHANNELS:
-                        self.hub.notify(channel)
+                    listened: frozenset[str] = frozenset()
                     while not self._stop.is_set():
+                        if added := self._channels - listened:
+                            for channel in sorted(added):
+                                conn.execute(f"LISTEN {channel}")
+                            listened |= added
+                            # Notifications before the LISTEN (or lost with a connection) are not sent:
+                            # wake their waiters once.
+                            for channel in added:
+                                self.hub.notify(channel)
                         for note in conn.notifies(timeout=1.0):
                             if note.payload != self.identity:  # this process's commits woke it already
                                 self.hub.notify(note.channel)

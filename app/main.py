@@ -34,7 +34,7 @@ from app.api.deps import NodeAccess
 from app.api.resources import resource_router
 from app.api.threads import limit_request_threads
 from app.clock import utc_now
-from app.db import Database
+from app.db import API_CHANNELS, Database
 from app.kinds import KINDS, Kind
 from app.schemas.auth import TokenRequest
 from app.schemas.common import WatchEvent
@@ -125,7 +125,7 @@ def create_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        db.start_listener()
+        db.start_listener(API_CHANNELS)
         limit_request_threads(db.pool_size)
         lifecycle = asyncio.create_task(_mark_unreported_nodes(db, node_grace_seconds))
         yield

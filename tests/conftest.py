@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from app import migrate
 from app.api.deps import NodeAccess
-from app.db import Database
+from app.db import CHANNELS, Database
 from app.main import create_app
 from app.models import Base
 from app.services.auth import bootstrap_admin
@@ -91,7 +91,7 @@ def reset(db: Database) -> None:
 @pytest.fixture(scope="session")
 def pg_db(pg_url: str) -> Iterator[Database]:
     db = Database(pg_url)
-    db.start_listener()
+    db.start_listener(CHANNELS)
     yield db
     db.dispose()
 

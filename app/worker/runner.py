@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.orm import Session
 
 from app.controllers.base import Reconciler
-from app.db import WORK_CHANNEL, Database
+from app.db import WORK_CHANNEL, WORKER_CHANNELS, Database
 from app.kinds import KINDS, split_work_key
 from app.repositories import idempotency, operations, revisions, workqueue
 from app.repositories.resources import ResourceRepository
@@ -85,7 +85,7 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.db.start_listener()
+        self.db.start_listener(WORKER_CHANNELS)
         self.release_dead_local_leases()
         with self.db.transaction() as session:
             workqueue.enqueue(session, RESYNC_KEY)  # at once: what changed while no worker ran

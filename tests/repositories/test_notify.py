@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.db import EVENTS_CHANNEL, WORK_CHANNEL, Database
+from app.db import API_CHANNELS, CHANNELS, EVENTS_CHANNEL, WORK_CHANNEL, WORKER_CHANNELS, Database
 from app.kinds import INSTANCES
 from app.models import InstanceRow
 from app.repositories import workqueue
@@ -20,12 +20,50 @@ from app.repositories.resources import ResourceRepository
 def two_processes(pg_url: str) -> Iterator[tuple[Database, Database]]:
     """Two Database objects on one database: as two processes see it (each its own identity)."""
     writer, reader = Database(pg_url), Database(pg_url)
-    writer.start_listener()
-    reader.start_listener()
+    writer.start_listener(CHANNELS)
+    reader.start_listener(CHANNELS)
     time.sleep(0.5)  # both LISTEN before anything is written
     yield writer, reader
     writer.dispose()
     reader.dispose()
+
+
+def commit_instance(db: Database) -> None:
+    """A new instance and its work item: a change-log event and a work notification."""
+    with db.transaction() as session:
+        row = InstanceRow(
+            uid=str(uuid.uuid4()), namespace="default", name=f"n-{uuid.uuid4().hex[:6]}", spec={}, status={}
+        )
+        ResourceRepository[InstanceRow](session, INSTANCES).add(row)
+        workqueue.enqueue(session, INSTANCES.work_key("default", row.name))
+
+
+def woken(db: Database, before: dict[str, int], settle: float = 0.5) -> set[str]:
+    time.sleep(settle)
+    return {channel for channel in CHANNELS if db.hub.counter(channel) != before[channel]}
+
+
+def test_each_process_is_woken_only_by_the_channels_it_listens_to(pg_url: str) -> None:
+    """A worker is not woken by the change log's notifications, an API process not by the work queue's;
+    a process that runs both (`corral serve`) adds the second set and gets both."""
+    writer, worker, api = Database(pg_url), Database(pg_url), Database(pg_url)
+    try:
+        worker.start_listener(WORKER_CHANNELS)
+        api.start_listener(API_CHANNELS)
+        time.sleep(0.5)  # listening, and the wake-up each gets for its new channels is over
+        before = {db: {c: db.hub.counter(c) for c in CHANNELS} for db in (worker, api)}
+        commit_instance(writer)
+        assert woken(worker, before[worker]) == {WORK_CHANNEL}
+        assert woken(api, before[api], settle=0) == {EVENTS_CHANNEL}
+
+        worker.start_listener(API_CHANNELS)  # serve: the API starts after the worker
+        time.sleep(1.5)  # taken on within a second
+        before[worker] = {c: worker.hub.counter(c) for c in CHANNELS}
+        commit_instance(writer)
+        assert woken(worker, before[worker]) == {WORK_CHANNEL, EVENTS_CHANNEL}
+    finally:
+        for db in (writer, worker, api):
+            db.dispose()
 
 
 def test_a_commit_wakes_other_processes_once_and_its_own_once(
@@ -33,12 +71,7 @@ def test_a_commit_wakes_other_processes_once_and_its_own_once(
 ) -> None:
     writer, reader = two_processes
     before = {db: {c: db.hub.counter(c) for c in (EVENTS_CHANNEL, WORK_CHANNEL)} for db in two_processes}
-    with writer.transaction() as session:
-        row = InstanceRow(
-            uid=str(uuid.uuid4()), namespace="default", name=f"n-{uuid.uuid4().hex[:6]}", spec={}, status={}
-        )
-        ResourceRepository[InstanceRow](session, INSTANCES).add(row)
-        workqueue.enqueue(session, INSTANCES.work_key("default", row.name))
+    commit_instance(writer)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and reader.hub.counter(WORK_CHANNEL) == before[reader][WORK_CHANNEL]:
         time.sleep(0.02)
