@@ -278,9 +278,8 @@ class Watch:
         return "DELETED" if before else None
 
     async def stream(self) -> AsyncIterator[bytes]:
-        # A batch goes out as one chunk: each chunk is a pass through the ASGI stack and a socket write.
-        for start in range(0, len(self.initial), BATCH):
-            yield b"".join(self._line("ADDED", obj) for obj in self.initial[start : start + BATCH])
+        for obj in self.initial:
+            yield self._line("ADDED", obj)
         self.initial = []
         hub = self.db.hub
         poll = BOOKMARK_SECONDS if self.db.is_postgres else SQLITE_POLL_SECONDS
@@ -295,8 +294,8 @@ class Watch:
             fetched, self.rv, events = (
                 at_once if at_once is not None else await run_in_threadpool(self._fetch)
             )
-            if events:
-                yield b"".join(self._line(event_type, stored) for event_type, stored in events)
+            for event_type, stored in events:
+                yield self._line(event_type, stored)
             if fetched:
                 idle = 0.0
                 if fetched == BATCH:
