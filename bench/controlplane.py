@@ -6,9 +6,9 @@
    and on SQLite. Then get again from 64 clients at once, past the 20 connections each process keeps.
 2. Scale: Corral as deployed (SQLite: `corral serve`; Postgres: `corral api` + `corral worker`) with a
    large test-driver node: N instances POSTed by 16 clients (POST rate per hundred), the time until all are
-   Running (followed by one watch, as a client waiting for them would) and the CPU time it took, the
-   node's Ready condition throughout, idle CPU (the processes together) and RSS (each) with all Running,
-   and the time to delete them all: the median of --rounds runs, each on a fresh database (the rounds are
+   Running (followed by one watch, as a client waiting for them would) and the CPU time it took (each
+   Corral process's and, on Postgres, the database's), the node's Ready condition throughout, idle CPU (the
+   processes together) and RSS (each) with all Running, and the time to delete them all: the median of --rounds runs, each on a fresh database (the rounds are
    kept in the saved result). At 5,000 too: the POST rate of a hundred requests is half a second's worth,
    and one run's last hundred against its first (the shape's figure) swung from 0.70 to 1.10 between
    two runs of one build.
@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time this machine's Postgres processes used so far (the server and its backends, which come and
+    go: a backend gone since the last reading takes its share with it, so read across short spans only)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            total += cpu_seconds([pid])
+    return total
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """(busy, all) CPU time of every core so far, from /proc/stat: busy is all but idle and I/O wait."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
@@ -321,6 +338,8 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
             "spec": SPEC,
         }
         speed = speed_probe_ms()
+        postgres_at_start = postgres_cpu_seconds() if backend == "postgres" else 0.0
+        by_process_at_start = [cpu_seconds([pid]) for pid in pids]
         started, cpu_at_start = time.monotonic(), cpu_seconds(pids)
         hundreds: list[float] = []
         for first in range(0, count, 100):
@@ -333,6 +352,12 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         phases.wait_running(count, 900)
         running_after = time.monotonic() - started
         cpu_to_running = cpu_seconds(pids) - cpu_at_start
+        # Where it went: each Corral process, and Postgres (on SQLite the one process does it all).
+        by_process = [cpu_seconds([pid]) - at for pid, at in zip(pids, by_process_at_start, strict=True)]
+        roles = ("api", "worker") if backend == "postgres" else ("serve",)
+        shares = dict(zip(roles, by_process, strict=True))
+        if backend == "postgres":
+            shares["postgres"] = postgres_cpu_seconds() - postgres_at_start
         time.sleep(5)  # settle, then measure idle
         before = cpu_seconds(pids)
         time.sleep(30)
@@ -354,6 +379,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         # Corral's CPU time from the first POST to all Running, per instance: steadier than wall time on a
         # shared machine
         "cpu_ms_per_instance_to_running": 1000 * cpu_to_running / count,
+        **{f"cpu_ms_per_instance_{name}": 1000 * seconds / count for name, seconds in shares.items()},
         "failed": len(phases.ever_failed),
         "node_not_ready_seconds": len(not_ready),
         "idle_cpu_percent": 100 * idle_cpu,
