@@ -8,10 +8,10 @@
    large test-driver node: N instances POSTed by 16 clients (POST rate per hundred), the time until all are
    Running (followed by one watch, as a client waiting for them would) and the CPU time it took (each
    Corral process's and, on Postgres, the database's), the node's Ready condition throughout, idle CPU (the
-   processes together) and RSS (each) with all Running, and the time to delete them all: the median of --rounds runs, each on a fresh database (the rounds are
-   kept in the saved result). At 5,000 too: the POST rate of a hundred requests is half a second's worth,
-   and one run's last hundred against its first (the shape's figure) swung from 0.70 to 1.10 between
-   two runs of one build.
+   processes together) and RSS (each) with all Running, and the time to delete them all: the median of
+   --rounds runs, each on a fresh database (the rounds are kept in the saved result). At 5,000 too: the
+   POST rate of a hundred requests is half a second's worth, and one run's last hundred against its first
+   (the shape's figure) swung from 0.70 to 1.10 between two runs of one build.
 3. Claims: 32 racing claims on a warm pool of 10 (latency p50/p99; the first race after start apart).
 4. Watches: PATCH latency and delivery to 50 open watches.
 5. Scale-out (Postgres): creates through 1 API + 1 worker process against 2 + 2 (medians of --rounds).
