@@ -339,8 +339,7 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         }
         speed = speed_probe_ms()
         postgres_at_start = postgres_cpu_seconds() if backend == "postgres" else 0.0
-        by_process_at_start = [cpu_seconds([pid]) for pid in pids]
-        started, cpu_at_start = time.monotonic(), cpu_seconds(pids)
+        started, by_process_at_start = time.monotonic(), [cpu_seconds([pid]) for pid in pids]
         hundreds: list[float] = []
         for first in range(0, count, 100):
             batch: list[Request] = [
@@ -351,9 +350,9 @@ def scale(backend: str, count: int, workdir: Path) -> dict[str, Any]:
         posted = time.monotonic() - started
         phases.wait_running(count, 900)
         running_after = time.monotonic() - started
-        cpu_to_running = cpu_seconds(pids) - cpu_at_start
         # Where it went: each Corral process, and Postgres (on SQLite the one process does it all).
         by_process = [cpu_seconds([pid]) - at for pid, at in zip(pids, by_process_at_start, strict=True)]
+        cpu_to_running = sum(by_process)
         roles = ("api", "worker") if backend == "postgres" else ("serve",)
         shares = dict(zip(roles, by_process, strict=True))
         if backend == "postgres":

@@ -20,12 +20,21 @@ from app.repositories.resources import ResourceRepository
 def two_processes(pg_url: str) -> Iterator[tuple[Database, Database]]:
     """Two Database objects on one database: as two processes see it (each its own identity)."""
     writer, reader = Database(pg_url), Database(pg_url)
-    writer.start_listener(CHANNELS)
-    reader.start_listener(CHANNELS)
-    time.sleep(0.5)  # both LISTEN before anything is written
+    for db in (writer, reader):
+        listening(db, CHANNELS)
     yield writer, reader
     writer.dispose()
     reader.dispose()
+
+
+def listening(db: Database, channels: tuple[str, ...]) -> None:
+    """Start (or widen) db's listener and wait until it listens: it wakes each channel once it has."""
+    before = {channel: db.hub.counter(channel) for channel in channels}
+    db.start_listener(channels)
+    deadline = time.monotonic() + 10
+    while any(db.hub.counter(c) == before[c] for c in channels):
+        assert time.monotonic() < deadline, f"{channels} not listened to within 10 s"
+        time.sleep(0.02)
 
 
 def commit_instance(db: Database) -> None:
@@ -38,8 +47,13 @@ def commit_instance(db: Database) -> None:
         workqueue.enqueue(session, INSTANCES.work_key("default", row.name))
 
 
-def woken(db: Database, before: dict[str, int], settle: float = 0.5) -> set[str]:
-    time.sleep(settle)
+def woken(db: Database, before: dict[str, int], expected: set[str]) -> set[str]:
+    """The channels whose waiters were woken since `before`: once the expected ones were, and another
+    half second for any that should not be."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(db.hub.counter(c) == before[c] for c in expected):
+        time.sleep(0.02)
+    time.sleep(0.5)
     return {channel for channel in CHANNELS if db.hub.counter(channel) != before[channel]}
 
 
@@ -48,19 +62,18 @@ def test_each_process_is_woken_only_by_the_channels_it_listens_to(pg_url: str) -
     a process that runs both (`corral serve`) adds the second set and gets both."""
     writer, worker, api = Database(pg_url), Database(pg_url), Database(pg_url)
     try:
-        worker.start_listener(WORKER_CHANNELS)
-        api.start_listener(API_CHANNELS)
-        time.sleep(0.5)  # listening, and the wake-up each gets for its new channels is over
+        listening(worker, WORKER_CHANNELS)
+        listening(api, API_CHANNELS)
         before = {db: {c: db.hub.counter(c) for c in CHANNELS} for db in (worker, api)}
         commit_instance(writer)
-        assert woken(worker, before[worker]) == {WORK_CHANNEL}
-        assert woken(api, before[api], settle=0) == {EVENTS_CHANNEL}
+        assert woken(worker, before[worker], {WORK_CHANNEL}) == {WORK_CHANNEL}
+        assert woken(api, before[api], {EVENTS_CHANNEL}) == {EVENTS_CHANNEL}
 
-        worker.start_listener(API_CHANNELS)  # serve: the API starts after the worker
-        time.sleep(1.5)  # taken on within a second
+        listening(worker, API_CHANNELS)  # serve: the API starts after the worker
         before[worker] = {c: worker.hub.counter(c) for c in CHANNELS}
         commit_instance(writer)
-        assert woken(worker, before[worker]) == {WORK_CHANNEL, EVENTS_CHANNEL}
+        both = {WORK_CHANNEL, EVENTS_CHANNEL}
+        assert woken(worker, before[worker], both) == both
     finally:
         for db in (writer, worker, api):
             db.dispose()
