@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import select
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -243,6 +244,51 @@ def _dump_json(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _dump_json, "json_deserializer": orjson.loads}
 
 
+SQLITE_WAIT = 30.0  # seconds a writer waits for the write lock before "database is locked"
+_WRITERS: dict[str, threading.Lock] = {}  # per database file: this process's writers queue on it
+
+
+class WriterConnection(sqlite3.Connection):
+    """A SQLite connection whose write transactions first queue on their process's lock for the file.
+    SQLite's own busy handler polls, sleeping up to 100 ms between tries: under a burst the write lock sat
+    free while its waiters slept, and a newcomer could overtake a writer that had waited for a second. A
+    thread blocked on the lock is woken as soon as the holder commits; other processes (the CLI) still meet
+    SQLite's busy handler."""
+
+    holding: threading.Lock | None = None
+
+    def queue_for(self, writer: threading.Lock) -> bool:
+        """Wait for this process's turn to write; False when the wait ran out."""
+        if self.holding is None:  # else it is its turn still (a transaction ended by SQL, not commit())
+            if not writer.acquire(timeout=SQLITE_WAIT):
+                return False
+            self.holding = writer
+        return True
+
+    def leave_queue(self) -> None:
+        holding, self.holding = self.holding, None
+        if holding is not None:
+            holding.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_queue()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_queue()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_queue()
+
+
 def make_engine(
     url: str, *, echo: bool = False, application_name: str = "corral", pool_size: int = POOL_SIZE
 ) -> Engine:
@@ -250,8 +296,12 @@ def make_engine(
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = _WRITERS.setdefault(path, threading.Lock())
         engine = create_engine(
-            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}, **JSON_CODEC
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_WAIT, "factory": WriterConnection},
+            **JSON_CODEC,
         )
 
         @event.listens_for(engine, "connect")
@@ -262,15 +312,22 @@ def make_engine(
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # Writers take the lock at BEGIN: SQLite then serializes them instead of failing upgrades.
-            conn.exec_driver_sql(
-                "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
-            )
+        def _sqlite_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+                return
+            dbapi_conn = conn.connection.dbapi_connection
+            assert isinstance(dbapi_conn, WriterConnection)
+            if not dbapi_conn.queue_for(writer):
+                raise OperationalError(
+                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+                )
+            # Writers take the lock at BEGIN: SQLite then serializes them instead of failing upgrades. A
+            # failed BEGIN gives the turn back with the rollback of the connection's return to the pool.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     engine = create_engine(
