@@ -236,17 +236,11 @@ def cpu_seconds(pids: list[int]) -> float:
 def postgres_cpu_seconds() -> float:
     """CPU time this machine's Postgres processes used so far (the server and its backends, which come and
     go: a backend gone since the last reading takes its share with it, so read across short spans only)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
-                pids.append(int(entry.name))
-        except OSError:  # gone meanwhile
-            continue
     total = 0.0
-    for pid in pids:
-        with suppress(OSError):
-            total += cpu_seconds([pid])
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError):  # gone meanwhile
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
+                total += cpu_seconds([int(entry.name)])
     return total
 
 

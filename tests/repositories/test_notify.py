@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -14,6 +14,7 @@ from app.kinds import INSTANCES
 from app.models import InstanceRow
 from app.repositories import workqueue
 from app.repositories.resources import ResourceRepository
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -31,10 +32,12 @@ def listening(db: Database, channels: tuple[str, ...]) -> None:
     """Start (or widen) db's listener and wait until it listens: it wakes each channel once it has."""
     before = {channel: db.hub.counter(channel) for channel in channels}
     db.start_listener(channels)
-    deadline = time.monotonic() + 10
-    while any(db.hub.counter(c) == before[c] for c in channels):
-        assert time.monotonic() < deadline, f"{channels} not listened to within 10 s"
-        time.sleep(0.02)
+    wait_for(lambda: moved(db, before, channels), 10, 0.02, f"listening to {channels}")
+
+
+def moved(db: Database, before: dict[str, int], channels: Iterable[str]) -> bool:
+    """Whether each of the channels woke its waiters since `before`."""
+    return all(db.hub.counter(c) != before[c] for c in channels)
 
 
 def commit_instance(db: Database) -> None:
@@ -50,9 +53,7 @@ def commit_instance(db: Database) -> None:
 def woken(db: Database, before: dict[str, int], expected: set[str]) -> set[str]:
     """The channels whose waiters were woken since `before`: once the expected ones were, and another
     half second for any that should not be."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(db.hub.counter(c) == before[c] for c in expected):
-        time.sleep(0.02)
+    wait_for(lambda: moved(db, before, expected), 10, 0.02, f"{expected} woken")
     time.sleep(0.5)
     return {channel for channel in CHANNELS if db.hub.counter(channel) != before[channel]}
 
