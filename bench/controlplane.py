@@ -514,7 +514,15 @@ def scale_out(workdir: Path, rounds: int, count: int = 1000) -> dict[str, Any]:
     worker processes took: what a second process of each could still use.
 
     Then once more each with the workers paused (SIGSTOP) while the POSTs run and resumed for the rest: what
-    the API processes alone make of the machine, without the workers' share of its CPU."""
+    the API processes alone make of the machine, without the workers' share of its CPU. And the minimal app
+    with 1 and 2 processes: what a second process of the bare stack gains on the same cores.
+
+    A second process gains only what the first leaves of the cores. With a the CPU a create costs the API
+    and o what it costs everything else while the POSTs run (the workers, Postgres, the clients), one API
+    process (held to about one core by its interpreter lock) makes at most 1/a creates a second and the two
+    cores at most 2/(a + o): 2 + 2 gains over 1 + 1 only while 1 + 1 is held by its API process, by at most
+    2a/(a + o), which reaches 1.3 only while o <= 0.54a. Each run reports both per create
+    (api_ms_per_create; worker_ms_per_create and others_ms_per_create make o)."""
     runs: dict[str, list[dict[str, float]]] = {"1+1": [], "2+2": []}
     for _ in range(rounds):
         for n in (1, 2):
@@ -524,6 +532,9 @@ def scale_out(workdir: Path, rounds: int, count: int = 1000) -> dict[str, Any]:
     paused = {f"{n}+{n}": scale_out_run(workdir, n, count, pause_workers=True) for n in (1, 2)}
     result["workers_paused_while_posting"] = paused
     result["workers_paused_create_ratio_2_to_1"] = paused["2+2"]["create_rate"] / paused["1+1"]["create_rate"]
+    minimal = {f"{n}": minimal_scale_out_run(workdir, n, count) for n in (1, 2)}
+    result["minimal_app"] = minimal
+    result["minimal_app_create_ratio_2_to_1"] = minimal["2"]["create_rate"] / minimal["1"]["create_rate"]
     return result
 
 
@@ -555,37 +566,16 @@ def scale_out_run(
         wait_until(lambda: node_ready(client), 60, "node local Ready")
         base = "/v1/namespaces/bench/instances"
         phases = running.enter_context(Phases(urls[0], base))
-        shares: list[list[Request]] = [[] for _ in urls]
-        for i in range(count):  # the clients spread over the API processes
-            shares[i % processes].append(("POST", base, {**body, "metadata": {"name": f"o-{i}"}}))
-        threads = [
-            threading.Thread(target=drive, args=(url, TOKEN, share, CLIENTS // processes))
-            for url, share in zip(urls, shares, strict=True)
+        requests: list[Request] = [
+            ("POST", base, {**body, "metadata": {"name": f"o-{i}"}}) for i in range(count)
         ]
         for worker in workers if pause_workers else []:
             worker.send_signal(signal.SIGSTOP)
-        api_pids, worker_pids = [p.pid for p in apis], [p.pid for p in workers]
         try:
-            machine_before, api_before, workers_before = (
-                machine_cpu_seconds(),
-                cpu_seconds(api_pids),
-                cpu_seconds(worker_pids),
-            )
             started = time.monotonic()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            posting = time.monotonic() - started
-            rate = count / posting
-            machine_after = machine_cpu_seconds()
-            # What the POSTs left of the machine: room for more processes to use, or none.
-            cpu_use = {
-                "machine_busy_while_posting": (machine_after[0] - machine_before[0])
-                / (machine_after[1] - machine_before[1]),
-                "api_cores_while_posting": (cpu_seconds(api_pids) - api_before) / posting,
-                "worker_cores_while_posting": (cpu_seconds(worker_pids) - workers_before) / posting,
-            }
+            posted = spread_posts(
+                urls, TOKEN, requests, {"api": [p.pid for p in apis], "worker": [p.pid for p in workers]}
+            )
         finally:
             for worker in workers if pause_workers else []:
                 worker.send_signal(signal.SIGCONT)
@@ -594,7 +584,66 @@ def scale_out_run(
         # libvirtd keeps the test driver's domains: leave it as found
         drive(urls[0], TOKEN, [("DELETE", f"{base}/o-{i}", None) for i in range(count)])
         phases.wait_gone(600)
-        return {"create_rate": rate, "all_running_s": running_after, **cpu_use}
+        return {**posted, "all_running_s": running_after}
+
+
+def minimal_scale_out_run(workdir: Path, processes: int, count: int) -> dict[str, float]:
+    """`scale_out_run` for the minimal app: `count` creates through 1 or 2 of its processes on one Postgres,
+    the bare stack's own gain from a second process on these cores."""
+    database = fresh_database("postgres", f"corral_bench_minimal_scaleout_{processes}", workdir)
+    root = str(Path(__file__).resolve().parents[1])
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(processes)]
+    with ExitStack() as running:
+        apps = [  # one after the other: each (re)creates the tables as it starts
+            running.enter_context(
+                process(
+                    [sys.executable, "-m", "bench.minimal_app", database, url.rsplit(":", 1)[1]],
+                    os.environ | {"PYTHONPATH": root},
+                    workdir / f"minimal-scaleout-{processes}-{index}.log",
+                    f"{url}/docs",
+                )
+            )
+            for index, url in enumerate(urls)
+        ]
+        requests: list[Request] = [
+            ("POST", "/v1/namespaces/bench/objects", {"metadata": {"name": f"o-{i}"}, "spec": SPEC})
+            for i in range(count)
+        ]
+        return spread_posts(urls, MINIMAL_TOKEN, requests, {"api": [p.pid for p in apps]})
+
+
+def spread_posts(
+    urls: list[str], token: str, requests: list[Request], parties: dict[str, list[int]]
+) -> dict[str, float]:
+    """The requests sent by 16 clients spread evenly over the processes at `urls`: their rate, how busy the
+    whole machine was meanwhile, and the CPU each party (a name for a group of processes) took, as cores
+    and as milliseconds per request; what remains of the machine's CPU per request is Postgres's, the
+    clients' and the kernel's ("others")."""
+    shares: list[list[Request]] = [requests[index :: len(urls)] for index in range(len(urls))]
+    threads = [
+        threading.Thread(target=drive, args=(url, token, share, CLIENTS // len(urls)))
+        for url, share in zip(urls, shares, strict=True)
+    ]
+    machine_before = machine_cpu_seconds()
+    parties_before = {name: cpu_seconds(pids) for name, pids in parties.items()}
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    posting = time.monotonic() - started
+    machine_after = machine_cpu_seconds()
+    rate = len(requests) / posting
+    busy, elapsed = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
+    posted = {"create_rate": rate, "machine_busy_while_posting": busy / elapsed}
+    others = busy
+    for name, pids in parties.items():
+        used = cpu_seconds(pids) - parties_before[name]
+        others -= used
+        posted[f"{name}_cores_while_posting"] = used / posting
+        posted[f"{name}_ms_per_create"] = 1000 * used / len(requests)
+    posted["others_ms_per_create"] = 1000 * others / len(requests)
+    return posted
 
 
 class Phases:
