@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,14 @@ def process(
             proc.kill()
 
 
+def minimal_app(database: str, port: int, log: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """The minimal app of bench/minimal_app.py serving on `port`, once it answers; it (re)creates its tables
+    as it starts."""
+    argv = [sys.executable, "-m", "bench.minimal_app", database, str(port)]
+    root = str(Path(__file__).resolve().parents[1])
+    return process(argv, os.environ | {"PYTHONPATH": root}, log, f"http://127.0.0.1:{port}/docs")
+
+
 def corral_env(database: str, data: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     return env | {
@@ -190,17 +198,10 @@ def request_costs(backend: str, rounds: int, workdir: Path) -> dict[str, Any]:
     minimal_db = fresh_database(backend, "corral_bench_minimal", workdir)
     corral_db = fresh_database(backend, "corral_bench_api", workdir)
     env = corral_env(corral_db, workdir / "api", CORRAL_LIBVIRT_URI="test:///default")
-    minimal_argv = [sys.executable, "-m", "bench.minimal_app", minimal_db, str(minimal_port)]
     corral_argv = [CORRAL, "api", "--port", str(corral_port)]
     samples: dict[str, dict[str, list[dict[str, float]]]] = {"minimal": {}, "corral": {}}
-    root = str(Path(__file__).resolve().parents[1])
     with (
-        process(
-            minimal_argv,
-            os.environ | {"PYTHONPATH": root},
-            workdir / "minimal.log",
-            f"http://127.0.0.1:{minimal_port}/docs",
-        ),
+        minimal_app(minimal_db, minimal_port, workdir / "minimal.log"),
         process(corral_argv, env, workdir / "api.log", f"http://127.0.0.1:{corral_port}/healthz"),
     ):
         sides: dict[str, tuple[str, str, str]] = {
@@ -591,24 +592,19 @@ def minimal_scale_out_run(workdir: Path, processes: int, count: int) -> dict[str
     """`scale_out_run` for the minimal app: `count` creates through 1 or 2 of its processes on one Postgres,
     the bare stack's own gain from a second process on these cores."""
     database = fresh_database("postgres", f"corral_bench_minimal_scaleout_{processes}", workdir)
-    root = str(Path(__file__).resolve().parents[1])
-    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(processes)]
+    ports = [free_port() for _ in range(processes)]
     with ExitStack() as running:
         apps = [  # one after the other: each (re)creates the tables as it starts
             running.enter_context(
-                process(
-                    [sys.executable, "-m", "bench.minimal_app", database, url.rsplit(":", 1)[1]],
-                    os.environ | {"PYTHONPATH": root},
-                    workdir / f"minimal-scaleout-{processes}-{index}.log",
-                    f"{url}/docs",
-                )
+                minimal_app(database, port, workdir / f"minimal-scaleout-{processes}-{port}.log")
             )
-            for index, url in enumerate(urls)
+            for port in ports
         ]
         requests: list[Request] = [
             ("POST", "/v1/namespaces/bench/objects", {"metadata": {"name": f"o-{i}"}, "spec": SPEC})
             for i in range(count)
         ]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
         return spread_posts(urls, MINIMAL_TOKEN, requests, {"api": [p.pid for p in apps]})
 
 
